@@ -1,0 +1,89 @@
+"""The one environment switch: AUDIO_PIPELINE_ENV=local|production picks the resources.
+
+local:      embedded defaults (the demo's SeaweedFS and PostgreSQL on loopback), every value
+            overridable by the same environment variables production uses.
+production: every connection setting must come from the environment (dg.EnvVar), so a
+            missing variable fails loudly at launch instead of silently using loopback.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from resources.manifest_io import ObjectStoreParquetIOManager
+from resources.object_store import ObjectStore
+from resources.results_db import ResultsDatabase
+from resources.scratch import ScratchSpace
+
+LOCAL_S3_PORT = 8333
+LOCAL_POSTGRES_PORT = 54329
+LOCAL_ACCESS_KEY = "pipeline"
+LOCAL_SECRET_KEY = "pipeline-secret"
+LOCAL_BUCKET = "audio-pipeline"
+LOCAL_DB_USER = "pipeline"
+LOCAL_DB_PASSWORD = "pipeline"
+
+
+def _local_resources() -> dict[str, Any]:
+    env = os.environ.get
+    object_store = ObjectStore(
+        endpoint_url=env("S3_ENDPOINT", f"http://127.0.0.1:{LOCAL_S3_PORT}"),
+        bucket=env("S3_BUCKET", LOCAL_BUCKET),
+        access_key=env("S3_ACCESS_KEY", LOCAL_ACCESS_KEY),
+        secret_key=env("S3_SECRET_KEY", LOCAL_SECRET_KEY),
+    )
+    results_db = ResultsDatabase(
+        dsn=env("POSTGRES_DSN"),
+        host=env("POSTGRES_HOST", "127.0.0.1"),
+        port=int(env("POSTGRES_PORT", str(LOCAL_POSTGRES_PORT))),
+        dbname=env("POSTGRES_DB", "audio_pipeline"),
+        user=env("POSTGRES_USER", LOCAL_DB_USER),
+        password=env("POSTGRES_PASSWORD", LOCAL_DB_PASSWORD),
+    )
+    return _wire(object_store, results_db, ScratchSpace(root=env("SCRATCH_ROOT")) if env("SCRATCH_ROOT") else ScratchSpace())
+
+
+def _production_resources() -> dict[str, Any]:
+    object_store = ObjectStore(
+        endpoint_url=dg.EnvVar("S3_ENDPOINT"),
+        bucket=dg.EnvVar("S3_BUCKET"),
+        access_key=dg.EnvVar("S3_ACCESS_KEY"),
+        secret_key=dg.EnvVar("S3_SECRET_KEY"),
+    )
+    if os.environ.get("POSTGRES_DSN"):
+        results_db = ResultsDatabase(dsn=dg.EnvVar("POSTGRES_DSN"))
+    else:
+        results_db = ResultsDatabase(
+            host=dg.EnvVar("POSTGRES_HOST"),
+            port=dg.EnvVar.int("POSTGRES_PORT"),
+            dbname=dg.EnvVar("POSTGRES_DB"),
+            user=dg.EnvVar("POSTGRES_USER"),
+            password=dg.EnvVar("POSTGRES_PASSWORD"),
+        )
+    return _wire(object_store, results_db, ScratchSpace(root=dg.EnvVar("SCRATCH_ROOT")))
+
+
+def _wire(object_store: ObjectStore, results_db: ResultsDatabase, scratch: ScratchSpace) -> dict[str, Any]:
+    return {
+        "object_store": object_store,
+        "results_db": results_db,
+        "scratch": scratch,
+        "manifest_io": ObjectStoreParquetIOManager(object_store=object_store),
+    }
+
+
+RESOURCE_SETS = {"local": _local_resources, "production": _production_resources}
+
+
+def current_environment() -> str:
+    name = os.environ.get("AUDIO_PIPELINE_ENV", "local")
+    if name not in RESOURCE_SETS:
+        raise ValueError(f"AUDIO_PIPELINE_ENV={name!r}; expected one of {sorted(RESOURCE_SETS)}")
+    return name
+
+
+def resources_for(environment: str) -> dict[str, Any]:
+    return RESOURCE_SETS[environment]()

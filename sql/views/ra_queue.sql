@@ -1,0 +1,34 @@
+-- Flagged items of the last 24 hours, highest score first, with what an RA needs to review
+-- them: transcript, category, score, metadata and the Opus object key to presign.
+CREATE OR REPLACE VIEW ra_queue AS
+SELECT
+    c.id                AS classification_id,
+    a.id                AS audio_file_id,
+    a.archive_source,
+    a.original_filename,
+    a.opus_path         AS opus_key,
+    a.s3_opus_path,
+    a.duration_seconds,
+    c.flag_category,
+    c.flag_score,
+    c.model             AS classifier_model,
+    c.content_truncated,
+    t.transcript_text,
+    t.language,
+    t.confidence        AS transcript_confidence,
+    a.parquet_metadata,
+    c.created_at        AS classified_at
+FROM classifications AS c
+JOIN audio_files AS a ON a.id = c.audio_file_id
+LEFT JOIN LATERAL (
+    SELECT tr.transcript_text, tr.language, tr.confidence
+    FROM transcripts AS tr
+    WHERE tr.audio_file_id = a.id
+    ORDER BY tr.created_at DESC
+    LIMIT 1
+) AS t ON true
+WHERE c.flagged
+  AND c.created_at >= now() - interval '24 hours'
+ORDER BY c.flag_score DESC, c.created_at DESC;
+
+GRANT SELECT ON ra_queue TO ra_reader;
