@@ -1,0 +1,193 @@
+"""Parquet metadata rows, made JSON-safe and joined to MP3 members by meta_id.
+
+Each archive carries parquet files whose `meta_id` column names an MP3 by its file stem
+("clips/abc123.mp3" <- meta_id "abc123"). The whole row is stored as JSONB next to the audio,
+so every value must survive JSON: nothing is dropped, types JSON lacks are converted.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+META_ID_COLUMN = "meta_id"
+
+
+class MetadataFileError(Exception):
+    """A parquet member that cannot be used at all (not parquet, no meta_id column)."""
+
+
+@dataclass(frozen=True)
+class MetadataRow:
+    meta_id: str
+    values: dict[str, Any]  # the whole row, JSON-safe, meta_id included as stored
+    row_index: int  # position in the file, for people tracing a value back
+
+
+@dataclass(frozen=True)
+class MetadataTable:
+    rows: tuple[MetadataRow, ...]
+    rows_without_meta_id: int  # null or blank meta_id: counted, not returned
+
+
+@dataclass(frozen=True)
+class MatchedMetadata:
+    source_member: str  # the parquet member the row came from
+    meta_id: str
+    values: dict[str, Any]
+
+
+@dataclass
+class MetadataJoin:
+    matched: dict[str, MatchedMetadata] = field(default_factory=dict)  # by MP3 member name
+    rows_without_mp3: list[tuple[str, str]] = field(default_factory=list)  # (source_member, meta_id)
+    mp3s_without_row: list[str] = field(default_factory=list)
+    duplicate_meta_ids: list[tuple[str, str, str]] = field(default_factory=list)  # (meta_id, winner, loser)
+    ambiguous_stems: list[str] = field(default_factory=list)
+
+
+def read_metadata_table(path: Path) -> MetadataTable:
+    """Rows of one parquet file. Raises MetadataFileError when it is not parquet or has no
+    meta_id column."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except pa.ArrowException as exc:  # a missing file is the caller's bug: FileNotFoundError
+        raise MetadataFileError(f"not a parquet file: {exc}") from None
+    columns = parquet.schema_arrow.names
+    if META_ID_COLUMN not in columns:
+        raise MetadataFileError(f"no {META_ID_COLUMN!r} column (columns: {', '.join(columns) or 'none'})")
+    rows, without_id, index = [], 0, 0
+    try:
+        for batch in parquet.iter_batches():
+            # "lossy": a map with a repeated key keeps its last value, as a JSON object must.
+            for record in batch.to_pylist(maps_as_pydicts="lossy"):
+                meta_id = _meta_id_text(record[META_ID_COLUMN])
+                if meta_id is None:
+                    without_id += 1
+                else:
+                    rows.append(MetadataRow(meta_id, to_json_safe(record), index))
+                index += 1
+    except (pa.ArrowException, OSError) as exc:
+        raise MetadataFileError(f"unreadable parquet data: {exc}") from None
+    return MetadataTable(rows=tuple(rows), rows_without_meta_id=without_id)
+
+
+def _meta_id_text(value: Any) -> str | None:
+    """meta_id as the text to compare with a file stem; None when missing or blank.
+    Integer ids (also ones stored as float by pandas, 123.0) become "123"."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        value = int(value) if value.is_integer() else value
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = str(value).strip()
+    return text or None
+
+
+def to_json_safe(value: Any) -> Any:
+    """`value` as something json.dumps (and PostgreSQL JSONB) accepts, recursively.
+
+    Converted, never dropped: datetime -> ISO 8601 (timezone kept, naive stays naive),
+    date/time -> ISO, timedelta -> seconds (float), Decimal -> exact string, bytes -> base64,
+    NaN/inf -> None, numpy scalars -> Python, mappings -> dict with str keys, sequences -> list.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):  # also numpy.float64, a float subclass
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dt.datetime | dt.date | dt.time):  # pandas Timestamp is a datetime
+        return None if _is_missing(value) else value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return None if _is_missing(value) else value.total_seconds()
+    if isinstance(value, Decimal):
+        return str(value) if value.is_finite() else None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {_json_key(key): to_json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_json_safe(item) for item in value]
+    return _numpy_or_text(value)
+
+
+def _numpy_or_text(value: Any) -> Any:
+    if isinstance(value, np.datetime64):  # .tolist() would give nanoseconds as an int
+        return None if np.isnat(value) else str(np.datetime_as_string(value))
+    if isinstance(value, np.timedelta64):
+        return None if np.isnat(value) else float(value / np.timedelta64(1, "s"))
+    if isinstance(value, np.generic | np.ndarray):
+        return to_json_safe(value.tolist())
+    if _is_missing(value):
+        return None
+    return str(value)  # an unknown type: keep its text rather than lose it
+
+
+def _is_missing(value: Any) -> bool:
+    """pandas NaT (an instance of datetime and timedelta) and NA: values that are absent."""
+    return type(value).__name__ in ("NaTType", "NAType")
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    safe = to_json_safe(key)
+    return safe if isinstance(safe, str) else str(safe)
+
+
+def join_metadata(mp3_names: Iterable[str], tables: Sequence[tuple[str, MetadataTable]]) -> MetadataJoin:
+    """Match rows to MP3 members by meta_id == file stem (`PurePosixPath(name).stem`).
+
+    Duplicates: parquet members are read in sorted name order and rows in file order; the
+    FIRST row for a meta_id wins, every later one is reported in `duplicate_meta_ids` as
+    (meta_id, winning member, losing member) and not stored.
+    Ambiguous stems: when two MP3s share a stem ("a/x.mp3", "b/x.mp3") no row can say which
+    it describes, so neither is matched; the stem is reported in `ambiguous_stems`.
+    Every MP3 ends up either in `matched` or in `mp3s_without_row`.
+    """
+    names_by_stem: dict[str, list[str]] = {}
+    for name in dict.fromkeys(mp3_names):
+        names_by_stem.setdefault(PurePosixPath(name).stem, []).append(name)
+    first_rows, duplicates = _first_rows(tables)
+    join = MetadataJoin(
+        duplicate_meta_ids=duplicates,
+        ambiguous_stems=sorted(stem for stem, names in names_by_stem.items() if len(names) > 1),
+    )
+    for source_member, row in first_rows:
+        names = names_by_stem.get(row.meta_id)
+        if names is None:
+            join.rows_without_mp3.append((source_member, row.meta_id))
+        elif len(names) == 1:
+            join.matched[names[0]] = MatchedMetadata(source_member, row.meta_id, row.values)
+    join.mp3s_without_row = sorted(
+        name for names in names_by_stem.values() for name in names if name not in join.matched
+    )
+    return join
+
+
+def _first_rows(
+    tables: Sequence[tuple[str, MetadataTable]],
+) -> tuple[list[tuple[str, MetadataRow]], list[tuple[str, str, str]]]:
+    """([(source_member, row)] for each meta_id's first row, [(meta_id, winner, loser)])."""
+    winners: dict[str, str] = {}
+    first_rows, duplicates = [], []
+    for source_member, table in sorted(tables, key=lambda pair: pair[0]):
+        for row in table.rows:
+            if row.meta_id in winners:
+                duplicates.append((row.meta_id, winners[row.meta_id], source_member))
+            else:
+                winners[row.meta_id] = source_member
+                first_rows.append((source_member, row))
+    return first_rows, duplicates

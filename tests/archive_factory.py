@@ -1,0 +1,165 @@
+"""Build real test inputs, good and bad: MP3s, parquet files and tar archives.
+
+One place for every kind of hostile archive, so tests of bad input stay a few lines long:
+
+    build_tar(tmp_path / "a.tar.gz", [
+        RegularEntry("clips/a.mp3", source=make_tone_mp3(tmp_path / "a.mp3")),
+        SymlinkEntry("evil.mp3", "/etc/passwd"),
+        RegularEntry(b"caf\\xe9.mp3", b"..."),  # a name that is not UTF-8
+    ], gzip=True)
+
+Audio is made by the bundled imageio-ffmpeg (libmp3lame) and espeak-ng, both required in CI.
+"""
+
+from __future__ import annotations
+
+import gzip as gzip_module
+import io
+import subprocess
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio_ffmpeg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FIXED_MTIME = 1_767_225_600  # 2026-01-01 UTC: archives built twice are byte-identical
+
+Name = str | bytes  # bytes: raw header bytes, e.g. a name that is not valid UTF-8
+
+
+def ffmpeg_exe() -> str:
+    """The bundled ffmpeg: unlike a system one it always has libmp3lame and libopus."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def make_tone_mp3(path: Path, seconds: float = 1.0, freq: int = 440) -> Path:
+    """A sine tone as mono 64 kbps MP3 (with the LAME header that states its length)."""
+    _run_ffmpeg(["-f", "lavfi", "-i", f"sine=frequency={freq}:duration={seconds}:sample_rate=22050"], path)
+    return path
+
+
+def make_speech_mp3(path: Path, text: str) -> Path:
+    """`text` spoken by espeak-ng, as mono 64 kbps MP3."""
+    speech = subprocess.run(["espeak-ng", "--stdout", text], check=True, capture_output=True).stdout
+    _run_ffmpeg(["-f", "wav", "-i", "pipe:0"], path, stdin=speech)
+    return path
+
+
+def _run_ffmpeg(input_args: list[str], target: Path, stdin: bytes | None = None) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *input_args]
+    command += ["-ac", "1", "-c:a", "libmp3lame", "-b:a", "64k", str(target)]
+    subprocess.run(command, input=stdin, check=True, capture_output=True)
+
+
+def make_parquet(path: Path, rows: list[dict], schema: pa.Schema | None = None) -> Path:
+    """A parquet file of `rows`; types are inferred unless `schema` is given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+@dataclass(frozen=True)
+class RegularEntry:
+    name: Name
+    data: bytes = b""
+    source: Path | None = None  # when set, the member's bytes are this file's
+
+
+@dataclass(frozen=True)
+class SymlinkEntry:
+    name: Name
+    target: str
+
+
+@dataclass(frozen=True)
+class HardlinkEntry:
+    name: Name
+    target: str
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    name: Name
+    kind: str = "char"  # "char", "block" or "fifo"
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    name: Name
+
+
+Entry = RegularEntry | SymlinkEntry | HardlinkEntry | DeviceEntry | DirectoryEntry
+
+_DEVICE_TYPES = {"char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE, "fifo": tarfile.FIFOTYPE}
+
+
+def build_tar(path: Path, entries: Iterable[Entry | tuple[Name, bytes | Path]], gzip: bool = False) -> Path:
+    """Write `entries` in order, exactly as given: absolute and "../" names, links, devices,
+    duplicates and undecodable names are written, not cleaned up. A (name, bytes|Path) tuple
+    is shorthand for a RegularEntry."""
+    buffer = io.BytesIO()
+    # GNU format stores names as raw bytes; surrogateescape turns bytes names back into them.
+    gnu = dict(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape")
+    with tarfile.open(fileobj=buffer, mode="w", **gnu) as tar:
+        for entry in entries:
+            info, data = _tar_entry(_as_entry(entry))
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    payload = buffer.getvalue()
+    if gzip:
+        payload = gzip_module.compress(payload, mtime=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+    return path
+
+
+def _as_entry(entry) -> Entry:
+    if isinstance(entry, tuple):
+        name, content = entry
+        return RegularEntry(name, source=content) if isinstance(content, Path) else RegularEntry(name, content)
+    return entry
+
+
+def _tar_entry(entry: Entry) -> tuple[tarfile.TarInfo, bytes | None]:
+    name = entry.name.decode("utf-8", "surrogateescape") if isinstance(entry.name, bytes) else entry.name
+    info = tarfile.TarInfo(name)
+    info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = FIXED_MTIME, 0o644, 0, 0, "", ""
+    data = None
+    if isinstance(entry, RegularEntry):
+        data = entry.source.read_bytes() if entry.source is not None else entry.data
+        info.size = len(data)
+    elif isinstance(entry, SymlinkEntry | HardlinkEntry):
+        info.type = tarfile.SYMTYPE if isinstance(entry, SymlinkEntry) else tarfile.LNKTYPE
+        info.linkname = entry.target
+    elif isinstance(entry, DeviceEntry):
+        info.type, info.devmajor, info.devminor = _DEVICE_TYPES[entry.kind], 1, 3
+    elif isinstance(entry, DirectoryEntry):
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+    return info, data
+
+
+def truncate_file(path: Path, keep_fraction: float) -> Path:
+    """Cut the file to `keep_fraction` of its bytes, as an interrupted transfer would."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
+    return path
+
+
+def corrupt_gzip(path: Path, where: str = "crc") -> Path:
+    """Damage a gzip file. "crc": flip the stored CRC-32, so the data inflates cleanly and only
+    the checksum reveals the damage (what tarfile's "r|gz" alone would miss). "body": flip
+    bytes in the middle of the deflate stream."""
+    data = bytearray(path.read_bytes())
+    if where == "crc":
+        data[-8] ^= 0xFF  # trailer: CRC-32 (4 bytes) then length (4 bytes)
+    elif where == "body":
+        middle = len(data) // 2
+        for offset in range(middle, middle + 16):
+            data[offset] ^= 0x5A
+    else:
+        raise ValueError(f"where must be 'crc' or 'body', not {where!r}")
+    path.write_bytes(bytes(data))
+    return path

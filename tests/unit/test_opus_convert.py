@@ -1,0 +1,180 @@
+"""convert_to_opus with the real bundled ffmpeg on real files, good and bad."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+
+import av
+import pytest
+from archive_factory import ffmpeg_exe, make_speech_mp3, make_tone_mp3, truncate_file
+
+from audio_assets.audio.opus_convert import (
+    DEFAULT_DURATION_TOLERANCE_S,
+    ConversionError,
+    convert_to_opus,
+    decoded_duration_seconds,
+)
+
+HUMAN_VOICE = Path(__file__).resolve().parents[2] / "audio_assets" / "samples" / "parts" / "goforward.wav"
+
+
+@pytest.fixture(scope="module")
+def ffmpeg() -> str:
+    return ffmpeg_exe()
+
+
+@pytest.fixture(scope="module")
+def speech_mp3(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("speech") / "speech.mp3"
+    return make_speech_mp3(path, "Just finished my morning run by the river, the weather was perfect today.")
+
+
+def encode_mp3(source: Path, target: Path, *extra: str) -> Path:
+    """Re-encode with extra ffmpeg output options, e.g. a VBR file without a Xing header."""
+    command = [ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(source), "-ac", "1", "-c:a", "libmp3lame"]
+    subprocess.run([*command, *extra, str(target)], check=True)
+    return target
+
+
+def assert_whole_opus(result, source_seconds: float) -> None:
+    assert abs(result.source_duration_s - source_seconds) < 0.01
+    assert abs(result.opus_duration_s - result.source_duration_s) <= DEFAULT_DURATION_TOLERANCE_S
+    assert result.opus_bytes == result.opus_path.stat().st_size > 0
+    # convert_to_opus checks pages, not audio; prove here that the file also decodes, fully.
+    assert decoded_duration_seconds(result.opus_path) == pytest.approx(result.opus_duration_s, abs=0.001)
+    with av.open(str(result.opus_path)) as container:
+        assert container.format.name == "ogg"
+        assert container.streams.audio[0].codec_context.name == "opus"
+
+
+def test_tone_mp3_converts_and_output_decodes(tmp_path, ffmpeg):
+    source = make_tone_mp3(tmp_path / "tone.mp3", seconds=2.0)
+    result = convert_to_opus(source, tmp_path / "tone.opus", ffmpeg=ffmpeg)
+    assert_whole_opus(result, source_seconds=2.0)
+    assert result.opus_path == tmp_path / "tone.opus"
+
+
+def test_speech_mp3_converts(tmp_path, ffmpeg, speech_mp3):
+    result = convert_to_opus(speech_mp3, tmp_path / "speech.opus", ffmpeg=ffmpeg)
+    assert_whole_opus(result, source_seconds=decoded_duration_seconds(speech_mp3))
+    assert 2.0 < result.opus_duration_s < 8.0
+
+
+def test_human_voice_converts(tmp_path, ffmpeg):
+    source = encode_mp3(HUMAN_VOICE, tmp_path / "goforward.mp3", "-b:a", "64k")
+    result = convert_to_opus(source, tmp_path / "goforward.opus", ffmpeg=ffmpeg)
+    assert_whole_opus(result, source_seconds=2.79)
+
+
+def test_vbr_mp3_without_xing_header_is_not_rejected(tmp_path, ffmpeg, speech_mp3):
+    # Its header states no duration, so libavformat guesses one from the first frame's bitrate
+    # (here ~0.5 s off); the source must then be measured by decoding, not by the guess.
+    source = encode_mp3(speech_mp3, tmp_path / "vbr.mp3", "-q:a", "2", "-write_xing", "0")
+    result = convert_to_opus(source, tmp_path / "vbr.opus", ffmpeg=ffmpeg)
+    assert_whole_opus(result, source_seconds=decoded_duration_seconds(source))
+
+
+def test_concatenated_mp3s_convert_whole(tmp_path, ffmpeg, speech_mp3):
+    # Two files joined with `cat`: the header of the first states only its own length (ffmpeg
+    # falls back to a bitrate guess) and the seam holds an undecodable frame. Neither may fail
+    # the file.
+    vbr = encode_mp3(speech_mp3, tmp_path / "vbr.mp3", "-q:a", "7")
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(speech_mp3.read_bytes() + vbr.read_bytes())
+    result = convert_to_opus(joined, tmp_path / "joined.opus", ffmpeg=ffmpeg)
+    assert result.source_duration_s == pytest.approx(decoded_duration_seconds(joined), abs=0.001)
+    # The frame dropped at the seam leaves a timestamp gap that the Opus granule counts.
+    assert 0 <= result.opus_duration_s - result.source_duration_s < 0.1
+    assert decoded_duration_seconds(result.opus_path) == pytest.approx(result.source_duration_s, abs=0.001)
+
+
+def test_bitrate_and_channels_are_applied(tmp_path, ffmpeg, speech_mp3):
+    low = convert_to_opus(speech_mp3, tmp_path / "low.opus", ffmpeg=ffmpeg, bitrate_kbps=12)
+    stereo = convert_to_opus(speech_mp3, tmp_path / "stereo.opus", ffmpeg=ffmpeg, bitrate_kbps=64, channels=2)
+    assert low.opus_bytes < stereo.opus_bytes
+    with av.open(str(stereo.opus_path)) as container:
+        assert container.streams.audio[0].channels == 2
+
+
+def test_existing_target_is_overwritten(tmp_path, ffmpeg):
+    source = make_tone_mp3(tmp_path / "tone.mp3", seconds=1.0)
+    target = tmp_path / "tone.opus"
+    target.write_bytes(b"stale")
+    assert convert_to_opus(source, target, ffmpeg=ffmpeg).opus_bytes == target.stat().st_size > 5
+
+
+def write_text_mp3(path: Path) -> Path:
+    path.write_text("<html><body>404 Not Found</body></html>\n")
+    return path
+
+
+def write_random_mp3(path: Path) -> Path:
+    path.write_bytes(random.Random(4559).randbytes(64_000))  # seeded: same bytes every run
+    return path
+
+
+def write_empty_mp3(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+def write_truncated_mp3(path: Path) -> Path:
+    return truncate_file(make_tone_mp3(path, seconds=4.0), keep_fraction=0.5)
+
+
+def write_png_named_mp3(path: Path) -> Path:
+    command = [ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "color=c=red:s=32x32:d=1"]
+    subprocess.run([*command, "-frames:v", "1", "-f", "image2", "-c:v", "png", str(path)], check=True)
+    return path
+
+
+def write_blip_mp3(path: Path) -> Path:
+    return make_tone_mp3(path, seconds=0.02)
+
+
+@pytest.mark.parametrize(
+    ("write_bad_source", "reason"),
+    [
+        (write_empty_mp3, "empty file (0 bytes)"),
+        (write_random_mp3, "not decodable audio: Invalid data found when processing input"),
+        (write_text_mp3, "not decodable audio: Invalid data found when processing input"),
+        (write_png_named_mp3, "no audio stream"),
+        (write_truncated_mp3, "output duration "),  # "1.99 s differs from source 4.00 s by more than 0.25 s"
+        (write_blip_mp3, "no audio: decodes to 0.0"),
+    ],
+    ids=["zero-byte", "random-bytes", "text", "image", "truncated", "near-zero-audio"],
+)
+def test_bad_source_raises_with_reason_and_leaves_no_target(tmp_path, ffmpeg, write_bad_source, reason):
+    source = write_bad_source(tmp_path / "bad.mp3")
+    target = tmp_path / "bad.opus"
+    target.write_bytes(b"output of an earlier run")  # must not survive as if it were current
+    with pytest.raises(ConversionError) as raised:
+        convert_to_opus(source, target, ffmpeg=ffmpeg)
+    assert str(raised.value).startswith(reason)
+    assert not target.exists()
+
+
+def test_truncation_message_names_both_durations(tmp_path, ffmpeg):
+    source = write_truncated_mp3(tmp_path / "cut.mp3")
+    expected = r"^output duration [12]\.\d\d s differs from source 4\.0\d s by more than 0\.25 s$"
+    with pytest.raises(ConversionError, match=expected):
+        convert_to_opus(source, tmp_path / "cut.opus", ffmpeg=ffmpeg)
+
+
+def test_slow_conversion_times_out(tmp_path, ffmpeg, speech_mp3):
+    target = tmp_path / "slow.opus"
+    with pytest.raises(ConversionError, match="did not finish within"):
+        convert_to_opus(speech_mp3, target, ffmpeg=ffmpeg, timeout_s=0.001)
+    assert not target.exists()
+
+
+def test_ffmpeg_failure_reports_its_last_error_line(tmp_path, ffmpeg, speech_mp3):
+    with pytest.raises(ConversionError, match=r"^ffmpeg failed: .*No such file or directory"):
+        convert_to_opus(speech_mp3, tmp_path / "missing-dir" / "x.opus", ffmpeg=ffmpeg)
+
+
+def test_decoded_duration_of_undecodable_file_raises(tmp_path):
+    with pytest.raises(ConversionError, match="not decodable audio"):
+        decoded_duration_seconds(write_text_mp3(tmp_path / "x.mp3"))
