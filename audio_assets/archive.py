@@ -81,11 +81,17 @@ def _register_rows(
 ) -> dict[str, int]:
     common = dict(archive_source=info.key, partition_key=context.partition_key, archive_etag=info.etag)
     file_ids = results_db.register_members(**common, members=[(m.name, m.size) for m in listing.mp3s])
+    # A row per rejected MP3 name; a name already used (a duplicate member of an accepted
+    # or rejected one) must not overwrite that row, so it is only recorded as a failure.
+    row_rejects, other_rejects = {}, []
+    for rejected in listing.rejected:
+        if rejected.kind == "mp3" and rejected.name not in file_ids and rejected.name not in row_rejects:
+            row_rejects[rejected.name] = rejected.reason
+        else:
+            other_rejects.append(rejected)
     file_ids |= results_db.register_rejected_members(
-        **common, rejected=[(r.name, r.reason) for r in listing.rejected_mp3s], run_id=context.run_id
+        **common, rejected=list(row_rejects.items()), run_id=context.run_id
     )
-    # Rejected non-MP3 members (an unsafe parquet, a symlink) have no row but are not silent.
-    other_rejects = [r for r in listing.rejected if r.kind != "mp3"]
     results_db.record_file_failures(
         archive_source=info.key,
         partition_key=context.partition_key,

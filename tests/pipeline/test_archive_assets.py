@@ -123,6 +123,7 @@ def test_bad_files_in_a_good_archive_fail_alone_with_reasons(archive_runner, res
         ("dup.parquet", make_parquet(tmp_path / "p2.parquet", [
             {"meta_id": "good", "source": "first"}, {"meta_id": "good", "source": "second"},
         ])),
+        ("good.mp3", b"a second member with the same name"),
     ])
     key = archive_runner.upload(archive)
     result = archive_runner.run(key)
@@ -149,6 +150,7 @@ def test_bad_files_in_a_good_archive_fail_alone_with_reasons(archive_runner, res
         assert words.lower() in row["error"].lower(), (name, row["error"])
     failures = {(f["original_filename"], f["stage"]) for f in open_failures(results_db, key)}
     assert {(n, s) for n, (s, _) in expected_failures.items()} <= failures
+    assert ("good.mp3", "archive") in failures  # the duplicate member, not the converted row
     assert ("no_meta_id.parquet", "metadata") in failures
     assert ("broken.parquet", "metadata") in failures
     metadata = result.asset_materializations_for_node("parquet_metadata")[0].metadata
