@@ -1,7 +1,6 @@
 """opus_files: every MP3 member converted to Opus, integrity-checked and uploaded."""
 
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def opus_files(
     previous_keys = _current_opus_keys(results_db, archive.key)
     ffmpeg = resolve_ffmpeg(config.ffmpeg_path)
     started = time.monotonic()
-    with scratch.step_dir(context.run_id, "opus_files") as workdir:
+    with scratch.step_dir(context.run.run_id, "opus_files") as workdir:
         _, listing, _ = download_and_scan(
             context,
             object_store=object_store,
@@ -60,24 +59,22 @@ def opus_files(
             extract_kinds=frozenset({"mp3"}),
         )
         extracted = {m.name: m.path for m in listing.mp3s}
-
-        def convert_one(row) -> ConvertedFile | FileFailure:
-            return _convert_and_upload(
-                row, extracted.get(row.member), workdir / "opus", archive, object_store, config, ffmpeg
-            )
-
-        outcomes = _run_parallel(context, convert_one, list(mp3s.itertuples(index=False)), config.workers)
+        outcomes = _convert_and_upload_all(
+            context, list(mp3s.itertuples(index=False)), extracted, workdir / "opus",
+            archive, object_store, config, ffmpeg,
+        )
     elapsed = time.monotonic() - started
 
     converted = [o for o in outcomes if isinstance(o, ConvertedFile)]
     failed = [o for o in outcomes if isinstance(o, FileFailure)]
     results_db.mark_converted(converted)
     results_db.record_file_failures(
-        archive_source=archive.key, partition_key=context.partition_key, failures=failed, run_id=context.run_id
+        archive_source=archive.key, partition_key=context.partition_key, failures=failed, run_id=context.run.run_id
     )
     _delete_replaced_objects(object_store, previous_keys, converted, failed)
 
     results = _results_frame(converted, failed, dict(zip(mp3s["audio_file_id"], mp3s["member"])))
+    results["archive_key"] = archive.key
     audio_s = sum(c.duration_seconds for c in converted)
     return dg.Output(
         results,
@@ -93,15 +90,43 @@ def opus_files(
     )
 
 
-def _convert_and_upload(
-    row, source: Path | None, out_dir: Path, archive: ArchiveRef, object_store: ObjectStore,
-    config: OpusConversionConfig, ffmpeg: str,
-) -> ConvertedFile | FileFailure:
+def _convert_and_upload_all(
+    context, rows: list, extracted: dict[str, Path], out_dir: Path, archive: ArchiveRef,
+    object_store: ObjectStore, config: OpusConversionConfig, ffmpeg: str,
+) -> list[ConvertedFile | FileFailure]:
+    """ffmpeg runs in `workers` threads (one core each); uploads run in a pool of their own,
+    so a slow object store never leaves a core idle waiting for a PUT."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes, uploads = [], []
+    started, total = time.monotonic(), len(rows)
+    report_every = max(1, total // 10)
+    with (
+        ThreadPoolExecutor(max_workers=max(1, config.workers)) as converters,
+        ThreadPoolExecutor(max_workers=max(1, config.upload_workers)) as uploaders,
+    ):
+        conversions = [
+            converters.submit(_convert, row, extracted.get(row.member), out_dir, config, ffmpeg) for row in rows
+        ]
+        for done, future in enumerate(as_completed(conversions), start=1):
+            converted = future.result()
+            if isinstance(converted, FileFailure):
+                outcomes.append(converted)
+            else:
+                uploads.append(uploaders.submit(_upload, *converted, archive, object_store))
+            if done % report_every == 0 or done == total:
+                rate = done / max(time.monotonic() - started, 1e-6)
+                context.log.info(f"converted {done}/{total} files ({rate:.1f} files/s)")
+        outcomes += [upload.result() for upload in uploads]
+    return outcomes
+
+
+def _convert(
+    row, source: Path | None, out_dir: Path, config: OpusConversionConfig, ffmpeg: str
+) -> tuple[int, str, Path, float] | FileFailure:
     file_id = int(row.audio_file_id)
     if source is None:
         return FileFailure(file_id, row.member, "conversion", "member missing from the archive on re-read")
     target = out_dir / f"{file_id}.opus"
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         result = convert_to_opus(
             source, target, ffmpeg=ffmpeg, bitrate_kbps=config.bitrate_kbps,
@@ -110,31 +135,24 @@ def _convert_and_upload(
     except ConversionError as exc:
         return FileFailure(file_id, row.member, "conversion", str(exc))
     finally:
-        source.unlink(missing_ok=True)  # keep scratch to one MP3 + one Opus per worker
+        source.unlink(missing_ok=True)  # scratch holds only files still in flight
+    return file_id, row.member, target, result.opus_duration_s
+
+
+def _upload(
+    file_id: int, member: str, target: Path, duration_s: float, archive: ArchiveRef, object_store: ObjectStore
+) -> ConvertedFile | FileFailure:
     key = opus_key(archive.date, file_id)
     try:
         uploaded = object_store.upload_file(target, key, content_type="audio/ogg")
     except Exception as exc:  # after the store's own retries: record, do not lose the file
-        return FileFailure(file_id, row.member, "upload", f"upload to {key} failed: {exc}")
+        return FileFailure(file_id, member, "upload", f"upload to {key} failed: {exc}")
     finally:
         target.unlink(missing_ok=True)
     return ConvertedFile(
         audio_file_id=file_id, opus_key=key, s3_uri=f"s3://{object_store.bucket}/{key}",
-        duration_seconds=result.opus_duration_s, file_size_bytes=uploaded.size,
+        duration_seconds=duration_s, file_size_bytes=uploaded.size,
     )
-
-
-def _run_parallel(context, fn: Callable, items: list, workers: int) -> list:
-    """ffmpeg does the work in subprocesses, so threads give real parallelism here."""
-    outcomes, started, total = [], time.monotonic(), len(items)
-    report_every = max(1, total // 10)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for done, future in enumerate(as_completed([pool.submit(fn, item) for item in items]), start=1):
-            outcomes.append(future.result())
-            if done % report_every == 0 or done == total:
-                rate = done / max(time.monotonic() - started, 1e-6)
-                context.log.info(f"converted {done}/{total} files ({rate:.1f} files/s)")
-    return outcomes
 
 
 def _current_opus_keys(results_db: ResultsDatabase, archive_key: str) -> dict[int, str]:

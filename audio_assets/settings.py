@@ -21,6 +21,7 @@ class OpusConversionConfig(ArchiveScanConfig):
         default_factory=lambda: os.cpu_count() or 1,
         description="Parallel ffmpeg conversions (one core each)",
     )
+    upload_workers: int = Field(default=8, description="Parallel uploads to the object store")
     bitrate_kbps: int = Field(default=32, description="Opus bitrate; 32 kbps mono loses no ASR accuracy")
     duration_tolerance_s: float = Field(
         default=0.25, description="Allowed |opus - source| duration difference before a file fails"
