@@ -8,14 +8,21 @@ another's data.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import botocore.exceptions
-import pytest
+# Set before anything imports huggingface_hub (it reads them once): no test may reach a
+# model hub, and pyannote must not send telemetry.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
+
+import botocore.exceptions  # noqa: E402
+import pytest  # noqa: E402
 
 from resources.embedded.postgres import LocalPostgres, create_database, start_postgres, stop_postgres
 from resources.embedded.seaweedfs import SeaweedS3, start_seaweedfs, stop_seaweedfs
