@@ -38,7 +38,7 @@ def raw_archive(
 ) -> dg.Output[pd.DataFrame]:
     """The archive's members, checked for unsafe entries, with one audio_files row per MP3."""
     info = resolve_archive(context, object_store)
-    with scratch.step_dir(context.run_id, "raw_archive") as workdir:
+    with scratch.step_dir(context.run.run_id, "raw_archive") as workdir:
         info, listing, download_s = download_and_scan(
             context,
             object_store=object_store,
@@ -53,7 +53,7 @@ def raw_archive(
         reason = "archive has no MP3 members"
         results_db.record_archive_failure(
             archive_source=info.key, partition_key=context.partition_key,
-            stage="archive", error=reason, run_id=context.run_id,
+            stage="archive", error=reason, run_id=context.run.run_id,
         )
         raise dg.Failure(reason, metadata={"archive_key": info.key}, allow_retries=False)
 
@@ -90,13 +90,13 @@ def _register_rows(
         else:
             other_rejects.append(rejected)
     file_ids |= results_db.register_rejected_members(
-        **common, rejected=list(row_rejects.items()), run_id=context.run_id
+        **common, rejected=list(row_rejects.items()), run_id=context.run.run_id
     )
     results_db.record_file_failures(
         archive_source=info.key,
         partition_key=context.partition_key,
         failures=[FileFailure(None, r.name, "archive", r.reason) for r in other_rejects],
-        run_id=context.run_id,
+        run_id=context.run.run_id,
         update_rows=False,
     )
     return file_ids

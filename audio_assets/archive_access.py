@@ -112,7 +112,7 @@ def download_and_scan(
             partition_key=context.partition_key,
             stage=stage,
             error=reason,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
         )
         raise dg.Failure(reason, metadata={"archive_key": archive_key}, allow_retries=False) from exc
     finally:

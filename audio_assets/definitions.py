@@ -8,9 +8,11 @@ import dagster as dg
 
 from audio_assets.archive import raw_archive
 from audio_assets.checks import archive_checks
+from audio_assets.classifications import classifications
 from audio_assets.jobs import archive_job
 from audio_assets.metadata import parquet_metadata
 from audio_assets.opus import opus_files
+from audio_assets.transcripts import transcripts
 from resources.environments import current_environment, resources_for
 from sensors.archive_sensor import archive_sensor
 
@@ -23,7 +25,7 @@ EXECUTORS = {
 
 def build_definitions(resources: dict[str, Any], executor=dg.in_process_executor) -> dg.Definitions:
     return dg.Definitions(
-        assets=[raw_archive, opus_files, parquet_metadata],
+        assets=[raw_archive, opus_files, parquet_metadata, transcripts, classifications],
         asset_checks=archive_checks,
         jobs=[archive_job],
         sensors=[archive_sensor],

@@ -116,6 +116,7 @@ def demo_environment(s3: SeaweedS3, pg: LocalPostgres, state: Path) -> dict[str,
         "DAGSTER_PG_DB": "dagster",
         "DAGSTER_HOME": str(state / "dagster_home"),
         "SCRATCH_ROOT": str(state / "scratch"),
+        "MODELS_ROOT": os.environ.get("MODELS_ROOT", str(state / "models")),
         # The demo should not wait long for the first tick.
         "ARCHIVE_SENSOR_INTERVAL_S": os.environ.get("ARCHIVE_SENSOR_INTERVAL_S", "5"),
     }
@@ -195,7 +196,9 @@ def print_summary(results_db: ResultsDatabase, instance, archives: list[tuple[st
         results_db.query(
             """
             SELECT archive_source, count(*) AS files,
-                   count(*) FILTER (WHERE status <> 'failed' AND status <> 'pending') AS converted,
+                   count(*) FILTER (WHERE status IN ('converted', 'transcribed', 'classified')) AS converted,
+                   count(*) FILTER (WHERE status IN ('transcribed', 'classified')) AS transcribed,
+                   count(*) FILTER (WHERE status = 'classified') AS classified,
                    count(*) FILTER (WHERE status = 'failed') AS failed,
                    count(parquet_metadata) AS with_metadata,
                    round(sum(duration_seconds)::numeric, 1) AS audio_seconds
@@ -203,11 +206,19 @@ def print_summary(results_db: ResultsDatabase, instance, archives: list[tuple[st
             """
         ),
     )
+    _print_table(
+        "transcripts",
+        results_db.query(
+            "SELECT a.original_filename, t.language, round(t.confidence::numeric, 3) AS confidence, "
+            "left(t.transcript_text, 70) AS transcript FROM transcripts t "
+            "JOIN audio_files a ON a.id = t.audio_file_id ORDER BY a.archive_source, a.original_filename"
+        ),
+    )
     _print_table("daily_stats (view)", results_db.query("SELECT * FROM daily_stats"))
     _print_table(
         "ra_queue (view; flagged items of the last 24 h)",
         results_db.query(
-            "SELECT audio_file_id, flag_category, round(flag_score::numeric, 3) AS score, "
+            "SELECT audio_file_id, flag_category, round(flag_score::numeric, 3) AS score, classifier_model, "
             "left(transcript_text, 60) AS transcript, opus_key FROM ra_queue LIMIT 10"
         ),
     )

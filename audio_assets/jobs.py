@@ -4,6 +4,9 @@ import dagster as dg
 
 archive_job = dg.define_asset_job(
     "archive_job",
-    selection=dg.AssetSelection.groups("archives"),
-    description="Convert one archive: raw_archive -> opus_files + parquet_metadata (with checks)",
+    selection=dg.AssetSelection.groups("archives", "moderation"),
+    description=(
+        "One archive end to end: raw_archive -> opus_files + parquet_metadata -> transcripts "
+        "-> classifications (with checks)"
+    ),
 )

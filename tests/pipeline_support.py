@@ -1,0 +1,63 @@
+"""Wiring shared by the pipeline tests and the benchmarks: resources and an archive runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from audio_assets.partitions import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions, partition_key_for
+from resources.classifier import PolicyClassifier
+from resources.manifest_io import ObjectStoreParquetIOManager
+from resources.object_store import ObjectStore
+from resources.results_db import ResultsDatabase
+from resources.scratch import ScratchSpace
+from resources.transcriber import WhisperTranscriber
+
+# The CPU half, for tests that are about archives rather than models.
+INGEST_ASSETS = [dg.AssetKey("raw_archive"), dg.AssetKey("opus_files"), dg.AssetKey("parquet_metadata")]
+FULL_JOB = None  # every asset of archive_job
+
+
+def pipeline_resources(
+    object_store: ObjectStore,
+    results_db: ResultsDatabase,
+    scratch_root: Path,
+    transcriber: WhisperTranscriber,
+    classifier: PolicyClassifier,
+) -> dict:
+    return {
+        "object_store": object_store,
+        "results_db": results_db,
+        "scratch": ScratchSpace(root=str(scratch_root)),
+        "manifest_io": ObjectStoreParquetIOManager(object_store=object_store),
+        "transcriber": transcriber,
+        "classifier": classifier,
+    }
+
+
+class ArchiveRunner:
+    """Upload an archive and materialize its partition the way a sensor-launched run does."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, object_store: ObjectStore):
+        self.defs, self.instance, self.object_store = defs, instance, object_store
+
+    def upload(self, local: Path, name: str | None = None) -> str:
+        key = f"archives/{name or local.name}"
+        self.object_store.upload_file(local, key)
+        return key
+
+    def run(self, key: str, *, tags: bool = True, assets=INGEST_ASSETS) -> dg.ExecuteInProcessResult:
+        partition_key = partition_key_for(key)
+        if not self.instance.has_dynamic_partition(archives_partitions.name, partition_key):
+            self.instance.add_dynamic_partitions(archives_partitions.name, [partition_key])
+        run_tags = {}
+        if tags:
+            run_tags = {ARCHIVE_KEY_TAG: key, ARCHIVE_ETAG_TAG: self.object_store.head(key).etag}
+        return self.defs.resolve_job_def("archive_job").execute_in_process(
+            partition_key=partition_key,
+            instance=self.instance,
+            tags=run_tags,
+            asset_selection=assets,
+            raise_on_error=False,
+        )
