@@ -395,3 +395,4 @@ class ClassificationRow:
     threshold: float
     content_truncated: bool
     reason: str | None
+

@@ -11,6 +11,7 @@ import contextlib
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,3 +41,25 @@ class ScratchSpace(dg.ConfigurableResource):
             shutil.rmtree(path, ignore_errors=True)
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # the run folder, once its last step is done
+
+    def sweep(self, *, older_than_s: float, active_run_ids: set[str]) -> tuple[list[str], int]:
+        """Remove run folders untouched for `older_than_s` that belong to no active run
+        (left by a killed worker, where no `finally` ran). Returns (removed, bytes freed)."""
+        root = Path(self.root)
+        if not root.is_dir():
+            return [], 0
+        active = {_UNSAFE.sub("_", run_id) for run_id in active_run_ids}
+        cutoff = time.time() - older_than_s
+        removed, freed = [], 0
+        for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            if run_dir.name in active or _newest_mtime(run_dir) > cutoff:
+                continue
+            freed += sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file() and not f.is_symlink())
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed.append(run_dir.name)
+        return removed, freed
+
+
+def _newest_mtime(folder: Path) -> float:
+    """A folder's age is that of its newest entry: a long step keeps writing into it."""
+    return max([folder.stat().st_mtime] + [p.stat().st_mtime for p in folder.rglob("*")])

@@ -187,7 +187,7 @@ def test_broken_archive_fails_its_run_with_the_reason_recorded(archive_runner, r
 
 @pytest.mark.integration
 def test_scratch_is_removed_even_when_a_step_fails(archive_runner, scratch_root, tmp_path):
-    archive = build_tar(tmp_path / "batch_bad.tar", [("a.mp3", make_tone_mp3(tmp_path / "a.mp3"))])
+    archive = build_tar(tmp_path / "batch_bad.tar.gz", [("a.mp3", make_tone_mp3(tmp_path / "a.mp3", 3))], gzip=True)
     truncate_file(archive, 0.5)
-    archive_runner.run(archive_runner.upload(archive))
+    assert not archive_runner.run(archive_runner.upload(archive)).success
     assert not scratch_root.exists() or not any(scratch_root.rglob("*"))

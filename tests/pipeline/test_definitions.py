@@ -19,6 +19,7 @@ EXPECTED_GRAPH = {
     "parquet_metadata": {"raw_archive"},
     "transcripts": {"opus_files"},
     "classifications": {"transcripts"},
+    "daily_summary": set(),  # reads the results tables, not an archive partition
 }
 GPU_ASSETS = {"transcripts", "classifications"}
 EXPECTED_CHECKS = {
@@ -45,7 +46,10 @@ def test_definitions_load_and_match_the_expected_asset_graph():
         assert {p.to_user_string() for p in node.parent_keys} == parents
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == EXPECTED_CHECKS
-    assert defs.resolve_sensor_def("archive_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    for sensor in ("archive_sensor", "dead_letter_sensor"):
+        assert defs.resolve_sensor_def(sensor).default_status == dg.DefaultSensorStatus.RUNNING
+    for schedule in ("daily_summary_schedule", "archive_catchup_schedule", "scratch_sweep_schedule"):
+        assert defs.resolve_schedule_def(schedule).default_status == dg.DefaultScheduleStatus.RUNNING
     assert defs.resolve_job_def("archive_job").partitions_def.name == "archives"
 
 
@@ -91,3 +95,13 @@ def test_production_environment_reads_connections_from_environment_variables(mon
     )
     assert resources["results_db"].process_config_and_initialize().connection_string() == "host=db.example.org dbname=audio"
     assert resources["scratch"].process_config_and_initialize().root == "/scratch"
+
+
+def test_production_steps_go_to_celery_queues_when_a_broker_is_configured(monkeypatch):
+    from audio_assets.definitions import executor_for
+
+    assert executor_for("local").name == "in_process"
+    assert executor_for("production").name == "multiprocess"
+    monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("DAGSTER_CELERY_BACKEND_URL", "redis://127.0.0.1:6379/1")
+    assert executor_for("production").name == "celery"

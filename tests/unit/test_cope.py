@@ -6,29 +6,26 @@ which logits are read, padding, the shared-prefix cache, truncation, and loading
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 
-# Before transformers is imported anywhere: nothing here may reach the hub.
+import pytest
+from tiny_cope import SLIDING_WINDOW, build_tiny_cope
+from transformers import AutoTokenizer
 
-from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
-from audio_assets.ml.cope_prompt import (  # noqa: E402
+from audio_assets.ml.cope_prompt import (
     PromptTooLongError,
     build_prompt,
     fit_content,
     prompt_token_count,
 )
-from audio_assets.ml.cope_scorer import (  # noqa: E402
+from audio_assets.ml.cope_scorer import (
     CopeSettings,
     answer_token_ids,
     load_cope_scorer,
     load_count,
 )
-from audio_assets.ml.scoring import PolicyScore  # noqa: E402
-from tiny_cope import SLIDING_WINDOW, build_tiny_cope  # noqa: E402
+from audio_assets.ml.scoring import PolicyScore
 
 POLICY = (
     "# Insults\n\n## Definition of Labels\n\n### (IN) Insult\n\n#### Includes\n\n"

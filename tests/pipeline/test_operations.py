@@ -1,0 +1,140 @@
+"""Daily report, catch-up, dead letter and scratch sweep on real services."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pandas as pd
+import psycopg2
+import pytest
+from archive_factory import build_tar, make_tone_mp3, truncate_file
+from dagster._core.storage.dagster_run import DagsterRun
+
+from audio_assets.daily import daily_summary
+from audio_assets.scratch_sweep import scratch_sweep_job
+from resources.results_db import ClassificationRow, ConvertedFile, FileFailure, TranscriptRow
+from resources.scratch import ScratchSpace
+from sensors.dead_letter_sensor import dead_letter_sensor
+from sensors.schedules import archive_catchup_schedule, partitions_to_catch_up
+
+NOW = datetime.now(timezone.utc)
+YESTERDAY = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+
+
+def _seed_yesterday(results_db) -> None:
+    common = dict(archive_source="archives/day.tar", partition_key="day", archive_etag="e")
+    ids = results_db.register_members(**common, members=[("a.mp3", 1), ("b.mp3", 1), ("c.mp3", 1)])
+    results_db.mark_converted([
+        ConvertedFile(ids[n], f"processed/x/{ids[n]}.opus", "s3://b/k", 30.0, 100) for n in ("a.mp3", "b.mp3")
+    ])
+    results_db.store_transcripts([TranscriptRow(ids["a.mp3"], "whisper", "you idiot", "en", 0.8, []),
+                                  TranscriptRow(ids["b.mp3"], "whisper", "hello", "en", 0.6, [])])
+    results_db.store_classifications(
+        [ClassificationRow(ids["a.mp3"], "harassment_threats", "cope", 0.9, True, 0.5, False, None)],
+        classified_ids=[ids["a.mp3"]],
+    )
+    results_db.record_file_failures(
+        archive_source="archives/day.tar", partition_key="day", run_id="r1",
+        failures=[FileFailure(ids["c.mp3"], "c.mp3", "conversion", "not decodable audio")],
+    )
+    with results_db.connect() as conn, conn.cursor() as cur:  # move all of it to yesterday
+        for table, column in (("audio_files", "processed_at"), ("transcripts", "created_at"),
+                              ("classifications", "created_at"), ("processing_failures", "failed_at")):
+            cur.execute(f"UPDATE {table} SET {column} = %s::date + interval '13 hours'", (YESTERDAY,))
+
+
+def test_daily_summary_lands_in_postgres_view_and_parquet(results_db, object_store, ra_login):
+    _seed_yesterday(results_db)
+    result = dg.materialize(
+        [daily_summary], partition_key=YESTERDAY, resources={"results_db": results_db, "object_store": object_store}
+    )
+    assert result.success
+    with psycopg2.connect(ra_login) as conn, conn.cursor() as cur:
+        cur.execute("SELECT files_processed, files_failed, failed_by_stage, flagged_by_category, "
+                    "mean_confidence, audio_hours FROM daily_report WHERE day = %s", (YESTERDAY,))
+        processed, failed, by_stage, flagged, confidence, hours = cur.fetchone()
+    assert (processed, failed) == (2, 1)
+    assert by_stage == {"conversion": 1}
+    assert flagged == {"harassment_threats": 1}
+    assert confidence == pytest.approx(0.7)
+    assert hours == pytest.approx(60 / 3600, abs=1e-4)
+    report = pd.read_parquet(io.BytesIO(object_store.get_bytes(f"reports/{YESTERDAY}.parquet")))
+    assert report.loc[0, "files_processed"] == 2 and "not decodable" in report.loc[0, "top_errors"]
+    metadata = result.asset_materializations_for_node("daily_summary")[0].metadata
+    assert "files_processed" in metadata["report"].value
+
+
+def _add_run(instance, partition: str, status: dg.DagsterRunStatus) -> None:
+    run = DagsterRun(job_name="archive_job", run_id=str(uuid.uuid4()), status=status,
+                     tags={"dagster/partition": partition})
+    instance.add_run(run)
+
+
+def test_catch_up_requests_unfinished_and_failed_partitions_only(instance):
+    instance.add_dynamic_partitions("archives", ["done", "never_ran", "running", "failed_last", "recovered"])
+    for key in ("done", "failed_last", "recovered"):
+        instance.report_runless_asset_event(dg.AssetMaterialization("classifications", partition=key))
+    _add_run(instance, "running", dg.DagsterRunStatus.STARTED)
+    _add_run(instance, "failed_last", dg.DagsterRunStatus.SUCCESS)
+    _add_run(instance, "failed_last", dg.DagsterRunStatus.FAILURE)
+    _add_run(instance, "recovered", dg.DagsterRunStatus.FAILURE)
+    _add_run(instance, "recovered", dg.DagsterRunStatus.SUCCESS)
+
+    assert partitions_to_catch_up(instance) == ["failed_last", "never_ran"]
+    requests = archive_catchup_schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW))
+    assert sorted(r.partition_key for r in requests) == ["failed_last", "never_ran"]
+
+    for key in ("never_ran", "failed_last"):
+        instance.report_runless_asset_event(dg.AssetMaterialization("classifications", partition=key))
+        _add_run(instance, key, dg.DagsterRunStatus.SUCCESS)
+    skipped = archive_catchup_schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW))
+    assert isinstance(skipped, dg.SkipReason)
+
+
+def test_failed_run_is_written_to_the_dead_letter(archive_runner, instance, results_db, tmp_path):
+    archive = build_tar(tmp_path / "batch_broken.tar.gz", [("a.mp3", make_tone_mp3(tmp_path / "a.mp3", 3))], gzip=True)
+    truncate_file(archive, 0.5)
+    result = archive_runner.run(archive_runner.upload(archive))
+    assert not result.success
+    run = instance.get_run_by_id(result.run_id)
+    failure_event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+
+    context = dg.build_run_status_sensor_context(
+        sensor_name="dead_letter_sensor", dagster_event=failure_event, dagster_instance=instance,
+        dagster_run=run, resources={"results_db": results_db},
+    ).for_run_failure()
+    dead_letter_sensor(context)
+
+    rows = results_db.query("SELECT * FROM open_failures WHERE run_id = %s ORDER BY stage", (result.run_id,))
+    stages = {r["stage"]: r for r in rows}
+    assert "run:raw_archive" in stages
+    assert stages["run:raw_archive"]["archive_source"] == "archives/batch_broken.tar.gz"
+    assert stages["run:raw_archive"]["partition_key"] == "batch_broken"
+    assert "unreadable" in stages["run:raw_archive"]["error"]
+
+
+def test_scratch_sweep_removes_only_old_folders_of_runs_that_are_gone(instance, tmp_path):
+    root = tmp_path / "scratch"
+    running_id, killed_id, fresh_id = (str(uuid.uuid4()) for _ in range(3))
+    instance.add_run(DagsterRun(job_name="archive_job", run_id=running_id, status=dg.DagsterRunStatus.STARTED))
+    instance.add_run(DagsterRun(job_name="archive_job", run_id=killed_id, status=dg.DagsterRunStatus.FAILURE))
+    old = time.time() - 7 * 3600
+    for run_id in (running_id, killed_id, fresh_id):
+        step = root / run_id / "opus_files"
+        step.mkdir(parents=True)
+        (step / "archive.tar").write_bytes(b"x" * 10_000)
+        if run_id != fresh_id:
+            for path in (step / "archive.tar", step, step.parent):
+                os.utime(path, (old, old))
+
+    result = scratch_sweep_job.execute_in_process(instance=instance, resources={"scratch": ScratchSpace(root=str(root))})
+
+    assert result.success
+    assert not (root / killed_id).exists()
+    assert (root / running_id).exists() and (root / fresh_id).exists()
+    assert result.output_for_node("sweep_scratch") == 10_000
