@@ -9,10 +9,9 @@ from resources.environments import LOCAL_POSTGRES_PORT, LOCAL_S3_PORT
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from resources.environments import current_environment, resources_for
+    from audio_assets.operator import configured_resource
 
-    results_db = resources_for(current_environment())["results_db"]
-    applied = results_db.migrate()
+    applied = configured_resource("results_db").migrate()
     print(f"applied migrations: {', '.join(applied) if applied else 'none (schema is current)'}")
     return 0
 
@@ -27,6 +26,38 @@ def _demo(args: argparse.Namespace) -> int:
         s3_port=args.s3_port,
         postgres_port=args.postgres_port,
         stop_services=args.stop_services,
+    )
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from audio_assets.operator.doctor import DoctorSettings, run_doctor
+
+    return run_doctor(
+        DoctorSettings(
+            timeout_s=args.timeout, scratch_warn_gb=args.scratch_warn_gb, scratch_fail_gb=args.scratch_fail_gb
+        )
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    from audio_assets.operator import configured_resource
+    from audio_assets.operator.status import run_status
+
+    terminal = sys.stdout.isatty() and not args.plain
+    return run_status(configured_resource("results_db"), args.archive, args.limit, terminal)
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    from audio_assets.operator import configured_resource
+    from audio_assets.operator.requeue import run_requeue
+
+    return run_requeue(
+        configured_resource("results_db"),
+        configured_resource("object_store"),
+        archive=None if args.all else args.archive,
+        wait=args.wait,
+        timeout_s=args.timeout,
+        workspace_file=args.workspace,
     )
 
 
@@ -47,12 +78,49 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--postgres-port", type=int, default=LOCAL_POSTGRES_PORT, help="PostgreSQL port")
     demo.add_argument("--stop-services", action="store_true", help="stop SeaweedFS and PostgreSQL at the end")
     demo.set_defaults(handler=_demo)
+
+    _add_operator_commands(commands)
     return parser
 
 
+def _add_operator_commands(commands) -> None:
+    doctor = commands.add_parser("doctor", help="check S3, PostgreSQL, ffmpeg, models, GPU, scratch and the broker")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds before a service counts as down")
+    doctor.add_argument("--scratch-warn-gb", type=float, default=5.0, help="warn below this much free scratch")
+    doctor.add_argument("--scratch-fail-gb", type=float, default=1.0, help="fail below this much free scratch")
+    doctor.set_defaults(handler=_doctor)
+
+    status = commands.add_parser("status", help="per-archive progress from audio_files")
+    status.add_argument("--archive", metavar="KEY_OR_PARTITION", help="one archive: partition key or S3 key")
+    status.add_argument("--limit", type=int, default=50, help="most recently changed archives to show")
+    status.add_argument("--plain", action="store_true", help="a table even in a terminal")
+    status.set_defaults(handler=_status)
+
+    requeue = commands.add_parser("requeue", help="re-run the failed files of an archive as a new Dagster run")
+    which = requeue.add_mutually_exclusive_group(required=True)
+    which.add_argument("--archive", metavar="KEY_OR_PARTITION", help="the archive: partition key or S3 key")
+    which.add_argument("--all", action="store_true", help="every archive with failed files")
+    requeue.add_argument(
+        "--no-wait", dest="wait", action="store_false", help="return once the runs are queued for the daemon"
+    )
+    requeue.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the runs")
+    requeue.add_argument(
+        "--workspace",
+        metavar="WORKSPACE_YAML",
+        help="load the code from this workspace file (default: the module, under the location name the daemon uses)",
+    )
+    requeue.set_defaults(handler=_requeue)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from audio_assets.operator import ResourceConfigError
+
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except ResourceConfigError as exc:  # configuration, not a bug: no traceback
+        print(f"audio-pipeline {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""`audio-pipeline status`: how far each archive has come, from audio_files in PostgreSQL.
+
+A file's status only moves forward (pending -> converted -> transcribed -> classified) or
+to failed, so "converted" counts every file that got at least that far.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+PROGRESS_SQL = """
+    SELECT archive_source, partition_key, count(*) AS files,
+           count(*) FILTER (WHERE status IN ('converted', 'transcribed', 'classified')) AS converted,
+           count(*) FILTER (WHERE status IN ('transcribed', 'classified')) AS transcribed,
+           count(*) FILTER (WHERE status = 'classified') AS classified,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           max(processed_at) AS last_change
+    FROM audio_files
+    WHERE %(archive)s::text IS NULL OR partition_key = %(archive)s
+       OR archive_source = %(archive)s OR archive_source = 'archives/' || %(archive)s
+    GROUP BY archive_source, partition_key
+    ORDER BY max(processed_at) DESC NULLS FIRST, archive_source
+    LIMIT %(limit)s
+"""
+
+# Archives that broke before any file got a row (unreadable tar, no MP3) show only here.
+ARCHIVE_FAILURES_SQL = """
+    SELECT archive_source, partition_key, stage, error FROM processing_failures
+    WHERE resolved_at IS NULL AND original_filename = ''
+      AND (%(archive)s::text IS NULL OR partition_key = %(archive)s
+           OR archive_source = %(archive)s OR archive_source = 'archives/' || %(archive)s)
+    ORDER BY failed_at DESC
+    LIMIT %(limit)s
+"""
+
+COLUMNS = ("files", "converted", "transcribed", "classified", "failed")
+
+
+@dataclass(frozen=True)
+class ArchiveProgress:
+    archive_source: str
+    partition_key: str
+    files: int
+    converted: int
+    transcribed: int
+    classified: int
+    failed: int
+
+    @property
+    def finished(self) -> int:
+        """Files with nothing left to do: classified, or failed until someone requeues them."""
+        return self.classified + self.failed
+
+
+def archive_progress(results_db, archive: str | None, limit: int) -> tuple[list[ArchiveProgress], list[dict[str, Any]]]:
+    """Per-archive counts (most recently changed first) and open archive-level failures."""
+    params = {"archive": archive, "limit": limit}
+    rows = results_db.query(PROGRESS_SQL, params)
+    progress = [ArchiveProgress(**{k: v for k, v in row.items() if k != "last_change"}) for row in rows]
+    return progress, results_db.query(ARCHIVE_FAILURES_SQL, params)
+
+
+def render_table(progress: list[ArchiveProgress]) -> list[str]:
+    """Plain aligned columns, for pipes, logs and scripts."""
+    header = ("archive", "partition", *COLUMNS)
+    cells = [(p.archive_source, p.partition_key, *(str(getattr(p, c)) for c in COLUMNS)) for p in progress]
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+    # Names left-aligned, counts right-aligned.
+    return [
+        "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))).rstrip()
+        for row in [header, *cells]
+    ]
+
+
+# A file's furthest stage, best first; '.' is what is still pending.
+BAR_SEGMENTS = (("#", "classified"), ("=", "transcribed"), ("-", "converted"), ("x", "failed"))
+
+
+def render_bars(progress: list[ArchiveProgress], width: int = 30) -> list[str]:
+    """One stacked progress bar per archive, for a person at a terminal."""
+    legend = "  ".join(f"{char} {name}" for char, name in BAR_SEGMENTS) + "  . pending"
+    name_width = max((len(p.partition_key) for p in progress), default=0)
+    lines = [legend]
+    for p in progress:
+        percent = 100 * p.finished // p.files if p.files else 100
+        lines.append(
+            f"{p.partition_key.ljust(name_width)} [{_bar(p, width)}] {percent:3d}% done  {p.files} files: "
+            f"{p.converted} converted, {p.transcribed} transcribed, {p.classified} classified, {p.failed} failed"
+        )
+    return lines
+
+
+def _bar(p: ArchiveProgress, width: int) -> str:
+    # Files counted once, at their furthest stage; cumulative rounding keeps the bar width exact.
+    counts = [p.classified, p.transcribed - p.classified, p.converted - p.transcribed, p.failed]
+    bar, total = "", 0
+    for (char, _), count in zip(BAR_SEGMENTS, counts):
+        total += count
+        bar += char * (round(width * total / p.files) - len(bar)) if p.files else ""
+    return bar.ljust(width, ".")
+
+
+def render_archive_failures(failures: list[dict[str, Any]]) -> list[str]:
+    return [f"archive failed: {f['archive_source']} ({f['stage']}): {f['error']}" for f in failures]
+
+
+def run_status(results_db, archive: str | None, limit: int, terminal: bool) -> int:
+    progress, failures = archive_progress(results_db, archive, limit)
+    if not progress and not failures:
+        print(f"no files recorded{f' for {archive!r}' if archive else ''} yet")
+        return 1 if archive else 0  # a named archive that is unknown is most likely a typo
+    lines = render_bars(progress) if terminal else render_table(progress)
+    print("\n".join(lines + render_archive_failures(failures)))
+    return 0
