@@ -16,9 +16,11 @@ from audio_assets.metadata import parquet_metadata
 from audio_assets.opus import opus_files
 from audio_assets.scratch_sweep import scratch_sweep_job
 from audio_assets.transcripts import transcripts
+from audio_assets.transfer import transfer_archive
 from resources.environments import current_environment, resources_for
 from sensors.archive_sensor import archive_sensor
 from sensors.dead_letter_sensor import dead_letter_sensor
+from sensors.remote_archive_sensor import remote_archive_sensor
 from sensors.schedules import archive_catchup_schedule, scratch_sweep_schedule
 
 def executor_for(environment: str):
@@ -40,8 +42,8 @@ def build_definitions(resources: dict[str, Any], executor=dg.in_process_executor
     return dg.Definitions(
         assets=[raw_archive, opus_files, parquet_metadata, transcripts, classifications, daily_summary],
         asset_checks=archive_checks,
-        jobs=[archive_job, daily_summary_job, scratch_sweep_job],
-        sensors=[archive_sensor, dead_letter_sensor],
+        jobs=[archive_job, daily_summary_job, scratch_sweep_job, transfer_archive],
+        sensors=[archive_sensor, dead_letter_sensor, remote_archive_sensor],
         schedules=[daily_summary_schedule, archive_catchup_schedule, scratch_sweep_schedule],
         resources=resources,
         executor=executor,

