@@ -22,11 +22,13 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
 
 import botocore.exceptions  # noqa: E402
+import dagster as dg  # noqa: E402
 import pytest  # noqa: E402
 
-from resources.embedded.postgres import LocalPostgres, create_database, start_postgres, stop_postgres
-from resources.embedded.seaweedfs import SeaweedS3, start_seaweedfs, stop_seaweedfs
-from resources.object_store import ObjectStore
+from resources.embedded.postgres import LocalPostgres, create_database, start_postgres, stop_postgres  # noqa: E402
+from resources.embedded.seaweedfs import SeaweedS3, start_seaweedfs, stop_seaweedfs  # noqa: E402
+from resources.object_store import ObjectStore  # noqa: E402
+from resources.results_db import ResultsDatabase  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +74,20 @@ def postgres_server() -> Iterator[LocalPostgres]:
 @pytest.fixture
 def postgres_dsn(postgres_server: LocalPostgres) -> str:
     return create_database(postgres_server, f"test_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture
+def results_db(postgres_dsn: str) -> ResultsDatabase:
+    """The results database on a fresh, migrated database."""
+    db = ResultsDatabase(dsn=postgres_dsn)
+    db.migrate()
+    return db
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    # Dynamic partitions need a persistent instance; ephemeral() cannot hold them.
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
+        yield test_instance

@@ -88,21 +88,6 @@ def store(object_store) -> ObjectStore:
     )
 
 
-@pytest.fixture
-def results_db(postgres_dsn) -> ResultsDatabase:
-    db = ResultsDatabase(dsn=postgres_dsn)
-    db.migrate()
-    return db
-
-
-@pytest.fixture
-def instance(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
-        yield test_instance
-
-
 def put_remote(directory: Path, name: str, data: bytes, mtime: int = AN_HOUR_AGO) -> Path:
     path = directory / name
     path.write_bytes(data)

@@ -11,15 +11,7 @@ from pipeline_support import ArchiveRunner, pipeline_resources
 
 from audio_assets.definitions import build_definitions
 from resources.classifier import PolicyClassifier
-from resources.results_db import ResultsDatabase
 from resources.transcriber import WhisperTranscriber
-
-
-@pytest.fixture
-def results_db(postgres_dsn) -> ResultsDatabase:
-    db = ResultsDatabase(dsn=postgres_dsn)
-    db.migrate()
-    return db
 
 
 @pytest.fixture
@@ -57,15 +49,6 @@ def build_defs(object_store, results_db, scratch_root, transcriber, classifier):
 @pytest.fixture
 def defs(build_defs) -> dg.Definitions:
     return build_defs()
-
-
-@pytest.fixture
-def instance(tmp_path):
-    # Dynamic partitions need a persistent instance; ephemeral() cannot hold them.
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as test_instance:
-        yield test_instance
 
 
 @pytest.fixture
