@@ -190,7 +190,11 @@ def print_summary(results_db: ResultsDatabase, instance, archives: list[tuple[st
     print("\nruns:")
     for key, etag in archives:
         runs = _runs_for(instance, key, etag)
-        print(f"  {key}: {runs[0].status.value if runs else 'none'} ({runs[0].run_id if runs else '-'})")
+        if not runs:
+            print(f"  {key}: none")
+            continue
+        launched_by = runs[0].tags.get("dagster/sensor_name", "a person")
+        print(f"  {key}: {runs[0].status.value} (run {runs[0].run_id}, launched by {launched_by})")
     _print_table(
         "files per archive (audio_files)",
         results_db.query(

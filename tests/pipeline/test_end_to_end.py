@@ -97,6 +97,8 @@ def _run_demo_twice(state: Path) -> None:
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert "SUCCESS" in first.stdout
+    # The daemon (PostgreSQL-backed instance) ticked archive_sensor, which launched the runs.
+    assert first.stdout.count("launched by archive_sensor") == len(sample_members())
     assert "daily_stats" in first.stdout and "classified" in first.stdout
     assert "idiot" in first.stdout  # the flagged sample, printed from ra_queue
 
