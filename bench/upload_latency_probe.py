@@ -3,8 +3,8 @@ instead of the local SeaweedFS) and with more workers than cores.
 
     PYTHONPATH=. .venv/bin/python bench/upload_latency_probe.py [--latency-ms 0 40] [--workers 2 3 4]
 
-Each upload_file call is delayed by --latency-ms before it runs (a remote PUT plus the HEAD
-after it: two round trips). Prints the step's median seconds and its ratio to bare ffmpeg
+Each upload_file call is delayed by --latency-ms before it runs (the round trips of a remote
+PUT: one since upload_file sends small objects as one PutObject with Content-MD5, two before). Prints the step's median seconds and its ratio to bare ffmpeg
 with cores workers, measured in the same loop. The code under test is unchanged; only the
 delay is added, by wrapping ObjectStore.upload_file for the duration of a measurement.
 """
