@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.config
 import psycopg2
 import pytest
 
@@ -28,12 +29,16 @@ pytestmark = pytest.mark.integration
 
 
 def _s3_client(server: SeaweedS3):
+    # Retries like the pipeline's ObjectStore client: right after a restart the S3 gateway
+    # answers before its volume server has re-registered, and a read can get a 500 for a
+    # moment (seen under load). Callers are expected to retry that, so the test does too.
     return boto3.client(
         "s3",
         endpoint_url=server.endpoint_url,
         aws_access_key_id=server.access_key,
         aws_secret_access_key=server.secret_key,
         region_name="us-east-1",
+        config=botocore.config.Config(retries={"mode": "standard", "max_attempts": 8}),
     )
 
 
