@@ -143,8 +143,9 @@ class ResultsDatabase(dg.ConfigurableResource):
     ) -> dict[str, int]:
         """Rows for MP3 members the archive scan refused (unsafe path, link, too large...)."""
         ids = {}
-        for name, reason in rejected:
-            with self.connect() as conn, conn.cursor() as cur:
+        # One connection and transaction for the archive's rejects, not one per member.
+        with self.connect() as conn, conn.cursor() as cur:
+            for name, reason in rejected:
                 cur.execute(
                     """
                     INSERT INTO audio_files (archive_source, partition_key, archive_etag,
