@@ -18,6 +18,7 @@ import io
 import subprocess
 import tarfile
 from collections.abc import Iterable
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,3 +164,132 @@ def corrupt_gzip(path: Path, where: str = "crc") -> Path:
         raise ValueError(f"where must be 'crc' or 'body', not {where!r}")
     path.write_bytes(bytes(data))
     return path
+
+
+# --- raw archives: headers written block by block, streamed ---------------------------------
+#
+# Hostile archives whose headers tarfile would never write (a 200 MiB long-name header, a PAX
+# record with a NUL in the path), streamed to disk (and through gzip) so that building a
+# 200 MiB header takes no more memory than reading it should.
+
+_BLOCK = tarfile.BLOCKSIZE
+_STREAM_CHUNK = 1 << 20
+
+
+def write_raw_tar(path: Path, pieces: Iterable[bytes], gzip: bool = False) -> Path:
+    """Write `pieces` (together a whole number of 512-byte blocks, each piece of any length)
+    then the end-of-archive blocks, one piece at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as raw:
+        out = gzip_module.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) if gzip else raw
+        written = 0
+        pending = bytearray()  # many small writes into gzip cost seconds: write 1 MiB at a time
+        for piece in pieces:
+            pending += piece
+            written += len(piece)
+            if len(pending) >= _STREAM_CHUNK:
+                out.write(pending)
+                pending.clear()
+        if written % _BLOCK:
+            raise ValueError(f"pieces add up to {written} bytes, not a whole number of {_BLOCK}-byte blocks")
+        out.write(pending + bytes(2 * _BLOCK))
+        if gzip:
+            out.close()
+    return path
+
+
+def raw_header(name: Name, typeflag: bytes, size: int) -> bytes:
+    """One 512-byte GNU header of any type (tarfile.GNUTYPE_LONGNAME, XHDTYPE...) and size."""
+    info, _ = _tar_entry(RegularEntry(name))
+    info.type, info.size = typeflag, size
+    header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    if len(header) != _BLOCK:
+        raise ValueError(f"name {name!r} needs more than one header block")
+    return header
+
+
+def entry_blocks(entry: Entry | tuple[Name, bytes | Path]) -> bytes:
+    """An entry as build_tar writes it: its GNU header(s) and its data padded to whole blocks."""
+    info, data = _tar_entry(_as_entry(entry))
+    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape") + _padded(data or b"")
+
+
+def pax_header_blocks(records: dict[str, str | bytes], global_header: bool = False) -> bytes:
+    """A PAX extended ('x') or global ('g') header holding `records`, written as given: a bytes
+    value may hold anything, a NUL included."""
+    body = b"".join(_pax_record(keyword, value) for keyword, value in records.items())
+    kind = tarfile.XGLTYPE if global_header else tarfile.XHDTYPE
+    return raw_header("././@PaxHeader", kind, len(body)) + _padded(body)
+
+
+def _pax_record(keyword: str, value: str | bytes) -> bytes:
+    """'<length> <keyword>=<value>\\n', where length counts the whole record, its own digits too."""
+    text = keyword.encode() + b"=" + (value if isinstance(value, bytes) else value.encode()) + b"\n"
+    length = len(text) + 1
+    while len(str(length)) + 1 + len(text) != length:
+        length = len(str(length)) + 1 + len(text)
+    return b"%d %s" % (length, text)
+
+
+def _padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % _BLOCK)
+
+
+def _repeated(size: int, byte: bytes) -> Iterable[bytes]:
+    """`size` copies of `byte`, in 1 MiB pieces."""
+    chunk = byte * min(size, _STREAM_CHUNK)
+    for start in range(0, size, _STREAM_CHUNK):
+        yield chunk[: min(size - start, _STREAM_CHUNK)]
+
+
+def gnu_long_name_bomb(
+    path: Path, header_bytes: int, then: Iterable = (), link: bool = False, gzip: bool = True
+) -> Path:
+    """A GNU long-name ('L', or long-link 'K' when `link`) header whose body is `header_bytes`
+    long, then the `then` entries: the first of them is the member the header names."""
+    kind = tarfile.GNUTYPE_LONGLINK if link else tarfile.GNUTYPE_LONGNAME
+    header = raw_header("././@LongLink", kind, header_bytes)
+    body = chain(_repeated(header_bytes, b"a"), [bytes(-header_bytes % _BLOCK)])
+    return write_raw_tar(path, chain([header], body, map(entry_blocks, then)), gzip=gzip)
+
+
+def pax_header_bomb(
+    path: Path, header_bytes: int, then: Iterable = (), global_header: bool = False, gzip: bool = True
+) -> Path:
+    """A PAX header whose body is one well-formed "comment" record `header_bytes` long, then
+    the `then` entries: the first of them is the member the header describes."""
+    start = b"%d comment=" % header_bytes
+    value_bytes = header_bytes - len(start) - 1  # the record ends with a newline
+    kind = tarfile.XGLTYPE if global_header else tarfile.XHDTYPE
+    header = raw_header("././@PaxHeader", kind, header_bytes)
+    body = chain([start], _repeated(value_bytes, b"c"), [b"\n", bytes(-header_bytes % _BLOCK)])
+    return write_raw_tar(path, chain([header], body, map(entry_blocks, then)), gzip=gzip)
+
+
+def many_members(
+    path: Path, count: int, member_bytes: int = 0, name_format: str = "clip{:06d}.mp3", gzip: bool = True
+) -> Path:
+    """`count` regular members named by `name_format` (under 100 bytes), each `member_bytes`
+    of zeros. Headers are patched from one template: tobuf for each of 100,000 takes seconds."""
+    info, _ = _tar_entry(RegularEntry("x"))
+    info.size = member_bytes
+    template = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    padding = bytes(-member_bytes % _BLOCK)
+
+    def pieces() -> Iterable[bytes]:
+        for number in range(count):
+            yield _renamed(template, name_format.format(number).encode())
+            yield from _repeated(member_bytes, b"\0")
+            yield padding
+
+    return write_raw_tar(path, pieces(), gzip=gzip)
+
+
+def _renamed(header: bytearray, name: bytes) -> bytes:
+    """`header` with another name (the 100-byte field at 0) and the checksum to match."""
+    if len(name) > 100:
+        raise ValueError(f"{name!r} does not fit a ustar name field")
+    header[0:100] = name.ljust(100, b"\0")
+    header[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)

@@ -103,8 +103,11 @@ def to_json_safe(value: Any) -> Any:
     Converted, never dropped: datetime -> ISO 8601 (timezone kept, naive stays naive),
     date/time -> ISO, timedelta -> seconds (float), Decimal -> exact string, bytes -> base64,
     NaN/inf -> None, numpy scalars -> Python, mappings -> dict with str keys, sequences -> list.
+    A NUL character, which JSONB cannot store, is kept as the six characters `\\u0000`.
     """
-    if value is None or isinstance(value, bool | int | str):
+    if isinstance(value, str):
+        return _storable_text(value)
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):  # also numpy.float64, a float subclass
         return float(value) if math.isfinite(value) else None
@@ -141,10 +144,14 @@ def _is_missing(value: Any) -> bool:
 
 
 def _json_key(key: Any) -> str:
-    if isinstance(key, str):
-        return key
     safe = to_json_safe(key)
-    return safe if isinstance(safe, str) else str(safe)
+    return safe if isinstance(safe, str) else _storable_text(str(safe))
+
+
+def _storable_text(text: str) -> str:
+    """PostgreSQL text and JSONB cannot hold U+0000; one such value must not cost the
+    archive its metadata, so it is stored escaped."""
+    return text.replace("\x00", "\\u0000") if "\x00" in text else text
 
 
 def join_metadata(mp3_names: Iterable[str], tables: Sequence[tuple[str, MetadataTable]]) -> MetadataJoin:
