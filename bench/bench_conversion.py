@@ -10,7 +10,11 @@ audio; not timed), starts SeaweedFS and PostgreSQL on free ports in temp dirs, m
   32 kbps, mono) in a pool of `--workers` threads, one subprocess each; no check, no upload;
 * convert_to_opus: the same, through the pipeline's function (ffmpeg + integrity check), no I/O;
 * opus_files step: the Dagster step itself, STEP_START to STEP_SUCCESS from the run's event
-  log: manifest load, archive download and extraction, conversion and check, uploads, DB rows.
+  log: manifest load, archive lock, archive download, MP3s copied out of the tar as the
+  conversion pool asks for them, conversion and check, uploads, DB rows committed every
+  `files_per_commit` files. Every run converts every file again (`reconvert: true`): without
+  it, a run after the first would find the files converted for this archive version and skip
+  them.
 
 Prints the medians as files/h and the ratio to bare ffmpeg, where the step's time goes (from
 its event log) and the CPU seconds each process spent (ffmpeg, this Python process, the S3
@@ -51,15 +55,19 @@ import audio_assets.opus as opus_module  # noqa: E402
 import resources.manifest_io as manifest_io_module  # noqa: E402
 from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg  # noqa: E402
 from audio_assets.audio.opus_convert import convert_to_opus  # noqa: E402
-from audio_assets.audio.tar_safety import scan_archive  # noqa: E402
+from audio_assets.audio.tar_safety import ArchiveEntry, ArchiveLimits, iter_archive  # noqa: E402
 from audio_assets.archive import raw_archive  # noqa: E402
+from audio_assets.archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions  # noqa: E402
 from audio_assets.opus import opus_files  # noqa: E402
-from audio_assets.partitions import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions, partition_key_for  # noqa: E402
+from resources.archive_lock import ArchiveLock  # noqa: E402
 from resources.embedded.postgres import create_database, start_postgres, stop_postgres  # noqa: E402
 from resources.embedded.seaweedfs import start_seaweedfs, stop_seaweedfs  # noqa: E402
-from resources.manifest_io import ObjectStoreParquetIOManager  # noqa: E402
+from resources.manifest_io import ArchiveTableIOManager  # noqa: E402
 from resources.object_store import ObjectStore  # noqa: E402
 from resources.results_db import ResultsDatabase  # noqa: E402
+from resources.results_db.audio_files import AudioFiles  # noqa: E402
+from resources.results_db.failures import DeadLetter  # noqa: E402
+from resources.results_db.object_deletions import ObjectDeletions  # noqa: E402
 from resources.scratch import ScratchSpace  # noqa: E402
 
 BITRATE_KBPS = 32
@@ -117,6 +125,19 @@ def build_archive(workdir: Path, count: int, seed: int) -> tuple[Path, list[floa
     archive = build_tar(workdir / "bench_conversion.tar.gz", [(f"clips/{c.name}", c) for c in clips], gzip=True)
     shutil.rmtree(workdir / "clips")
     return archive, seconds
+
+
+def extract_mp3s(archive: Path, out_dir: Path) -> list[Path]:
+    """The archive's accepted MP3 members, copied under out_dir at their relative path (the
+    archive is our own, so its names are safe to use), in archive order."""
+    paths = []
+    for entry in iter_archive(archive, ArchiveLimits(max_member_bytes=512 * 1024 * 1024)):
+        if entry.rejection is None and entry.kind == "mp3":
+            target = out_dir / entry.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            entry.copy_to(target)
+            paths.append(target)
+    return paths
 
 
 # --- CPU accounting -------------------------------------------------------------------------
@@ -204,18 +225,47 @@ BENCH_JOBS = {
     for asset in ("raw_archive", "opus_files")
 }
 
-_PROGRESS = re.compile(r"converted (\d+)/(\d+) files \(([\d.]+) files/s\)")
+_COMMITTED = re.compile(r"committed (\d+) converted and (\d+) failed file\(s\)")
+STREAM_PHASE = "extract + convert + check (+ uploads and chunk commits alongside)"
+
+# The step's log has no event between its input and its first commit, so the end of its one
+# archive download is marked here (time.time(), like the event log): one call per run.
+_download_ends: list[float] = []
+
+
+def _mark_download_ends() -> None:
+    original = vars(opus_module)["download"]
+    if getattr(original, "bench_marks_end", False):
+        return
+
+    def download(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _download_ends.append(time.time())
+
+    download.bench_marks_end = True
+    opus_module.download = download
+
+
+def opus_run_config(workers: int) -> dict:
+    """Every file converted again on every run: opus_files skips files already converted for
+    this archive version unless `reconvert` is set."""
+    return {"ops": {"opus_files": {"config": {"workers": workers, "reconvert": True}}}}
 
 
 class PipelineRunner:
     """One archive partition on real services; runs `opus_files` alone once raw_archive exists."""
 
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, store: ObjectStore, workers: int):
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, store: ObjectStore,
+                 results_db: ResultsDatabase, workers: int):
         self.instance, self.store = instance, store
         self.jobs = {asset: defs.resolve_job_def(job.name) for asset, job in BENCH_JOBS.items()}
-        self.partition_key = partition_key_for(ARCHIVE_KEY)
-        self.run_config = {"ops": {"opus_files": {"config": {"workers": workers}}}}
+        # The partition the sensor would give the object: registered in PostgreSQL.
+        self.partition_key = results_db.archives.partitions_for([ARCHIVE_KEY])[ARCHIVE_KEY]
+        self.run_config = opus_run_config(workers)
         instance.add_dynamic_partitions(archives_partitions.name, [self.partition_key])
+        _mark_download_ends()
 
     def materialize(self, asset: str) -> str:
         tags = {ARCHIVE_KEY_TAG: ARCHIVE_KEY, ARCHIVE_ETAG_TAG: self.store.head(ARCHIVE_KEY).etag}
@@ -229,39 +279,42 @@ class PipelineRunner:
             raise RuntimeError(f"{asset} failed: {failure}")
         return result.run_id
 
-    def step_timing(self, run_id: str, files: int) -> tuple[float, dict[str, float], dict[str, object]]:
-        """Step seconds, its phases and its metadata, from the run's event log timestamps."""
+    def step_timing(self, run_id: str, files: int, download_end: float) -> tuple[float, dict[str, float], dict[str, object]]:
+        """Step seconds, its phases and its metadata, from the run's event log timestamps
+        (and the end of the archive download, marked by _mark_download_ends)."""
         entries = [e for e in self.instance.all_logs(run_id) if e.step_key == "opus_files"]
         first = {}
         for entry in entries:
             kind = entry.dagster_event.event_type_value if entry.dagster_event else "LOG"
             first.setdefault(kind, entry)
         start, end = first["STEP_START"].timestamp, first["STEP_SUCCESS"].timestamp
-        last_progress = [e for e in entries if e.dagster_event is None and _PROGRESS.search(e.user_message or "")][-1]
-        done, total, rate = _PROGRESS.search(last_progress.user_message).groups()
-        if int(done) != files or int(total) != files:
-            raise RuntimeError(f"opus_files converted {done}/{total} files, expected {files}")
-        pool_end = last_progress.timestamp
-        pool_start = pool_end - int(done) / float(rate)  # the progress rate is counted from the pool start
+        commits = [e for e in entries if e.dagster_event is None and _COMMITTED.search(e.user_message or "")]
+        committed = sum(int(_COMMITTED.search(e.user_message).group(1)) for e in commits)
+        if committed != files:
+            raise RuntimeError(f"opus_files committed {committed} converted files, expected {files}")
+        last_commit = commits[-1].timestamp
         inputs_loaded = first["LOADED_INPUT"].timestamp if "LOADED_INPUT" in first else start
         metadata = {
             k: v.value for k, v in first["ASSET_MATERIALIZATION"].asset_materialization.metadata.items()
-            if k in {"converted", "failed", "files_per_hour"}
+            if k in {"converted", "already_converted", "failed", "files_per_hour"}
         }
         phases = {
             "load manifest (IO manager, S3)": inputs_loaded - start,
-            "previous-keys query + download + extract": pool_start - inputs_loaded,
-            "convert + check (+ uploads alongside)": pool_end - pool_start,
-            "last uploads + DB rows + results output + events": end - pool_end,
+            "archive lock + outbox drain + conversion-state query + archive download": download_end - inputs_loaded,
+            STREAM_PHASE: last_commit - download_end,
+            "outbox drain + dead letter + results output + events": end - last_commit,
         }
         return end - start, phases, metadata
 
     def time_step(self, meter: CpuMeter, files: int) -> Sample:
+        _download_ends.clear()
         before = meter.read()
         run_id = self.materialize("opus_files")
         cpu = diff(meter.read(), before)
-        seconds, phases, metadata = self.step_timing(run_id, files)
-        if metadata.get("converted") != files or metadata.get("failed") != 0:
+        if len(_download_ends) != 1:
+            raise RuntimeError(f"opus_files downloaded its archive {len(_download_ends)} times, expected once")
+        seconds, phases, metadata = self.step_timing(run_id, files, _download_ends[0])
+        if metadata.get("converted") != files or metadata.get("failed") != 0 or metadata.get("already_converted") != 0:
             raise RuntimeError(f"opus_files did not convert every file: {metadata}")
         return Sample(seconds, cpu, phases, metadata)
 
@@ -334,17 +387,20 @@ def timed_calls(targets: list[tuple[object, str, str]]) -> Iterator[dict[str, li
 
 
 PROFILED = [
-    (manifest_io_module.ObjectStoreParquetIOManager, "load_input", "load manifest (S3 GET + parquet)"),
-    (opus_module, "download_and_scan", "download + extract archive"),
+    (manifest_io_module.ArchiveTableIOManager, "load_input", "load manifest (S3 GET + parquet)"),
+    (ArchiveLock, "hold", "archive lock (PostgreSQL advisory lock)"),
+    (ObjectDeletions, "drain", "DB: object deletions outbox drain"),
+    (AudioFiles, "conversion_state", "DB: conversion state query"),
+    (opus_module, "download", "download archive (S3)"),
+    (ArchiveEntry, "copy_to", "copy one MP3 out of the tar (streamed, main thread)"),
     (opus_convert_module, "_declared_duration", "source header probe (PyAV open)"),
     (opus_convert_module, "_run_ffmpeg", "ffmpeg encode (subprocess)"),
     (opus_convert_module, "verified_opus_duration", "Opus output check (Ogg page CRCs)"),
     (opus_convert_module, "decoded_duration_seconds", "full decode of source (fallback)"),
     (ObjectStore, "upload_file", "upload_file (upload pool: one PutObject + Content-MD5)"),
-    (ResultsDatabase, "query", "DB: previous keys query"),
-    (ResultsDatabase, "mark_converted", "DB: mark_converted"),
-    (ResultsDatabase, "record_file_failures", "DB: record_file_failures"),
-    (manifest_io_module.ObjectStoreParquetIOManager, "handle_output", "results output (parquet PUT)"),
+    (AudioFiles, "record_conversions", "DB: record_conversions (one per chunk commit)"),
+    (DeadLetter, "resolve_stages", "DB: resolve_stages"),
+    (manifest_io_module.ArchiveTableIOManager, "handle_output", "results output (parquet PUT)"),
 ]
 
 
@@ -355,7 +411,7 @@ def profile_step(runner: PipelineRunner, meter: CpuMeter, files: int, workers: i
           "(per-file calls run in parallel: their seconds are summed over workers)")
     print("| part | calls | seconds summed | ms per call | vs the conversion workers' time (uploads run in their own pool) |")
     print("|---|---:|---:|---:|---:|")
-    pool_s = sample.phases["convert + check (+ uploads alongside)"] * workers
+    pool_s = sample.phases[STREAM_PHASE] * workers
     for label, (calls, seconds) in totals.items():
         if calls:
             print(f"| {label} | {calls} | {seconds:.2f} | {seconds / calls * 1000:.1f} | {seconds / pool_s:.0%} |")
@@ -464,31 +520,35 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def bench_definitions(services: Services, workdir: Path) -> dg.Definitions:
+    """Only the two assets under test, not audio_assets.definitions: the other slices
+    (transcripts, classifications) need resources this benchmark has no use for."""
+    return dg.Definitions(
+        assets=[raw_archive, opus_files],
+        jobs=list(BENCH_JOBS.values()),
+        resources={
+            "object_store": services.store,
+            "results_db": services.results_db,
+            "scratch": ScratchSpace(root=str(workdir / "scratch")),
+            "manifest_io": ArchiveTableIOManager(object_store=services.store),
+            "archive_lock": ArchiveLock(results_db=services.results_db),
+        },
+        executor=dg.in_process_executor,  # as the local environment runs it
+    )
+
+
 def run_bench(args: argparse.Namespace, workdir: Path) -> None:
     print(f"building {args.files} speech MP3s (not timed) ...", flush=True)
     archive, audio_s = build_archive(workdir, args.files, args.seed)
-    listing = scan_archive(archive, max_member_bytes=512 * 1024 * 1024, extract_to=workdir / "mp3", extract_kinds=frozenset({"mp3"}))
-    mp3s = [m.path for m in listing.mp3s]
+    mp3s = extract_mp3s(archive, workdir / "mp3")
     ffmpeg = resolve_ffmpeg()  # also warms its libopus check, which the step would pay once per process
     print(f"ffmpeg: {ffmpeg}; load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
     (workdir / "dagster").mkdir()
     with running_services(workdir) as services, dg.instance_for_test(temp_dir=str(workdir / "dagster")) as instance:
         services.store.upload_file(archive, ARCHIVE_KEY)
-        # Only the two assets under test, not audio_assets.definitions: the other slices
-        # (transcripts, classifications) need resources this benchmark has no use for.
-        defs = dg.Definitions(
-            assets=[raw_archive, opus_files],
-            jobs=list(BENCH_JOBS.values()),
-            resources={
-                "object_store": services.store,
-                "results_db": services.results_db,
-                "scratch": ScratchSpace(root=str(workdir / "scratch")),
-                "manifest_io": ObjectStoreParquetIOManager(object_store=services.store),
-            },
-            executor=dg.in_process_executor,  # as the local environment runs it
-        )
-        runner = PipelineRunner(defs, instance, services.store, args.workers)
+        defs = bench_definitions(services, workdir)
+        runner = PipelineRunner(defs, instance, services.store, services.results_db, args.workers)
         runner.materialize("raw_archive")  # not timed: the step under test reads its manifest
         time_pool(bare_ffmpeg, ffmpeg, mp3s[: args.workers * 2], workdir / "warmup", args.workers)
 

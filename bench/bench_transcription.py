@@ -17,6 +17,8 @@ warmed on two files before anything is timed. Then, `--repeats` times in alterna
 * transcripts step: the Dagster step itself, STEP_START to STEP_SUCCESS from the run's event
   log, with the model already in the per-process cache: manifest load, download of the Opus
   files from S3, decode, VAD, batched Whisper, transcripts rows in PostgreSQL, results output.
+  Every run transcribes every file again (`retranscribe: true`): without it, a run after the
+  first would find the transcripts of this model and skip every file.
 
 Prints audio-seconds per second, the ratio to bare WhisperX, the real-time factor, CPU seconds,
 word error rates of each method's text against the spoken text, a profile of one instrumented
@@ -57,15 +59,22 @@ from audio_assets.ml.transcriber import TranscriberSettings, decode_audio_file, 
 from audio_assets.ml.wer import corpus_word_error_rate, normalize_words
 from audio_assets.ml.whisper_models import bundled_whisper_base, default_models_root
 from pipeline_support import ArchiveRunner, pipeline_resources
+from resources.archive_lock import ArchiveLock
 from resources.classifier import PolicyClassifier
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
+from resources.results_db.audio_files import AudioFiles
+from resources.results_db.failures import DeadLetter
+from resources.results_db.model_outputs import ModelOutputs
 from resources.transcriber import WhisperTranscriber
 
 SAMPLES = conversion.ROOT / "audio_assets" / "samples"
 ARCHIVE_NAME = "bench_transcription.tar.gz"
 INGEST = [dg.AssetKey("raw_archive"), dg.AssetKey("opus_files")]
 TRANSCRIPTS = [dg.AssetKey("transcripts")]
+# transcripts skips files that already have a transcript from this model; every timed run
+# (and the RSS child's) transcribes them all again, as each run did before that skip existed.
+RETRANSCRIBE = {"ops": {"transcripts": {"config": {"retranscribe": True}}}}
 
 
 # --- inputs (not timed) -------------------------------------------------------------------
@@ -169,8 +178,8 @@ class StepRunner:
     def __init__(self, runner: ArchiveRunner, key: str, results_db: ResultsDatabase, files: int):
         self.runner, self.key, self.results_db, self.files = runner, key, results_db, files
 
-    def run(self, assets: list[dg.AssetKey]) -> str:
-        result = self.runner.run(self.key, assets=assets)
+    def run(self, assets: list[dg.AssetKey], run_config: dict | None = None) -> str:
+        result = self.runner.run(self.key, assets=assets, run_config=run_config)
         for asset in assets:
             step = [e for e in result.all_events if e.step_key == asset.path[-1]]
             if not any(e.event_type == dg.DagsterEventType.STEP_SUCCESS for e in step):
@@ -180,7 +189,7 @@ class StepRunner:
 
     def time_step(self, meter: conversion.CpuMeter) -> Sample:
         before = meter.read()
-        run_id = self.run(TRANSCRIPTS)
+        run_id = self.run(TRANSCRIPTS, RETRANSCRIBE)
         cpu = conversion.diff(meter.read(), before)
         entries = [e for e in self.runner.instance.all_logs(run_id) if e.step_key == "transcripts"]
         first: dict = {}
@@ -188,15 +197,15 @@ class StepRunner:
             first.setdefault(entry.dagster_event.event_type_value if entry.dagster_event else "LOG", entry)
         seconds = first["STEP_SUCCESS"].timestamp - first["STEP_START"].timestamp
         metadata = {k: v.value for k, v in first["ASSET_MATERIALIZATION"].asset_materialization.metadata.items()}
-        if metadata.get("transcribed") != self.files or metadata.get("failed") != 0:
+        if metadata.get("transcribed_now") != self.files or metadata.get("failed") != 0:
             raise RuntimeError(f"transcripts did not transcribe every file: {metadata}")
         return Sample(seconds, cpu, self.stored_texts(), metadata)
 
     def stored_texts(self) -> dict[str, str]:
-        rows = self.results_db.query(
+        rows = self.results_db.fetch_all(
             "SELECT a.original_filename, t.transcript_text FROM transcripts t "
             "JOIN audio_files a ON a.id = t.audio_file_id WHERE a.archive_source = %s",
-            (self.key,),
+            (self.key,), what="bench: stored transcripts",
         )
         return {row["original_filename"]: row["transcript_text"] for row in rows}
 
@@ -210,7 +219,8 @@ def profiled_targets() -> list[tuple[object, str, str]]:
     from whisperx.vads.pyannote import Pyannote
 
     return [
-        (manifest_io_module.ObjectStoreParquetIOManager, "load_input", "load manifest (S3 GET + parquet)"),
+        (manifest_io_module.ArchiveTableIOManager, "load_input", "load manifest (S3 GET + parquet)"),
+        (ArchiveLock, "hold", "archive lock (PostgreSQL advisory lock)"),
         (ObjectStore, "download_file", "download Opus file (HEAD + GET + HEAD)"),
         (transcriber_module, "decode_audio_file", "decode audio (PyAV, resample to 16 kHz)"),
         (Pyannote, "__call__", "VAD (pyannote segmentation)"),
@@ -219,9 +229,10 @@ def profiled_targets() -> list[tuple[object, str, str]]:
         (whisperx.asr.WhisperModel, "encode", "Whisper encoder (CTranslate2)"),
         (whisperx.asr.WhisperModel, "generate_segment_batched", "bare: encoder + beam search + detokenize"),
         (transcriber_module.Transcriber, "_generate", "pipeline: beam search + detokenize"),
-        (ResultsDatabase, "store_transcripts", "DB: store_transcripts"),
-        (ResultsDatabase, "record_file_failures", "DB: record_file_failures"),
-        (manifest_io_module.ObjectStoreParquetIOManager, "handle_output", "results output (parquet PUT)"),
+        (ModelOutputs, "store_transcripts", "DB: store_transcripts (one per chunk commit)"),
+        (AudioFiles, "record_failures", "DB: record_failures (one per chunk commit)"),
+        (DeadLetter, "resolve_stages", "DB: resolve_stages"),
+        (manifest_io_module.ArchiveTableIOManager, "handle_output", "results output (parquet PUT)"),
     ]
 
 
@@ -277,9 +288,12 @@ def run_step_in_child(spec: dict, settings: TranscriberSettings) -> None:
     transcriber = transcriber_resource(settings)
     workdir = Path(tempfile.mkdtemp(prefix="bench-transcription-child-"))
     try:
-        with dg.instance_for_test(temp_dir=str(workdir)) as instance:
+        # The parent's instance: the step reads opus_files' table of its latest materialization
+        # there. The parent waits for this process meanwhile, so the two never write at once.
+        with dg.instance_for_test(temp_dir=spec["dagster_dir"]) as instance:
             defs = build_definitions(pipeline_resources(store, results_db, workdir / "scratch", transcriber, PolicyClassifier(backend="profanity")))
-            StepRunner(ArchiveRunner(defs, instance, store), spec["key"], results_db, len(spec["clips"])).run(TRANSCRIPTS)
+            runner = ArchiveRunner(defs, instance, store, results_db)
+            StepRunner(runner, spec["key"], results_db, len(spec["clips"])).run(TRANSCRIPTS, RETRANSCRIBE)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -325,7 +339,7 @@ def print_report(results: dict[str, list[Sample]], clips: list[Clip], batch_size
         print(f"ratio per repeat, {name}: {', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.2f})")
     step = median_sample(results["transcripts step"])
     print("\ntranscripts step, median run, own metadata: "
-          + ", ".join(f"{k}={step.step_metadata.get(k)}" for k in ("model", "transcribed", "audio_minutes", "realtime_factor", "model_load_s")))
+          + ", ".join(f"{k}={step.step_metadata.get(k)}" for k in ("model", "transcribed_now", "audio_minutes", "realtime_factor", "model_load_s")))
     print_cpu(results)
 
 
@@ -366,7 +380,8 @@ def print_accuracy(texts_by_method: dict[str, dict[str, str]], clips: list[Clip]
 
 def opus_copies(results_db: ResultsDatabase, store: ObjectStore, key: str, clips: list[Clip], workdir: Path) -> list[Clip]:
     """The clips as the step sees them: the Opus objects opus_files uploaded."""
-    rows = results_db.query("SELECT original_filename, opus_path FROM audio_files WHERE archive_source = %s", (key,))
+    rows = results_db.fetch_all("SELECT original_filename, opus_path FROM audio_files WHERE archive_source = %s", (key,),
+                                what="bench: Opus objects")
     opus_key = {row["original_filename"]: row["opus_path"] for row in rows}
     copies = []
     for clip in clips:
@@ -532,7 +547,7 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> None:
         defs = build_definitions(pipeline_resources(
             services.store, services.results_db, workdir / "scratch", transcriber, PolicyClassifier(backend="profanity"),
         ))
-        archive_runner = ArchiveRunner(defs, instance, services.store)
+        archive_runner = ArchiveRunner(defs, instance, services.store, services.results_db)
         key = archive_runner.upload(archive, ARCHIVE_NAME)
         step = StepRunner(archive_runner, key, services.results_db, len(clips))
         step.run(INGEST)  # not timed: the step under test reads opus_files' results
@@ -577,6 +592,7 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> None:
         if not args.no_rss:
             print_rss(measure_rss({
                 "settings": dataclasses.asdict(settings), "model_dir": str(model_dir), "key": key, "dsn": services.results_db.dsn,
+                "dagster_dir": str(workdir / "dagster"),
                 "object_store": {"endpoint_url": services.store.endpoint_url, "bucket": services.store.bucket,
                                  "access_key": services.store.access_key, "secret_key": services.store.secret_key},
                 "clips": [{"member": c.member, "path": str(c.path)} for c in clips],

@@ -6,7 +6,8 @@ instead of the local SeaweedFS) and with more workers than cores.
 Each upload_file call is delayed by --latency-ms before it runs (the round trips of a remote
 PUT: one since upload_file sends small objects as one PutObject with Content-MD5, two before). Prints the step's median seconds and its ratio to bare ffmpeg
 with cores workers, measured in the same loop. The code under test is unchanged; only the
-delay is added, by wrapping ObjectStore.upload_file for the duration of a measurement.
+delay is added, by wrapping ObjectStore.upload_file for the duration of a measurement. Each
+step run converts every file again (`reconvert: true`, see bench_conversion.opus_run_config).
 """
 
 from __future__ import annotations
@@ -58,25 +59,13 @@ def main() -> None:
 def probe(args: argparse.Namespace, workdir: Path) -> None:
     cores = os.cpu_count() or 1
     archive, _ = bench.build_archive(workdir, args.files, seed=1)
-    listing = bench.scan_archive(archive, max_member_bytes=512 * 1024 * 1024, extract_to=workdir / "mp3",
-                                 extract_kinds=frozenset({"mp3"}))
-    mp3s = [m.path for m in listing.mp3s]
+    mp3s = bench.extract_mp3s(archive, workdir / "mp3")
     ffmpeg = bench.resolve_ffmpeg()
     (workdir / "dagster").mkdir()
     with bench.running_services(workdir) as services, dg.instance_for_test(temp_dir=str(workdir / "dagster")) as instance:
         services.store.upload_file(archive, bench.ARCHIVE_KEY)
-        defs = dg.Definitions(
-            assets=[bench.raw_archive, bench.opus_files],
-            jobs=list(bench.BENCH_JOBS.values()),
-            resources={
-                "object_store": services.store,
-                "results_db": services.results_db,
-                "scratch": bench.ScratchSpace(root=str(workdir / "scratch")),
-                "manifest_io": bench.ObjectStoreParquetIOManager(object_store=services.store),
-            },
-            executor=dg.in_process_executor,
-        )
-        runner = bench.PipelineRunner(defs, instance, services.store, cores)
+        defs = bench.bench_definitions(services, workdir)
+        runner = bench.PipelineRunner(defs, instance, services.store, services.results_db, cores)
         runner.materialize("raw_archive")
         print("| added upload latency | method | median s | ratio vs bare ffmpeg | runs |")
         print("|---:|---|---:|---:|---|")
@@ -87,7 +76,7 @@ def probe(args: argparse.Namespace, workdir: Path) -> None:
                     bench.time_pool(bench.bare_ffmpeg, ffmpeg, mp3s, workdir / "out", cores)
                 )
                 for workers in args.workers:
-                    runner.run_config = {"ops": {"opus_files": {"config": {"workers": workers}}}}
+                    runner.run_config = bench.opus_run_config(workers)  # reconvert: every run converts every file
                     with delayed_uploads(latency_ms / 1000):
                         sample = runner.time_step(services.meter, args.files)
                     runs.setdefault(f"opus_files step, {workers} workers", []).append(sample.seconds)

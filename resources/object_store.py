@@ -1,8 +1,18 @@
 """The object store resource: archives in, Opus files and manifests out.
 
-Works with any S3-compatible service (AWS, SeaweedFS, MinIO, Ceph). Transfers of big
-files are multipart, retried with backoff, and verified by size afterwards, so an asset
-never records an object that is missing or truncated.
+Works with any S3-compatible service (AWS, SeaweedFS, MinIO, Ceph). Big files move as
+multipart transfers and are checked afterwards, so an asset never records an object that
+is missing or truncated.
+
+Retry layers, each for failures the others cannot see: botocore's standard mode retries a
+request that fails with a connection error, timeout, 5xx or throttling (`max_attempts`
+sends in all; jittered backoff doubling from 50 ms, from 1 s when throttled, so the
+default 6 wait at most 1.6 s in all, 31 s throttled; one retry quota per client, so per
+process); s3transfer re-requests a download part whose body breaks mid-stream, after
+botocore has returned it (`num_download_attempts`, 5; a GET whose headers time out meets
+both); `integrity_attempts` repeats a whole download or multipart upload only on
+IncompleteTransferError (byte count differs from the object's size, object changed
+mid-download, stored size differs). A step's Dagster RetryPolicy sits above them all.
 """
 
 from __future__ import annotations
@@ -13,38 +23,24 @@ import functools
 import hashlib
 import logging
 import os
-import random
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from types import MappingProxyType
+from typing import IO, NamedTuple, TypeVar
 
 import boto3
-import boto3.exceptions
 import botocore.config
 import botocore.exceptions
 import dagster as dg
 from boto3.s3.transfer import TransferConfig
+from pydantic import Field
+from s3transfer.exceptions import S3DownloadFailedError
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 T = TypeVar("T")
-
-# Error codes S3 services use for "try again", whatever the HTTP status.
-_RETRYABLE_CODES = frozenset(
-    {
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "InternalError",
-        "ServiceUnavailable",
-        "PreconditionFailed",  # the object changed during a ranged download
-    }
-)
 
 
 class ObjectInfo(NamedTuple):
@@ -52,6 +48,9 @@ class ObjectInfo(NamedTuple):
     etag: str
     size: int
     last_modified: datetime
+    # User metadata (x-amz-meta-*, keys lower-cased by S3). head() fills it; a listing
+    # cannot, so there it is empty.
+    metadata: Mapping[str, str] = MappingProxyType({})
 
 
 class ObjectNotFoundError(LookupError):
@@ -59,75 +58,7 @@ class ObjectNotFoundError(LookupError):
 
 
 class IncompleteTransferError(RuntimeError):
-    """A transfer finished but the object or file is not what was sent; worth retrying."""
-
-
-class RetriesExhaustedError(RuntimeError):
-    """An operation kept failing with transient errors until it ran out of attempts."""
-
-
-def retry_with_backoff(
-    fn: Callable[[], T],
-    attempts: int,
-    base_s: float,
-    is_transient: Callable[[BaseException], bool],
-    *,
-    max_backoff_s: float = 30.0,
-    description: str = "operation",
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Call `fn` until it succeeds, up to `attempts` times.
-
-    Between attempts it sleeps a random time in [0, min(max_backoff_s, base_s * 2**n)]
-    ("full jitter"), so many workers retrying against one recovering server spread out
-    instead of hitting it in waves. Errors that `is_transient` rejects propagate at
-    once; after the last attempt a RetriesExhaustedError chains the last error.
-    """
-    if attempts < 1:
-        raise ValueError("attempts must be at least 1")
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as error:
-            if not is_transient(error):
-                raise
-            if attempt == attempts:
-                raise RetriesExhaustedError(
-                    f"{description} failed after {attempts} attempts; last error: "
-                    f"{type(error).__name__}: {error}"
-                ) from error
-            delay = random.uniform(0, min(max_backoff_s, base_s * 2 ** (attempt - 1)))
-            log.warning(
-                "%s failed (attempt %d of %d): %s; retrying in %.2f s",
-                description, attempt, attempts, error, delay,
-            )
-            sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def is_transient_s3_error(error: BaseException) -> bool:
-    """True for errors a later attempt may not hit: lost connections, timeouts,
-    5xx and throttling. False for 4xx such as AccessDenied or NoSuchBucket."""
-    if isinstance(error, IncompleteTransferError):
-        return True
-    if isinstance(
-        error,
-        (
-            botocore.exceptions.ConnectionError,
-            botocore.exceptions.HTTPClientError,
-            botocore.exceptions.IncompleteReadError,
-        ),
-    ):
-        return True
-    if isinstance(error, botocore.exceptions.ClientError):
-        code = error.response.get("Error", {}).get("Code", "")
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or code in _RETRYABLE_CODES
-    if isinstance(error, (boto3.exceptions.S3UploadFailedError, boto3.exceptions.RetriesExceededError)):
-        # boto3 wraps the cause; judge by it. With none, it was a transfer failure.
-        cause = error.__cause__ or error.__context__ or getattr(error, "last_exception", None)
-        return cause is None or is_transient_s3_error(cause)
-    return False
+    """A transfer finished but the object or file is not what was sent; worth repeating."""
 
 
 @functools.lru_cache(maxsize=32)
@@ -137,6 +68,8 @@ def _cached_client(
     secret_key: str | None,
     region: str,
     max_attempts: int,
+    connect_timeout_s: float,
+    read_timeout_s: float,
     pid: int,
 ):
     """One boto3 client per configuration and process.
@@ -148,8 +81,11 @@ def _cached_client(
     del pid
     non_aws = endpoint_url is not None and "amazonaws.com" not in endpoint_url
     options: dict = {
-        "retries": {"mode": "standard", "max_attempts": max_attempts},
+        # botocore's own "max_attempts" counts retries (6 sends 7 requests); this counts them all.
+        "retries": {"mode": "standard", "total_max_attempts": max_attempts},
         "signature_version": "s3v4",
+        "connect_timeout": connect_timeout_s,
+        "read_timeout": read_timeout_s,
     }
     if non_aws:
         # Virtual-host addressing needs DNS per bucket, which local servers lack.
@@ -183,11 +119,16 @@ class ObjectStore(dg.ConfigurableResource):
     access_key: str | None = None
     secret_key: str | None = None
     region: str = "us-east-1"
-    max_attempts: int = 6
+    max_attempts: int = Field(
+        default=6, description="attempts per request in all, by botocore's standard retry mode"
+    )
+    connect_timeout_s: float = 10
+    read_timeout_s: float = Field(default=60, description="a server silent this long fails the attempt")
+    integrity_attempts: int = Field(
+        default=3, ge=1, description="attempts at a transfer whose bytes fail their size or ETag check"
+    )
     multipart_threshold_mb: int = 16
     multipart_chunk_mb: int = 16
-    upload_attempts: int = 5
-    backoff_base_s: float = 0.5
 
     def client(self):
         """The shared boto3 S3 client for this configuration (see _cached_client)."""
@@ -197,6 +138,8 @@ class ObjectStore(dg.ConfigurableResource):
             self.secret_key,
             self.region,
             self.max_attempts,
+            self.connect_timeout_s,
+            self.read_timeout_s,
             os.getpid(),
         )
 
@@ -235,7 +178,7 @@ class ObjectStore(dg.ConfigurableResource):
                 )
 
     def head(self, key: str) -> ObjectInfo | None:
-        """The object's metadata, or None when it does not exist."""
+        """The object's size, ETag and user metadata, or None when it does not exist."""
         try:
             response = self.client().head_object(Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as error:
@@ -247,6 +190,7 @@ class ObjectStore(dg.ConfigurableResource):
             etag=response["ETag"].strip('"'),
             size=response["ContentLength"],
             last_modified=response["LastModified"],
+            metadata=response.get("Metadata", {}),
         )
 
     def download_file(self, key: str, path: Path) -> ObjectInfo:
@@ -263,9 +207,16 @@ class ObjectStore(dg.ConfigurableResource):
             before = self.head(key)
             if before is None:
                 raise ObjectNotFoundError(f"s3://{self.bucket}/{key} does not exist")
-            self.client().download_file(
-                self.bucket, key, str(partial), Config=self._transfer_config()
-            )
+            try:
+                self.client().download_file(
+                    self.bucket, key, str(partial), Config=self._transfer_config()
+                )
+            except S3DownloadFailedError as error:
+                # s3transfer's parts ask for the first part's ETag (If-Match); only a
+                # replaced object fails that, and the next attempt reads the new one.
+                raise IncompleteTransferError(
+                    f"s3://{self.bucket}/{key} changed while it was downloaded: {error}"
+                ) from error
             received = partial.stat().st_size
             if received != before.size:
                 raise IncompleteTransferError(
@@ -280,12 +231,12 @@ class ObjectStore(dg.ConfigurableResource):
             return before
 
         try:
-            return self._retry(attempt, f"download of s3://{self.bucket}/{key} to {path}")
+            return self._until_intact(attempt, f"download of s3://{self.bucket}/{key} to {path}")
         finally:
             partial.unlink(missing_ok=True)
 
     def upload_file(self, path: Path, key: str, *, content_type: str | None = None) -> ObjectInfo:
-        """Upload `path` to `key` (multipart for big files), retried and verified."""
+        """Upload `path` to `key` (multipart for big files) and check the stored size."""
         path = Path(path)
         expected_size = path.stat().st_size
         if expected_size < self.multipart_threshold_mb * MIB:
@@ -304,10 +255,51 @@ class ObjectStore(dg.ConfigurableResource):
                 )
             return stored
 
-        return self._retry(attempt, f"upload of {path} to s3://{self.bucket}/{key}")
+        return self._until_intact(attempt, f"upload of {path} to s3://{self.bucket}/{key}")
+
+    def upload_stream(
+        self,
+        reader: IO[bytes],
+        key: str,
+        *,
+        metadata: Mapping[str, str],
+        part_size: int,
+        threshold: int,
+        max_concurrency: int = 4,
+        max_in_memory_chunks: int = 6,
+    ) -> None:
+        """Upload what `reader` yields to `key` with `metadata`: one PUT below `threshold`
+        bytes, else a multipart upload of `part_size` parts.
+
+        If reading fails, s3transfer aborts the multipart upload, so no object appears.
+        Never repeated here: a stream cannot be read twice, so the caller checks the object
+        and runs the whole transfer again.
+        """
+        config = TransferConfig(
+            multipart_threshold=threshold, multipart_chunksize=part_size, max_concurrency=max_concurrency
+        )
+        # Parts wait in memory for an upload slot; this caps one upload's RAM at that many parts.
+        config.max_in_memory_upload_chunks = max_in_memory_chunks
+        self.client().upload_fileobj(
+            reader, self.bucket, key, ExtraArgs={"Metadata": dict(metadata)}, Config=config
+        )
+
+    def abort_unfinished_uploads(self, key: str) -> int:
+        """Abort the multipart uploads of exactly `key` still open; returns how many.
+
+        An upload whose process was killed before s3transfer could abort it is invisible,
+        but holds its parts' storage until aborted. Call it only while nothing else uploads
+        to `key`: that upload would be aborted too.
+        """
+        client = self.client()
+        response = client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        unfinished = [upload for upload in response.get("Uploads", []) if upload["Key"] == key]
+        for upload in unfinished:
+            client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
+        return len(unfinished)
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
-        """Store small `data` under `key` in one request, retried.
+        """Store small `data` under `key` in one request.
 
         Content-MD5 makes the server reject a body damaged in transit, so no HEAD is needed
         afterwards: one request per object matters when thousands of clips are uploaded.
@@ -321,34 +313,50 @@ class ObjectStore(dg.ConfigurableResource):
         }
         if content_type:
             kwargs["ContentType"] = content_type
-
-        def attempt() -> ObjectInfo:
-            response = self.client().put_object(**kwargs)
-            server_date = response["ResponseMetadata"]["HTTPHeaders"].get("date")
-            return ObjectInfo(
-                key=key,
-                etag=response["ETag"].strip('"'),
-                size=len(data),
-                last_modified=(
-                    email.utils.parsedate_to_datetime(server_date) if server_date else datetime.now(timezone.utc)
-                ),
-            )
-
-        return self._retry(attempt, f"upload of {len(data)} bytes to s3://{self.bucket}/{key}")
+        response = self.client().put_object(**kwargs)
+        server_date = response["ResponseMetadata"]["HTTPHeaders"].get("date")
+        return ObjectInfo(
+            key=key,
+            etag=response["ETag"].strip('"'),
+            size=len(data),
+            last_modified=(
+                email.utils.parsedate_to_datetime(server_date) if server_date else datetime.now(timezone.utc)
+            ),
+        )
 
     def get_bytes(self, key: str) -> bytes:
-        """The whole object; for small objects (manifests, JSON)."""
-        try:
-            response = self.client().get_object(Bucket=self.bucket, Key=key)
-        except botocore.exceptions.ClientError as error:
-            if _is_not_found(error):
-                raise ObjectNotFoundError(f"s3://{self.bucket}/{key} does not exist") from error
-            raise
-        return response["Body"].read()
+        """The whole object; for small objects (manifests, JSON). A body cut off while it is
+        read (botocore has already returned, so it cannot retry that) is read again."""
+
+        def attempt() -> bytes:
+            try:
+                response = self.client().get_object(Bucket=self.bucket, Key=key)
+            except botocore.exceptions.ClientError as error:
+                if _is_not_found(error):
+                    raise ObjectNotFoundError(f"s3://{self.bucket}/{key} does not exist") from error
+                raise
+            try:
+                data = response["Body"].read()
+            except (botocore.exceptions.BotoCoreError, OSError) as error:
+                raise IncompleteTransferError(f"reading s3://{self.bucket}/{key} broke off: {error}") from error
+            if len(data) != response["ContentLength"]:
+                raise IncompleteTransferError(
+                    f"read {len(data)} bytes of s3://{self.bucket}/{key}, expected {response['ContentLength']}"
+                )
+            return data
+
+        return self._until_intact(attempt, f"read of s3://{self.bucket}/{key}")
 
     def delete(self, key: str) -> None:
         """Delete `key`; deleting a missing key is not an error."""
         self.client().delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_many(self, keys) -> None:
+        """Delete these keys (missing ones are not an error), 1000 per request."""
+        keys = list(dict.fromkeys(keys))
+        client = self.client()
+        for start in range(0, len(keys), 1000):
+            self._delete_batch(client, [{"Key": key} for key in keys[start : start + 1000]])
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix`; returns how many were deleted."""
@@ -386,12 +394,24 @@ class ObjectStore(dg.ConfigurableResource):
             multipart_chunksize=self.multipart_chunk_mb * MIB,
         )
 
-    def _retry(self, fn: Callable[[], T], description: str) -> T:
-        # Downloads share the upload settings: same servers, same failure modes.
-        return retry_with_backoff(
-            fn,
-            attempts=self.upload_attempts,
-            base_s=self.backoff_base_s,
-            is_transient=is_transient_s3_error,
-            description=description,
-        )
+    def _until_intact(self, transfer: Callable[[], T], description: str) -> T:
+        """Run `transfer` again while it raises IncompleteTransferError, integrity_attempts
+        times at most.
+
+        Nothing else repeats it: request errors were retried by botocore already, and other
+        errors would recur. No pause between attempts: a short read or a replaced object is
+        not a sign of load, and the requests inside back off on their own.
+        """
+        for attempt in range(1, self.integrity_attempts + 1):
+            try:
+                return transfer()
+            except IncompleteTransferError as error:
+                if attempt == self.integrity_attempts:
+                    raise IncompleteTransferError(
+                        f"{description} failed its integrity check {attempt} time(s); last: {error}"
+                    ) from error
+                log.warning(
+                    "%s failed its integrity check (attempt %d of %d): %s; transferring again",
+                    description, attempt, self.integrity_attempts, error,
+                )
+        raise AssertionError("unreachable")

@@ -1,11 +1,15 @@
-"""ObjectStore against a real SeaweedFS S3 server, plus its retry policy."""
+"""ObjectStore against a real SeaweedFS S3 server, plus its retry layers."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import os
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -13,15 +17,10 @@ from urllib.parse import urlsplit
 import boto3.exceptions
 import botocore.exceptions
 import pytest
+from s3transfer.exceptions import S3DownloadFailedError
 
 from resources.embedded.seaweedfs import SeaweedS3, start_seaweedfs, stop_seaweedfs
-from resources.object_store import (
-    ObjectNotFoundError,
-    ObjectStore,
-    RetriesExhaustedError,
-    is_transient_s3_error,
-    retry_with_backoff,
-)
+from resources.object_store import IncompleteTransferError, ObjectNotFoundError, ObjectStore
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +89,10 @@ def test_ensure_bucket_is_idempotent(object_store: ObjectStore):
 def test_client_is_shared_per_configuration(object_store: ObjectStore):
     assert _store_like(object_store).client() is object_store.client()
     assert _store_like(object_store, max_attempts=2).client() is not object_store.client()
+    assert _store_like(object_store, read_timeout_s=5).client() is not object_store.client()
+    config = _store_like(object_store, connect_timeout_s=3, read_timeout_s=7).client().meta.config
+    assert (config.connect_timeout, config.read_timeout) == (3, 7)
+    assert config.retries == {"mode": "standard", "total_max_attempts": 6}
 
 
 # --- listing ------------------------------------------------------------------------
@@ -160,8 +163,6 @@ def test_permanent_errors_are_not_retried(s3_server: SeaweedS3, tmp_path: Path):
         bucket="wrong-credentials",
         access_key=s3_server.access_key,
         secret_key="not-the-secret",
-        upload_attempts=5,
-        backoff_base_s=2.0,
     )
     source = tmp_path / "clip.bin"
     source.write_bytes(b"x")
@@ -177,7 +178,9 @@ def test_upload_waits_out_a_server_restart(tmp_path: Path):
     server = start_seaweedfs(data_dir)
     port = urlsplit(server.endpoint_url).port
     try:
-        store = _store_for(server, "restart-test", max_attempts=2, upload_attempts=10, backoff_base_s=0.25)
+        # botocore's backoff starts at 50 ms and doubles up to 20 s: 15 attempts span a restart
+        # of a few seconds (the default 6 span under 1.6 s; see the module docstring).
+        store = _store_for(server, "restart-test", max_attempts=15)
         store.ensure_bucket()
         source = tmp_path / "clip.bin"
         source.write_bytes(os.urandom(256 * 1024))
@@ -207,80 +210,145 @@ def test_upload_waits_out_a_server_restart(tmp_path: Path):
         stop_seaweedfs(data_dir)
 
 
-# --- retry policy (a fake function, no server) ---------------------------------------
+# --- one retry layer per kind of failure ---------------------------------------------
 
 
-def test_retry_with_backoff_retries_transient_errors_then_succeeds():
-    calls: list[int] = []
-    delays: list[float] = []
+class _Always500(http.server.BaseHTTPRequestHandler):
+    """Answers every request with S3's InternalError, after reading its body."""
 
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
-        return "stored"
+    protocol_version = "HTTP/1.1"  # answers botocore's "Expect: 100-continue" instead of making it wait 1 s
 
-    result = retry_with_backoff(flaky, 5, 0.5, is_transient_s3_error, sleep=delays.append)
+    def _fail(self) -> None:
+        self.server.requests.append(self.command)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
+        self.send_response(500)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-    assert result == "stored"
-    assert len(calls) == 3
-    assert len(delays) == 2
-    assert 0 <= delays[0] <= 0.5 and 0 <= delays[1] <= 1.0  # full jitter under base * 2**n
+    do_GET = do_PUT = do_HEAD = _fail
+
+    def log_message(self, *args) -> None:
+        pass
 
 
-def test_retry_with_backoff_gives_up_with_a_clear_message():
-    delays: list[float] = []
-    last = _client_error("SlowDown", 503)
+@contextlib.contextmanager
+def _server_answering_500() -> Iterator[tuple[str, list[str]]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Always500)
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", server.requests
+    finally:
+        server.shutdown()
+        server.server_close()
 
-    def always_throttled() -> None:
-        raise last
 
-    with pytest.raises(RetriesExhaustedError) as raised:
-        retry_with_backoff(
-            always_throttled, 4, 0.1, is_transient_s3_error, description="upload of clip.opus", sleep=delays.append
+@contextlib.contextmanager
+def _server_closing_connections() -> Iterator[tuple[str, list[str]]]:
+    """Accepts each connection and closes it at once: the client sees a dropped connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    accepted: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append("connection")
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+@pytest.mark.parametrize("failing_server", [_server_answering_500, _server_closing_connections])
+@pytest.mark.parametrize("operation", ["put_bytes", "head"])
+def test_a_failing_request_is_sent_max_attempts_times_in_all(failing_server, operation: str):
+    with failing_server() as (endpoint_url, requests):
+        store = ObjectStore(
+            endpoint_url=endpoint_url, bucket="b", access_key="k", secret_key="s", max_attempts=3
         )
+        with pytest.raises((botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)):
+            if operation == "put_bytes":
+                store.put_bytes("clip.opus", b"OggS")
+            else:
+                store.head("clip.opus")
 
-    assert "upload of clip.opus failed after 4 attempts" in str(raised.value)
-    assert "SlowDown" in str(raised.value)
-    assert raised.value.__cause__ is last
-    assert len(delays) == 3
+    # botocore's attempts only: a second layer around them would make it 3 x its own count.
+    assert len(requests) == 3
 
 
-def test_retry_with_backoff_raises_permanent_errors_at_once():
-    calls: list[int] = []
+def _fake_downloads(monkeypatch, store: ObjectStore, failures: list) -> list[str]:
+    """Make the client's download_file fail with `failures` in turn (a short file, or an
+    exception to raise), then download for real; returns the keys it was called with."""
+    real = store.client().download_file
+    calls: list[str] = []
 
-    def denied() -> None:
-        calls.append(1)
-        raise _client_error("AccessDenied", 403)
+    def download_file(bucket, key, filename, **kwargs):
+        calls.append(key)
+        if len(calls) > len(failures):
+            return real(bucket, key, filename, **kwargs)
+        failure = failures[len(calls) - 1]
+        if isinstance(failure, Exception):
+            raise failure
+        Path(filename).write_bytes(failure)
+
+    monkeypatch.setattr(store.client(), "download_file", download_file)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [b"short", S3DownloadFailedError('Contents of stored object "k" did not match expected ETag.')],
+    ids=["short file", "object replaced mid-download"],
+)
+def test_a_download_that_fails_its_integrity_check_is_repeated(
+    object_store: ObjectStore, tmp_path: Path, monkeypatch, failure
+):
+    data = os.urandom(1000)
+    object_store.put_bytes("incoming/a.bin", data)
+    calls = _fake_downloads(monkeypatch, object_store, [failure])
+
+    object_store.download_file("incoming/a.bin", tmp_path / "a.bin")
+
+    assert len(calls) == 2
+    assert (tmp_path / "a.bin").read_bytes() == data
+
+
+def test_integrity_failures_are_attempted_integrity_attempts_times_at_most(
+    object_store: ObjectStore, tmp_path: Path, monkeypatch
+):
+    object_store.put_bytes("incoming/a.bin", os.urandom(1000))
+    calls = _fake_downloads(monkeypatch, object_store, [b"short"] * 10)
+
+    with pytest.raises(IncompleteTransferError, match="3 time"):
+        object_store.download_file("incoming/a.bin", tmp_path / "a.bin")
+
+    assert object_store.integrity_attempts == 3 and len(calls) == 3
+    assert not list(tmp_path.iterdir()), "a failed download must leave no file behind"
+
+
+def test_request_errors_are_not_repeated_by_the_integrity_loop(
+    object_store: ObjectStore, tmp_path: Path, monkeypatch
+):
+    object_store.put_bytes("incoming/a.bin", b"x")
+    calls = _fake_downloads(monkeypatch, object_store, [_client_error("InternalError", 500)] * 10)
 
     with pytest.raises(botocore.exceptions.ClientError):
-        retry_with_backoff(denied, 5, 0.1, is_transient_s3_error, sleep=lambda _: None)
-    assert len(calls) == 1
+        object_store.download_file("incoming/a.bin", tmp_path / "a.bin")
 
-
-@pytest.mark.parametrize(
-    ("error", "transient"),
-    [
-        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), True),
-        (botocore.exceptions.ReadTimeoutError(endpoint_url="http://x"), True),
-        (_client_error("InternalError", 500), True),
-        (_client_error("SlowDown", 503), True),
-        (_client_error("AccessDenied", 403), False),
-        (_client_error("NoSuchBucket", 404), False),
-        (ValueError("bad argument"), False),
-    ],
-)
-def test_is_transient_s3_error(error: BaseException, transient: bool):
-    assert is_transient_s3_error(error) is transient
-
-
-@pytest.mark.parametrize(
-    ("cause", "transient"),
-    [(_client_error("InternalError", 500), True), (_client_error("AccessDenied", 403), False)],
-)
-def test_upload_failed_error_is_judged_by_its_cause(cause: Exception, transient: bool):
-    # boto3 raises S3UploadFailedError inside `except ClientError`, which chains the
-    # ClientError as __context__; build the same shape.
-    error = boto3.exceptions.S3UploadFailedError("Failed to upload clip.opus")
-    error.__context__ = cause
-    assert is_transient_s3_error(error) is transient
+    assert len(calls) == 1  # botocore retried the request already

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -18,13 +19,8 @@ import dagster as dg
 import pytest
 from sshd_server import generate_key, known_hosts_line, start_sshd, stop_sshd
 
-from audio_assets.transfer import (
-    REMOTE_FILE_TAG,
-    VerifyingReader,
-    build_transfer_job,
-    part_size_for,
-    transfer_archive,
-)
+from audio_assets.transfer import REMOTE_FILE_TAG, build_transfer_job, transfer_archive
+from audio_assets.verified_upload import VerifyingReader, part_size_for
 from resources.object_store import MIB, ObjectStore
 from resources.remote_host import HostKeyRejected, RemoteArchiveHost, RemoteSession
 from resources.results_db import ResultsDatabase
@@ -140,7 +136,7 @@ def unfinished_uploads(store: ObjectStore) -> list[dict]:
 
 
 def transfer_rows(results_db: ResultsDatabase) -> list[dict]:
-    return results_db.query("SELECT * FROM remote_transfers ORDER BY id")
+    return results_db.transfers.all()
 
 
 @contextlib.contextmanager
@@ -157,6 +153,22 @@ def s3_calls(store: ObjectStore):
         yield calls
     finally:
         events.unregister("before-call.s3", record)
+
+
+@contextlib.contextmanager
+def first_part_uploaded(store: ObjectStore):
+    """An Event set once the shared client has uploaded a multipart part."""
+    uploaded = threading.Event()
+
+    def record(**_):
+        uploaded.set()
+
+    events = store.client().meta.events
+    events.register("after-call.s3.UploadPart", record)
+    try:
+        yield uploaded
+    finally:
+        events.unregister("after-call.s3.UploadPart", record)
 
 
 WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "CopyObject"}
@@ -306,20 +318,22 @@ def test_without_done_dir_the_file_stays_and_postgres_records_it(
 
 
 class FailingHandle:
-    """A remote file whose connection drops after `limit` bytes."""
+    """A remote file whose connection drops after `limit` bytes, once `before_failing` returns."""
 
-    def __init__(self, handle, limit: int):
+    def __init__(self, handle, limit: int, before_failing=lambda: None):
         self.handle, self.limit, self.sent = handle, limit, 0
+        self.before_failing = before_failing
 
     def read(self, size=-1):
         data = self.handle.read(size)
         self.sent += len(data)
         if self.sent > self.limit:
+            self.before_failing()
             raise ConnectionResetError("connection to the remote host lost mid-transfer")
         return data
 
 
-def fail_first_reads(monkeypatch, after_bytes: int, times: int = 1_000) -> list[int]:
+def fail_first_reads(monkeypatch, after_bytes: int, times: int = 1_000, before_failing=lambda: None) -> list[int]:
     """Make the next `times` opens of a remote file fail after `after_bytes` bytes."""
     original = RemoteSession.open
     opened: list[int] = []
@@ -328,7 +342,7 @@ def fail_first_reads(monkeypatch, after_bytes: int, times: int = 1_000) -> list[
     def failing_open(self, remote):
         with original(self, remote) as handle:
             opened.append(1)
-            yield FailingHandle(handle, after_bytes) if len(opened) <= times else handle
+            yield FailingHandle(handle, after_bytes, before_failing) if len(opened) <= times else handle
 
     monkeypatch.setattr(RemoteSession, "open", failing_open)
     return opened
@@ -339,9 +353,9 @@ def test_interrupted_transfer_leaves_no_object_and_no_unfinished_upload(
 ):
     data = os.urandom(12 * MIB)
     put_remote(remote_dir, "batch.tar", data)
-    fail_first_reads(monkeypatch, after_bytes=7 * MIB)  # after the first part was uploaded
-
-    with s3_calls(store) as calls:
+    with s3_calls(store) as calls, first_part_uploaded(store) as part_uploaded:
+        # Parts upload on other threads: wait for one, so the drop comes mid-upload, not before.
+        fail_first_reads(monkeypatch, after_bytes=7 * MIB, before_failing=lambda: part_uploaded.wait(timeout=30))
         run = run_transfer(NO_RETRY_JOB, "batch.tar", remote_host, store, results_db, raise_on_error=False)
 
     assert not run.success
@@ -351,7 +365,7 @@ def test_interrupted_transfer_leaves_no_object_and_no_unfinished_upload(
     assert unfinished_uploads(store) == []
     assert (remote_dir / "batch.tar").exists() and not (remote_dir / "done").exists()
     assert transfer_rows(results_db) == []
-    nothing, _ = archive_sensor_tick(instance, store)
+    nothing, _ = archive_sensor_tick(instance, store, results_db)
     assert isinstance(nothing, dg.SkipReason)
 
     monkeypatch.undo()
@@ -516,8 +530,10 @@ def test_sftp_only_account_hashes_by_streaming(tmp_path, store, results_db):
 # --- hand-over to the archive pipeline ---------------------------------------------------------
 
 
-def archive_sensor_tick(instance, store):
-    context = dg.build_sensor_context(instance=instance, resources={"object_store": store})
+def archive_sensor_tick(instance, store, results_db):
+    context = dg.build_sensor_context(
+        instance=instance, resources={"object_store": store, "results_db": results_db}
+    )
     result = archive_sensor(context)
     return result, context.cursor
 
@@ -527,7 +543,7 @@ def test_archive_sensor_sees_the_transferred_archive(instance, remote_host, remo
     [request] = sensor_tick(instance, remote_host, results_db)[0].run_requests
     assert run_transfer(transfer_archive, request, remote_host, store, results_db, instance=instance).success
 
-    result, _ = archive_sensor_tick(instance, store)
+    result, _ = archive_sensor_tick(instance, store, results_db)
 
     assert isinstance(result, dg.SensorResult)
     [archive_request] = result.run_requests
