@@ -1,5 +1,5 @@
 -- Files per day and status over the last 7 days (today included), with audio hours.
-CREATE OR REPLACE VIEW daily_stats AS
+CREATE OR REPLACE VIEW daily_stats WITH (security_barrier = true) AS
 SELECT
     (coalesce(processed_at, created_at) AT TIME ZONE 'UTC')::date AS day,
     status,

@@ -1,0 +1,79 @@
+"""The archive registry (table `archives`): one partition per object, and which version of
+each archive the result rows belong to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import psycopg2.extras
+
+from audio_assets.archive_identity import ArchiveVersion, disambiguated_partition_key, preferred_partition_key
+from sql.named_queries import queries
+
+if TYPE_CHECKING:
+    from resources.results_db.database import ResultsDatabase
+
+Q = queries("archives")
+
+
+class ArchiveRegistry:
+    def __init__(self, db: "ResultsDatabase"):
+        self.db = db
+
+    def partitions_for(self, archive_keys: Iterable[str]) -> dict[str, str]:
+        """{archive key: partition key}, registering keys seen for the first time. A new key
+        gets its clean batch id unless another object already holds it; then it gets the id
+        plus a hash of its own key. Keys are taken in sorted order, so one tick that sees
+        b.tar and b.tar.gz together always names them the same way."""
+        wanted = sorted(set(archive_keys))
+        if not wanted:
+            return {}
+
+        def register(cur) -> dict[str, str]:
+            cur.execute(Q.partitions_of_keys, {"archive_keys": wanted})
+            known = {row["archive_source"]: row["partition_key"] for row in cur.fetchall()}
+            for naming in (preferred_partition_key, disambiguated_partition_key):
+                new = [key for key in wanted if key not in known]
+                if not new:
+                    break
+                rows = psycopg2.extras.execute_values(
+                    cur, Q.insert_archives, [(key, naming(key)) for key in new], fetch=True
+                )
+                known |= {row["archive_source"]: row["partition_key"] for row in rows}
+            missing = [key for key in wanted if key not in known]
+            if missing:
+                raise RuntimeError(f"no free partition key for {missing[:5]} (hash collision?)")
+            return known
+
+        return self.db.transaction(register, what="register archive partitions")
+
+    def key_of_partition(self, partition_key: str) -> str | None:
+        rows = self.db.fetch_all(Q.key_of_partition, {"partition_key": partition_key})
+        return rows[0]["archive_source"] if rows else None
+
+    def claim(self, archive: ArchiveVersion, run_id: str) -> None:
+        """Make `archive` the version results belong to; StaleArchiveVersion if a newer
+        version already is (this run is then obsolete and must write nothing)."""
+        params = {
+            "archive_key": archive.key,
+            "partition_key": archive.partition_key,
+            "etag": archive.etag,
+            "size": archive.size,
+            "last_modified": archive.last_modified,
+            "run_id": run_id,
+        }
+
+        def claim(cur) -> str | None:
+            cur.execute(Q.ensure_archive, params)
+            cur.execute(Q.claim_version, params)
+            if cur.fetchone() is not None:
+                return None
+            cur.execute(Q.current_version, params)
+            return cur.fetchone()["current_etag"]
+
+        newer = self.db.transaction(claim, what=f"claim {archive}")
+        if newer is not None:
+            from resources.results_db.database import StaleArchiveVersion  # database imports this module
+
+            raise StaleArchiveVersion(archive, newer)

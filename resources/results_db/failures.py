@@ -1,0 +1,93 @@
+"""The dead letter (table `processing_failures`): what failed, where, why, and whether a
+later attempt may succeed. One open row per (archive, member, stage); a success closes it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg2.extras
+
+from audio_assets.archive_identity import ArchiveVersion
+from sql.named_queries import queries
+
+if TYPE_CHECKING:
+    from resources.results_db.database import ResultsDatabase
+
+Q = queries("failures")
+
+# The stage each archive step records failures under; the dead-letter sensor maps a failed
+# step to the same name, so the step's own row and the sensor's are one row, not two.
+STAGE_OF_STEP = {
+    "raw_archive": "archive",
+    "opus_files": "conversion",
+    "parquet_metadata": "metadata",
+    "transcripts": "transcription",
+    "classifications": "classification",
+}
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    audio_file_id: int | None  # None for a member without an audio_files row (a parquet, a duplicate)
+    original_filename: str
+    stage: str
+    error: str
+    retryable: bool = False  # transient (upload, disk full, database): the row was left as it was
+
+
+def record_in(cur, archive: ArchiveVersion, failures: Sequence[FileFailure], run_id: str | None) -> None:
+    """Within the caller's transaction: one open row per failed member and stage."""
+    if not failures:
+        return
+    psycopg2.extras.execute_values(
+        cur,
+        Q.record_failures,
+        [
+            (archive.key, archive.partition_key, f.original_filename, f.audio_file_id, f.stage, f.error,
+             run_id, f.retryable)
+            for f in failures
+        ],
+    )
+
+
+def resolve_files_in(cur, file_ids: Sequence[int], stages: Sequence[str]) -> None:
+    if file_ids:
+        cur.execute(Q.resolve_file_stages, {"ids": list(file_ids), "stages": list(stages)})
+
+
+class DeadLetter:
+    def __init__(self, db: "ResultsDatabase"):
+        self.db = db
+
+    def record(self, archive: ArchiveVersion, failures: Sequence[FileFailure], run_id: str | None) -> None:
+        """File failures that leave the rows as they are (transient, or members without a row).
+        Not fenced: a failure of an old version's run is still worth knowing about."""
+        self.db.transaction(lambda cur: record_in(cur, archive, failures, run_id), what="record failures")
+
+    def record_archive_failure(
+        self, archive_key: str, partition_key: str | None, *, stage: str, error: str, run_id: str | None,
+        retryable: bool = False,
+    ) -> None:
+        """A failure of the archive as a whole (unreadable, refused, a failed run)."""
+        params = {
+            "archive_key": archive_key, "partition_key": partition_key, "stage": stage, "error": error,
+            "run_id": run_id, "retryable": retryable,
+        }
+        self.db.transaction(lambda cur: cur.execute(Q.record_run_failure, params), what="record archive failure")
+
+    def resolve_stages(self, archive_key: str, stages: Sequence[str]) -> None:
+        params = {"archive_key": archive_key, "stages": list(stages)}
+        self.db.transaction(lambda cur: cur.execute(Q.resolve_archive_stages, params), what="resolve failures")
+
+    def open_failures(self, archive_key: str) -> list[dict[str, Any]]:
+        return self.db.fetch_all(Q.open_failures_of_archive, {"archive_key": archive_key})
+
+    def failed_archives(self, archive: str | None) -> list[dict[str, Any]]:
+        """Archives with failed files or an open archive-level failure; `archive` (partition
+        key, object key or file name) narrows it to one."""
+        return self.db.fetch_all(Q.failed_archives, {"archive": archive})
+
+    def failed_file_count(self, archive_key: str) -> int:
+        return self.db.fetch_all(Q.failed_file_count, {"archive_key": archive_key})[0]["n"]

@@ -1,0 +1,103 @@
+"""transcripts and classifications: what the GPU steps write, committed chunk by chunk.
+
+Each chunk is one fenced transaction, so a worker lost mid-step costs the chunk in flight and
+a retry skips what is already stored (a transcript for this model; a score for this policy
+version and model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg2.extras
+
+from audio_assets.archive_identity import ArchiveVersion
+from resources.results_db import failures as dead_letter
+from sql.named_queries import queries
+
+if TYPE_CHECKING:
+    from resources.results_db.database import ResultsDatabase
+
+Q = queries("model_outputs")
+
+
+@dataclass(frozen=True)
+class TranscriptRow:
+    audio_file_id: int
+    model: str
+    text: str
+    language: str | None
+    confidence: float | None
+    segments: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ClassificationRow:
+    audio_file_id: int
+    flag_category: str
+    model: str
+    flag_score: float | None
+    flagged: bool
+    threshold: float
+    content_truncated: bool
+    reason: str | None
+    policy_version: str = ""
+
+
+class ModelOutputs:
+    def __init__(self, db: "ResultsDatabase"):
+        self.db = db
+
+    def transcribed_ids(self, file_ids: Sequence[int], model: str) -> set[int]:
+        rows = self.db.fetch_all(Q.files_with_transcript, {"ids": list(file_ids), "model": model})
+        return {row["audio_file_id"] for row in rows}
+
+    def store_transcripts(self, archive: ArchiveVersion, transcripts: Sequence[TranscriptRow]) -> None:
+        """Upsert one transcript per (file, model); the files move on to 'transcribed'."""
+        if not transcripts:
+            return
+        ids = [t.audio_file_id for t in transcripts]
+
+        def store(cur) -> None:
+            psycopg2.extras.execute_values(
+                cur, Q.upsert_transcripts,
+                [(t.audio_file_id, t.model, t.text, t.language, t.confidence, psycopg2.extras.Json(t.segments))
+                 for t in transcripts],
+            )
+            cur.execute(Q.advance_to_transcribed, {"ids": ids, "etag": archive.etag})
+            dead_letter.resolve_files_in(cur, ids, ["transcription"])
+
+        self.db.transaction(store, fence=archive, what=f"store transcripts of {archive}")
+
+    def transcripts(self, file_ids: Sequence[int], model: str) -> dict[int, str]:
+        rows = self.db.fetch_all(Q.transcripts_of_files, {"ids": list(file_ids), "model": model})
+        return {row["audio_file_id"]: row["transcript_text"] for row in rows}
+
+    def scored(self, file_ids: Sequence[int], model: str) -> set[tuple[int, str, str, float]]:
+        """(file, policy, policy version, threshold) already scored by `model`."""
+        rows = self.db.fetch_all(Q.scored_policies, {"ids": list(file_ids), "model": model})
+        return {
+            (row["audio_file_id"], row["flag_category"], row["policy_version"], row["threshold"]) for row in rows
+        }
+
+    def store_classifications(
+        self, archive: ArchiveVersion, rows: Sequence[ClassificationRow], classified_ids: Sequence[int]
+    ) -> None:
+        """Upsert one score per (file, policy, model); `classified_ids` (scored on every
+        policy) move on to 'classified'."""
+
+        def store(cur) -> None:
+            if rows:
+                psycopg2.extras.execute_values(
+                    cur, Q.upsert_classifications,
+                    [(r.audio_file_id, r.flag_category, r.model, r.flag_score, r.flagged, r.threshold,
+                      r.content_truncated, r.reason, r.policy_version) for r in rows],
+                )
+            if classified_ids:
+                cur.execute(Q.advance_to_classified, {"ids": list(classified_ids), "etag": archive.etag})
+                dead_letter.resolve_files_in(cur, list(classified_ids), ["classification"])
+
+        if rows or classified_ids:
+            self.db.transaction(store, fence=archive, what=f"store classifications of {archive}")

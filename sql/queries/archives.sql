@@ -1,0 +1,56 @@
+-- Archive objects: their partitions and the version results belong to (table `archives`).
+
+-- name: partitions_of_keys
+SELECT archive_source, partition_key
+FROM archives
+WHERE archive_source = ANY(%(archive_keys)s)
+
+-- name: insert_archives
+-- Several keys in one statement; a key whose preferred partition another key already holds
+-- is skipped here (ON CONFLICT DO NOTHING covers both unique constraints) and retried with a
+-- disambiguated partition key.
+INSERT INTO archives (archive_source, partition_key)
+VALUES %s
+ON CONFLICT DO NOTHING
+RETURNING archive_source, partition_key
+
+-- name: key_of_partition
+SELECT archive_source
+FROM archives
+WHERE partition_key = %(partition_key)s
+
+-- name: ensure_archive
+-- A partition made before the registry existed: record the mapping the run resolved.
+INSERT INTO archives (archive_source, partition_key)
+VALUES (%(archive_key)s, %(partition_key)s)
+ON CONFLICT (archive_source) DO NOTHING
+
+-- name: claim_version
+-- The run's version becomes the one results belong to, unless a newer one (later
+-- LastModified) already is. Ties go to the later claim: runs of one archive are serialized,
+-- so the later claim read the object later.
+UPDATE archives
+SET current_etag = %(etag)s,
+    current_size_bytes = %(size)s,
+    current_last_modified = %(last_modified)s,
+    claimed_by_run = %(run_id)s,
+    claimed_at = now()
+WHERE archive_source = %(archive_key)s
+  AND (current_etag IS NULL
+       OR current_etag = %(etag)s
+       OR current_last_modified IS NULL
+       OR current_last_modified <= %(last_modified)s)
+RETURNING current_etag
+
+-- name: current_version
+SELECT current_etag
+FROM archives
+WHERE archive_source = %(archive_key)s
+
+-- name: lock_current_version
+-- Held (FOR SHARE) until the writing transaction commits, so no claim can slip in between
+-- the fence check and the write.
+SELECT current_etag
+FROM archives
+WHERE archive_source = %(archive_key)s
+FOR SHARE

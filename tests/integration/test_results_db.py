@@ -1,0 +1,167 @@
+"""The data layer on a real PostgreSQL: fencing by archive version, monotonic statuses,
+removed members, first-flagged times, and units of work that survive a server restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import psycopg2
+import pytest
+
+from audio_assets.archive_identity import ArchiveVersion
+from pipeline_support import rows
+from resources.results_db import (
+    ClassificationRow,
+    ConvertedFile,
+    ResultsDatabase,
+    StaleArchiveVersion,
+    TranscriptRow,
+)
+
+T0 = datetime(2026, 11, 30, 12, tzinfo=timezone.utc)
+
+
+def version(etag: str, minutes: int = 0, key: str = "archives/a.tar", partition: str = "a") -> ArchiveVersion:
+    return ArchiveVersion(key, etag, 1000, T0 + timedelta(minutes=minutes), partition)
+
+
+def register(db: ResultsDatabase, archive: ArchiveVersion, members: dict[str, str], rejected=None):
+    db.archives.partitions_for([archive.key])
+    db.archives.claim(archive, run_id=f"run-{archive.etag}")
+    return db.audio_files.register_version(
+        archive, accepted={n: (10, sha) for n, sha in members.items()}, rejected=rejected or {},
+        other_failures=[], run_id=f"run-{archive.etag}",
+    )
+
+
+def convert(db: ResultsDatabase, archive: ArchiveVersion, ids: dict[str, int], names) -> None:
+    db.audio_files.record_conversions(
+        archive,
+        [ConvertedFile(ids[n], f"processed/{archive.date}/{ids[n]}.opus", "s3://b/k", "etag", 2.0, 100) for n in names],
+        [], run_id="r",
+    )
+
+
+def statuses(db, key="archives/a.tar") -> dict[str, str]:
+    return db.audio_files.statuses(key)
+
+
+@pytest.mark.integration
+def test_distinct_objects_get_distinct_partitions_and_keep_them(results_db):
+    first = results_db.archives.partitions_for(["archives/b.tar.gz", "archives/b.tar"])
+    assert first["archives/b.tar"] == "b"  # sorted: b.tar is named first
+    assert first["archives/b.tar.gz"].startswith("b-") and first["archives/b.tar.gz"] != "b"
+    again = results_db.archives.partitions_for(["archives/b.tar.gz", "archives/c.tar", "archives/b.tar"])
+    assert again == first | {"archives/c.tar": "c"}
+    assert results_db.archives.key_of_partition(first["archives/b.tar.gz"]) == "archives/b.tar.gz"
+
+
+@pytest.mark.integration
+def test_an_older_version_can_never_write_over_a_newer_one(results_db):
+    v1, v2 = version("e1"), version("e2", minutes=5)
+    registered = register(results_db, v1, {"a.mp3": "s1"})
+    register(results_db, v2, {"a.mp3": "s1"})  # v2 claims while v1's run is still going
+
+    with pytest.raises(StaleArchiveVersion, match="version e2"):
+        convert(results_db, v1, registered.ids, ["a.mp3"])
+    with pytest.raises(StaleArchiveVersion):
+        results_db.archives.claim(v1, run_id="late retry of v1")
+    with pytest.raises(StaleArchiveVersion):
+        results_db.model_outputs.store_transcripts(v1, [TranscriptRow(registered.ids["a.mp3"], "m", "x", "en", 1.0, [])])
+    assert statuses(results_db) == {"a.mp3": "pending"}
+    assert rows(results_db, "SELECT archive_etag FROM audio_files")[0]["archive_etag"] == "e2"
+
+
+@pytest.mark.integration
+def test_statuses_only_move_forward_unless_the_member_changed(results_db):
+    v1 = version("e1")
+    ids = register(results_db, v1, {"a.mp3": "s1", "b.mp3": "s1"}).ids
+    convert(results_db, v1, ids, ["a.mp3", "b.mp3"])
+    results_db.model_outputs.store_transcripts(v1, [TranscriptRow(ids["a.mp3"], "m", "hi", "en", 1.0, [])])
+    results_db.model_outputs.store_classifications(
+        v1, [ClassificationRow(ids["a.mp3"], "p", "c", 0.9, True, 0.5, False, None, "pv")], [ids["a.mp3"]]
+    )
+    convert(results_db, v1, ids, ["a.mp3"])  # a re-run converts it again
+    assert statuses(results_db) == {"a.mp3": "classified", "b.mp3": "converted"}
+
+    v2 = version("e2", minutes=1)
+    registered = register(results_db, v2, {"a.mp3": "s1", "b.mp3": "CHANGED"})
+    assert registered.restarted == ["b.mp3"]
+    assert statuses(results_db) == {"a.mp3": "classified", "b.mp3": "pending"}
+
+
+@pytest.mark.integration
+def test_members_missing_from_a_new_version_are_removed_and_their_objects_queued(results_db):
+    v1 = version("e1")
+    ids = register(results_db, v1, {"keep.mp3": "s1", "gone.mp3": "s1"}).ids
+    convert(results_db, v1, ids, ["keep.mp3", "gone.mp3"])
+    v2 = version("e2", minutes=1)
+    registered = register(results_db, v2, {"keep.mp3": "s1"})
+    assert registered.removed == ["gone.mp3"]
+    assert statuses(results_db) == {"keep.mp3": "converted", "gone.mp3": "removed"}
+    gone = rows(results_db, "SELECT opus_path FROM audio_files WHERE original_filename = 'gone.mp3'")[0]
+    assert gone["opus_path"] is None
+    queued = rows(results_db, "SELECT object_key FROM object_deletions")
+    assert queued == [{"object_key": f"processed/{v1.date}/{ids['gone.mp3']}.opus"}]
+
+    deleted = []
+
+    class Store:
+        def delete_many(self, keys):
+            deleted.extend(keys)
+
+    assert results_db.object_deletions.drain(v2.key, Store()) == 1
+    assert deleted == [queued[0]["object_key"]]
+    assert rows(results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"] == 0
+
+
+@pytest.mark.integration
+def test_rescoring_an_unchanged_flag_keeps_its_first_flagged_time(results_db):
+    v1 = version("e1")
+    ids = register(results_db, v1, {"a.mp3": "s1"}).ids
+    convert(results_db, v1, ids, ["a.mp3"])
+
+    def score(value: float, policy_version: str = "pv1"):
+        results_db.model_outputs.store_classifications(
+            v1, [ClassificationRow(ids["a.mp3"], "hate", "cope", value, value >= 0.5, 0.5, False, None, policy_version)],
+            [ids["a.mp3"]],
+        )
+        return rows(results_db, "SELECT created_at, scored_at FROM classifications")[0]
+
+    first = score(0.91)
+    time.sleep(0.05)
+    same = score(0.9102)  # a re-run: the same item, the same flag
+    assert same["created_at"] == first["created_at"] and same["scored_at"] > first["scored_at"]
+    moved = score(0.75)  # the score changed: RAs should see it again
+    assert moved["created_at"] > first["created_at"]
+    new_policy = score(0.75, "pv2")
+    assert new_policy["created_at"] > moved["created_at"]
+
+
+@pytest.mark.integration
+def test_a_unit_of_work_waits_out_a_database_restart(postgres_server, results_db):
+    from resources.embedded.postgres import restart_postgres
+
+    results_db = ResultsDatabase(dsn=results_db.dsn, retry_window_s=60)
+    restarter = threading.Thread(target=restart_postgres, args=(postgres_server,), kwargs={"down_s": 3, "durable": False})
+    restarter.start()
+    time.sleep(0.5)  # the server is going down or down
+    started = time.monotonic()
+    partitions = results_db.archives.partitions_for(["archives/during-outage.tar"])
+    waited = time.monotonic() - started
+    restarter.join()
+    assert partitions == {"archives/during-outage.tar": "during-outage"}
+    assert waited > 1.0  # it did meet the outage, and rode it out
+
+
+@pytest.mark.integration
+def test_sessions_carry_statement_and_lock_timeouts(results_db):
+    settings = results_db.fetch_all(
+        "SELECT current_setting('statement_timeout') AS statement, current_setting('lock_timeout') AS lock"
+    )[0]
+    assert settings == {"statement": "5min", "lock": "30s"}
+    quick = ResultsDatabase(dsn=results_db.dsn, statement_timeout_s=0.2)
+    with pytest.raises(psycopg2.errors.QueryCanceled):
+        quick.fetch_all("SELECT pg_sleep(2)")

@@ -1,0 +1,89 @@
+"""Pure rules of the data layer: named queries, archive identity, row transitions."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from audio_assets.archive_identity import (
+    ArchiveVersion,
+    disambiguated_partition_key,
+    is_archive_key,
+    preferred_partition_key,
+)
+from resources.results_db.audio_files import ExistingRow, RowChange, plan_member_changes
+from sql.named_queries import parse_named_queries, queries
+
+SQL_CONCERNS = ["archives", "archive_lock", "audio_files", "failures", "model_outputs", "object_deletions",
+                "reports", "transfers"]
+
+
+def test_named_queries_are_split_by_name_and_unknown_names_say_where():
+    named = parse_named_queries("demo", "-- header\n-- name: first\nSELECT 1\n\n-- name: second\n-- why\nSELECT 2;\n")
+    assert named.first == "SELECT 1"
+    assert named.second == "-- why\nSELECT 2;"
+    with pytest.raises(AttributeError, match="sql/queries/demo.sql has no query named 'third'"):
+        named.third  # noqa: B018
+    with pytest.raises(ValueError, match="twice"):
+        parse_named_queries("demo", "-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n")
+
+
+@pytest.mark.parametrize("concern", SQL_CONCERNS)
+def test_every_shipped_query_file_parses(concern):
+    assert queries(concern).names()
+
+
+def test_partition_keys_keep_clean_names_and_tell_objects_apart():
+    assert preferred_partition_key("archives/batch_2026_11_01.tar.gz") == "batch_2026_11_01"
+    assert preferred_partition_key("archives/b.tar") == preferred_partition_key("archives/b.tar.gz") == "b"
+    # The registry gives the second object of a name the disambiguated key: always different.
+    assert disambiguated_partition_key("archives/b.tar") != disambiguated_partition_key("archives/b.tar.gz")
+    assert disambiguated_partition_key("archives/b.tar").startswith("b-")
+    unclean = preferred_partition_key("archives/Batch 1 (copy).tar")
+    assert unclean.startswith("Batch_1_copy-") and len(unclean) == len("Batch_1_copy-") + 8
+    assert is_archive_key("archives/x.TGZ") and not is_archive_key("archives/sub/x.tar")
+
+
+def test_archive_version_round_trips_through_json():
+    version = ArchiveVersion("archives/a.tar", "abc-2", 123, datetime(2026, 11, 30, 23, 59, 59, tzinfo=timezone.utc), "a")
+    assert ArchiveVersion.from_json(version.to_json()) == version
+    assert version.date == "2026-11-30" and str(version) == "archives/a.tar@abc-2"
+
+
+def _row(name, sha="s1", status="classified", stage=None, opus="processed/d/1.opus", id_=1):
+    return ExistingRow(id_, name, sha, status, stage, opus)
+
+
+def test_unchanged_members_keep_their_status():
+    existing = {"a.mp3": _row("a.mp3"), "b.mp3": _row("b.mp3", status="failed", stage="conversion", opus=None)}
+    assert plan_member_changes(existing, {"a.mp3": "s1", "b.mp3": "s1"}, {}) == []
+
+
+def test_changed_bytes_start_the_file_over_and_drop_its_old_outputs():
+    changes = plan_member_changes({"a.mp3": _row("a.mp3")}, {"a.mp3": "s2"}, {})
+    assert changes == [RowChange("a.mp3", "pending", clear_opus=True, drop_model_outputs=True)]
+
+
+def test_members_gone_from_the_new_version_are_removed_not_left_pending():
+    existing = {"a.mp3": _row("a.mp3"), "gone.mp3": _row("gone.mp3"), "old.mp3": _row("old.mp3", status="removed")}
+    changes = plan_member_changes(existing, {"a.mp3": "s1"}, {})
+    assert changes == [RowChange("gone.mp3", "removed", clear_opus=True)]
+
+
+def test_rejected_members_fail_once_and_duplicates_of_accepted_names_are_not_rows():
+    existing = {"bad.mp3": _row("bad.mp3")}
+    changes = plan_member_changes(existing, {"a.mp3": "s1"}, {"bad.mp3": "symbolic link", "a.mp3": "duplicate"})
+    assert changes == [
+        RowChange("bad.mp3", "failed", error="symbolic link", failed_stage="archive", clear_opus=True,
+                  drop_model_outputs=True)
+    ]
+    already = {"bad.mp3": _row("bad.mp3", status="failed", stage="archive", opus=None)}
+    assert plan_member_changes(already, {}, {"bad.mp3": "symbolic link"}) == []
+
+
+def test_a_member_that_comes_back_starts_over():
+    changes = plan_member_changes({"a.mp3": _row("a.mp3", status="removed", opus=None)}, {"a.mp3": "s1"}, {})
+    assert [c.status for c in changes] == ["pending"]
+    rejected_before = {"a.mp3": _row("a.mp3", status="failed", stage="archive", opus=None)}
+    assert [c.status for c in plan_member_changes(rejected_before, {"a.mp3": "s1"}, {})] == ["pending"]
