@@ -1,21 +1,20 @@
-"""raw_archive: the archive object of a partition, scanned safely into a manifest."""
-
+"""raw_archive: the run's archive version, scanned safely, its members registered as rows."""
 
 import dagster as dg
 import pandas as pd
 
-from audio_assets.archive_access import download_and_scan, expected_etag, resolve_archive
-from audio_assets.audio.tar_safety import ArchiveListing
-from audio_assets.partitions import archives_partitions
+from audio_assets.archive_access import download, resolve_version, unreadable_archive_recorded
+from audio_assets.archive_identity import ArchiveVersion, archives_partitions
+from audio_assets.audio.tar_safety import ArchiveListing, scan_archive
 from audio_assets.settings import ArchiveScanConfig
-from resources.object_store import ObjectInfo, ObjectStore
+from resources.archive_lock import ArchiveLock
+from resources.manifest_io import ArchiveTable
+from resources.object_store import ObjectStore
 from resources.results_db import FileFailure, ResultsDatabase
+from resources.results_db.audio_files import RegisteredMembers
 from resources.scratch import ScratchSpace
 
-MANIFEST_COLUMNS = [
-    "member", "kind", "size", "accepted", "reason", "audio_file_id",
-    "archive_key", "archive_etag", "archive_date",
-]
+MANIFEST_COLUMNS = ["member", "kind", "size", "sha256", "accepted", "reason", "audio_file_id"]
 
 IO_RETRY = dg.RetryPolicy(
     max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -35,85 +34,75 @@ def raw_archive(
     object_store: ObjectStore,
     results_db: ResultsDatabase,
     scratch: ScratchSpace,
-) -> dg.Output[pd.DataFrame]:
+    archive_lock: ArchiveLock,
+) -> dg.Output[ArchiveTable]:
     """The archive's members, checked for unsafe entries, with one audio_files row per MP3."""
-    info = resolve_archive(context, object_store)
+    archive_lock.hold(context)
+    archive = resolve_version(context, object_store, results_db)
+    results_db.archives.claim(archive, context.run.run_id)
     with scratch.step_dir(context.run.run_id, "raw_archive") as workdir:
-        info, listing, download_s = download_and_scan(
-            context,
-            object_store=object_store,
-            results_db=results_db,
-            archive_key=info.key,
-            workdir=workdir,
-            max_member_bytes=config.max_member_bytes,
-            stage="archive",
-            required_etag=expected_etag(context),
-        )
+        local = download(object_store, archive, workdir)
+        with unreadable_archive_recorded(context, results_db, archive, stage="archive"):
+            listing = scan_archive(local, config.limits)
     if not listing.mp3s and not listing.rejected_mp3s:
         reason = "archive has no MP3 members"
-        results_db.record_archive_failure(
-            archive_source=info.key, partition_key=context.partition_key,
-            stage="archive", error=reason, run_id=context.run.run_id,
+        results_db.failures.record_archive_failure(
+            archive.key, archive.partition_key, stage="archive", error=reason, run_id=context.run.run_id
         )
-        raise dg.Failure(reason, metadata={"archive_key": info.key}, allow_retries=False)
+        raise dg.Failure(reason, metadata={"archive": str(archive)}, allow_retries=False)
 
-    file_ids = _register_rows(context, results_db, info, listing)
-    results_db.resolve_archive_failures(archive_source=info.key, stages=["archive"])
-    manifest = build_manifest(listing, file_ids, info)
+    registered = register_members(results_db, archive, listing, context.run.run_id)
+    deleted = results_db.object_deletions.drain(archive.key, object_store)
+    results_db.failures.resolve_stages(archive.key, ["archive"])
     return dg.Output(
-        manifest,
+        ArchiveTable(archive, build_manifest(listing, registered.ids)),
         metadata={
-            "archive_key": info.key,
-            "archive_etag": info.etag,
-            "archive_mb": round(info.size / 1e6, 3),
-            "download_mb_per_s": round(info.size / 1e6 / max(download_s, 1e-6), 1),
+            "archive_key": archive.key,
+            "archive_etag": archive.etag,
+            "archive_mb": round(archive.size / 1e6, 3),
             "mp3_members": len(listing.mp3s),
             "parquet_members": len(listing.parquets),
             "other_members": len(listing.others),
             "rejected_members": len(listing.rejected),
+            "restarted_files": len(registered.restarted),
+            "removed_files": len(registered.removed),
+            "objects_deleted": deleted,
             "rejected": dg.MetadataValue.md(_rejected_markdown(listing)),
         },
     )
 
 
-def _register_rows(
-    context: dg.AssetExecutionContext, results_db: ResultsDatabase, info: ObjectInfo, listing: ArchiveListing
-) -> dict[str, int]:
-    common = dict(archive_source=info.key, partition_key=context.partition_key, archive_etag=info.etag)
-    file_ids = results_db.register_members(**common, members=[(m.name, m.size) for m in listing.mp3s])
-    # A row per rejected MP3 name; a name already used (a duplicate member of an accepted
-    # or rejected one) must not overwrite that row, so it is only recorded as a failure.
-    row_rejects, other_rejects = {}, []
+def register_members(
+    results_db: ResultsDatabase, archive: ArchiveVersion, listing: ArchiveListing, run_id: str
+) -> RegisteredMembers:
+    """A row per MP3 member (accepted or rejected); rejected members that get no row of
+    their own (parquets, other files, a duplicate of a name already taken) go to the dead
+    letter only."""
+    accepted = {m.name: (m.size, m.sha256) for m in listing.mp3s}
+    rejected_rows, other_failures = {}, []
     for rejected in listing.rejected:
-        if rejected.kind == "mp3" and rejected.name not in file_ids and rejected.name not in row_rejects:
-            row_rejects[rejected.name] = rejected.reason
+        if rejected.kind == "mp3" and rejected.name not in accepted and rejected.name not in rejected_rows:
+            rejected_rows[rejected.name] = rejected.reason
         else:
-            other_rejects.append(rejected)
-    file_ids |= results_db.register_rejected_members(
-        **common, rejected=list(row_rejects.items()), run_id=context.run.run_id
+            other_failures.append(FileFailure(None, rejected.name, "archive", rejected.reason))
+    return results_db.audio_files.register_version(
+        archive, accepted=accepted, rejected=rejected_rows, other_failures=other_failures, run_id=run_id
     )
-    results_db.record_file_failures(
-        archive_source=info.key,
-        partition_key=context.partition_key,
-        failures=[FileFailure(None, r.name, "archive", r.reason) for r in other_rejects],
-        run_id=context.run.run_id,
-        update_rows=False,
-    )
-    return file_ids
 
 
-def build_manifest(listing: ArchiveListing, file_ids: dict[str, int], info: ObjectInfo) -> pd.DataFrame:
+def build_manifest(listing: ArchiveListing, file_ids: dict[str, int]) -> pd.DataFrame:
+    accepted_mp3s = {m.name for m in listing.mp3s}
+
+    def row_of(name: str, kind: str, rejected: bool) -> int | None:
+        # A rejected duplicate of an accepted MP3 shares its name but not its row.
+        return file_ids.get(name) if kind == "mp3" and not (rejected and name in accepted_mp3s) else None
+
     rows = [
-        (m.name, m.kind, m.size, True, None, file_ids.get(m.name)) for m in listing.members
-    ] + [
-        (r.name, r.kind, None, False, r.reason, file_ids.get(r.name)) for r in listing.rejected
-    ]
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS[:6])
+        (m.name, m.kind, m.size, m.sha256, True, None, row_of(m.name, m.kind, False)) for m in listing.members
+    ] + [(r.name, r.kind, None, None, False, r.reason, row_of(r.name, r.kind, True)) for r in listing.rejected]
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest["size"] = manifest["size"].astype("Int64")
     manifest["audio_file_id"] = manifest["audio_file_id"].astype("Int64")
-    manifest["archive_key"] = info.key
-    manifest["archive_etag"] = info.etag
-    manifest["archive_date"] = info.last_modified.date().isoformat()
     return manifest
 
 

@@ -1,120 +1,100 @@
-"""Find, download and scan the archive of a partition: the part every archive step shares.
+"""Find, download and read the archive of a run: the part every archive step shares.
 
-Each step downloads the archive into its own scratch directory instead of relying on files
-left by an earlier step, so steps can run on different hosts.
+raw_archive resolves the run's ArchiveVersion once (`resolve_version`); later steps get it
+with the manifest and only download that exact version again (`download`), so steps can run
+on different hosts without ever mixing two versions of an archive.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 
-from audio_assets.audio.tar_safety import ArchiveListing, ArchiveUnreadable, scan_archive
-from audio_assets.partitions import (
+from audio_assets.archive_identity import (
     ARCHIVE_ETAG_TAG,
     ARCHIVE_KEY_TAG,
     ARCHIVE_PREFIX,
-    candidate_archive_keys,
+    ARCHIVE_SUFFIXES,
+    ArchiveVersion,
     is_archive_key,
-    partition_key_for,
+    preferred_partition_key,
 )
-from resources.object_store import ObjectInfo, ObjectStore
+from audio_assets.audio.tar_safety import ArchiveRefused, ArchiveUnreadable
+from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
+from resources.scratch import ScratchSpace
+
+# Room left beside the archive; steps that extract members check for their own space as
+# they go, one member at a time.
+_DOWNLOAD_HEADROOM_BYTES = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class ArchiveRef:
-    """The archive object a manifest was made from; later steps must read the same version."""
-
-    key: str
-    etag: str
-    date: str  # YYYY-MM-DD of LastModified: the processed/{date}/ folder
-
-    @classmethod
-    def from_manifest(cls, manifest: pd.DataFrame) -> "ArchiveRef":
-        return cls(
-            key=str(manifest["archive_key"].iloc[0]),
-            etag=str(manifest["archive_etag"].iloc[0]),
-            date=str(manifest["archive_date"].iloc[0]),
-        )
-
-
-def resolve_archive(context: dg.AssetExecutionContext, object_store: ObjectStore) -> ObjectInfo:
-    """The object behind this run's partition: the sensor's tag first, else by name."""
+def resolve_version(context: dg.AssetExecutionContext, object_store: ObjectStore, results_db: ResultsDatabase) -> ArchiveVersion:
+    """The archive version this run is for: the one the sensor tagged, else the partition's
+    object as it is now (a backfill, the CLI)."""
     partition_key = context.partition_key
-    tagged = context.run.tags.get(ARCHIVE_KEY_TAG)
-    candidates = [tagged] if tagged and partition_key_for(tagged) == partition_key else []
-    candidates += candidate_archive_keys(partition_key)
-    for key in candidates:
-        info = object_store.head(key)
-        if info is not None:
-            return info
-    # Names that needed cleaning (spaces, unicode, upper-case suffix) only map one way.
+    key = context.run.tags.get(ARCHIVE_KEY_TAG) or _key_of_partition(partition_key, object_store, results_db)
+    info = object_store.head(key)
+    if info is None:
+        raise dg.Failure(f"{key} (partition {partition_key}) is no longer in the bucket", allow_retries=False)
+    tagged_etag = context.run.tags.get(ARCHIVE_ETAG_TAG)
+    if tagged_etag and info.etag != tagged_etag:
+        raise dg.Failure(
+            f"{key} was overwritten after this run was requested (ETag {tagged_etag} -> {info.etag}); "
+            "the sensor requests a run for the new version",
+            allow_retries=False,
+        )
+    return ArchiveVersion(key, info.etag, info.size, info.last_modified, partition_key)
+
+
+def _key_of_partition(partition_key: str, object_store: ObjectStore, results_db: ResultsDatabase) -> str:
+    registered = results_db.archives.key_of_partition(partition_key)
+    if registered is not None:
+        return registered
+    # A partition added before the registry existed: its name says which object it was.
     matches = [
-        info
-        for info in object_store.iter_objects(ARCHIVE_PREFIX)
-        if is_archive_key(info.key) and partition_key_for(info.key) == partition_key
+        key for key in (f"{ARCHIVE_PREFIX}{partition_key}{suffix}" for suffix in ARCHIVE_SUFFIXES)
+        if object_store.head(key) is not None
+    ] or [
+        info.key for info in object_store.iter_objects(ARCHIVE_PREFIX)
+        if is_archive_key(info.key) and preferred_partition_key(info.key) == partition_key
     ]
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise dg.Failure(f"no archive object for partition {partition_key!r} under {ARCHIVE_PREFIX}", allow_retries=False)
-    raise dg.Failure(
-        f"partition {partition_key!r} is ambiguous: {[m.key for m in matches]}; rename one archive",
-        allow_retries=False,
-    )
+    raise dg.Failure(f"partition {partition_key!r} is ambiguous: {matches}", allow_retries=False)
 
 
-def expected_etag(context: dg.AssetExecutionContext) -> str | None:
-    return context.run.tags.get(ARCHIVE_ETAG_TAG)
-
-
-def download_and_scan(
-    context: dg.AssetExecutionContext,
-    *,
-    object_store: ObjectStore,
-    results_db: ResultsDatabase,
-    archive_key: str,
-    workdir: Path,
-    max_member_bytes: int,
-    stage: str,
-    required_etag: str | None = None,
-    extract_kinds: frozenset[str] = frozenset(),
-) -> tuple[ObjectInfo, ArchiveListing, float]:
-    """Download into workdir and scan (extracting `extract_kinds`); returns the object info,
-    the listing and the download seconds. An unreadable archive is recorded in
-    processing_failures and fails the step without retries: retrying cannot fix the bytes."""
+def download(object_store: ObjectStore, archive: ArchiveVersion, workdir: Path) -> Path:
+    """The exact version `archive` in workdir; a Failure if the object changed since."""
+    ScratchSpace.ensure_free(workdir, archive.size + _DOWNLOAD_HEADROOM_BYTES, f"downloading {archive.key}")
     local = workdir / "archive.tar"
-    started = time.monotonic()
-    info = object_store.download_file(archive_key, local)
-    download_s = time.monotonic() - started
-    if required_etag and info.etag != required_etag:
+    info = object_store.download_file(archive.key, local)
+    if info.etag != archive.etag:
+        local.unlink(missing_ok=True)
         raise dg.Failure(
-            f"{archive_key} changed during the run (ETag {required_etag} -> {info.etag}); "
-            "the sensor has requested a run for the new version",
+            f"{archive.key} changed during the run (ETag {archive.etag} -> {info.etag}); "
+            "the sensor requests a run for the new version",
             allow_retries=False,
         )
+    return local
+
+
+@contextmanager
+def unreadable_archive_recorded(
+    context: dg.AssetExecutionContext, results_db: ResultsDatabase, archive: ArchiveVersion, stage: str
+) -> Iterator[None]:
+    """An archive that cannot be read (damaged, or refused over a cap) is recorded in the dead
+    letter and fails the step without retries: retrying cannot fix the bytes."""
     try:
-        listing = scan_archive(
-            local,
-            max_member_bytes=max_member_bytes,
-            extract_to=workdir / "members" if extract_kinds else None,
-            extract_kinds=extract_kinds,
-        )
+        yield
     except ArchiveUnreadable as exc:
-        reason = f"archive unreadable: {exc}"
-        results_db.record_archive_failure(
-            archive_source=archive_key,
-            partition_key=context.partition_key,
-            stage=stage,
-            error=reason,
-            run_id=context.run.run_id,
+        reason = f"archive {'refused' if isinstance(exc, ArchiveRefused) else 'unreadable'}: {exc}"
+        results_db.failures.record_archive_failure(
+            archive.key, archive.partition_key, stage=stage, error=reason, run_id=context.run.run_id
         )
-        raise dg.Failure(reason, metadata={"archive_key": archive_key}, allow_retries=False) from exc
-    finally:
-        local.unlink(missing_ok=True)  # the members are extracted; the tar itself is not needed
-    return info, listing, download_s
+        raise dg.Failure(reason, metadata={"archive": str(archive)}, allow_retries=False) from exc

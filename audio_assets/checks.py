@@ -1,14 +1,12 @@
 """Asset checks on each archive partition: nothing lost, objects match rows, sane durations."""
 
-
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
-import pandas as pd
 
-from audio_assets.archive_access import ArchiveRef
+from audio_assets.archive_identity import archives_partitions
 from audio_assets.opus import opus_files
-from audio_assets.partitions import archives_partitions
+from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 
@@ -16,40 +14,34 @@ _MANIFEST = {"raw_archive": dg.AssetIn("raw_archive")}
 
 
 @dg.asset_check(asset=opus_files, partitions_def=archives_partitions, additional_ins=_MANIFEST, blocking=True)
-def every_mp3_has_one_row(raw_archive: pd.DataFrame, results_db: ResultsDatabase) -> dg.AssetCheckResult:
-    """Every MP3 member of the archive (accepted or rejected) has exactly one finished row."""
-    archive = ArchiveRef.from_manifest(raw_archive)
-    members = set(raw_archive.loc[raw_archive["kind"] == "mp3", "member"])
-    rows = results_db.query(
-        "SELECT original_filename, status FROM audio_files WHERE archive_source = %s", (archive.key,)
-    )
-    names = [r["original_filename"] for r in rows]
-    missing = sorted(members - set(names))
-    unfinished = sorted(r["original_filename"] for r in rows if r["status"] == "pending")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+def every_mp3_has_one_row(raw_archive: ArchiveTable, results_db: ResultsDatabase) -> dg.AssetCheckResult:
+    """Every MP3 member of the archive version (accepted or rejected) has exactly one finished
+    row; rows of members the version no longer has are marked removed, never left pending."""
+    manifest = raw_archive.rows
+    members = set(manifest.loc[manifest["kind"] == "mp3", "member"])
+    statuses = results_db.audio_files.statuses(raw_archive.archive.key)
+    missing = sorted(members - set(statuses))
+    unfinished = sorted(name for name, status in statuses.items() if status == "pending")
+    stale = sorted(name for name, status in statuses.items() if name not in members and status != "removed")
     return dg.AssetCheckResult(
-        passed=not (missing or unfinished or duplicates),
+        passed=not (missing or unfinished or stale),
         metadata={
             "mp3_members": len(members),
-            "rows": len(rows),
+            "rows": len(statuses),
+            "removed_rows": sum(1 for s in statuses.values() if s == "removed"),
             "missing": ", ".join(missing[:20]) or "none",
             "still_pending": ", ".join(unfinished[:20]) or "none",
-            "duplicated": ", ".join(duplicates[:20]) or "none",
+            "not_in_archive_but_not_removed": ", ".join(stale[:20]) or "none",
         },
     )
 
 
 @dg.asset_check(asset=opus_files, partitions_def=archives_partitions, additional_ins=_MANIFEST)
 def opus_objects_match_rows(
-    raw_archive: pd.DataFrame, results_db: ResultsDatabase, object_store: ObjectStore
+    raw_archive: ArchiveTable, results_db: ResultsDatabase, object_store: ObjectStore
 ) -> dg.AssetCheckResult:
     """Every converted row's Opus object exists with the size recorded on the row."""
-    archive = ArchiveRef.from_manifest(raw_archive)
-    rows = results_db.query(
-        "SELECT opus_path, file_size_bytes FROM audio_files "
-        "WHERE archive_source = %s AND status <> 'failed' AND status <> 'pending'",
-        (archive.key,),
-    )
+    rows = results_db.audio_files.opus_objects(raw_archive.archive.key)
     with ThreadPoolExecutor(max_workers=8) as pool:
         heads = list(pool.map(lambda r: object_store.head(r["opus_path"]) if r["opus_path"] else None, rows))
     bad = [
@@ -64,15 +56,9 @@ def opus_objects_match_rows(
 
 
 @dg.asset_check(asset=opus_files, partitions_def=archives_partitions, additional_ins=_MANIFEST)
-def durations_are_positive(raw_archive: pd.DataFrame, results_db: ResultsDatabase) -> dg.AssetCheckResult:
+def durations_are_positive(raw_archive: ArchiveTable, results_db: ResultsDatabase) -> dg.AssetCheckResult:
     """A converted file always has a positive recorded duration."""
-    archive = ArchiveRef.from_manifest(raw_archive)
-    rows = results_db.query(
-        "SELECT original_filename, duration_seconds FROM audio_files WHERE archive_source = %s "
-        "AND status IN ('converted', 'transcribed', 'classified') "
-        "AND (duration_seconds IS NULL OR duration_seconds <= 0)",
-        (archive.key,),
-    )
+    rows = results_db.audio_files.bad_durations(raw_archive.archive.key)
     return dg.AssetCheckResult(
         passed=not rows,
         metadata={"bad_durations": len(rows), "examples": ", ".join(r["original_filename"] for r in rows[:10]) or "none"},

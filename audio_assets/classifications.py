@@ -1,15 +1,24 @@
-"""classifications: each transcript scored against each content policy (CoPE-A)."""
+"""classifications: each transcript scored against each content policy (CoPE-A), chunk by
+chunk; a (file, policy) already scored under this policy version, model and threshold is not
+scored again."""
 
 import time
 
 import dagster as dg
-import pandas as pd
+from pydantic import Field
 
 from audio_assets.archive import IO_RETRY
+from audio_assets.archive_identity import archives_partitions
 from audio_assets.gpu_routing import GPU_OP_TAGS, GPU_POOL
-from audio_assets.partitions import archives_partitions
+from resources.archive_lock import ArchiveLock
 from resources.classifier import PolicyClassifier
+from resources.manifest_io import ArchiveTable
 from resources.results_db import ClassificationRow, ResultsDatabase
+
+
+class ClassificationConfig(dg.Config):
+    files_per_chunk: int = Field(default=256, description="Files scored (on every policy) and committed together")
+    rescore: bool = Field(default=False, description="Score again what is already scored under the same versions")
 
 
 @dg.asset(
@@ -22,43 +31,76 @@ from resources.results_db import ClassificationRow, ResultsDatabase
 )
 def classifications(
     context: dg.AssetExecutionContext,
-    transcripts: pd.DataFrame,
+    config: ClassificationConfig,
+    transcripts: ArchiveTable,
     classifier: PolicyClassifier,
     results_db: ResultsDatabase,
+    archive_lock: ArchiveLock,
 ) -> dg.MaterializeResult:
     """p("1") per policy for every transcript; flagged items reach RAs through ra_queue."""
-    todo = transcripts[transcripts["status"] == "transcribed"].reset_index(drop=True)
-    texts = [str(t or "") for t in todo["transcript_text"]]
-    file_ids = [int(i) for i in todo["audio_file_id"]]
-    started = time.monotonic()
-    scorer = classifier.load()
-    rows, flagged_by_category = [], {}
-    for category, policy_text in classifier.categories().items():
-        scores = scorer.score(policy_text, texts)
-        for file_id, result in zip(file_ids, scores):
-            flagged = result.score is not None and result.score >= classifier.threshold
-            rows.append(
-                ClassificationRow(
-                    audio_file_id=file_id, flag_category=category, model=scorer.model_name,
-                    flag_score=result.score, flagged=flagged, threshold=classifier.threshold,
-                    content_truncated=result.truncated, reason=result.reason,
-                )
-            )
-        flagged_by_category[category] = sum(
-            1 for r in scores if r.score is not None and r.score >= classifier.threshold
-        )
-        context.log.info(f"scored {len(texts)} transcripts against {category}")
-    results_db.store_classifications(rows, classified_ids=file_ids)
+    archive_lock.hold(context)
+    archive = transcripts.archive
+    file_ids = [int(i) for i in transcripts.rows.loc[transcripts.rows["status"] == "transcribed", "audio_file_id"]]
+    model_name, versions = classifier.model_name(), classifier.policy_versions()
+    policies = classifier.categories()
+    done = set() if config.rescore else results_db.model_outputs.scored(file_ids, model_name)
+    todo = {
+        category: {i for i in file_ids if (i, category, versions[category], classifier.threshold) not in done}
+        for category in policies
+    }
+    started, scored, flagged_by_category, truncated = time.monotonic(), 0, {c: 0 for c in policies}, 0
+    for start in range(0, len(file_ids), config.files_per_chunk):
+        chunk = file_ids[start : start + config.files_per_chunk]
+        wanted = {category: [i for i in chunk if i in todo[category]] for category in policies}
+        rows = _score_chunk(classifier, policies, versions, wanted, results_db, transcripts.rows, model_name)
+        results_db.model_outputs.store_classifications(archive, rows, classified_ids=chunk)
+        scored += len(rows)
+        truncated += sum(r.content_truncated for r in rows)
+        for row in rows:
+            flagged_by_category[row.flag_category] += row.flagged
+    results_db.failures.resolve_stages(archive.key, ["classification", "run"])
     elapsed = time.monotonic() - started
     return dg.MaterializeResult(
         metadata={
-            "model": scorer.model_name,
+            "model": model_name,
             "threshold": classifier.threshold,
-            "transcripts": len(texts),
-            "not_scored_empty": sum(1 for t in texts if not t.strip()),
-            "truncated": sum(1 for r in rows if r.content_truncated),
-            "flagged_files": len({r.audio_file_id for r in rows if r.flagged}),
-            "flagged_by_category": dg.MetadataValue.json(flagged_by_category),
-            "items_per_s": round(len(rows) / max(elapsed, 1e-6), 2),
+            "policy_versions": dg.MetadataValue.json(versions),
+            "transcripts": len(file_ids),
+            "scored_now": scored,
+            "already_scored": len(file_ids) * len(policies) - scored,
+            "truncated": truncated,
+            "flagged_now_by_category": dg.MetadataValue.json(flagged_by_category),
+            "items_per_s": round(scored / max(elapsed, 1e-6), 2),
         }
     )
+
+
+def _score_chunk(classifier, policies, versions, wanted, results_db, table, model_name) -> list[ClassificationRow]:
+    needed = sorted({i for ids in wanted.values() for i in ids})
+    if not needed:
+        return []
+    texts = results_db.model_outputs.transcripts(needed, _transcript_model(table))
+    scorer = classifier.load()
+    rows = []
+    for category, ids in wanted.items():
+        if not ids:
+            continue
+        scores = scorer.score(policies[category], [str(texts.get(i) or "") for i in ids])
+        for file_id, result in zip(ids, scores):
+            rows.append(
+                ClassificationRow(
+                    audio_file_id=file_id, flag_category=category, model=model_name,
+                    flag_score=result.score, flagged=result.score is not None and result.score >= classifier.threshold,
+                    threshold=classifier.threshold, content_truncated=result.truncated, reason=result.reason,
+                    policy_version=versions[category],
+                )
+            )
+    return rows
+
+
+def _transcript_model(table) -> str:
+    """The transcription model whose transcripts this run's `transcripts` step stored."""
+    models = set(table["model"].dropna())
+    if len(models) != 1:
+        raise dg.Failure(f"expected transcripts of one model, found {sorted(models)}", allow_retries=False)
+    return models.pop()

@@ -6,7 +6,6 @@ import json
 import dagster as dg
 import pandas as pd
 
-from resources.daily_report import compute_daily_summary, store_daily_summary
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 
@@ -19,8 +18,8 @@ def daily_summary(
 ) -> dg.MaterializeResult:
     """The day's report: archives and files processed, failures by stage, flags, confidence."""
     day = context.partition_key
-    summary = compute_daily_summary(results_db, day)
-    store_daily_summary(results_db, summary)
+    summary = results_db.reports.daily_summary(day)
+    results_db.reports.store_daily_summary(summary)
     # Nested values as JSON text: one flat row that pandas, duckdb and spreadsheets all read.
     frame = pd.DataFrame([{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in summary.items()}])
     buffer = io.BytesIO()

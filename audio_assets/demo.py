@@ -18,7 +18,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from audio_assets.partitions import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, ARCHIVE_PREFIX
+from audio_assets.archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, ARCHIVE_PREFIX
 from resources.embedded.postgres import LocalPostgres, create_database, ensure_postgres, stop_postgres
 from resources.embedded.seaweedfs import SeaweedS3, ensure_seaweedfs, stop_seaweedfs
 from resources.environments import (
@@ -195,44 +195,8 @@ def print_summary(results_db: ResultsDatabase, instance, archives: list[tuple[st
             continue
         launched_by = runs[0].tags.get("dagster/sensor_name", "a person")
         print(f"  {key}: {runs[0].status.value} (run {runs[0].run_id}, launched by {launched_by})")
-    _print_table(
-        "files per archive (audio_files)",
-        results_db.query(
-            """
-            SELECT archive_source, count(*) AS files,
-                   count(*) FILTER (WHERE status IN ('converted', 'transcribed', 'classified')) AS converted,
-                   count(*) FILTER (WHERE status IN ('transcribed', 'classified')) AS transcribed,
-                   count(*) FILTER (WHERE status = 'classified') AS classified,
-                   count(*) FILTER (WHERE status = 'failed') AS failed,
-                   count(parquet_metadata) AS with_metadata,
-                   round(sum(duration_seconds)::numeric, 1) AS audio_seconds
-            FROM audio_files GROUP BY archive_source ORDER BY archive_source
-            """
-        ),
-    )
-    _print_table(
-        "transcripts",
-        results_db.query(
-            "SELECT a.original_filename, t.language, round(t.confidence::numeric, 3) AS confidence, "
-            "left(t.transcript_text, 70) AS transcript FROM transcripts t "
-            "JOIN audio_files a ON a.id = t.audio_file_id ORDER BY a.archive_source, a.original_filename"
-        ),
-    )
-    _print_table("daily_stats (view)", results_db.query("SELECT * FROM daily_stats"))
-    _print_table(
-        "ra_queue (view; flagged items of the last 24 h)",
-        results_db.query(
-            "SELECT audio_file_id, flag_category, round(flag_score::numeric, 3) AS score, classifier_model, "
-            "left(transcript_text, 60) AS transcript, opus_key FROM ra_queue LIMIT 10"
-        ),
-    )
-    _print_table(
-        "open failures (processing_failures)",
-        results_db.query(
-            "SELECT archive_source, original_filename, stage, left(error, 70) AS error "
-            "FROM processing_failures WHERE resolved_at IS NULL ORDER BY archive_source, original_filename"
-        ),
-    )
+    for title, rows in results_db.reports.overview():
+        _print_table(title, rows)
 
 
 def _print_table(title: str, rows: list[dict]) -> None:

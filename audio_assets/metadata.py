@@ -1,14 +1,17 @@
 """parquet_metadata: parquet rows joined to their MP3s by meta_id and stored as JSONB."""
 
+from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 
 from audio_assets.archive import IO_RETRY
-from audio_assets.archive_access import ArchiveRef, download_and_scan
-from audio_assets.audio.metadata_rows import MetadataFileError, join_metadata, read_metadata_table
-from audio_assets.partitions import archives_partitions
+from audio_assets.archive_access import download, unreadable_archive_recorded
+from audio_assets.archive_identity import archives_partitions
+from audio_assets.audio.metadata_rows import MetadataFileError, MetadataTable, join_metadata, read_metadata_table
+from audio_assets.audio.tar_safety import ArchiveLimits, iter_archive
 from audio_assets.settings import ArchiveScanConfig
+from resources.archive_lock import ArchiveLock
+from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
 from resources.results_db import FileFailure, MetadataAssignment, ResultsDatabase
 from resources.scratch import ScratchSpace
@@ -23,45 +26,39 @@ from resources.scratch import ScratchSpace
 def parquet_metadata(
     context: dg.AssetExecutionContext,
     config: ArchiveScanConfig,
-    raw_archive: pd.DataFrame,
+    raw_archive: ArchiveTable,
     object_store: ObjectStore,
     results_db: ResultsDatabase,
     scratch: ScratchSpace,
+    archive_lock: ArchiveLock,
 ) -> dg.MaterializeResult:
     """Each MP3's parquet row (meta_id = file stem) on audio_files.parquet_metadata."""
-    archive = ArchiveRef.from_manifest(raw_archive)
-    accepted = raw_archive[raw_archive["accepted"]]
+    archive_lock.hold(context)
+    archive, manifest = raw_archive.archive, raw_archive.rows
+    accepted = manifest[manifest["accepted"]]
     mp3_names = accepted.loc[accepted["kind"] == "mp3", "member"].tolist()
-    parquet_names = sorted(accepted.loc[accepted["kind"] == "parquet", "member"])
+    parquet_names = set(accepted.loc[accepted["kind"] == "parquet", "member"])
 
     tables, unreadable = [], []
-    with scratch.step_dir(context.run.run_id, "parquet_metadata") as workdir:
-        if parquet_names:
-            _, listing, _ = download_and_scan(
-                context, object_store=object_store, results_db=results_db, archive_key=archive.key,
-                workdir=workdir, max_member_bytes=config.max_member_bytes, stage="metadata",
-                required_etag=archive.etag, extract_kinds=frozenset({"parquet"}),
-            )
-            paths = {m.name: m.path for m in listing.parquets}
-            for name in parquet_names:
-                try:
-                    tables.append((name, read_metadata_table(paths[name])))
-                except MetadataFileError as exc:
-                    unreadable.append(FileFailure(None, name, "metadata", str(exc)))
+    if parquet_names:
+        with scratch.step_dir(context.run.run_id, "parquet_metadata") as workdir:
+            local = download(object_store, archive, workdir)
+            with unreadable_archive_recorded(context, results_db, archive, stage="metadata"):
+                for name, table in _read_parquet_members(local, parquet_names, workdir, config.limits):
+                    if isinstance(table, MetadataFileError):
+                        unreadable.append(FileFailure(None, name, "metadata", str(table)))
+                    else:
+                        tables.append((name, table))
 
     join = join_metadata(mp3_names, tables)
-    results_db.store_metadata(
-        archive_source=archive.key,
-        assignments=[
-            MetadataAssignment(name, match.source_member, match.values) for name, match in join.matched.items()
-        ],
+    results_db.audio_files.store_metadata(
+        archive,
+        [MetadataAssignment(name, match.source_member, match.values) for name, match in join.matched.items()],
     )
-    results_db.record_file_failures(
-        archive_source=archive.key, partition_key=context.partition_key, failures=unreadable,
-        run_id=context.run.run_id, update_rows=False,
-    )
+    results_db.failures.record(archive, unreadable, context.run.run_id)
     if unreadable:
         context.log.warning(f"{len(unreadable)} parquet member(s) unreadable: {[f.error for f in unreadable]}")
+    results_db.failures.resolve_stages(archive.key, ["metadata"])
 
     return dg.MaterializeResult(
         metadata={
@@ -77,6 +74,25 @@ def parquet_metadata(
             "problems": dg.MetadataValue.md(_problems_markdown(join, unreadable)),
         }
     )
+
+
+def _read_parquet_members(
+    local: Path, wanted: set[str], workdir: Path, limits: ArchiveLimits
+) -> list[tuple[str, MetadataTable | MetadataFileError]]:
+    """Each wanted parquet member, copied out of the tar one at a time and read."""
+    tables = []
+    for entry in iter_archive(local, limits):
+        if entry.name not in wanted or entry.rejection is not None:
+            continue
+        path = workdir / "member.parquet"
+        entry.copy_to(path)
+        try:
+            tables.append((entry.name, read_metadata_table(path)))
+        except MetadataFileError as exc:
+            tables.append((entry.name, exc))
+        finally:
+            path.unlink(missing_ok=True)
+    return sorted(tables, key=lambda pair: pair[0])
 
 
 def _problems_markdown(join, unreadable: list[FileFailure]) -> str:

@@ -1,28 +1,57 @@
 """opus_files: every MP3 member converted to Opus, integrity-checked and uploaded."""
 
+import errno
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
 from audio_assets.archive import IO_RETRY
-from audio_assets.archive_access import ArchiveRef, download_and_scan
+from audio_assets.archive_access import download, unreadable_archive_recorded
+from audio_assets.archive_identity import ArchiveVersion, archives_partitions
 from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
 from audio_assets.audio.opus_convert import ConversionError, convert_to_opus
-from audio_assets.partitions import archives_partitions
+from audio_assets.audio.streaming_conversion import ConversionStream
+from audio_assets.audio.tar_safety import iter_archive
 from audio_assets.settings import OpusConversionConfig
+from resources.archive_lock import ArchiveLock
+from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
 from resources.results_db import ConvertedFile, FileFailure, ResultsDatabase
+from resources.results_db.audio_files import FINISHED_CONVERSION
 from resources.scratch import ScratchSpace
 
-RESULT_COLUMNS = ["audio_file_id", "member", "status", "opus_key", "duration_seconds", "opus_bytes", "error"]
+RESULT_COLUMNS = [
+    "audio_file_id", "member", "status", "opus_key", "opus_etag", "duration_seconds", "opus_bytes", "error",
+]
 
 
 def opus_key(archive_date: str, audio_file_id: int) -> str:
     """Stable per file: a re-run rewrites the same object instead of leaving an orphan."""
     return f"processed/{archive_date}/{audio_file_id}.opus"
+
+
+class FilesToRetry(Exception):
+    """Some files hit transient failures (upload, scratch space); everything else is committed.
+    Raised at the end of the step so its retry policy runs again, for those files only."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    audio_file_id: int
+    member: str
+    source: Path
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    audio_file_id: int
+    member: str
+    target: Path
+    duration_s: float
 
 
 @dg.asset(
@@ -35,51 +64,46 @@ def opus_key(archive_date: str, audio_file_id: int) -> str:
 def opus_files(
     context: dg.AssetExecutionContext,
     config: OpusConversionConfig,
-    raw_archive: pd.DataFrame,
+    raw_archive: ArchiveTable,
     object_store: ObjectStore,
     results_db: ResultsDatabase,
     scratch: ScratchSpace,
-) -> dg.Output[pd.DataFrame]:
+    archive_lock: ArchiveLock,
+) -> dg.Output[ArchiveTable]:
     """MP3 members as Opus objects in processed/{date}/{id}.opus; a bad file fails alone."""
-    archive = ArchiveRef.from_manifest(raw_archive)
-    mp3s = raw_archive[(raw_archive["kind"] == "mp3") & raw_archive["accepted"]]
-    previous_keys = _current_opus_keys(results_db, archive.key)
-    ffmpeg = resolve_ffmpeg(config.ffmpeg_path)
+    archive_lock.hold(context)
+    archive = raw_archive.archive
+    results_db.object_deletions.drain(archive.key, object_store)  # before any upload of this run
+    mp3s = raw_archive.rows[(raw_archive.rows["kind"] == "mp3") & raw_archive.rows["accepted"]]
+    already, todo = split_done(mp3s, results_db.audio_files.conversion_state(archive), archive, config.reconvert)
     started = time.monotonic()
-    with scratch.step_dir(context.run.run_id, "opus_files") as workdir:
-        _, listing, _ = download_and_scan(
-            context,
-            object_store=object_store,
-            results_db=results_db,
-            archive_key=archive.key,
-            workdir=workdir,
-            max_member_bytes=config.max_member_bytes,
-            stage="conversion",
-            required_etag=archive.etag,
-            extract_kinds=frozenset({"mp3"}),
-        )
-        extracted = {m.name: m.path for m in listing.mp3s}
-        outcomes = _convert_and_upload_all(
-            context, list(mp3s.itertuples(index=False)), extracted, workdir / "opus",
-            archive, object_store, config, ffmpeg,
-        )
+    outcomes: list[ConvertedFile | FileFailure] = []
+    if todo:
+        with scratch.step_dir(context.run.run_id, "opus_files") as workdir:
+            local = download(object_store, archive, workdir)
+            stream = _conversion_stream(config, resolve_ffmpeg(), workdir / "opus", archive, object_store)
+            with unreadable_archive_recorded(context, results_db, archive, stage="conversion"):
+                for chunk in _chunks(stream.run(_extract(local, todo, workdir / "mp3", config)), config.files_per_commit):
+                    _commit(results_db, archive, chunk, context)
+                    outcomes += chunk
+    results_db.object_deletions.drain(archive.key, object_store)
     elapsed = time.monotonic() - started
 
+    retry = [o for o in outcomes if isinstance(o, FileFailure) and o.retryable]
+    if retry:
+        raise FilesToRetry(
+            f"{len(retry)} of {len(todo)} files hit transient failures and were left as they were "
+            f"(e.g. {retry[0].original_filename}: {retry[0].error}); the rest are committed"
+        )
+    results_db.failures.resolve_stages(archive.key, ["conversion"])
     converted = [o for o in outcomes if isinstance(o, ConvertedFile)]
     failed = [o for o in outcomes if isinstance(o, FileFailure)]
-    results_db.mark_converted(converted)
-    results_db.record_file_failures(
-        archive_source=archive.key, partition_key=context.partition_key, failures=failed, run_id=context.run.run_id
-    )
-    _delete_replaced_objects(object_store, previous_keys, converted, failed)
-
-    results = _results_frame(converted, failed, dict(zip(mp3s["audio_file_id"], mp3s["member"])))
-    results["archive_key"] = archive.key
     audio_s = sum(c.duration_seconds for c in converted)
     return dg.Output(
-        results,
+        ArchiveTable(archive, results_frame(already, converted, failed, dict(zip(mp3s["audio_file_id"], mp3s["member"])))),
         metadata={
             "converted": len(converted),
+            "already_converted": len(already),
             "failed": len(failed),
             "audio_minutes": round(audio_s / 60, 2),
             "files_per_hour": round(len(outcomes) / max(elapsed, 1e-6) * 3600),
@@ -90,94 +114,118 @@ def opus_files(
     )
 
 
-def _convert_and_upload_all(
-    context, rows: list, extracted: dict[str, Path], out_dir: Path, archive: ArchiveRef,
-    object_store: ObjectStore, config: OpusConversionConfig, ffmpeg: str,
-) -> list[ConvertedFile | FileFailure]:
-    """ffmpeg runs in `workers` threads (one core each); uploads run in a pool of their own,
-    so a slow object store never leaves a core idle waiting for a PUT."""
+def split_done(
+    mp3s: pd.DataFrame, state: dict[str, dict], archive: ArchiveVersion, reconvert: bool
+) -> tuple[list[dict], dict[str, int]]:
+    """(rows of files already converted from this version, {member: file id} still to do).
+    Done means: the row is converted or further along and its object is this version's key."""
+    already, todo = [], {}
+    for member, file_id in zip(mp3s["member"], mp3s["audio_file_id"]):
+        row = state.get(member)
+        if (
+            not reconvert and row is not None and row["status"] in FINISHED_CONVERSION
+            and row["opus_path"] == opus_key(archive.date, int(file_id))
+        ):
+            already.append(row)
+        else:
+            todo[member] = int(file_id)
+    return already, todo
+
+
+def _extract(local: Path, todo: dict[str, int], out_dir: Path, config: OpusConversionConfig) -> Iterator[_Job | FileFailure]:
+    """The MP3s still to convert, copied out of the tar one at a time as the stream asks."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    outcomes, uploads = [], []
-    started, total = time.monotonic(), len(rows)
-    report_every = max(1, total // 10)
-    with (
-        ThreadPoolExecutor(max_workers=max(1, config.workers)) as converters,
-        ThreadPoolExecutor(max_workers=max(1, config.upload_workers)) as uploaders,
-    ):
-        conversions = [
-            converters.submit(_convert, row, extracted.get(row.member), out_dir, config, ffmpeg) for row in rows
-        ]
-        for done, future in enumerate(as_completed(conversions), start=1):
-            converted = future.result()
-            if isinstance(converted, FileFailure):
-                outcomes.append(converted)
-            else:
-                uploads.append(uploaders.submit(_upload, *converted, archive, object_store))
-            if done % report_every == 0 or done == total:
-                rate = done / max(time.monotonic() - started, 1e-6)
-                context.log.info(f"converted {done}/{total} files ({rate:.1f} files/s)")
-        outcomes += [upload.result() for upload in uploads]
-    return outcomes
+    for entry in iter_archive(local, config.limits):
+        file_id = todo.get(entry.name)
+        if file_id is None or entry.rejection is not None or entry.kind != "mp3":
+            continue
+        target = out_dir / f"{file_id}.mp3"
+        try:
+            ScratchSpace.ensure_free(out_dir, entry.size + 2 * 1024 * 1024, f"extracting {entry.name}")
+            entry.copy_to(target)
+        except OSError as exc:  # ScratchFull, ENOSPC: transient, the file stays as it was
+            target.unlink(missing_ok=True)
+            yield FileFailure(file_id, entry.name, "conversion", f"scratch space: {exc}", retryable=True)
+            continue
+        yield _Job(file_id, entry.name, target)
 
 
-def _convert(
-    row, source: Path | None, out_dir: Path, config: OpusConversionConfig, ffmpeg: str
-) -> tuple[int, str, Path, float] | FileFailure:
-    file_id = int(row.audio_file_id)
-    if source is None:
-        return FileFailure(file_id, row.member, "conversion", "member missing from the archive on re-read")
-    target = out_dir / f"{file_id}.opus"
-    try:
-        result = convert_to_opus(
-            source, target, ffmpeg=ffmpeg, bitrate_kbps=config.bitrate_kbps,
-            duration_tolerance_s=config.duration_tolerance_s,
+def _conversion_stream(config, ffmpeg: str, out_dir: Path, archive: ArchiveVersion, object_store: ObjectStore):
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def convert(job: _Job | FileFailure) -> _Encoded | FileFailure:
+        if isinstance(job, FileFailure):
+            return job
+        target = out_dir / f"{job.audio_file_id}.opus"
+        try:
+            result = convert_to_opus(
+                job.source, target, ffmpeg=ffmpeg, bitrate_kbps=config.bitrate_kbps,
+                duration_tolerance_s=config.duration_tolerance_s,
+            )
+        except ConversionError as exc:
+            return FileFailure(job.audio_file_id, job.member, "conversion", str(exc), retryable=_out_of_space(exc, out_dir))
+        finally:
+            job.source.unlink(missing_ok=True)  # scratch holds only files still in flight
+        return _Encoded(job.audio_file_id, job.member, target, result.opus_duration_s)
+
+    def upload(encoded: _Encoded) -> ConvertedFile | FileFailure:
+        key = opus_key(archive.date, encoded.audio_file_id)
+        try:
+            stored = object_store.upload_file(encoded.target, key, content_type="audio/ogg")
+        except Exception as exc:  # after the store's own retries: transient, the row stays as it was
+            return FileFailure(encoded.audio_file_id, encoded.member, "upload", f"upload to {key} failed: {exc}", retryable=True)
+        finally:
+            encoded.target.unlink(missing_ok=True)
+        return ConvertedFile(
+            audio_file_id=encoded.audio_file_id, opus_key=key, s3_uri=f"s3://{object_store.bucket}/{key}",
+            opus_etag=stored.etag, duration_seconds=encoded.duration_s, file_size_bytes=stored.size,
         )
-    except ConversionError as exc:
-        return FileFailure(file_id, row.member, "conversion", str(exc))
-    finally:
-        source.unlink(missing_ok=True)  # scratch holds only files still in flight
-    return file_id, row.member, target, result.opus_duration_s
 
-
-def _upload(
-    file_id: int, member: str, target: Path, duration_s: float, archive: ArchiveRef, object_store: ObjectStore
-) -> ConvertedFile | FileFailure:
-    key = opus_key(archive.date, file_id)
-    try:
-        uploaded = object_store.upload_file(target, key, content_type="audio/ogg")
-    except Exception as exc:  # after the store's own retries: record, do not lose the file
-        return FileFailure(file_id, member, "upload", f"upload to {key} failed: {exc}")
-    finally:
-        target.unlink(missing_ok=True)
-    return ConvertedFile(
-        audio_file_id=file_id, opus_key=key, s3_uri=f"s3://{object_store.bucket}/{key}",
-        duration_seconds=duration_s, file_size_bytes=uploaded.size,
+    return ConversionStream(
+        convert, upload, lambda result: isinstance(result, _Encoded),
+        workers=config.workers, upload_workers=config.upload_workers,
     )
 
 
-def _current_opus_keys(results_db: ResultsDatabase, archive_key: str) -> dict[int, str]:
-    rows = results_db.query(
-        "SELECT id, opus_path FROM audio_files WHERE archive_source = %s AND opus_path IS NOT NULL",
-        (archive_key,),
+def _out_of_space(error: ConversionError, out_dir: Path) -> bool:
+    """ffmpeg failed because scratch filled up (not because of the file): transient."""
+    return "No space left on device" in str(error) or isinstance(error.__cause__, OSError) and (
+        error.__cause__.errno == errno.ENOSPC
     )
-    return {row["id"]: row["opus_path"] for row in rows}
 
 
-def _delete_replaced_objects(object_store, previous_keys, converted, failed) -> None:
-    """An archive overwritten on a later day moves its files to a new date folder, and a file
-    that now fails has no object: remove what the rows no longer point to."""
-    new_keys = {c.audio_file_id: c.opus_key for c in converted}
-    for file_id, old_key in previous_keys.items():
-        if new_keys.get(file_id) != old_key:
-            object_store.delete(old_key)
+def _chunks(outcomes: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for outcome in outcomes:
+        chunk.append(outcome)
+        if len(chunk) >= max(1, size):
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
-def _results_frame(converted, failed, members: dict) -> pd.DataFrame:
+def _commit(results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, context) -> None:
+    converted = [o for o in chunk if isinstance(o, ConvertedFile)]
+    failed = [o for o in chunk if isinstance(o, FileFailure)]
+    results_db.audio_files.record_conversions(archive, converted, failed, context.run.run_id)
+    context.log.info(f"committed {len(converted)} converted and {len(failed)} failed file(s)")
+
+
+def results_frame(already: list[dict], converted: list[ConvertedFile], failed: list[FileFailure], members: dict) -> pd.DataFrame:
     rows = [
-        (c.audio_file_id, members[c.audio_file_id], "converted", c.opus_key, c.duration_seconds, c.file_size_bytes, None)
+        (r["id"], r["original_filename"], "converted", r["opus_path"], r["opus_etag"], r["duration_seconds"],
+         r["file_size_bytes"], None)
+        for r in already
+    ] + [
+        (c.audio_file_id, members[c.audio_file_id], "converted", c.opus_key, c.opus_etag, c.duration_seconds,
+         c.file_size_bytes, None)
         for c in converted
-    ] + [(f.audio_file_id, f.original_filename, "failed", None, None, None, f.error) for f in failed]
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values("member", ignore_index=True)
+    ] + [(f.audio_file_id, f.original_filename, "failed", None, None, None, None, f.error) for f in failed]
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values("member", ignore_index=True)
+    frame["audio_file_id"] = frame["audio_file_id"].astype("Int64")
+    frame["opus_bytes"] = frame["opus_bytes"].astype("Int64")
+    return frame
 
 
 def _failures_markdown(failed: list[FileFailure]) -> str:

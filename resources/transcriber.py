@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from audio_assets.ml.transcriber import Transcriber, TranscriberSettings, load_transcriber
+from audio_assets.ml.transcriber import Transcriber, TranscriberSettings, load_transcriber, transcript_model_name
 
 
 class WhisperTranscriber(dg.ConfigurableResource):
@@ -37,3 +37,7 @@ class WhisperTranscriber(dg.ConfigurableResource):
     def load(self) -> Transcriber:
         """The process-wide model for these settings: loaded on first use, then reused."""
         return load_transcriber(self.settings())
+
+    def model_name(self) -> str:
+        """The name transcripts of these settings are stored under, without loading the model."""
+        return transcript_model_name(self.settings())

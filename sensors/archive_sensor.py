@@ -6,16 +6,16 @@ from datetime import timedelta
 
 import dagster as dg
 
-from audio_assets.jobs import archive_job
-from audio_assets.partitions import (
+from audio_assets.archive_identity import (
     ARCHIVE_ETAG_TAG,
     ARCHIVE_KEY_TAG,
     ARCHIVE_PREFIX,
     archives_partitions,
     is_archive_key,
-    partition_key_for,
 )
+from audio_assets.jobs import archive_job
 from resources.object_store import ObjectStore
+from resources.results_db import ResultsDatabase
 from sensors.archive_cursor import ArchiveCursor
 
 LOOKBACK = timedelta(hours=int(os.environ.get("ARCHIVE_SENSOR_LOOKBACK_HOURS", "6")))
@@ -27,7 +27,9 @@ LOOKBACK = timedelta(hours=int(os.environ.get("ARCHIVE_SENSOR_LOOKBACK_HOURS", "
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Lists s3://{bucket}/archives/ and requests a run for every new or changed archive",
 )
-def archive_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStore) -> dg.SensorResult | dg.SkipReason:
+def archive_sensor(
+    context: dg.SensorEvaluationContext, object_store: ObjectStore, results_db: ResultsDatabase
+) -> dg.SensorResult | dg.SkipReason:
     cursor = ArchiveCursor.parse(context.cursor)
     candidates, new = [], []
     for obj in object_store.iter_objects(ARCHIVE_PREFIX):
@@ -41,13 +43,17 @@ def archive_sensor(context: dg.SensorEvaluationContext, object_store: ObjectStor
         context.update_cursor(next_cursor)
         return dg.SkipReason(f"no new or changed archives under {ARCHIVE_PREFIX}")
 
-    partition_keys = sorted({partition_key_for(obj.key) for obj in new})
-    missing = [k for k in partition_keys if not context.instance.has_dynamic_partition(archives_partitions.name, k)]
+    # Each object keeps the partition it got when first seen; b.tar and b.tar.gz get two.
+    partition_of = results_db.archives.partitions_for(obj.key for obj in new)
+    missing = sorted(
+        key for key in {partition_of[obj.key] for obj in new}
+        if not context.instance.has_dynamic_partition(archives_partitions.name, key)
+    )
     run_requests = [
         dg.RunRequest(
             # The ETag makes an overwritten archive a new run; Dagster drops a repeated run_key.
             run_key=f"{obj.key}@{obj.etag}",
-            partition_key=partition_key_for(obj.key),
+            partition_key=partition_of[obj.key],
             tags={ARCHIVE_KEY_TAG: obj.key, ARCHIVE_ETAG_TAG: obj.etag},
         )
         for obj in sorted(new, key=lambda o: (o.last_modified, o.key))

@@ -1,40 +1,151 @@
-"""dead_letter_sensor: every failed archive run lands in processing_failures.
+"""dead_letter_sensor: every failed archive run lands in processing_failures, with its cause.
 
-File-level failures are recorded by the assets themselves; this catches what they cannot:
-a crashed step, an unreadable archive, a lost worker. One open row per archive and step.
+File-level failures are recorded by the assets themselves; this catches what they cannot: a
+step that ran out of retries, an unreadable archive, a run whose worker died.
+
+Why a plain sensor and not `run_failure_sensor`: the latter moves its cursor past a failed
+run even when the sensor body raised, so a run that failed while PostgreSQL was down would
+never be recorded. Here the cursor is returned only after the rows are committed; a tick
+that cannot reach the database fails, keeps the old cursor, and the next tick tries the same
+runs again. Writing a run twice changes nothing (one open row per archive and stage).
 """
 
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
 import dagster as dg
+from dagster._utils.error import SerializableErrorInfo
 
+from audio_assets.archive_identity import ARCHIVE_KEY_TAG, PARTITION_TAG
 from audio_assets.jobs import archive_job
-from audio_assets.partitions import ARCHIVE_KEY_TAG
-from resources.results_db import ResultsDatabase
+from resources.results_db import STAGE_OF_STEP, ResultsDatabase
+
+RUNS_PER_TICK = 100
+FIRST_LOOKBACK = timedelta(days=7)  # a new cursor looks this far back (recording twice is harmless)
+# Runs updated within this window of the cursor are read again: update timestamps can tie.
+_OVERLAP_S = 1.0
 
 
-@dg.run_failure_sensor(
-    monitored_jobs=[archive_job],
+@dataclass
+class DeadLetterCursor:
+    updated_after: float  # update timestamp (epoch s) of the newest failed run recorded
+    recent: dict[str, float] = field(default_factory=dict)  # run id -> update timestamp, near it
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "DeadLetterCursor":
+        if not raw:
+            return cls((datetime.now(timezone.utc) - FIRST_LOOKBACK).timestamp())
+        data = json.loads(raw)
+        return cls(data["updated_after"], dict(data["recent"]))
+
+    def serialize(self) -> str:
+        return json.dumps({"updated_after": self.updated_after, "recent": self.recent}, sort_keys=True)
+
+    def has_recorded(self, run_id: str) -> bool:
+        return run_id in self.recent
+
+    def advance(self, run_id: str, update_timestamp: float) -> None:
+        self.updated_after = max(self.updated_after, update_timestamp)
+        self.recent[run_id] = update_timestamp
+        # Only runs near the newest timestamp can be read again; the rest are forgotten.
+        self.recent = {r: t for r, t in self.recent.items() if t >= self.updated_after - _OVERLAP_S}
+
+
+@dg.sensor(
+    minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Writes each failed archive run (partition, step, error, run id) into processing_failures",
+    description="Writes each failed archive run (partition, step, underlying error, run id) into processing_failures",
 )
-def dead_letter_sensor(context: dg.RunFailureSensorContext, results_db: ResultsDatabase) -> None:
-    run = context.dagster_run
-    partition_key = run.tags.get("dagster/partition")
+def dead_letter_sensor(context: dg.SensorEvaluationContext, results_db: ResultsDatabase) -> dg.SensorResult | dg.SkipReason:
+    cursor = DeadLetterCursor.parse(context.cursor)
+    records = context.instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=archive_job.name,
+            statuses=[dg.DagsterRunStatus.FAILURE],
+            updated_after=datetime.fromtimestamp(cursor.updated_after - _OVERLAP_S, timezone.utc),
+        ),
+        order_by="update_timestamp",
+        ascending=True,
+        limit=RUNS_PER_TICK,
+    )
+    written = 0
+    for record in records:
+        run = record.dagster_run
+        if cursor.has_recorded(run.run_id):
+            continue
+        if not _superseded(context.instance, record):
+            written += record_failed_run(context.instance, results_db, run)
+        cursor.advance(run.run_id, record.update_timestamp.timestamp())  # only after the commit
+    if not written:
+        return dg.SensorResult(skip_reason=dg.SkipReason("no new failed archive runs"), cursor=cursor.serialize())
+    context.log.info(f"recorded {written} failure(s) of failed archive runs")
+    return dg.SensorResult(cursor=cursor.serialize())
+
+
+def record_failed_run(instance: dg.DagsterInstance, results_db: ResultsDatabase, run: dg.DagsterRun) -> int:
+    """One dead-letter row per failed step (or one for the run); returns how many."""
+    partition_key = run.tags.get(PARTITION_TAG)
     archive_key = run.tags.get(ARCHIVE_KEY_TAG) or _archive_of(results_db, partition_key)
-    step_failures = context.get_step_failure_events()
     failures = [
-        (f"run:{event.step_key}", event.event_specific_data.error.message.strip())
-        for event in step_failures
-        if event.event_specific_data and event.event_specific_data.error
-    ] or [("run", context.failure_event.message or "run failed")]
+        (STAGE_OF_STEP.get(event.step_key, f"step:{event.step_key}"), underlying_error(event.dagster_event.step_failure_data.error))
+        for event in (r.event_log_entry for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records)
+        if event.dagster_event and event.dagster_event.step_failure_data.error
+    ]
+    retryable = False
+    if not failures:  # the run failed outside any step: a lost worker, a failed launch
+        failures = [("run", _run_failure_message(instance, run))]
+        retryable = True
     for stage, error in failures:
-        results_db.record_archive_failure(
-            archive_source=archive_key, partition_key=partition_key, stage=stage, error=error, run_id=run.run_id
+        results_db.failures.record_archive_failure(
+            archive_key, partition_key, stage=stage, error=error, run_id=run.run_id, retryable=retryable
         )
+    return len(failures)
+
+
+def underlying_error(error: SerializableErrorInfo | None) -> str:
+    """The innermost cause: what went wrong, not "Exceeded max_retries of 3" or Dagster's
+    "Error occurred while executing op" wrapped around it."""
+    deepest = error
+    while deepest is not None and deepest.cause is not None:
+        deepest = deepest.cause
+    if deepest is None:
+        return "unknown error"
+    message = deepest.message.strip()
+    return message if message.startswith(f"{deepest.cls_name}") or not deepest.cls_name else f"{deepest.cls_name}: {message}"
+
+
+def _run_failure_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    messages = [r.event_log_entry.message for r in records if r.event_log_entry.message]
+    return (messages[-1] if messages else "run failed").strip()
+
+
+def _superseded(instance: dg.DagsterInstance, record) -> bool:
+    """A later run of the same partition already succeeded: this failure is history."""
+    partition_key = record.dagster_run.tags.get(PARTITION_TAG)
+    if partition_key is None:
+        return False
+    later = instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=archive_job.name,
+            statuses=[dg.DagsterRunStatus.SUCCESS],
+            tags={PARTITION_TAG: partition_key},
+            created_after=record.create_timestamp,
+        ),
+        limit=1,
+    )
+    return bool(later)
 
 
 def _archive_of(results_db: ResultsDatabase, partition_key: str | None) -> str:
-    """A UI backfill has no archive tag: the rows know the partition's archive."""
-    rows = results_db.query(
-        "SELECT DISTINCT archive_source FROM audio_files WHERE partition_key = %s LIMIT 1", (partition_key,)
+    """A UI backfill has no archive tag: the registry knows the partition's archive."""
+    if partition_key is None:
+        return "archives/(unknown partition)"
+    return (
+        results_db.archives.key_of_partition(partition_key)
+        or results_db.audio_files.archive_of_partition(partition_key)
+        or f"archives/{partition_key}"
     )
-    return rows[0]["archive_source"] if rows else f"archives/{partition_key}"

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 
 from audio_assets.jobs import archive_job
-from audio_assets.partitions import archives_partitions
+from audio_assets.archive_identity import archives_partitions
 from audio_assets.scratch_sweep import ACTIVE_RUN_STATUSES, scratch_sweep_job
 
 FAILED_LOOKBACK = timedelta(days=7)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from audio_assets.partitions import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions, partition_key_for
+from audio_assets.archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions
+from resources.archive_lock import ArchiveLock
 from resources.classifier import PolicyClassifier
-from resources.manifest_io import ObjectStoreParquetIOManager
+from resources.manifest_io import ArchiveTableIOManager
 from resources.object_store import ObjectStore
 from resources.remote_host import RemoteArchiveHost
 from resources.results_db import ResultsDatabase
@@ -31,28 +32,40 @@ def pipeline_resources(
         "object_store": object_store,
         "results_db": results_db,
         "scratch": ScratchSpace(root=str(scratch_root)),
-        "manifest_io": ObjectStoreParquetIOManager(object_store=object_store),
+        "manifest_io": ArchiveTableIOManager(object_store=object_store),
+        "archive_lock": ArchiveLock(results_db=results_db, poll_interval_s=0.2),
         "transcriber": transcriber,
         "classifier": classifier,
         "remote_host": RemoteArchiveHost(),  # unconfigured: no SFTP host in these tests
     }
 
 
+def rows(results_db: ResultsDatabase, sql: str, params=None) -> list[dict]:
+    """Rows of an ad-hoc query, for assertions (the pipeline itself runs only named queries)."""
+    return results_db.fetch_all(sql, params, what="test query")
+
+
 class ArchiveRunner:
     """Upload an archive and materialize its partition the way a sensor-launched run does."""
 
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, object_store: ObjectStore):
-        self.defs, self.instance, self.object_store = defs, instance, object_store
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, object_store: ObjectStore,
+                 results_db: ResultsDatabase):
+        self.defs, self.instance, self.object_store, self.results_db = defs, instance, object_store, results_db
 
     def upload(self, local: Path, name: str | None = None) -> str:
         key = f"archives/{name or local.name}"
         self.object_store.upload_file(local, key)
         return key
 
-    def run(self, key: str, *, tags: bool = True, assets=INGEST_ASSETS) -> dg.ExecuteInProcessResult:
-        partition_key = partition_key_for(key)
+    def partition_of(self, key: str) -> str:
+        """The partition the sensor would give this object (registering it, as the sensor does)."""
+        partition_key = self.results_db.archives.partitions_for([key])[key]
         if not self.instance.has_dynamic_partition(archives_partitions.name, partition_key):
             self.instance.add_dynamic_partitions(archives_partitions.name, [partition_key])
+        return partition_key
+
+    def run(self, key: str, *, tags: bool = True, assets=INGEST_ASSETS, run_config=None) -> dg.ExecuteInProcessResult:
+        partition_key = self.partition_of(key)
         run_tags = {}
         if tags:
             run_tags = {ARCHIVE_KEY_TAG: key, ARCHIVE_ETAG_TAG: self.object_store.head(key).etag}
@@ -62,4 +75,5 @@ class ArchiveRunner:
             tags=run_tags,
             asset_selection=assets,
             raise_on_error=False,
+            run_config=run_config,
         )

@@ -24,13 +24,17 @@ class ProfanityScorer:
         from profanity_check import predict_prob  # loads the pickled model on import
 
         self._predict_prob = predict_prob
-        self.model_name = f"{PACKAGE}-{importlib.metadata.version(PACKAGE)}"
+        self.model_name = profanity_model_name()
 
     def score(self, policy: str, contents: Sequence[str]) -> list[PolicyScore]:
         del policy  # see the module docstring: this model has a single, fixed notion of harm
         texts = [content for content in contents if not is_empty(content)]
         probs = iter(self._predict_prob(texts).tolist() if texts else [])
         return [EMPTY_TRANSCRIPT if is_empty(c) else PolicyScore(score=next(probs), truncated=False) for c in contents]
+
+
+def profanity_model_name() -> str:
+    return f"{PACKAGE}-{importlib.metadata.version(PACKAGE)}"
 
 
 @functools.cache

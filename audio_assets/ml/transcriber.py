@@ -98,6 +98,19 @@ def load_transcriber(settings: TranscriberSettings) -> Transcriber:
         return _cache[settings]
 
 
+def transcript_model_name(settings: TranscriberSettings) -> str:
+    """What transcripts.model records for these settings: model, compute type, and alignment
+    when used, since each changes the text or the meaning of the confidence. Known without
+    loading the model, so a step can tell which files are already done before it loads one."""
+    if settings.model in BUNDLED_ALIASES:
+        label = "base-ct2"
+    else:
+        label = Path(settings.model).name if Path(settings.model).is_dir() else settings.model
+    compute_type = _pick_compute_type(settings.compute_type, _pick_device(settings.device))
+    aligned = settings.align and _alignment_unavailable(settings.align_model_path) is None
+    return f"whisperx/{label}-{compute_type}" + ("-aligned" if aligned else "")
+
+
 def load_count() -> int:
     """How many models this process has actually loaded."""
     return _load_count
@@ -154,13 +167,7 @@ class Transcriber:
         return time.monotonic() - started
 
     def _describe(self) -> str:
-        """What transcripts.model records: model, compute type, and alignment when used, since
-        each changes the text or the meaning of the confidence."""
-        if self.settings.model in BUNDLED_ALIASES:
-            label = "base-ct2"
-        else:
-            label = Path(self.settings.model).name if Path(self.settings.model).is_dir() else self.settings.model
-        return f"whisperx/{label}-{self.compute_type}" + ("-aligned" if self._aligner else "")
+        return transcript_model_name(self.settings)
 
     def transcribe_files(self, paths: Sequence[Path]) -> list[Transcript | TranscriptionError]:
         """Transcripts of `paths`, in the same order; a file that cannot be decoded gets a

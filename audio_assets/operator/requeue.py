@@ -21,31 +21,10 @@ from audio_assets.operator.run_submission import (
     runs_in_flight,
     wait_for_runs,
 )
-from audio_assets.partitions import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions
+from audio_assets.archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions
 
 REQUEUED_TAG = "audio/requeued"
 REQUEUED_FILES_TAG = "audio/requeued_failed_files"
-
-# Failed files per archive, plus archives that broke before any file had a row.
-FAILED_ARCHIVES_SQL = """
-    SELECT archive_source, partition_key, sum(failed_files)::int AS failed_files,
-           max(archive_error) AS archive_error
-    FROM (
-        SELECT archive_source, partition_key, count(*) AS failed_files, NULL AS archive_error
-        FROM audio_files WHERE status = 'failed'
-        GROUP BY archive_source, partition_key
-        UNION ALL
-        SELECT archive_source, partition_key, 0, stage || ': ' || error
-        FROM processing_failures WHERE resolved_at IS NULL AND original_filename = ''
-    ) AS failed
-    WHERE %(archive)s::text IS NULL OR partition_key = %(archive)s
-       OR archive_source = %(archive)s OR archive_source = 'archives/' || %(archive)s
-    GROUP BY archive_source, partition_key
-    ORDER BY archive_source
-"""
-
-FAILED_FILES_SQL = "SELECT count(*) AS n FROM audio_files WHERE archive_source = %s AND status = 'failed'"
-
 
 @dataclass(frozen=True)
 class FailedArchive:
@@ -64,7 +43,7 @@ class FailedArchive:
 def failed_archives(results_db, archive: str | None) -> list[FailedArchive]:
     """Archives with failures; `archive` (a partition key, archive key or file name) narrows
     it to one, None means all."""
-    return [FailedArchive(**row) for row in results_db.query(FAILED_ARCHIVES_SQL, {"archive": archive})]
+    return [FailedArchive(**row) for row in results_db.failures.failed_archives(archive)]
 
 
 def run_requeue(
@@ -139,7 +118,7 @@ def _wait_and_report(
     all_succeeded = True
     for target, run in submitted:
         status = final[run.run_id].status if run.run_id in final else run.status
-        remaining = results_db.query(FAILED_FILES_SQL, (target.archive_source,))[0]["n"]
+        remaining = results_db.failures.failed_file_count(target.archive_source)
         print(
             f"{target.archive_source}: run {run.run_id} {status.value}; "
             f"failed files {target.failed_files} -> {remaining}"

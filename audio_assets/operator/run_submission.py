@@ -46,9 +46,9 @@ PARTITION_TAG = "dagster/partition"  # what makes a run of an asset job a partit
 @contextlib.contextmanager
 def archive_job_submitter(
     instance: dg.DagsterInstance, workspace_file: str | None = None
-) -> Iterator[Callable[[Mapping[str, str]], dg.DagsterRun]]:
-    """Yields submit(tags) -> the submitted run. The code location (a gRPC server process) is
-    loaded once on entry and stopped on exit."""
+) -> Iterator[Callable[..., dg.DagsterRun]]:
+    """Yields submit(tags, run_config=None) -> the submitted run. The code location (a gRPC
+    server process) is loaded once on entry and stopped on exit."""
     target = (
         WorkspaceFileTarget(paths=[workspace_file])
         if workspace_file
@@ -60,13 +60,13 @@ def archive_job_submitter(
         repository = get_remote_repository_from_code_location(location, None)
         job = get_remote_job_from_remote_repo(repository, archive_job.name)
 
-        def submit(tags: Mapping[str, str]) -> dg.DagsterRun:
+        def submit(tags: Mapping[str, str], run_config: Mapping | None = None) -> dg.DagsterRun:
             run = _create_run(
                 instance=instance,
                 code_location=location,
                 remote_repo=repository,
                 remote_job=job,
-                run_config={},
+                run_config=dict(run_config or {}),
                 tags=tags,
                 op_selection=None,
                 run_id=None,

@@ -9,31 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-PROGRESS_SQL = """
-    SELECT archive_source, partition_key, count(*) AS files,
-           count(*) FILTER (WHERE status IN ('converted', 'transcribed', 'classified')) AS converted,
-           count(*) FILTER (WHERE status IN ('transcribed', 'classified')) AS transcribed,
-           count(*) FILTER (WHERE status = 'classified') AS classified,
-           count(*) FILTER (WHERE status = 'failed') AS failed,
-           max(processed_at) AS last_change
-    FROM audio_files
-    WHERE %(archive)s::text IS NULL OR partition_key = %(archive)s
-       OR archive_source = %(archive)s OR archive_source = 'archives/' || %(archive)s
-    GROUP BY archive_source, partition_key
-    ORDER BY max(processed_at) DESC NULLS FIRST, archive_source
-    LIMIT %(limit)s
-"""
-
-# Archives that broke before any file got a row (unreadable tar, no MP3) show only here.
-ARCHIVE_FAILURES_SQL = """
-    SELECT archive_source, partition_key, stage, error FROM processing_failures
-    WHERE resolved_at IS NULL AND original_filename = ''
-      AND (%(archive)s::text IS NULL OR partition_key = %(archive)s
-           OR archive_source = %(archive)s OR archive_source = 'archives/' || %(archive)s)
-    ORDER BY failed_at DESC
-    LIMIT %(limit)s
-"""
-
 COLUMNS = ("files", "converted", "transcribed", "classified", "failed")
 
 
@@ -55,10 +30,9 @@ class ArchiveProgress:
 
 def archive_progress(results_db, archive: str | None, limit: int) -> tuple[list[ArchiveProgress], list[dict[str, Any]]]:
     """Per-archive counts (most recently changed first) and open archive-level failures."""
-    params = {"archive": archive, "limit": limit}
-    rows = results_db.query(PROGRESS_SQL, params)
+    rows = results_db.reports.archive_progress(archive, limit)
     progress = [ArchiveProgress(**{k: v for k, v in row.items() if k != "last_change"}) for row in rows]
-    return progress, results_db.query(ARCHIVE_FAILURES_SQL, params)
+    return progress, results_db.reports.open_archive_failures(archive, limit)
 
 
 def render_table(progress: list[ArchiveProgress]) -> list[str]:

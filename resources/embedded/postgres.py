@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -215,6 +216,17 @@ def stop_postgres(server_or_data_dir: LocalPostgres | Path, *, timeout_s: float 
     )
     if result.returncode != 0 and _is_running(cluster):
         raise PostgresError(f"pg_ctl stop failed: {result.stderr.strip()}")
+
+
+def restart_postgres(server: LocalPostgres, *, down_s: float = 0.0, durable: bool = True) -> LocalPostgres:
+    """Stop the server (`-m fast`: sessions are cut, as in a crash-free failover), stay down
+    for `down_s`, and start it again on the same port: for fault drills."""
+    stop_postgres(server)
+    if down_s:
+        time.sleep(down_s)
+    return start_postgres(
+        server.data_dir, port=server.port, user=server.user, password=server.password, durable=durable
+    )
 
 
 def _prepare_data_dir(data_dir: Path) -> None:

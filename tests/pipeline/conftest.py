@@ -52,19 +52,20 @@ def defs(build_defs) -> dg.Definitions:
 
 
 @pytest.fixture
-def archive_runner(defs, instance, object_store) -> ArchiveRunner:
-    return ArchiveRunner(defs, instance, object_store)
+def archive_runner(defs, instance, object_store, results_db) -> ArchiveRunner:
+    return ArchiveRunner(defs, instance, object_store, results_db)
 
 
 @pytest.fixture
 def ra_login(results_db):
     """A login role that is a member of ra_reader, as an RA account would be."""
     name = f"ra_{abs(hash(results_db.dsn)) % 10**8}"
-    with results_db.connect() as conn, conn.cursor() as cur:
+    with results_db.open_connection() as conn, conn, conn.cursor() as cur:
         cur.execute(f"DROP ROLE IF EXISTS {name}")
         cur.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'ra-pass' IN ROLE ra_reader")
     params = parse_dsn(results_db.dsn)
     params.update(user=name, password="ra-pass")
     yield make_dsn(**params)
-    with results_db.connect() as conn, conn.cursor() as cur:
+    with results_db.open_connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(f"DROP OWNED BY {name}")
         cur.execute(f"DROP ROLE IF EXISTS {name}")

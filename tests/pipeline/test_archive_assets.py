@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 import pytest
+from pipeline_support import rows
 from archive_factory import (
     RegularEntry,
     SymlinkEntry,
@@ -23,7 +24,7 @@ from archive_factory import (
 
 
 def rows_by_name(results_db, archive_key):
-    return {r["original_filename"]: r for r in results_db.files_of_archive(archive_key)}
+    return {r["original_filename"]: r for r in results_db.audio_files.files_of_archive(archive_key)}
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
@@ -31,7 +32,7 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
 
 
 def open_failures(results_db, archive_key):
-    return results_db.query(
+    return rows(results_db, 
         "SELECT original_filename, stage, error FROM processing_failures "
         "WHERE archive_source = %s AND resolved_at IS NULL ORDER BY original_filename, stage",
         (archive_key,),
@@ -103,7 +104,7 @@ def test_rematerializing_gives_the_same_rows_and_objects(archive_runner, results
     }
     assert sorted(o.key for o in object_store.iter_objects("processed/")) == objects_before
     assert len(objects_before) == 2
-    assert results_db.query("SELECT count(*) AS n FROM audio_files")[0]["n"] == 2
+    assert rows(results_db, "SELECT count(*) AS n FROM audio_files")[0]["n"] == 2
 
 
 @pytest.mark.integration

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+from psycopg2.extensions import parse_dsn
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,7 +94,9 @@ def test_production_environment_reads_connections_from_environment_variables(mon
     assert (object_store.endpoint_url, object_store.bucket, object_store.secret_key) == (
         "https://s3.example.org", "prod-bucket", "SK",
     )
-    assert resources["results_db"].process_config_and_initialize().connection_string() == "host=db.example.org dbname=audio"
+    connection = parse_dsn(resources["results_db"].process_config_and_initialize().connection_string())
+    assert (connection["host"], connection["dbname"]) == ("db.example.org", "audio")
+    assert "statement_timeout" in connection["options"] and connection["keepalives"] == "1"
     assert resources["scratch"].process_config_and_initialize().root == "/scratch"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg2
 import pytest
+from pipeline_support import rows
 
 from audio_assets.demo import upload_samples
 from sensors.archive_sensor import archive_sensor
@@ -31,7 +32,7 @@ def test_sensor_launched_runs_fill_the_tables_and_views(defs, instance, object_s
     archives = upload_samples(object_store)
     assert len(archives) >= 2
 
-    context = dg.build_sensor_context(instance=instance, resources={"object_store": object_store})
+    context = dg.build_sensor_context(instance=instance, resources={"object_store": object_store, "results_db": results_db})
     result = defs.resolve_sensor_def("archive_sensor")(context)
     assert isinstance(result, dg.SensorResult)
     for request in result.dynamic_partitions_requests:
@@ -47,12 +48,12 @@ def test_sensor_launched_runs_fill_the_tables_and_views(defs, instance, object_s
     expected = {
         (f"archives/{archive}", member) for archive, members in sample_members().items() for member in members
     }
-    rows = results_db.query("SELECT archive_source, original_filename, status, parquet_metadata FROM audio_files")
-    assert {(r["archive_source"], r["original_filename"]) for r in rows} == expected
-    assert all(r["status"] == "classified" for r in rows)
-    assert all(r["parquet_metadata"] is not None for r in rows)
-    assert results_db.query("SELECT count(*) AS n FROM transcripts")[0]["n"] == len(expected)
-    stats = results_db.query("SELECT status, sum(files) AS files FROM daily_stats GROUP BY status")
+    files = rows(results_db, "SELECT archive_source, original_filename, status, parquet_metadata FROM audio_files")
+    assert {(r["archive_source"], r["original_filename"]) for r in files} == expected
+    assert all(r["status"] == "classified" for r in files)
+    assert all(r["parquet_metadata"] is not None for r in files)
+    assert rows(results_db, "SELECT count(*) AS n FROM transcripts")[0]["n"] == len(expected)
+    stats = rows(results_db, "SELECT status, sum(files) AS files FROM daily_stats GROUP BY status")
     assert {(s["status"], s["files"]) for s in stats} == {("classified", len(expected))}
 
     # The sample with the insult is the one item RAs get (profanity classifier, threshold 0.5).
@@ -65,7 +66,9 @@ def test_sensor_launched_runs_fill_the_tables_and_views(defs, instance, object_s
 
     # The next tick finds nothing new: no second run for the same archive versions.
     again = archive_sensor(
-        dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"object_store": object_store})
+        dg.build_sensor_context(
+            instance=instance, cursor=result.cursor, resources={"object_store": object_store, "results_db": results_db}
+        )
     )
     assert isinstance(again, dg.SkipReason)
 

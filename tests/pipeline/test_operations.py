@@ -13,13 +13,14 @@ import pandas as pd
 import psycopg2
 import pytest
 from archive_factory import build_tar, make_tone_mp3, truncate_file
+from pipeline_support import rows as pipeline_rows
 from dagster._core.storage.dagster_run import DagsterRun
 
 from audio_assets.daily import daily_summary
 from audio_assets.scratch_sweep import scratch_sweep_job
+from audio_assets.archive_identity import ArchiveVersion
 from resources.results_db import ClassificationRow, ConvertedFile, FileFailure, TranscriptRow
 from resources.scratch import ScratchSpace
-from sensors.dead_letter_sensor import dead_letter_sensor
 from sensors.schedules import archive_catchup_schedule, partitions_to_catch_up
 
 NOW = datetime.now(timezone.utc)
@@ -27,25 +28,31 @@ YESTERDAY = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
 
 
 def _seed_yesterday(results_db) -> None:
-    common = dict(archive_source="archives/day.tar", partition_key="day", archive_etag="e")
-    ids = results_db.register_members(**common, members=[("a.mp3", 1), ("b.mp3", 1), ("c.mp3", 1)])
-    results_db.mark_converted([
-        ConvertedFile(ids[n], f"processed/x/{ids[n]}.opus", "s3://b/k", 30.0, 100) for n in ("a.mp3", "b.mp3")
-    ])
-    results_db.store_transcripts([TranscriptRow(ids["a.mp3"], "whisper", "you idiot", "en", 0.8, []),
-                                  TranscriptRow(ids["b.mp3"], "whisper", "hello", "en", 0.6, [])])
-    results_db.store_classifications(
-        [ClassificationRow(ids["a.mp3"], "harassment_threats", "cope", 0.9, True, 0.5, False, None)],
+    archive = ArchiveVersion("archives/day.tar", "e", 1, NOW, "day")
+    results_db.archives.partitions_for([archive.key])
+    results_db.archives.claim(archive, "r1")
+    ids = results_db.audio_files.register_version(
+        archive, accepted={n: (1, n) for n in ("a.mp3", "b.mp3", "c.mp3")}, rejected={}, other_failures=[], run_id="r1"
+    ).ids
+    results_db.audio_files.record_conversions(
+        archive,
+        [ConvertedFile(ids[n], f"processed/x/{ids[n]}.opus", "s3://b/k", "e", 30.0, 100) for n in ("a.mp3", "b.mp3")],
+        [FileFailure(ids["c.mp3"], "c.mp3", "conversion", "not decodable audio")],
+        "r1",
+    )
+    results_db.model_outputs.store_transcripts(archive, [TranscriptRow(ids["a.mp3"], "whisper", "you idiot", "en", 0.8, []),
+                                                         TranscriptRow(ids["b.mp3"], "whisper", "hello", "en", 0.6, [])])
+    results_db.model_outputs.store_classifications(
+        archive, [ClassificationRow(ids["a.mp3"], "harassment_threats", "cope", 0.9, True, 0.5, False, None)],
         classified_ids=[ids["a.mp3"]],
     )
-    results_db.record_file_failures(
-        archive_source="archives/day.tar", partition_key="day", run_id="r1",
-        failures=[FileFailure(ids["c.mp3"], "c.mp3", "conversion", "not decodable audio")],
-    )
-    with results_db.connect() as conn, conn.cursor() as cur:  # move all of it to yesterday
+
+    def move_to_yesterday(cur) -> None:
         for table, column in (("audio_files", "processed_at"), ("transcripts", "created_at"),
                               ("classifications", "created_at"), ("processing_failures", "failed_at")):
             cur.execute(f"UPDATE {table} SET {column} = %s::date + interval '13 hours'", (YESTERDAY,))
+
+    results_db.transaction(move_to_yesterday)
 
 
 def test_daily_summary_lands_in_postgres_view_and_parquet(results_db, object_store, ra_login):
@@ -94,28 +101,6 @@ def test_catch_up_requests_unfinished_and_failed_partitions_only(instance):
         _add_run(instance, key, dg.DagsterRunStatus.SUCCESS)
     skipped = archive_catchup_schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW))
     assert isinstance(skipped, dg.SkipReason)
-
-
-def test_failed_run_is_written_to_the_dead_letter(archive_runner, instance, results_db, tmp_path):
-    archive = build_tar(tmp_path / "batch_broken.tar.gz", [("a.mp3", make_tone_mp3(tmp_path / "a.mp3", 3))], gzip=True)
-    truncate_file(archive, 0.5)
-    result = archive_runner.run(archive_runner.upload(archive))
-    assert not result.success
-    run = instance.get_run_by_id(result.run_id)
-    failure_event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
-
-    context = dg.build_run_status_sensor_context(
-        sensor_name="dead_letter_sensor", dagster_event=failure_event, dagster_instance=instance,
-        dagster_run=run, resources={"results_db": results_db},
-    ).for_run_failure()
-    dead_letter_sensor(context)
-
-    rows = results_db.query("SELECT * FROM open_failures WHERE run_id = %s ORDER BY stage", (result.run_id,))
-    stages = {r["stage"]: r for r in rows}
-    assert "run:raw_archive" in stages
-    assert stages["run:raw_archive"]["archive_source"] == "archives/batch_broken.tar.gz"
-    assert stages["run:raw_archive"]["partition_key"] == "batch_broken"
-    assert "unreadable" in stages["run:raw_archive"]["error"]
 
 
 def test_scratch_sweep_removes_only_old_folders_of_runs_that_are_gone(instance, tmp_path):

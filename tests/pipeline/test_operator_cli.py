@@ -15,12 +15,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from archive_factory import build_tar, make_tone_mp3, truncate_file
-from pipeline_support import ArchiveRunner
+from pipeline_support import ArchiveRunner, rows
 
 from audio_assets.cli import main
 from audio_assets.operator.requeue import REQUEUED_TAG, failed_archives
 from audio_assets.operator.status import ArchiveProgress, render_bars
-from audio_assets.partitions import ARCHIVE_ETAG_TAG
+from audio_assets.archive_identity import ARCHIVE_ETAG_TAG
 from resources.embedded.postgres import create_database
 
 BIN = Path(sys.executable).parent
@@ -223,14 +223,14 @@ def test_requeue_reruns_failed_files_through_the_daemon(pipeline_env, defs, obje
         opus = instance.get_latest_materialization_event(dg.AssetKey("opus_files"))
         assert (opus.run_id, opus.dagster_event.partition) == (requeued.run_id, "batch_requeue")
 
-        after = {r["original_filename"]: r for r in results_db.files_of_archive(key)}
+        after = {r["original_filename"]: r for r in results_db.audio_files.files_of_archive(key)}
         assert set(after) == {"good.mp3", "bad.mp3"}  # upserted: no duplicate rows
         assert after["bad.mp3"]["status"] == "classified" and after["bad.mp3"]["id"] == before["bad.mp3"]["id"]
         assert after["good.mp3"]["status"] == "classified"
         assert after["good.mp3"]["opus_path"] == before["good.mp3"]["opus_path"]
-        assert results_db.query("SELECT count(*) AS n FROM transcripts")[0]["n"] == 2
+        assert rows(results_db, "SELECT count(*) AS n FROM transcripts")[0]["n"] == 2
         assert (
-            results_db.query(
+            rows(results_db, 
                 "SELECT count(*) AS n FROM processing_failures WHERE resolved_at IS NULL AND original_filename = 'bad.mp3'"
             )[0]["n"]
             == 0
@@ -246,11 +246,11 @@ def _archive_with_a_file_that_failed_then_was_fixed(defs, instance, object_store
     """batch_requeue.tar run once with a corrupt bad.mp3 (-> failed row), then overwritten in
     S3 under the same key with a good bad.mp3, as an operator would after fixing the cause."""
     good = make_tone_mp3(tmp_path / "good.mp3")
-    runner = ArchiveRunner(defs, instance, object_store)
+    runner = ArchiveRunner(defs, instance, object_store, results_db)
     corrupt = build_tar(tmp_path / "v1" / "batch_requeue.tar", [("good.mp3", good), ("bad.mp3", os.urandom(4096))])
     key = runner.upload(corrupt)
     assert runner.run(key, assets=None).success  # the whole job: good.mp3 gets classified
-    before = {r["original_filename"]: r for r in results_db.files_of_archive(key)}
+    before = {r["original_filename"]: r for r in results_db.audio_files.files_of_archive(key)}
     assert (before["good.mp3"]["status"], before["bad.mp3"]["status"]) == ("classified", "failed")
     assert before["bad.mp3"]["failed_stage"] == "conversion"
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import psycopg2
 import pytest
+from pipeline_support import rows
 
-from resources.results_db import ConvertedFile, ResultsDatabase
+from audio_assets.archive_identity import ArchiveVersion
+from resources.results_db import ClassificationRow, ConvertedFile, ResultsDatabase, TranscriptRow
 from sql.migrate import bundled_migrations
+
+ARCHIVE = ArchiveVersion("archives/a.tar", "e1", 100, datetime.now(timezone.utc), "a")
 
 
 def test_migrate_is_idempotent_and_records_versions(postgres_dsn):
@@ -16,56 +22,65 @@ def test_migrate_is_idempotent_and_records_versions(postgres_dsn):
     assert first[:4] == ["001", "002", "003", "004"]
     assert db.migrate() == []
     assert db.pending_migrations() == []
-    versions = [r["version"] for r in db.query("SELECT version FROM schema_migrations ORDER BY version")]
+    versions = [r["version"] for r in rows(db, "SELECT version FROM schema_migrations ORDER BY version")]
     assert versions == first
 
 
+def register(db: ResultsDatabase, names: list[str]) -> dict[str, int]:
+    db.archives.partitions_for([ARCHIVE.key])
+    db.archives.claim(ARCHIVE, "r")
+    return db.audio_files.register_version(
+        ARCHIVE, accepted={n: (10, f"sha-{n}") for n in names}, rejected={}, other_failures=[], run_id="r"
+    ).ids
+
+
 def test_audio_files_unique_per_archive_member(results_db):
-    common = dict(archive_source="archives/a.tar", partition_key="a", archive_etag="e1")
-    first = results_db.register_members(**common, members=[("x.mp3", 10), ("y.mp3", 20)])
-    again = results_db.register_members(**common, members=[("x.mp3", 10), ("y.mp3", 20)])
+    first = register(results_db, ["x.mp3", "y.mp3"])
+    again = register(results_db, ["x.mp3", "y.mp3"])
     assert first == again
-    assert results_db.query("SELECT count(*) AS n FROM audio_files")[0]["n"] == 2
+    assert rows(results_db, "SELECT count(*) AS n FROM audio_files")[0]["n"] == 2
 
 
 def _seed_flagged_item(results_db: ResultsDatabase) -> int:
-    ids = results_db.register_members(
-        archive_source="archives/a.tar", partition_key="a", archive_etag="e1", members=[("clip.mp3", 100)]
+    file_id = register(results_db, ["clip.mp3"])["clip.mp3"]
+    results_db.audio_files.record_conversions(
+        ARCHIVE, [ConvertedFile(file_id, "processed/2026-11-25/1.opus", "s3://b/processed/2026-11-25/1.opus", "e", 2.5, 900)],
+        [], "r",
     )
-    file_id = ids["clip.mp3"]
-    results_db.mark_converted([ConvertedFile(file_id, "processed/2026-11-25/1.opus", "s3://b/processed/2026-11-25/1.opus", 2.5, 900)])
-    with results_db.connect() as conn, conn.cursor() as cur:
-        cur.execute(
-            "INSERT INTO transcripts (audio_file_id, model, transcript_text, language, confidence) "
-            "VALUES (%s, 'whisper-base', 'you are an idiot', 'en', 0.9)",
-            (file_id,),
-        )
-        cur.execute(
-            "INSERT INTO classifications (audio_file_id, flag_category, model, flag_score, flagged, threshold) "
-            "VALUES (%s, 'harassment', 'cope-a', 0.93, true, 0.5), (%s, 'hate_speech', 'cope-a', 0.1, false, 0.5)",
-            (file_id, file_id),
-        )
+    results_db.model_outputs.store_transcripts(ARCHIVE, [TranscriptRow(file_id, "whisper-base", "you are an idiot", "en", 0.9, [])])
+    results_db.model_outputs.store_classifications(
+        ARCHIVE,
+        [ClassificationRow(file_id, "harassment", "cope-a", 0.93, True, 0.5, False, None, "pv1"),
+         ClassificationRow(file_id, "hate_speech", "cope-a", 0.1, False, 0.5, False, None, "pv2")],
+        [file_id],
+    )
     return file_id
 
 
 def test_ra_queue_shows_flagged_items_with_transcript_and_metadata(results_db):
     file_id = _seed_flagged_item(results_db)
-    rows = results_db.query("SELECT * FROM ra_queue")
-    assert len(rows) == 1
-    row = rows[0]
+    queue = rows(results_db, "SELECT * FROM ra_queue")
+    assert len(queue) == 1
+    row = queue[0]
     assert row["audio_file_id"] == file_id
-    assert row["flag_category"] == "harassment"
+    assert row["flag_category"] == "harassment" and row["policy_version"] == "pv1"
     assert row["transcript_text"] == "you are an idiot"
     assert row["opus_key"] == "processed/2026-11-25/1.opus"
 
 
+def test_ra_queue_leaves_out_files_removed_from_their_archive(results_db):
+    _seed_flagged_item(results_db)
+    newer = ArchiveVersion(ARCHIVE.key, "e2", 100, ARCHIVE.last_modified.replace(year=2027), "a")
+    results_db.archives.claim(newer, "r2")
+    results_db.audio_files.register_version(newer, accepted={"other.mp3": (1, "s")}, rejected={}, other_failures=[], run_id="r2")
+    assert rows(results_db, "SELECT * FROM ra_queue") == []
+
+
 def test_daily_stats_breaks_down_by_day_and_status(results_db):
     _seed_flagged_item(results_db)
-    results_db.register_members(
-        archive_source="archives/a.tar", partition_key="a", archive_etag="e1", members=[("other.mp3", 5)]
-    )
-    rows = results_db.query("SELECT status, files FROM daily_stats ORDER BY status")
-    assert {(r["status"], r["files"]) for r in rows} == {("converted", 1), ("pending", 1)}
+    register(results_db, ["clip.mp3", "other.mp3"])
+    stats = rows(results_db, "SELECT status, files FROM daily_stats ORDER BY status")
+    assert {(r["status"], r["files"]) for r in stats} == {("classified", 1), ("pending", 1)}
 
 
 def test_ra_reader_reads_views_and_nothing_else(results_db, ra_login):
@@ -78,6 +93,7 @@ def test_ra_reader_reads_views_and_nothing_else(results_db, ra_login):
     for statement in (
         "SELECT * FROM audio_files",
         "SELECT * FROM transcripts",
+        "SELECT * FROM archives",
         "INSERT INTO classifications (audio_file_id, flag_category, model, flagged) VALUES (1, 'x', 'y', true)",
         "UPDATE audio_files SET status = 'failed'",
     ):

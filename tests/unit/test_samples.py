@@ -11,25 +11,36 @@ from archive_factory import ffmpeg_exe
 
 from audio_assets.audio.metadata_rows import join_metadata, read_metadata_table
 from audio_assets.audio.opus_convert import convert_to_opus
-from audio_assets.audio.tar_safety import scan_archive
+from audio_assets.audio.tar_safety import ArchiveLimits, iter_archive, scan_archive
 
 SAMPLES = Path(__file__).resolve().parents[2] / "audio_assets" / "samples"
 REFERENCES = json.loads((SAMPLES / "references.json").read_text())
+LIMITS = ArchiveLimits(max_member_bytes=1 << 20)
 
 
-def extracting(*kinds: str, to: Path) -> dict:
-    return dict(max_member_bytes=1 << 20, extract_to=to, extract_kinds=frozenset(kinds))
+def copy_out(archive: Path, kinds: set[str], to: Path) -> dict[str, Path]:
+    """Accepted members of `kinds`, copied to paths of our own choosing: name -> path."""
+    copies = {}
+    for number, entry in enumerate(iter_archive(archive, LIMITS)):
+        if entry.rejection is None and entry.kind in kinds:
+            path = to / f"{number}.{entry.kind}"
+            entry.copy_to(path)
+            copies[entry.name] = path
+    return copies
 
 
 @pytest.mark.parametrize("archive_name", sorted(REFERENCES))
 def test_sample_archive_matches_its_references(tmp_path, archive_name):
-    listing = scan_archive(SAMPLES / archive_name, **extracting("mp3", "parquet", to=tmp_path))
+    listing = scan_archive(SAMPLES / archive_name, LIMITS)
     assert listing.rejected == ()
     assert sorted(m.name for m in listing.mp3s) == sorted(REFERENCES[archive_name])
+    assert all(m.sha256 is not None for m in listing.mp3s)
+    copies = copy_out(SAMPLES / archive_name, {"mp3", "parquet"}, tmp_path)
     for member in listing.mp3s:
-        result = convert_to_opus(member.path, tmp_path / f"{member.path.stem}.opus", ffmpeg=ffmpeg_exe())
+        target = tmp_path / f"{copies[member.name].stem}.opus"
+        result = convert_to_opus(copies[member.name], target, ffmpeg=ffmpeg_exe())
         assert 2.0 <= result.source_duration_s <= 5.0
-    tables = [(p.name, read_metadata_table(p.path)) for p in listing.parquets]
+    tables = [(p.name, read_metadata_table(copies[p.name])) for p in listing.parquets]
     join = join_metadata([m.name for m in listing.mp3s], tables)
     assert join.mp3s_without_row == [] and join.duplicate_meta_ids == [] and join.ambiguous_stems == []
 
@@ -38,9 +49,9 @@ def test_first_batch_has_a_human_voice_an_insult_and_an_orphan_row(tmp_path):
     archive = "batch_2026_11_01.tar.gz"
     assert REFERENCES[archive]["clips/goforward.mp3"] == "go forward ten meters"
     assert any("stupid idiot" in text for text in REFERENCES[archive].values())
-    listing = scan_archive(SAMPLES / archive, **extracting("parquet", to=tmp_path))
-    (parquet,) = listing.parquets
-    join = join_metadata([m.name for m in listing.mp3s], [(parquet.name, read_metadata_table(parquet.path))])
+    listing = scan_archive(SAMPLES / archive, LIMITS)
+    ((parquet_name, parquet_path),) = copy_out(SAMPLES / archive, {"parquet"}, tmp_path).items()
+    join = join_metadata([m.name for m in listing.mp3s], [(parquet_name, read_metadata_table(parquet_path))])
     assert join.rows_without_mp3 == [("metadata.parquet", "clip_0099")]
     values = join.matched["clips/goforward.mp3"].values
     assert set(values) == {"meta_id", "posted_at", "creator", "hashtags", "like_ratio"}
