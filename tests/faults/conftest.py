@@ -1,0 +1,45 @@
+"""Fixtures for the fault suite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from s3_fault_proxy import S3FaultProxy
+
+
+@pytest.fixture
+def fault_proxy(s3_server) -> Iterator[Callable[..., S3FaultProxy]]:
+    """A factory: fault_proxy(fault_rate=..., kinds=..., delay_s=..., seed=...) returns a started
+    S3FaultProxy in front of the session's SeaweedFS; every one is stopped after the test."""
+    started: list[S3FaultProxy] = []
+
+    def make(**options) -> S3FaultProxy:
+        proxy = S3FaultProxy(s3_server.endpoint_url, **options).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """Where the bundled Whisper base model is assembled once for every drill."""
+    return tmp_path_factory.mktemp("fault-models")
+
+
+def pytest_sessionstart(session) -> None:
+    from fault_report import REPORT
+
+    REPORT.unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from fault_report import markdown_table, outcomes
+
+    rows = outcomes()
+    if rows:
+        terminalreporter.section("fault drills")
+        terminalreporter.write_line(markdown_table(rows))
