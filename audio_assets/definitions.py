@@ -13,6 +13,7 @@ from audio_assets.classifications import classifications
 from audio_assets.daily import daily_summary, daily_summary_job, daily_summary_schedule
 from audio_assets.jobs import archive_job
 from audio_assets.metadata import parquet_metadata
+from audio_assets.model_versions import with_model_versions
 from audio_assets.opus import opus_files
 from audio_assets.scratch_sweep import scratch_sweep_job
 from audio_assets.transcripts import transcripts
@@ -40,7 +41,9 @@ def executor_for(environment: str):
 
 def build_definitions(resources: dict[str, Any], executor=dg.in_process_executor) -> dg.Definitions:
     return dg.Definitions(
-        assets=[raw_archive, opus_files, parquet_metadata, transcripts, classifications, daily_summary],
+        assets=with_model_versions(
+            [raw_archive, opus_files, parquet_metadata, transcripts, classifications, daily_summary], resources
+        ),
         asset_checks=archive_checks,
         jobs=[archive_job, daily_summary_job, scratch_sweep_job, transfer_archive],
         sensors=[archive_sensor, dead_letter_sensor, remote_archive_sensor],

@@ -24,6 +24,9 @@ DEFAULT_POLICIES = ["hate_speech", "harassment_threats", "sexual_content", "self
 class PolicyClassifier(dg.ConfigurableResource):
     backend: str = Field(default="cope-a", description="cope-a | profanity")
     policies: list[str] = Field(default=DEFAULT_POLICIES, description="Policy files (policies/*.md) to score")
+    policies_dir: str | None = Field(
+        default=None, description="A folder of <policy>.md texts used instead of the packaged ones"
+    )
     threshold: float = Field(default=0.5, description="flagged = score >= threshold")
     base_model: str = Field(default="google/gemma-2-9b", description="Name under models_root or a local dir")
     adapter: str | None = Field(default="zentropi-ai/cope-a-9b", description="LoRA adapter name or dir")
@@ -37,7 +40,7 @@ class PolicyClassifier(dg.ConfigurableResource):
         """{category: policy text} this backend scores."""
         if self.backend == "profanity":
             return {"profanity": ""}
-        return load_policies(self.policies)
+        return load_policies(self.policies, self.policies_dir)
 
     def model_name(self) -> str:
         """What rows record as `model`, known without loading the model."""

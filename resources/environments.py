@@ -132,6 +132,7 @@ def _models(whisper: str, backend: str) -> dict[str, Any]:
     classifier = PolicyClassifier(
         backend=env("CLASSIFIER_BACKEND", backend),
         threshold=float(env("FLAG_THRESHOLD", "0.5")),
+        policies_dir=env("POLICIES_DIR") or None,
         base_model=env("COPE_BASE_MODEL", "google/gemma-2-9b"),
         adapter=env("COPE_ADAPTER", "zentropi-ai/cope-a-9b"),
         models_root=models_root,

@@ -99,16 +99,18 @@ def load_transcriber(settings: TranscriberSettings) -> Transcriber:
 
 
 def transcript_model_name(settings: TranscriberSettings) -> str:
-    """What transcripts.model records for these settings: model, compute type, and alignment
-    when used, since each changes the text or the meaning of the confidence. Known without
-    loading the model, so a step can tell which files are already done before it loads one."""
+    """What transcripts.model records for these settings: model, compute type, a fixed language
+    and alignment when used, since each changes the text or the meaning of the confidence.
+    Known without loading the model, so a step can tell which files are already done."""
     if settings.model in BUNDLED_ALIASES:
         label = "base-ct2"
     else:
         label = Path(settings.model).name if Path(settings.model).is_dir() else settings.model
     compute_type = _pick_compute_type(settings.compute_type, _pick_device(settings.device))
     aligned = settings.align and _alignment_unavailable(settings.align_model_path) is None
-    return f"whisperx/{label}-{compute_type}" + ("-aligned" if aligned else "")
+    # A fixed language changes the text as much as the model does (detection is the default).
+    language = f"-{settings.language}" if settings.language else ""
+    return f"whisperx/{label}-{compute_type}{language}" + ("-aligned" if aligned else "")
 
 
 def load_count() -> int:
