@@ -1,5 +1,10 @@
-"""archive_sensor: a new or overwritten archives/*.tar[.gz] becomes a partition and a run."""
+"""archive_sensor: a new or overwritten archives/*.tar[.gz] becomes a partition and a run.
 
+Each tick requests at most ARCHIVE_SENSOR_MAX_RUNS_PER_TICK runs, oldest archives first, and
+leaves the rest for the next ticks: a bucket that already holds 100,000 archives is taken up
+over many short ticks (each far below the daemon's 60 s sensor timeout, after which a tick's
+cursor is not saved) instead of one tick that never finishes.
+"""
 
 import os
 from datetime import timedelta
@@ -19,6 +24,7 @@ from resources.results_db import ResultsDatabase
 from sensors.archive_cursor import ArchiveCursor
 
 LOOKBACK = timedelta(hours=int(os.environ.get("ARCHIVE_SENSOR_LOOKBACK_HOURS", "6")))
+MAX_RUNS_PER_TICK = int(os.environ.get("ARCHIVE_SENSOR_MAX_RUNS_PER_TICK", "500"))
 
 
 @dg.sensor(
@@ -31,24 +37,22 @@ def archive_sensor(
     context: dg.SensorEvaluationContext, object_store: ObjectStore, results_db: ResultsDatabase
 ) -> dg.SensorResult | dg.SkipReason:
     cursor = ArchiveCursor.parse(context.cursor)
-    candidates, new = [], []
-    for obj in object_store.iter_objects(ARCHIVE_PREFIX):
-        if not is_archive_key(obj.key) or not cursor.is_candidate(obj.last_modified, LOOKBACK):
-            continue
-        candidates.append((obj.key, obj.etag, obj.last_modified))
-        if not cursor.has_seen(obj.key, obj.etag):
-            new.append(obj)
-    next_cursor = cursor.advance(candidates, LOOKBACK).serialize()
-    if not new:
-        context.update_cursor(next_cursor)
-        return dg.SkipReason(f"no new or changed archives under {ARCHIVE_PREFIX}")
+    candidates = [
+        obj for obj in object_store.iter_objects(ARCHIVE_PREFIX)
+        if is_archive_key(obj.key) and cursor.is_candidate(obj.last_modified, LOOKBACK)
+    ]
+    requested = results_db.archives.requested_versions(obj.key for obj in candidates)
+    new = sorted((obj for obj in candidates if requested.get(obj.key) != obj.etag), key=lambda o: (o.last_modified, o.key))
+    now, later = new[:MAX_RUNS_PER_TICK], new[MAX_RUNS_PER_TICK:]
+    next_cursor = cursor.advance([obj.last_modified for obj in candidates], [obj.last_modified for obj in later])
+    if not now:
+        context.update_cursor(next_cursor.serialize())
+        return dg.SkipReason(f"no new or changed archives under {ARCHIVE_PREFIX} ({len(candidates)} checked)")
 
     # Each object keeps the partition it got when first seen; b.tar and b.tar.gz get two.
-    partition_of = results_db.archives.partitions_for(obj.key for obj in new)
-    missing = sorted(
-        key for key in {partition_of[obj.key] for obj in new}
-        if not context.instance.has_dynamic_partition(archives_partitions.name, key)
-    )
+    partition_of = results_db.archives.record_requests([(obj.key, obj.etag) for obj in now])
+    known = set(context.instance.get_dynamic_partitions(archives_partitions.name))
+    missing = sorted({partition_of[obj.key] for obj in now} - known)
     run_requests = [
         dg.RunRequest(
             # The ETag makes an overwritten archive a new run; Dagster drops a repeated run_key.
@@ -56,11 +60,14 @@ def archive_sensor(
             partition_key=partition_of[obj.key],
             tags={ARCHIVE_KEY_TAG: obj.key, ARCHIVE_ETAG_TAG: obj.etag},
         )
-        for obj in sorted(new, key=lambda o: (o.last_modified, o.key))
+        for obj in now
     ]
-    context.log.info(f"{len(run_requests)} archive(s) to process, {len(missing)} new partition(s)")
+    context.log.info(
+        f"{len(run_requests)} archive(s) to process, {len(missing)} new partition(s), "
+        f"{len(later)} left for the next ticks"
+    )
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=[archives_partitions.build_add_request(missing)] if missing else [],
-        cursor=next_cursor,
+        cursor=next_cursor.serialize(),
     )

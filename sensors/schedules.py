@@ -7,6 +7,7 @@ import dagster as dg
 from audio_assets.jobs import archive_job
 from audio_assets.archive_identity import archives_partitions
 from audio_assets.scratch_sweep import ACTIVE_RUN_STATUSES, scratch_sweep_job
+from resources.results_db import ResultsDatabase
 
 FAILED_LOOKBACK = timedelta(days=7)
 
@@ -50,7 +51,8 @@ def _latest_run_status(instance: dg.DagsterInstance, partition_key: str):
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Daily: re-request archives left unfinished or failed (e.g. after an outage)",
 )
-def archive_catchup_schedule(context: dg.ScheduleEvaluationContext):
+def archive_catchup_schedule(context: dg.ScheduleEvaluationContext, results_db: ResultsDatabase):
+    _add_registered_partitions(context.instance, results_db)
     keys = partitions_to_catch_up(context.instance)
     if not keys:
         return dg.SkipReason("every archive partition is complete or in progress")
@@ -59,6 +61,16 @@ def archive_catchup_schedule(context: dg.ScheduleEvaluationContext):
         dg.RunRequest(run_key=f"catchup:{day}:{key}", partition_key=key, tags={"audio/catchup": day})
         for key in keys
     ]
+
+
+def _add_registered_partitions(instance: dg.DagsterInstance, results_db: ResultsDatabase) -> None:
+    """The sensor registers an archive's partition and marks it requested before the daemon
+    stores the tick; if the daemon dies in between, the partition exists only in the registry.
+    Adding it here makes it one to catch up."""
+    known = set(instance.get_dynamic_partitions(archives_partitions.name))
+    missing = sorted(set(results_db.archives.all_partition_keys()) - known)
+    if missing:
+        instance.add_dynamic_partitions(archives_partitions.name, missing)
 
 
 scratch_sweep_schedule = dg.ScheduleDefinition(

@@ -29,24 +29,28 @@ class ArchiveRegistry:
         wanted = sorted(set(archive_keys))
         if not wanted:
             return {}
+        return self.db.transaction(lambda cur: _register(cur, wanted), what="register archive partitions")
 
-        def register(cur) -> dict[str, str]:
-            cur.execute(Q.partitions_of_keys, {"archive_keys": wanted})
-            known = {row["archive_source"]: row["partition_key"] for row in cur.fetchall()}
-            for naming in (preferred_partition_key, disambiguated_partition_key):
-                new = [key for key in wanted if key not in known]
-                if not new:
-                    break
-                rows = psycopg2.extras.execute_values(
-                    cur, Q.insert_archives, [(key, naming(key)) for key in new], fetch=True
-                )
-                known |= {row["archive_source"]: row["partition_key"] for row in rows}
-            missing = [key for key in wanted if key not in known]
-            if missing:
-                raise RuntimeError(f"no free partition key for {missing[:5]} (hash collision?)")
-            return known
+    def requested_versions(self, archive_keys: Iterable[str]) -> dict[str, str]:
+        """{archive key: ETag the sensor last requested a run for}, for those ever requested."""
+        rows = self.db.fetch_all(Q.requested_versions, {"archive_keys": sorted(set(archive_keys))})
+        return {row["archive_source"]: row["requested_etag"] for row in rows}
 
-        return self.db.transaction(register, what="register archive partitions")
+    def record_requests(self, versions: list[tuple[str, str]]) -> dict[str, str]:
+        """Register each (archive key, ETag)'s partition and mark that version requested, in one
+        transaction; returns {archive key: partition key}."""
+        if not versions:
+            return {}
+
+        def record(cur) -> dict[str, str]:
+            partitions = _register(cur, sorted({key for key, _ in versions}))
+            psycopg2.extras.execute_values(cur, Q.mark_requested, versions)
+            return partitions
+
+        return self.db.transaction(record, what=f"record {len(versions)} requested archive version(s)")
+
+    def all_partition_keys(self) -> list[str]:
+        return [row["partition_key"] for row in self.db.fetch_all(Q.all_partition_keys)]
 
     def key_of_partition(self, partition_key: str) -> str | None:
         rows = self.db.fetch_all(Q.key_of_partition, {"partition_key": partition_key})
@@ -77,3 +81,18 @@ class ArchiveRegistry:
             from resources.results_db.database import StaleArchiveVersion  # database imports this module
 
             raise StaleArchiveVersion(archive, newer)
+
+
+def _register(cur, wanted: list[str]) -> dict[str, str]:
+    cur.execute(Q.partitions_of_keys, {"archive_keys": wanted})
+    known = {row["archive_source"]: row["partition_key"] for row in cur.fetchall()}
+    for naming in (preferred_partition_key, disambiguated_partition_key):
+        new = [key for key in wanted if key not in known]
+        if not new:
+            break
+        rows = psycopg2.extras.execute_values(cur, Q.insert_archives, [(key, naming(key)) for key in new], fetch=True)
+        known |= {row["archive_source"]: row["partition_key"] for row in rows}
+    missing = [key for key in wanted if key not in known]
+    if missing:
+        raise RuntimeError(f"no free partition key for {missing[:5]} (hash collision?)")
+    return known

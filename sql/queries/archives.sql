@@ -54,3 +54,21 @@ SELECT current_etag
 FROM archives
 WHERE archive_source = %(archive_key)s
 FOR SHARE
+
+-- name: requested_versions
+SELECT archive_source, requested_etag
+FROM archives
+WHERE archive_source = ANY(%(archive_keys)s)
+  AND requested_etag IS NOT NULL
+
+-- name: mark_requested
+-- Rows: (archive_source, etag), each already registered in the same transaction.
+UPDATE archives AS a
+SET requested_etag = v.etag,
+    requested_at = now()
+FROM (VALUES %s) AS v (archive_source, etag)
+WHERE a.archive_source = v.archive_source
+
+-- name: all_partition_keys
+SELECT partition_key
+FROM archives

@@ -9,6 +9,7 @@ import dagster as dg
 
 from audio_assets.archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions
 from sensors.archive_cursor import ArchiveCursor
+from sensors import archive_sensor as archive_sensor_module
 from sensors.archive_sensor import archive_sensor
 
 
@@ -47,7 +48,7 @@ def test_same_archive_next_tick_requests_nothing(instance, object_store, results
     result, cursor_after = tick(instance, object_store, results_db, cursor)
 
     assert isinstance(result, dg.SkipReason)
-    assert ArchiveCursor.parse(cursor_after).recent == ArchiveCursor.parse(cursor).recent
+    assert ArchiveCursor.parse(cursor_after) == ArchiveCursor.parse(cursor)
 
 
 def test_overwritten_archive_requests_a_new_run(instance, object_store, results_db):
@@ -64,20 +65,41 @@ def test_overwritten_archive_requests_a_new_run(instance, object_store, results_
     assert result.dynamic_partitions_requests == []  # the partition exists already
 
 
-def test_a_thousand_new_archives_in_one_tick_keep_the_cursor_small(instance, object_store, results_db):
+def test_a_backlog_is_requested_over_several_ticks_with_a_small_cursor(instance, object_store, results_db, monkeypatch):
+    monkeypatch.setattr(archive_sensor_module, "MAX_RUNS_PER_TICK", 400)
     keys = [f"archives/batch_{i:04d}.tar.gz" for i in range(1000)]
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda key: object_store.put_bytes(key, key.encode()), keys))
 
-    result, cursor = tick(instance, object_store, results_db)
+    requested, cursor, ticks = [], None, []
+    for _ in range(3):
+        result, cursor = tick(instance, object_store, results_db, cursor)
+        ticks.append(len(result.run_requests))
+        requested += [r.tags[ARCHIVE_KEY_TAG] for r in result.run_requests]
+        assert len(cursor) < 100  # a watermark and a count, however many archives there are
 
-    assert len(result.run_requests) == 1000
-    assert len({r.run_key for r in result.run_requests}) == 1000
+    assert ticks == [400, 400, 200]
+    assert sorted(requested) == keys  # each exactly once
+    assert ArchiveCursor.parse(cursor).backlog == 0
     assert len(instance.get_dynamic_partitions(archives_partitions.name)) == 1000
-    # Short fingerprints, not keys: ~40 bytes per archive seen within the look-back window.
-    assert len(cursor) < 60_000
     again, _ = tick(instance, object_store, results_db, cursor)
     assert isinstance(again, dg.SkipReason)
+
+
+def test_an_archive_arriving_during_a_backlog_is_not_missed(instance, object_store, results_db, monkeypatch):
+    monkeypatch.setattr(archive_sensor_module, "MAX_RUNS_PER_TICK", 2)
+    for i in range(3):
+        object_store.put_bytes(f"archives/old_{i}.tar", b"old")
+    first, cursor = tick(instance, object_store, results_db)
+    assert ArchiveCursor.parse(cursor).backlog == 1
+    object_store.put_bytes("archives/old_0.tar", b"overwritten while the backlog drains")
+    object_store.put_bytes("archives/late.tar", b"new")
+    second, cursor = tick(instance, object_store, results_db, cursor)
+    third, cursor = tick(instance, object_store, results_db, cursor)
+    keys = [r.tags[ARCHIVE_KEY_TAG] for result in (first, second, third) for r in result.run_requests]
+    assert sorted(keys) == ["archives/late.tar", "archives/old_0.tar", "archives/old_0.tar", "archives/old_1.tar",
+                            "archives/old_2.tar"]
+    assert isinstance(tick(instance, object_store, results_db, cursor)[0], dg.SkipReason)
 
 
 def test_two_archives_with_one_batch_id_get_two_partitions(instance, object_store, results_db):
@@ -95,15 +117,19 @@ def test_two_archives_with_one_batch_id_get_two_partitions(instance, object_stor
     assert [r.partition_key for r in again.run_requests] == [partitions["archives/b.tar.gz"]]
 
 
-def test_cursor_forgets_objects_older_than_the_lookback():
+def test_cursor_watermark_stops_at_the_oldest_archive_left_for_later():
     now = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
     lookback = timedelta(hours=1)
-    cursor = ArchiveCursor().advance([("archives/old.tar", "e1", now - timedelta(hours=3))], lookback)
-    cursor = cursor.advance([("archives/new.tar", "e2", now)], lookback)
-    assert cursor.watermark == now
-    assert not cursor.has_seen("archives/old.tar", "e1")
-    assert cursor.has_seen("archives/new.tar", "e2")
+    listed = [now - timedelta(hours=3), now - timedelta(minutes=5), now]
+    cursor = ArchiveCursor().advance(listed, left_for_later=[now - timedelta(minutes=5), now])
+    assert cursor.watermark == now - timedelta(minutes=5) and cursor.backlog == 2
+    assert cursor.is_candidate(now - timedelta(minutes=5), lookback)
+    cursor = cursor.advance(listed[1:], left_for_later=[])
+    assert cursor.watermark == now and cursor.backlog == 0
     assert not cursor.is_candidate(now - timedelta(hours=2), lookback)
     # Same second as the watermark (S3 has 1-second resolution): still a candidate.
     assert cursor.is_candidate(now, lookback)
     assert ArchiveCursor.parse(cursor.serialize()) == cursor
+    # A cursor of the earlier format (watermark + fingerprints) is read without its fingerprints.
+    old = ArchiveCursor.parse('{"watermark": "2026-11-25T12:00:00+00:00", "recent": {"abc": "x"}}')
+    assert old == ArchiveCursor(now)
