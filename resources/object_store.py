@@ -23,16 +23,21 @@ import functools
 import hashlib
 import logging
 import os
+import random
+import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, NamedTuple, TypeVar
+from xml.etree import ElementTree
 
 import boto3
 import botocore.config
 import botocore.exceptions
 import dagster as dg
+import urllib3
 from boto3.s3.transfer import TransferConfig
 from pydantic import Field
 from s3transfer.exceptions import S3DownloadFailedError
@@ -51,6 +56,10 @@ class ObjectInfo(NamedTuple):
     # User metadata (x-amz-meta-*, keys lower-cased by S3). head() fills it; a listing
     # cannot, so there it is empty.
     metadata: Mapping[str, str] = MappingProxyType({})
+
+
+class ObjectStoreError(RuntimeError):
+    """A request the store kept refusing or failing after every attempt."""
 
 
 class ObjectNotFoundError(LookupError):
@@ -104,6 +113,20 @@ def _cached_client(
         region_name=region,
         config=botocore.config.Config(**options),
     )
+
+
+_S3_XML = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+def _http_pool() -> urllib3.PoolManager:
+    """Keep-alive connections for listing pages: one pool per process (a forked child must not
+    share its parent's sockets); urllib3 pools are thread-safe."""
+    return _pool_of_process(os.getpid())
+
+
+@functools.cache
+def _pool_of_process(_pid: int) -> urllib3.PoolManager:
+    return urllib3.PoolManager(maxsize=8)
 
 
 def _is_not_found(error: botocore.exceptions.ClientError) -> bool:
@@ -163,19 +186,50 @@ class ObjectStore(dg.ConfigurableResource):
                 raise
 
     def iter_objects(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
-        """Every object under `prefix` in key order, following pagination."""
-        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        """Every object under `prefix` in key order, following pagination.
+
+        Pages are fetched over a presigned URL and read with ElementTree instead of botocore's
+        response parser, which spends ~90 ms of CPU per 1,000-key page: measured on 20,000
+        keys, 3.4 s -> 0.95 s (bench/RESULTS.md, sensor). The sensor lists every archive key
+        each tick, so this decides whether a 100,000-archive bucket fits in a tick."""
+        params = {"Bucket": self.bucket, "Prefix": prefix, "EncodingType": "url"}
         if start_after:
-            kwargs["StartAfter"] = start_after
-        paginator = self.client().get_paginator("list_objects_v2")
-        for page in paginator.paginate(**kwargs):
-            for item in page.get("Contents", []):
+            params["StartAfter"] = start_after
+        while True:
+            page = self._list_page(params)
+            for item in page.iter(f"{_S3_XML}Contents"):
                 yield ObjectInfo(
-                    key=item["Key"],
-                    etag=item["ETag"].strip('"'),
-                    size=item["Size"],
-                    last_modified=item["LastModified"],
+                    # EncodingType=url, decoded as botocore does: keys that are not valid XML survive.
+                    key=urllib.parse.unquote_plus(item.findtext(f"{_S3_XML}Key")),
+                    etag=item.findtext(f"{_S3_XML}ETag", "").strip('"'),
+                    size=int(item.findtext(f"{_S3_XML}Size", "0")),
+                    last_modified=datetime.fromisoformat(item.findtext(f"{_S3_XML}LastModified")),
                 )
+            token = page.findtext(f"{_S3_XML}NextContinuationToken")
+            if page.findtext(f"{_S3_XML}IsTruncated") != "true" or not token:
+                return
+            params["ContinuationToken"] = token
+
+    def _list_page(self, params: dict) -> ElementTree.Element:
+        """One ListObjectsV2 page, retried like every other request: throttling, 5xx, resets
+        and timeouts up to max_attempts, with jittered exponential backoff."""
+        url = self.client().generate_presigned_url("list_objects_v2", Params=params, ExpiresIn=900)
+        timeout = urllib3.Timeout(connect=self.connect_timeout_s, read=self.read_timeout_s)
+        error: Exception | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = _http_pool().request("GET", url, timeout=timeout, retries=False)
+            except urllib3.exceptions.HTTPError as exc:
+                error = exc
+            else:
+                if response.status == 200:
+                    return ElementTree.fromstring(response.data)
+                error = ObjectStoreError(f"listing {params['Prefix']!r}: HTTP {response.status}: {response.data[:300]!r}")
+                if response.status < 500 and response.status != 429:
+                    raise error
+            if attempt < self.max_attempts:
+                time.sleep(random.uniform(0, min(20.0, 0.5 * 2**attempt)))
+        raise ObjectStoreError(f"listing {params['Prefix']!r} failed {self.max_attempts} time(s); last: {error}")
 
     def head(self, key: str) -> ObjectInfo | None:
         """The object's size, ETag and user metadata, or None when it does not exist."""

@@ -116,6 +116,18 @@ def test_iter_objects_follows_pagination_past_one_page(object_store: ObjectStore
     assert after == keys[1000:]
 
 
+def test_iter_objects_lists_keys_as_boto3_does(object_store: ObjectStore):
+    """The listing parses S3's XML itself: it must agree with botocore on awkward keys."""
+    names = ["a b.tar", "a+b.tar", "100%.tar", "caf\u00e9 \u00fcber.tar.gz", "q?x=1&y=<2>.tar", "tab\there.tar"]
+    for name in names:
+        object_store.put_bytes(f"odd/{name}", name.encode())
+    ours = [(i.key, i.etag, i.size, i.last_modified) for i in object_store.iter_objects("odd/")]
+    page = object_store.client().list_objects_v2(Bucket=object_store.bucket, Prefix="odd/")
+    boto = [(c["Key"], c["ETag"].strip('"'), c["Size"], c["LastModified"]) for c in page["Contents"]]
+    assert ours == boto
+    assert sorted(k for k, *_ in ours) == sorted(f"odd/{n}" for n in names)
+
+
 def test_delete_prefix_deletes_only_that_prefix(object_store: ObjectStore):
     for i in range(5):
         object_store.put_bytes(f"scratch/run-1/{i}", b"x")
