@@ -41,8 +41,10 @@ def archive_sensor(
         obj for obj in object_store.iter_objects(ARCHIVE_PREFIX)
         if is_archive_key(obj.key) and cursor.is_candidate(obj.last_modified, LOOKBACK)
     ]
-    requested = results_db.archives.requested_versions(obj.key for obj in candidates)
-    new = sorted((obj for obj in candidates if requested.get(obj.key) != obj.etag), key=lambda o: (o.last_modified, o.key))
+    unrequested = results_db.archives.not_yet_requested([(obj.key, obj.etag) for obj in candidates])
+    new = sorted(
+        (obj for obj in candidates if (obj.key, obj.etag) in unrequested), key=lambda o: (o.last_modified, o.key)
+    )
     now, later = new[:MAX_RUNS_PER_TICK], new[MAX_RUNS_PER_TICK:]
     next_cursor = cursor.advance([obj.last_modified for obj in candidates], [obj.last_modified for obj in later])
     if not now:

@@ -31,10 +31,11 @@ class ArchiveRegistry:
             return {}
         return self.db.transaction(lambda cur: _register(cur, wanted), what="register archive partitions")
 
-    def requested_versions(self, archive_keys: Iterable[str]) -> dict[str, str]:
-        """{archive key: ETag the sensor last requested a run for}, for those ever requested."""
-        rows = self.db.fetch_all(Q.requested_versions, {"archive_keys": sorted(set(archive_keys))})
-        return {row["archive_source"]: row["requested_etag"] for row in rows}
+    def not_yet_requested(self, versions: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The (archive key, ETag) pairs among `versions` that no run has been requested for."""
+        keys, etags = zip(*versions) if versions else ((), ())
+        rows = self.db.fetch_all(Q.not_yet_requested, {"archive_keys": list(keys), "etags": list(etags)})
+        return {(row["archive_source"], row["etag"]) for row in rows}
 
     def record_requests(self, versions: list[tuple[str, str]]) -> dict[str, str]:
         """Register each (archive key, ETag)'s partition and mark that version requested, in one

@@ -55,11 +55,13 @@ FROM archives
 WHERE archive_source = %(archive_key)s
 FOR SHARE
 
--- name: requested_versions
-SELECT archive_source, requested_etag
-FROM archives
-WHERE archive_source = ANY(%(archive_keys)s)
-  AND requested_etag IS NOT NULL
+-- name: not_yet_requested
+-- Of the listed (key, ETag) pairs, those whose version no run was requested for. The
+-- comparison happens here, so a tick over 100,000 listed archives gets back only the new ones.
+SELECT listed.archive_source, listed.etag
+FROM unnest(%(archive_keys)s::text[], %(etags)s::text[]) AS listed (archive_source, etag)
+LEFT JOIN archives a USING (archive_source)
+WHERE a.requested_etag IS DISTINCT FROM listed.etag
 
 -- name: mark_requested
 -- Rows: (archive_source, etag), each already registered in the same transaction.
