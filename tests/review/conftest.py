@@ -44,6 +44,19 @@ def console_dsn(results_db) -> Iterator[str]:
 
 
 @pytest.fixture
+def ra_login_for_review(results_db) -> Iterator[str]:
+    """A login role in ra_reader, as an RA reading SQL directly would have."""
+    role = f"ra_reader_{uuid.uuid4().hex[:10]}"
+    with results_db.open_connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'ra-pass' IN ROLE ra_reader")
+    params = parse_dsn(results_db.dsn)
+    params.update(user=role, password="ra-pass")
+    yield make_dsn(**params)
+    with results_db.open_connection() as conn, conn, conn.cursor() as cur:
+        cur.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+@pytest.fixture
 def ras(results_db) -> list[str]:
     """Three RA accounts, all with RA_PASSWORD."""
     names = ["alice", "bob", "carol"]
@@ -61,7 +74,7 @@ def start_console(console_dsn, object_store):
         settings = ReviewSettings(
             database_dsn=console_dsn, s3_endpoint=object_store.endpoint_url, s3_bucket=object_store.bucket,
             s3_access_key=object_store.access_key, s3_secret_key=object_store.secret_key,
-            secure_cookies=False, **overrides,
+            **({"secure_cookies": False} | overrides),
         )
         limiter = SignInLimiter(delay_s=0.2)
         server = ConsoleServer(build_app(settings, limiter=limiter)).__enter__()

@@ -189,3 +189,27 @@ def test_kappa_precision_and_per_ra_views(console_dsn, results_db, object_store,
     assert report["review_precision"][0]["precision"] == pytest.approx(6 / 9, abs=1e-4)
     assert report["review_agreement"][0]["kappa"] == pytest.approx(_kappa(pairs), abs=1e-4)
     assert {r["username"] for r in report["review_decisions_by_ra"]} == {"alice", "bob"}
+
+
+BARRIER_VIEWS = ["ra_review_items", "ra_latest_decisions", "ra_active_claims", "ra_accounts", "ra_live_sessions",
+                 "ra_flag_precision", "ra_double_coded_pairs", "ra_agreement", "ra_decisions_per_ra"]
+
+
+def test_console_views_are_security_barriers_except_search(results_db):
+    found = results_db.fetch_all(
+        "SELECT relname, reloptions FROM pg_class WHERE relkind = 'v' AND relname LIKE 'ra\\_%%'"
+    )
+    options = {r["relname"]: r["reloptions"] for r in found}
+    assert {name: options.get(name) for name in BARRIER_VIEWS} == {n: ["security_barrier=true"] for n in BARRIER_VIEWS}
+    # Search is a plain view so the GIN index is usable (see sql/views/review_console.sql).
+    assert options["ra_transcript_search"] is None
+
+
+def test_ra_reader_sees_figures_but_not_accounts_or_sessions(results_db, ra_login_for_review):
+    with psycopg2.connect(ra_login_for_review) as conn, conn.cursor() as cur:
+        for view in ("ra_review_items", "ra_agreement", "ra_flag_precision", "ra_decisions_per_ra"):
+            cur.execute(f"SELECT * FROM {view} LIMIT 1")
+    for view in ("ra_accounts", "ra_live_sessions", "ra_latest_decisions"):
+        with psycopg2.connect(ra_login_for_review) as conn, conn.cursor() as cur:
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(f"SELECT * FROM {view} LIMIT 1")
