@@ -26,6 +26,7 @@ def _demo(args: argparse.Namespace) -> int:
         s3_port=args.s3_port,
         postgres_port=args.postgres_port,
         stop_services=args.stop_services,
+        review=args.review,
     )
 
 
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--s3-port", type=int, default=LOCAL_S3_PORT, help="SeaweedFS S3 port")
     demo.add_argument("--postgres-port", type=int, default=LOCAL_POSTGRES_PORT, help="PostgreSQL port")
     demo.add_argument("--stop-services", action="store_true", help="stop SeaweedFS and PostgreSQL at the end")
+    demo.add_argument("--review", action="store_true", help="then keep the RAs' review console running on 127.0.0.1:8040")
     demo.set_defaults(handler=_demo)
 
     _add_operator_commands(commands)
