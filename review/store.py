@@ -107,8 +107,9 @@ class ReviewStore:
 
     # --- queue, claims, decisions -------------------------------------------------------------
 
-    def _queue_params(self, ra: int, filters: QueueFilter, limit: int) -> dict[str, Any]:
-        return {"ra": ra, "double_coding_percent": self.double_coding_percent, "limit": limit, **filters.params()}
+    def _queue_params(self, ra: int, filters: QueueFilter, limit: int, item_id: int | None = None) -> dict[str, Any]:
+        return {"ra": ra, "double_coding_percent": self.double_coding_percent, "limit": limit, "item_id": item_id,
+                **filters.params()}
 
     def queue(self, ra: int, filters: QueueFilter, limit: int = 100) -> list[dict[str, Any]]:
         return self._all(ITEMS.queue, self._queue_params(ra, filters, limit))
@@ -124,8 +125,8 @@ class ReviewStore:
         False when other RAs hold or decided it, or this RA decided it."""
         with self._cursor() as cur:
             cur.execute(ITEMS.take_claim_lock)
-            cur.execute(ITEMS.queue, self._queue_params(ra, QueueFilter(), limit=1_000_000))
-            if not any(row["item_id"] == item_id for row in cur.fetchall()):
+            cur.execute(ITEMS.queue, self._queue_params(ra, QueueFilter(), limit=1, item_id=item_id))
+            if cur.fetchone() is None:
                 return False
             cur.execute(ITEMS.insert_claim, {"item_id": item_id, "ra": ra, "ttl_s": self.claim_s})
             return True

@@ -1,6 +1,6 @@
 -- The review console's queue, claims, decisions and search. Parameters common to the queue
--- queries: ra (the RA's user id), double_coding_percent (0..100), and the filters policy,
--- model, score_min, score_max, date_from, date_to (NULL: no filter).
+-- queries: ra (the RA's user id), double_coding_percent (0..100), and the filters item_id,
+-- policy, model, score_min, score_max, date_from, date_to (NULL: no filter).
 
 -- name: queue
 -- Flagged items this RA may take, oldest flag first. An item is taken when as many other
@@ -30,6 +30,7 @@ WHERE coalesce(o.coders, 0) < i.coders_needed
       SELECT 1 FROM ra_latest_decisions AS d
       WHERE d.item_id = i.item_id AND d.policy_version = i.policy_version AND d.ra_user_id = %(ra)s
   )
+  AND (%(item_id)s::bigint IS NULL OR i.item_id = %(item_id)s)
   AND (%(policy)s::text IS NULL OR i.policy = %(policy)s)
   AND (%(model)s::text IS NULL OR i.classifier_model = %(model)s)
   AND (%(score_min)s::float IS NULL OR i.flag_score >= %(score_min)s)
