@@ -213,3 +213,17 @@ def test_ra_reader_sees_figures_but_not_accounts_or_sessions(results_db, ra_logi
         with psycopg2.connect(ra_login_for_review) as conn, conn.cursor() as cur:
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cur.execute(f"SELECT * FROM {view} LIMIT 1")
+
+
+def test_a_claim_expires_and_the_item_returns_to_the_queue(console_dsn, results_db, seeded):
+    import time
+
+    store = ReviewStore(console_dsn, double_coding_percent=0, claim_minutes=1 / 60)  # one second
+    users = _user_ids(results_db)
+    item = seeded["clip2.mp3"].item_id
+    assert store.claim(users["alice"], item)
+    assert not store.claim(users["bob"], item)
+    time.sleep(1.2)
+    assert store.claim(users["bob"], item)  # alice walked away: the claim lapsed
+    assert not store.claim(users["alice"], item)
+    store.close()
