@@ -9,6 +9,7 @@ from pathlib import Path
 import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -108,14 +109,6 @@ def build_app(settings: ReviewSettings, *, s3_client=None, limiter: SignInLimite
         Route("/stats", pages.stats_page),
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
     app.state.console = console
-    return SecurityHeadersApp(app)
-
-
-class SecurityHeadersApp(SecurityHeaders):
-    """The app wrapped in SecurityHeaders, still exposing `state` for tests and the server."""
-
-    @property
-    def state(self):
-        return self.app.state
+    return app

@@ -116,7 +116,7 @@ def test_failed_sign_ins_are_slowed_then_refused(console):
     # Now even the right password is refused for a while: guessing is capped.
     status, cookie, _ = sign_in(server.url, "alice", RA_PASSWORD)
     assert status == 429 and cookie is None
-    # Another account from... the same client is still allowed (per-client cap is higher).
+    # Another account from the same client is still allowed (the per-client cap is higher).
     status, cookie, _ = sign_in(server.url, "bob", RA_PASSWORD)
     assert status == 303 and cookie
 
