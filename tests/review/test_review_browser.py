@@ -61,6 +61,9 @@ def test_ra_reviews_an_item_with_player_transcript_and_keys(
     page.wait_for_function("() => document.getElementById('player').readyState >= 1")
     assert player.evaluate("a => a.muted") is True  # wellness: muted until the RA unmutes
     assert page.locator("#segments").is_hidden()  # text hidden until asked for
+    # The policy it was flagged under, from policies/harassment_threats.md, and the flag.
+    assert "harass" in page.locator("details.policy pre").text_content().lower()
+    assert "cope-a-test" in page.locator("section.flag").inner_text()
     page.keyboard.press("t")
     assert page.locator("#segments").is_visible()
 
