@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from psycopg2.extensions import make_dsn, parse_dsn
-from review_support import ConsoleServer, make_opus
+from review_support import RA_PASSWORD, ConsoleServer, make_opus
 
 from review.accounts import add_user, ensure_console_login
 from review.app import build_app
@@ -20,7 +20,6 @@ from review.settings import ReviewSettings
 from review.sign_in_limiter import SignInLimiter
 
 CHROMIUM = os.environ.get("REVIEW_TEST_CHROMIUM", "/usr/bin/chromium")
-RA_PASSWORD = "correct horse battery"
 TEST_OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "review"
 
 

@@ -19,6 +19,9 @@ from audio_assets.archive_identity import ArchiveVersion
 from resources.embedded.ports import free_tcp_ports
 from resources.results_db import ClassificationRow, ConvertedFile, TranscriptRow
 
+# Every RA account the tests make signs in with this.
+RA_PASSWORD = "correct horse battery"
+
 # Three timed segments over a 7-second file: enough to see the highlight move and to seek.
 SEGMENTS = [
     {"start": 0.0, "end": 2.0, "text": "first words here"},

@@ -7,8 +7,7 @@ Screenshots of the queue, an item and the stats page go to test-output/review/<t
 from __future__ import annotations
 
 import pytest
-from conftest import RA_PASSWORD
-from review_support import FlaggedItem, seed_flagged
+from review_support import RA_PASSWORD, FlaggedItem, seed_flagged
 
 pytestmark = pytest.mark.integration
 

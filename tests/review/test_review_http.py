@@ -9,8 +9,7 @@ import urllib.parse
 from http.cookies import SimpleCookie
 
 import pytest
-from conftest import RA_PASSWORD
-from review_support import FlaggedItem, http, seed_flagged
+from review_support import RA_PASSWORD, FlaggedItem, http, seed_flagged
 
 
 @pytest.fixture
