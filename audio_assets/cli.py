@@ -26,6 +26,7 @@ def _demo(args: argparse.Namespace) -> int:
         s3_port=args.s3_port,
         postgres_port=args.postgres_port,
         stop_services=args.stop_services,
+        review=args.review,
     )
 
 
@@ -61,6 +62,74 @@ def _requeue(args: argparse.Namespace) -> int:
     )
 
 
+def _review(args: argparse.Namespace) -> int:
+    import os
+
+    from review.server import load_env_file, serve
+    from review.settings import ReviewSettings, SettingsError
+    from review.store import UnsafeDatabaseRole
+
+    env_file = args.env_file
+    if env_file is None and os.environ.get("AUDIO_PIPELINE_ENV", "local") == "local":
+        # After `audio-pipeline demo`, the console's settings are in its state folder.
+        env_file = ".local/review-console.env" if os.path.exists(".local/review-console.env") else None
+    if env_file:
+        load_env_file(env_file, os.environ)
+    try:
+        settings = ReviewSettings.from_environment()
+        print(f"review console on http://{args.host}:{args.port} (Ctrl-C to stop)")
+        serve(settings, host=args.host, port=args.port)
+    except (SettingsError, UnsafeDatabaseRole) as exc:
+        print(f"audio-pipeline review: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _review_user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from audio_assets.operator import configured_resource
+    from review import accounts
+
+    results_db = configured_resource("results_db")
+    try:
+        if args.action == "disable":
+            accounts.disable_user(results_db, args.username)
+            print(f"disabled {args.username}")
+            return 0
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
+        if not args.password_stdin and getpass.getpass("again: ") != password:
+            print("the passwords differ", file=sys.stderr)
+            return 1
+        if args.action == "add":
+            accounts.add_user(results_db, args.username, password)
+        else:
+            accounts.set_password(results_db, args.username, password)
+    except (accounts.AccountError, ValueError) as exc:
+        print(f"audio-pipeline review-user: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.action}: {args.username} done")
+    return 0
+
+
+def _review_db_login(args: argparse.Namespace) -> int:
+    import secrets
+
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    from audio_assets.operator import configured_resource
+    from review.accounts import ensure_console_login
+
+    results_db = configured_resource("results_db")
+    password = secrets.token_urlsafe(24)
+    ensure_console_login(results_db, args.role, password)
+    params = parse_dsn(results_db.connection_string())
+    dsn = make_dsn(**{k: params[k] for k in ("host", "port", "dbname") if k in params}, user=args.role, password=password)
+    # Printed once, for the operator to put in the console's environment file (mode 0600).
+    print(f"REVIEW_DATABASE_DSN={dsn}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audio-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,10 +146,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--s3-port", type=int, default=LOCAL_S3_PORT, help="SeaweedFS S3 port")
     demo.add_argument("--postgres-port", type=int, default=LOCAL_POSTGRES_PORT, help="PostgreSQL port")
     demo.add_argument("--stop-services", action="store_true", help="stop SeaweedFS and PostgreSQL at the end")
+    demo.add_argument("--review", action="store_true", help="then keep the RAs' review console running on 127.0.0.1:8040")
     demo.set_defaults(handler=_demo)
 
     _add_operator_commands(commands)
+    _add_review_commands(commands)
     return parser
+
+
+def _add_review_commands(commands) -> None:
+    from review.server import DEFAULT_HOST, DEFAULT_PORT
+
+    review = commands.add_parser("review", help="run the RAs' review console (web app)")
+    review.add_argument("--host", default=DEFAULT_HOST, help="listen address (keep loopback; put TLS in front)")
+    review.add_argument("--port", type=int, default=DEFAULT_PORT)
+    review.add_argument("--env-file", help="KEY=VALUE file with REVIEW_* settings (default after the demo: "
+                        ".local/review-console.env)")
+    review.set_defaults(handler=_review)
+
+    user = commands.add_parser("review-user", help="add an RA account, set its password, or disable it")
+    user.add_argument("action", choices=["add", "set-password", "disable"])
+    user.add_argument("username")
+    user.add_argument("--password-stdin", action="store_true", help="read the password from stdin (no prompt)")
+    user.set_defaults(handler=_review_user)
+
+    login = commands.add_parser("review-db-login", help="create the console's database login (member of ra_app)")
+    login.add_argument("role", nargs="?", default="review_console")
+    login.set_defaults(handler=_review_db_login)
 
 
 def _add_operator_commands(commands) -> None:

@@ -38,10 +38,23 @@ def daily_summary(
 
 def _report_markdown(summary: dict) -> str:
     lines = ["| metric | value |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in summary.items() if name != "top_errors"]
+    lines += [f"| {name} | {value} |" for name, value in summary.items() if name not in _LISTS]
     lines += ["", "**top errors**", ""]
     lines += [f"- {e['stage']}: {e['error']} ({e['files']} files)" for e in summary["top_errors"]] or ["- none"]
+    # The RAs' decisions of the day (review console): what tuning thresholds and policies needs.
+    lines += ["", "**flag precision (RA decisions of the day)**", ""]
+    lines += [
+        f"- {p['policy']} / {p['classifier_model']}: {p['precision']} over {p['decisions']} decisions"
+        for p in summary["review_precision"]
+    ] or ["- no decisions"]
+    lines += ["", "**agreement on double-coded items (Cohen's kappa)**", ""]
+    lines += [f"- {a['policy']}: {a['kappa']} over {a['items']} items" for a in summary["review_agreement"]] or ["- none yet"]
+    lines += ["", "**decisions per RA**", ""]
+    lines += [f"- {r['username']}: {r['decisions']}" for r in summary["review_decisions_by_ra"]] or ["- none"]
     return "\n".join(lines)
+
+
+_LISTS = ("top_errors", "review_precision", "review_agreement", "review_decisions_by_ra")
 
 
 daily_summary_job = dg.define_asset_job("daily_summary_job", selection=[daily_summary])

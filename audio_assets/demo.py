@@ -43,6 +43,7 @@ def run_demo(
     s3_port: int = LOCAL_S3_PORT,
     postgres_port: int = LOCAL_POSTGRES_PORT,
     stop_services: bool = False,
+    review: bool = False,
 ) -> int:
     started = time.monotonic()
     state = Path(state_dir).resolve()
@@ -50,7 +51,10 @@ def run_demo(
     pg, _ = ensure_postgres(state / "postgres", postgres_port, user=LOCAL_DB_USER, password=LOCAL_DB_PASSWORD)
     print(f"S3 (SeaweedFS) at {s3.endpoint_url}; PostgreSQL at {pg.host}:{pg.port}; data in {state}")
     try:
-        return _run_pipeline(s3, pg, state, ui, timeout_s, started)
+        status = _run_pipeline(s3, pg, state, ui, timeout_s, started)
+        if status == 0:
+            status = _review_console(s3, pg, state, serve_now=review)
+        return status
     finally:
         if stop_services:
             stop_seaweedfs(s3)
@@ -99,6 +103,34 @@ def _run_pipeline(s3: SeaweedS3, pg: LocalPostgres, state: Path, ui: bool, timeo
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def _review_console(s3: SeaweedS3, pg: LocalPostgres, state: Path, serve_now: bool) -> int:
+    """The RAs' review console on the demo's data: its login, settings and a demo RA."""
+    from review.demo import prepare_demo_console
+
+    results_db = ResultsDatabase(dsn=pg.dsn("audio_pipeline"))
+    console = prepare_demo_console(results_db, pg, s3, LOCAL_BUCKET, state)
+    print(
+        f"\nreview console: {console.waiting_items} flagged item(s) wait for review.\n"
+        f"  start it:  .venv/bin/audio-pipeline review   (settings: {console.env_file})\n"
+        f"  open http://127.0.0.1:8040 and sign in as {console.username} / {console.password}\n"
+        f"  (that password is kept in {state / 'review-demo-ra-password'}; add RAs with "
+        "`audio-pipeline review-user add NAME`)"
+    )
+    if not serve_now:
+        return 0
+    from review.server import load_env_file, serve
+    from review.settings import ReviewSettings
+
+    console_env: dict[str, str] = {}
+    load_env_file(str(console.env_file), console_env)
+    print("review console on http://127.0.0.1:8040 (Ctrl-C to stop)")
+    try:
+        serve(ReviewSettings.from_environment({**os.environ, **console_env}))
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def demo_environment(s3: SeaweedS3, pg: LocalPostgres, state: Path) -> dict[str, str]:

@@ -12,7 +12,10 @@ if TYPE_CHECKING:
     from resources.results_db.database import ResultsDatabase
 
 Q = queries("reports")
-_JSON_COLUMNS = ("failed_by_stage", "top_errors", "flagged_by_category")
+_JSON_COLUMNS = (
+    "failed_by_stage", "top_errors", "flagged_by_category",
+    "review_precision", "review_agreement", "review_decisions_by_ra",
+)
 
 
 class Reports:
@@ -34,6 +37,7 @@ class Reports:
             flagged = {r["flag_category"]: r["files"] for r in cur.fetchall()}
             cur.execute(Q.day_mean_confidence, params)
             confidence = cur.fetchone()["mean"]
+            review = _review_figures(cur, params)
             span = float(files["span_hours"] or 0)
             processed = files["files_processed"] + files["files_failed"]
             return {
@@ -48,6 +52,7 @@ class Reports:
                 "audio_hours": round(float(files["audio_hours"]), 4),
                 # Over the span between the day's first and last processed file; None for one instant.
                 "files_per_hour": round(processed / span, 1) if span > 0 else None,
+                **review,
             }
 
         return self.db.transaction(compute, what=f"compute the daily summary of {day}")
@@ -72,3 +77,17 @@ class Reports:
             ("open failures (processing_failures)", Q.open_failures_overview),
         ]
         return [(title, self.db.fetch_all(sql, what=title)) for title, sql in tables]
+
+
+def _review_figures(cur, params: dict) -> dict[str, list[dict[str, Any]]]:
+    """What the RAs decided that day, for whoever tunes thresholds and policies: precision of
+    the flags per policy and model, decisions per RA, and Cohen's kappa on double-coded items."""
+    figures = {}
+    for name, sql in (
+        ("review_precision", Q.day_review_precision),
+        ("review_decisions_by_ra", Q.day_decisions_by_ra),
+        ("review_agreement", Q.review_agreement),
+    ):
+        cur.execute(sql, params)
+        figures[name] = [dict(row) for row in cur.fetchall()]
+    return figures

@@ -38,11 +38,34 @@ SELECT avg(confidence) AS mean
 FROM transcripts
 WHERE created_at >= %(day)s::date AND created_at < %(day)s::date + 1
 
+-- name: day_review_precision
+-- The review console's figures (sql/views/review_console.sql): flags confirmed by the
+-- decisions RAs made that day, per policy and model.
+SELECT policy, classifier_model, decisions, violates, does_not_violate, unsure, precision::float AS precision
+FROM ra_flag_precision
+WHERE day = %(day)s::date
+ORDER BY policy, classifier_model
+
+-- name: day_decisions_by_ra
+SELECT username, decisions, violates, does_not_violate, unsure
+FROM ra_decisions_per_ra
+WHERE day = %(day)s::date
+ORDER BY username
+
+-- name: review_agreement
+-- Cohen's kappa over all double-coded items as of when the report is generated (the
+-- schedule runs at 00:30 UTC, so for the day that just ended).
+SELECT policy, items, observed_agreement::float AS observed_agreement, kappa::float AS kappa
+FROM ra_agreement
+ORDER BY policy
+
 -- name: store_daily_summary
 INSERT INTO daily_summaries (day, archives_processed, files_processed, files_failed, failed_by_stage,
-                             top_errors, flagged_by_category, mean_confidence, audio_hours, files_per_hour)
+                             top_errors, flagged_by_category, mean_confidence, audio_hours, files_per_hour,
+                             review_precision, review_agreement, review_decisions_by_ra)
 VALUES (%(day)s, %(archives_processed)s, %(files_processed)s, %(files_failed)s, %(failed_by_stage)s,
-        %(top_errors)s, %(flagged_by_category)s, %(mean_confidence)s, %(audio_hours)s, %(files_per_hour)s)
+        %(top_errors)s, %(flagged_by_category)s, %(mean_confidence)s, %(audio_hours)s, %(files_per_hour)s,
+        %(review_precision)s, %(review_agreement)s, %(review_decisions_by_ra)s)
 ON CONFLICT (day) DO UPDATE SET
     archives_processed = EXCLUDED.archives_processed,
     files_processed = EXCLUDED.files_processed,
@@ -53,6 +76,9 @@ ON CONFLICT (day) DO UPDATE SET
     mean_confidence = EXCLUDED.mean_confidence,
     audio_hours = EXCLUDED.audio_hours,
     files_per_hour = EXCLUDED.files_per_hour,
+    review_precision = EXCLUDED.review_precision,
+    review_agreement = EXCLUDED.review_agreement,
+    review_decisions_by_ra = EXCLUDED.review_decisions_by_ra,
     generated_at = now()
 
 -- name: archive_progress

@@ -104,8 +104,13 @@ def _run_demo_twice(state: Path) -> None:
     assert first.stdout.count("launched by archive_sensor") == len(sample_members())
     assert "daily_stats" in first.stdout and "classified" in first.stdout
     assert "idiot" in first.stdout  # the flagged sample, printed from ra_queue
+    # The review console is ready for a new user: its login, settings and a demo RA who
+    # would see the flagged sample (counted through the console's own role).
+    assert "review console: 1 flagged item(s) wait for review" in first.stdout
+    assert (state / "review-console.env").exists()
 
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     assert "already there" in second.stdout
     assert "waiting for archive_sensor" not in second.stdout
+    assert "review console: 1 flagged item(s) wait for review" in second.stdout

@@ -16,7 +16,7 @@ from resources.results_db.audio_files import ExistingRow, RowChange, plan_member
 from sql.named_queries import parse_named_queries, queries
 
 SQL_CONCERNS = ["archives", "archive_lock", "audio_files", "failures", "model_outputs", "object_deletions",
-                "reports", "transfers"]
+                "reports", "transfers", "review_accounts", "review_items", "review_stats"]
 
 
 def test_named_queries_are_split_by_name_and_unknown_names_say_where():
