@@ -1,0 +1,161 @@
+"""End-to-end benchmark: one archive of real speech from upload to classified rows, through the
+sensor, the run queue and every asset, against the sum of the bare tools doing the same work.
+
+    PYTHONPATH=. HF_HUB_OFFLINE=1 PYANNOTE_METRICS_ENABLED=false \
+        .venv/bin/python bench/bench_end_to_end.py [--clips 93] [--workers 2]
+
+Inputs (not timed): `--clips` espeak-ng clips of 3-10 s plus the 7 bundled samples (100 files
+by default) in one .tar.gz. Services: SeaweedFS and PostgreSQL on free ports in temp dirs.
+
+* bare tools, in this process, on local files: tar extraction, ffmpeg (the pipeline's binary and
+  settings, libopus 32 kbps mono) over `--workers` threads, bare WhisperX (load_model + per file
+  decode + transcribe, batch 8, language en) on the Opus files, the profanity classifier on
+  the texts. Model load times are included: a run loads its models too.
+* pipeline: `dagster-daemon` with the repository's dagster.yaml on PostgreSQL (tests/
+  daemon_harness.py), embedded defaults (base Whisper, profanity classifier), the sensor
+  polling every 2 s. Timed from the upload to the run's success; per-step times come from the
+  run's event log.
+
+Prints both, the overhead (pipeline / bare - 1) and where the difference goes. No assertion.
+"""
+
+from __future__ import annotations  # noqa: I001 (bench_conversion must come first: it sets sys.path)
+
+import argparse
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dagster as dg
+
+import bench_conversion as conversion  # sets up sys.path for archive_factory and tests/
+from archive_factory import build_tar
+from bench_transcription import load_bare_whisperx, make_espeak_clip, sample_clips
+from daemon_harness import DaemonHarness, PipelineEnvironment
+
+from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
+from audio_assets.audio.opus_convert import convert_to_opus
+from audio_assets.ml.profanity_scorer import ProfanityScorer
+from audio_assets.ml.transcriber import decode_audio_file
+from audio_assets.ml.whisper_models import bundled_whisper_base, default_models_root
+from resources.embedded.postgres import create_database, start_postgres, stop_postgres
+from resources.embedded.seaweedfs import start_seaweedfs, stop_seaweedfs
+from resources.object_store import ObjectStore
+from resources.results_db import ResultsDatabase
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=93)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    pg_dir = Path(tempfile.mkdtemp(prefix="bench-e2e-pg-"))
+    s3 = start_seaweedfs(workdir / "seaweedfs")
+    pg = start_postgres(pg_dir, durable=False)
+    try:
+        clips = [make_espeak_clip(workdir / "clips" / f"clip_{i:03d}.mp3", args.seed * 1000 + i)
+                 for i in range(args.clips)] + sample_clips(workdir)
+        archive = build_tar(workdir / "bench_e2e.tar.gz", [(c.member, c.path) for c in clips], gzip=True)
+        audio_s = sum(c.seconds for c in clips)
+        print(f"{len(clips)} files, {audio_s:.0f} s of speech, archive {archive.stat().st_size / 2**20:.1f} MiB\n")
+
+        bare = bare_tools(archive, workdir / "bare", args.workers)
+        pipeline = through_pipeline(archive, workdir, s3, pg)
+
+        bare_total = sum(bare.values())
+        print("| bare tool | seconds |")
+        print("|---|---:|")
+        for name, seconds in bare.items():
+            print(f"| {name} | {seconds:.1f} |")
+        print(f"| **sum** | **{bare_total:.1f}** |\n")
+        print("| pipeline | seconds |")
+        print("|---|---:|")
+        for name, seconds in pipeline.items():
+            print(f"| {name} | {seconds:.1f} |")
+        total = pipeline["upload → run success"]
+        print(f"\norchestration overhead: {total:.1f} s / {bare_total:.1f} s - 1 = {total / bare_total - 1:+.1%}")
+    finally:
+        stop_seaweedfs(s3)
+        stop_postgres(pg)
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+def bare_tools(archive: Path, workdir: Path, workers: int) -> dict[str, float]:
+    times = {}
+    started = time.perf_counter()
+    with tarfile.open(archive) as tar:
+        tar.extractall(workdir / "mp3", filter="data")
+    mp3s = sorted((workdir / "mp3").rglob("*.mp3"))
+    times["tar extraction"] = time.perf_counter() - started
+
+    ffmpeg = resolve_ffmpeg()
+    opus = [workdir / "opus" / f"{i:04d}.opus" for i in range(len(mp3s))]
+    opus[0].parent.mkdir(parents=True)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda pair: convert_to_opus(pair[0], pair[1], ffmpeg=ffmpeg), zip(mp3s, opus)))
+    times["ffmpeg to Opus"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    model = load_bare_whisperx(bundled_whisper_base(default_models_root()), threads=os.cpu_count() or 1)
+    texts = []
+    for path in opus:
+        result = model.transcribe(decode_audio_file(path), batch_size=8)
+        texts.append(" ".join(s["text"].strip() for s in result["segments"]).strip())
+    times["WhisperX (load + transcribe)"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    ProfanityScorer().score("", texts)
+    times["profanity classifier (load + score)"] = time.perf_counter() - started
+    return times
+
+
+def through_pipeline(archive: Path, workdir: Path, s3, pg) -> dict[str, float]:
+    bucket = f"bench-e2e-{uuid.uuid4().hex[:8]}"
+    store = ObjectStore(endpoint_url=s3.endpoint_url, bucket=bucket, access_key=s3.access_key,
+                        secret_key=s3.secret_key)
+    store.ensure_bucket()
+    results_dsn = create_database(pg, "results")
+    ResultsDatabase(dsn=results_dsn).migrate()
+    environment = PipelineEnvironment(
+        s3_endpoint=s3.endpoint_url, bucket=bucket, access_key=s3.access_key, secret_key=s3.secret_key,
+        results_dsn=results_dsn, scratch_root=workdir / "scratch", models_root=default_models_root(),
+    )
+    with DaemonHarness(workdir / "daemon", pg, environment) as harness:
+        harness.start_daemon()
+        time.sleep(20)  # the daemon and its code server up before the clock starts
+        started = time.perf_counter()
+        store.upload_file(archive, f"archives/{archive.name}")
+        [run] = harness.wait_for_partition_success(archive.name.split(".")[0], timeout_s=3600)[-1:]
+        total = time.perf_counter() - started
+        times = {"upload → run success": total}
+        records = harness.instance.get_run_record_by_id(run.run_id)
+        times["upload → run start (sensor, queue, launch)"] = records.start_time - (time.time() - total)
+        steps = {}
+        for entry in harness.instance.all_logs(run.run_id):
+            if entry.dagster_event is None or entry.step_key is None:
+                continue
+            kind = entry.dagster_event.event_type
+            if kind == dg.DagsterEventType.STEP_START:
+                steps[entry.step_key] = [entry.timestamp, None]
+            elif kind == dg.DagsterEventType.STEP_SUCCESS:
+                steps[entry.step_key][1] = entry.timestamp
+        for step, (start, end) in sorted(steps.items(), key=lambda item: item[1][0]):
+            times[f"step {step}"] = end - start
+        times["run start → end, outside steps"] = (
+            records.end_time - records.start_time - sum(end - start for start, end in steps.values())
+        )
+    return times
+
+
+if __name__ == "__main__":
+    main()
