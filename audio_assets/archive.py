@@ -7,6 +7,7 @@ from audio_assets.archive_access import download, resolve_version, unreadable_ar
 from audio_assets.archive_identity import ArchiveVersion, archives_partitions
 from audio_assets.audio.tar_safety import ArchiveListing, scan_archive
 from audio_assets.settings import ArchiveScanConfig
+from audio_assets.workers.identity import worker_metadata
 from resources.archive_lock import ArchiveLock
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -68,6 +69,7 @@ def raw_archive(
             "removed_files": len(registered.removed),
             "objects_deleted": deleted,
             "rejected": dg.MetadataValue.md(_rejected_markdown(listing)),
+            **worker_metadata(),
         },
     )
 

@@ -10,6 +10,7 @@ from pydantic import Field
 from audio_assets.archive import IO_RETRY
 from audio_assets.archive_identity import archives_partitions
 from audio_assets.gpu_routing import GPU_OP_TAGS, GPU_POOL
+from audio_assets.workers.identity import gpu_worker_metadata
 from resources.archive_lock import ArchiveLock
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ArchiveTable
@@ -71,6 +72,7 @@ def classifications(
             "truncated": truncated,
             "flagged_now_by_category": dg.MetadataValue.json(flagged_by_category),
             "items_per_s": round(scored / max(elapsed, 1e-6), 2),
+            **gpu_worker_metadata(),
         }
     )
 

@@ -27,15 +27,16 @@ from sensors.schedules import archive_catchup_schedule, scratch_sweep_schedule
 def executor_for(environment: str):
     """local: one process per run (small memory, fast start; opus_files parallelises inside).
     production: steps on Celery queues when a broker is configured (GPU steps go to the `gpu`
-    queue that only GPU hosts consume), else one process per step."""
+    queue that only GPU hosts consume, the rest to `cpu`; see audio_assets/workers/), else one
+    process per step."""
     if environment == "local":
         return dg.in_process_executor
     if os.environ.get("DAGSTER_CELERY_BROKER_URL"):
         from dagster_celery import celery_executor
 
-        return celery_executor.configured(
-            {"broker": {"env": "DAGSTER_CELERY_BROKER_URL"}, "backend": {"env": "DAGSTER_CELERY_BACKEND_URL"}}
-        )
+        from audio_assets.workers.settings import executor_config
+
+        return celery_executor.configured(executor_config())
     return dg.multiprocess_executor
 
 

@@ -1,7 +1,7 @@
 """How GPU steps reach GPU capacity, whichever executor runs them.
 
 - dagster-celery: the step goes to the `gpu` queue, which only GPU hosts consume
-  (`dagster-celery worker start -A dagster_celery.app -q gpu`).
+  (`dagster-celery worker start -A audio_assets.workers.celery_app -q gpu`); the rest go to `cpu`.
 - dagster-k8s: the step's pod requests one NVIDIA GPU.
 - any executor: pool "gpu" caps concurrent GPU steps instance-wide
   (`dagster instance concurrency set gpu N`, N = GPUs available).

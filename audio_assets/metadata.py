@@ -10,6 +10,7 @@ from audio_assets.archive_identity import archives_partitions
 from audio_assets.audio.metadata_rows import MetadataFileError, MetadataTable, join_metadata, read_metadata_table
 from audio_assets.audio.tar_safety import ArchiveLimits, iter_archive
 from audio_assets.settings import ArchiveScanConfig
+from audio_assets.workers.identity import worker_metadata
 from resources.archive_lock import ArchiveLock
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -72,6 +73,7 @@ def parquet_metadata(
             "duplicate_meta_ids": len(join.duplicate_meta_ids),
             "ambiguous_stems": len(join.ambiguous_stems),
             "problems": dg.MetadataValue.md(_problems_markdown(join, unreadable)),
+            **worker_metadata(),
         }
     )
 

@@ -17,6 +17,7 @@ from audio_assets.audio.opus_convert import ConversionError, convert_to_opus
 from audio_assets.audio.streaming_conversion import ConversionStream
 from audio_assets.audio.tar_safety import iter_archive
 from audio_assets.settings import OpusConversionConfig
+from audio_assets.workers.identity import worker_metadata
 from resources.archive_lock import ArchiveLock
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -110,6 +111,7 @@ def opus_files(
             "realtime_factor": round(elapsed / audio_s, 4) if audio_s else None,
             "workers": config.workers,
             "failures": dg.MetadataValue.md(_failures_markdown(failed)),
+            **worker_metadata(),
         },
     )
 

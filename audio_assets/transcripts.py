@@ -13,6 +13,7 @@ from audio_assets.archive import IO_RETRY
 from audio_assets.archive_identity import ArchiveVersion, archives_partitions
 from audio_assets.gpu_routing import GPU_OP_TAGS, GPU_POOL
 from audio_assets.ml.transcriber import Transcript
+from audio_assets.workers.identity import gpu_worker_metadata
 from resources.archive_lock import ArchiveLock
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -105,6 +106,7 @@ def transcripts(
             "audio_minutes": round(audio_s / 60, 2),
             "realtime_factor": round((elapsed - load_s) / audio_s, 3) if audio_s else None,
             "model_load_s": round(load_s, 2),
+            **gpu_worker_metadata(),
         },
     )
 

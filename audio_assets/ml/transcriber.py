@@ -86,6 +86,7 @@ class ModelLoadError(RuntimeError):
 _cache: dict[TranscriberSettings, Transcriber] = {}
 _cache_lock = threading.Lock()
 _load_count = 0
+_files_count = 0  # files handed to a model by this process, read by transcribed_files_count()
 
 
 def load_transcriber(settings: TranscriberSettings) -> Transcriber:
@@ -122,6 +123,12 @@ def transcript_model_name(settings: TranscriberSettings) -> str:
 def load_count() -> int:
     """How many models this process has actually loaded."""
     return _load_count
+
+
+def transcribed_files_count() -> int:
+    """How many files this process has handed to a Whisper model: counts model work across
+    steps, e.g. that a step redelivered after a lost worker redoes no committed file."""
+    return _files_count
 
 
 @dataclass
@@ -180,6 +187,8 @@ class Transcriber:
     def transcribe_files(self, paths: Sequence[Path]) -> list[Transcript | TranscriptionError]:
         """Transcripts of `paths`, in the same order; a file that cannot be decoded gets a
         TranscriptionError in its place and the others go on."""
+        global _files_count
+        _files_count += len(paths)
         results: list[Transcript | TranscriptionError | None] = [None] * len(paths)
         clips: list[_Clip] = []
         for index, path in enumerate(paths):

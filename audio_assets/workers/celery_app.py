@@ -1,0 +1,29 @@
+"""The Celery app every worker runs: `dagster-celery worker start -A audio_assets.workers.celery_app`.
+
+It is dagster-celery's own step task (`execute_plan`) on an app built from the same
+settings the run side's celery_executor uses (workers/settings.py), so the two cannot
+drift the way a separate worker YAML could; broker and result backend come from
+DAGSTER_CELERY_BROKER_URL / DAGSTER_CELERY_BACKEND_URL, as on the run side. It also starts
+the message lease (workers/message_lease.py) in the worker's main process.
+"""
+
+import os
+
+from dagster_celery.executor import CeleryExecutor
+from dagster_celery.make_app import make_app
+from dagster_celery.tasks import create_task
+
+from audio_assets.workers import message_lease
+from audio_assets.workers.settings import celery_config_source
+
+app = make_app(
+    CeleryExecutor.for_cli(
+        broker=os.environ["DAGSTER_CELERY_BROKER_URL"],
+        backend=os.environ["DAGSTER_CELERY_BACKEND_URL"],
+        config_source=celery_config_source(),
+    ).app_args()
+)
+
+execute_plan = create_task(app)
+
+message_lease.install(app)

@@ -1,0 +1,110 @@
+"""dagster-celery workers as separate hosts would run them, for the multi-worker tests.
+
+Each worker is `dagster-celery worker start -A audio_assets.workers.celery_app -q QUEUE`
+with --concurrency=1, in its own working directory with its own DAGSTER_HOME (a copy of
+dagster.yaml: the same PostgreSQL instance, no shared files), scratch and models folder,
+and its own process group, so the test can take a whole "host" away with one SIGKILL.
+What the workers share with the daemon is what hosts share: PostgreSQL, S3 and Redis.
+Here the "GPU" workers are CPU processes standing in for GPU hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from daemon_harness import BIN, REPO, DaemonHarness
+
+
+@dataclass
+class CeleryWorker:
+    name: str
+    queue: str
+    workdir: Path
+    process: subprocess.Popen
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "worker.log"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def is_ready(self) -> bool:
+        return f"{self.name}@" in self.log_text() and " ready." in self.log_text()
+
+    def kill_host(self) -> None:
+        """SIGKILL the worker and its pool process at once: the host is gone, nothing is
+        acknowledged or put back on the way out."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+class CeleryCluster:
+    def __init__(self, harness: DaemonHarness, workdir: Path):
+        self.harness = harness
+        self.workdir = workdir
+        self.workers: dict[str, CeleryWorker] = {}
+
+    def start_worker(self, name: str, queue: str) -> CeleryWorker:
+        workdir = self.workdir / name
+        home = workdir / "dagster_home"
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+        env = {
+            **self.harness.env,
+            "DAGSTER_HOME": str(home),
+            "WORKER_NAME": name,
+            "SCRATCH_ROOT": str(workdir / "scratch"),
+            "MODELS_ROOT": str(workdir / "models"),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # dagster-celery runs `celery`
+        }
+        log = (workdir / "worker.log").open("ab")
+        process = subprocess.Popen(
+            [str(BIN / "dagster-celery"), "worker", "start", "-A", "audio_assets.workers.celery_app",
+             "-q", queue, "-n", name, "--", "--concurrency=1"],
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        worker = CeleryWorker(name, queue, workdir, process)
+        self.workers[name] = worker
+        return worker
+
+    def wait_until_ready(self, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(w.is_ready() for w in self.workers.values()):
+                return
+            for worker in self.workers.values():
+                if worker.process.poll() is not None:
+                    raise AssertionError(f"worker {worker.name} exited\n{worker.log_text()[-4000:]}")
+            time.sleep(0.5)
+        raise AssertionError("workers not ready:\n" + "\n".join(w.log_text()[-2000:] for w in self.workers.values()))
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.name}\n{w.log_text()[-3000:]}" for w in self.workers.values())
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            if worker.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.process.pid, signal.SIGTERM)  # warm shutdown
+        for worker in self.workers.values():
+            try:
+                worker.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.process.pid, signal.SIGKILL)
+                worker.process.wait()
+        # A pool process whose parent was killed may linger in its own group: end it by pid.
+        for proc in psutil.process_iter(["environ"]):
+            with contextlib.suppress(psutil.Error):
+                if (proc.info.get("environ") or {}).get("DAGSTER_HOME", "").startswith(str(self.workdir)):
+                    proc.kill()

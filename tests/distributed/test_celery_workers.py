@@ -1,0 +1,326 @@
+"""Steps on dagster-celery workers with Redis, as production runs them on several hosts.
+
+One cluster for the module, every part a separate process with its own working directory:
+Redis (broker and result backend), PostgreSQL (Dagster instance and results), SeaweedFS (S3),
+`dagster-daemon` with the repository's dagster.yaml and AUDIO_PIPELINE_ENV=production (so
+runs use celery_executor and the object-store IO manager), one CPU worker on the `cpu` queue
+and two "GPU" workers on the `gpu` queue. The GPU workers are CPU processes standing in for
+GPU hosts (this machine has no GPU); they run the real Whisper base model.
+
+Measured from the event log: which worker ran each step (its engine event and the step's
+materialization metadata), how often each worker process loaded Whisper, when GPU steps
+started and ended; and from the results database and the workers' own counters, what a
+worker lost mid-`transcripts` cost.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from archive_factory import build_tar, make_parquet, make_speech_mp3
+from celery_cluster import CeleryCluster
+from daemon_harness import BIN, DaemonHarness, PipelineEnvironment
+from pipeline_support import rows
+
+from audio_assets.operator.run_submission import archive_job_submitter
+from audio_assets.workers.settings import CPU_QUEUE, GPU_QUEUE
+from resources.embedded.postgres import create_database
+from resources.embedded.redis import start_redis, stop_redis
+from resources.object_store import ObjectStore
+from resources.results_db import ResultsDatabase
+
+pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
+
+GPU_STEPS = {"transcripts", "classifications"}
+GPU_WORKERS = ("gpu-a", "gpu-b")
+CPU_WORKER = "cpu-1"
+# How long a lost worker's step waits before another worker takes it (production: 300 s). Shorter
+# than the first transcription on each worker (model load included), so test 1 also shows that a
+# live worker's renewals keep a long step from being handed out twice.
+LEASE_S = 10
+
+ARCHIVES = {
+    "batch_w1": ["the weather is lovely today in the park", "we planted tomatoes and beans"],
+    "batch_w2": ["the train to the city leaves at nine", "you are a stupid idiot"],
+    "batch_w3": ["please close the window before you leave", "the library opens at ten"],
+}
+KILL_ARCHIVE = ("batch_wkill", [
+    "the first clip talks about the sea and the boats that sail on it every summer",
+    "the second clip talks about the mountains and the snow that covers them in winter",
+    "the third clip talks about the river that runs through the old town to the sea",
+    "the fourth clip talks about the forest where the deer and the foxes live",
+    "the fifth clip talks about the desert where it hardly ever rains at all",
+])
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One execution of a step, as the event log tells it."""
+
+    run_id: str
+    step: str
+    celery_worker: str  # from dagster-celery's "Executing steps ... in celery worker" event
+    started: float
+    ended: float | None
+    metadata: dict
+
+
+@dataclass
+class Cluster:
+    harness: DaemonHarness
+    workers: CeleryCluster
+    object_store: ObjectStore
+    results_db: ResultsDatabase
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("celery-cluster")
+    redis_server = start_redis(root / "redis")
+    object_store = ObjectStore(endpoint_url=s3_server.endpoint_url, bucket=f"test-{uuid.uuid4().hex[:16]}",
+                               access_key=s3_server.access_key, secret_key=s3_server.secret_key)
+    object_store.ensure_bucket()
+    results_db = ResultsDatabase(dsn=create_database(postgres_server, f"test_{uuid.uuid4().hex[:16]}"))
+    results_db.migrate()
+    pipeline = PipelineEnvironment(
+        object_store.endpoint_url, object_store.bucket, object_store.access_key, object_store.secret_key,
+        results_db.dsn, root / "control" / "scratch", root / "control" / "models",
+        extra=(
+            ("AUDIO_PIPELINE_ENV", "production"),
+            ("DAGSTER_CELERY_BROKER_URL", redis_server.url(0)),
+            ("DAGSTER_CELERY_BACKEND_URL", redis_server.url(1)),
+            ("CELERY_TASK_LEASE_S", str(LEASE_S)),
+            ("WHISPER_BATCH_SIZE", "4"),
+        ),
+    )
+    workers = None
+    try:
+        with DaemonHarness(root / "control", postgres_server, pipeline) as harness:
+            workers = CeleryCluster(harness, root / "hosts")
+            workers.start_worker(CPU_WORKER, CPU_QUEUE)
+            for name in GPU_WORKERS:
+                workers.start_worker(name, GPU_QUEUE)
+            # The documented command: at most one GPU step at a time, instance-wide.
+            subprocess.run([str(BIN / "dagster"), "instance", "concurrency", "set", "gpu", "1"],
+                           env=harness.env, check=True, capture_output=True)
+            workers.wait_until_ready()
+            harness.start_daemon()
+            try:
+                yield Cluster(harness, workers, object_store, results_db)
+            except BaseException:
+                print(harness.daemon_log(), workers.logs())
+                raise
+    finally:
+        if workers is not None:
+            workers.stop()
+        stop_redis(redis_server)
+
+
+def upload_archive(cluster: Cluster, workdir: Path, name: str, sentences: list[str]) -> str:
+    parts = workdir / name
+    members = [(f"clips/{name}_{i}.mp3", make_speech_mp3(parts / f"{i}.mp3", text)) for i, text in enumerate(sentences)]
+    members.append(("meta.parquet", make_parquet(parts / "meta.parquet", [
+        {"meta_id": Path(member).stem, "creator": f"@{name}"} for member, _ in members
+    ])))
+    return cluster.object_store.upload_file(build_tar(workdir / f"{name}.tar.gz", members, gzip=True),
+                                            f"archives/{name}.tar.gz").key
+
+
+def step_records(instance: dg.DagsterInstance, run_id: str) -> list[StepRecord]:
+    """Each execution of each step of the run, in order (a redelivered step has two)."""
+    executions: dict[str, list[dict]] = {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or entry.step_key is None:
+            continue
+        attempts = executions.setdefault(entry.step_key, [])
+        if event.event_type == dg.DagsterEventType.ENGINE_EVENT and "in celery worker" in (event.message or ""):
+            worker = event.engine_event_data.metadata["Celery worker"].value
+            attempts.append({"worker": worker, "started": None, "ended": None, "metadata": {}})
+        elif not attempts:
+            continue
+        elif event.event_type == dg.DagsterEventType.STEP_START:
+            attempts[-1]["started"] = entry.timestamp
+        elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+            attempts[-1]["ended"] = entry.timestamp
+        elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            attempts[-1]["metadata"] = {k: v.value for k, v in entry.asset_materialization.metadata.items()}
+    return [
+        StepRecord(run_id, step, a["worker"].split("@")[0], a["started"], a["ended"], a["metadata"])
+        for step, attempts in executions.items() for a in attempts
+    ]
+
+
+def assert_classified_once(results_db: ResultsDatabase, key: str, members: int) -> None:
+    files = rows(results_db, "SELECT id, status FROM audio_files WHERE archive_source = %s", (key,))
+    assert len(files) == members and {f["status"] for f in files} == {"classified"}, files
+    ids = [f["id"] for f in files]
+    per_file = rows(results_db, """
+        SELECT a.id, (SELECT count(*) FROM transcripts t WHERE t.audio_file_id = a.id) AS transcripts,
+               (SELECT count(*) FROM classifications c WHERE c.audio_file_id = a.id) AS scores
+        FROM audio_files a WHERE a.id = ANY(%s)""", (ids,))
+    assert all(r["transcripts"] == 1 and r["scores"] == 1 for r in per_file), per_file  # 0 duplicates
+
+
+def overlapping(windows: list[tuple[float, float, str]]) -> list[tuple]:
+    ordered = sorted(windows)
+    return [(a, b) for a, b in zip(ordered, ordered[1:]) if b[0] < a[1]]
+
+
+def test_steps_run_on_their_queues_one_gpu_step_at_a_time(cluster, tmp_path, record_outcome):
+    keys = {name: upload_archive(cluster, tmp_path, name, sentences) for name, sentences in ARCHIVES.items()}
+    harness = cluster.harness
+    started = time.monotonic()
+    runs = {name: harness.wait_for_partition_success(name, timeout_s=600)[-1] for name in ARCHIVES}
+    elapsed = time.monotonic() - started
+    records = [r for run in runs.values() for r in step_records(harness.instance, run.run_id)]
+    print(*(f"{r.run_id[:8]} {r.step:40} {r.celery_worker:6} pid={r.metadata.get('worker_pid')} "
+            f"{r.started:.1f}-{r.ended:.1f} whisper_loads={r.metadata.get('whisper_loads_in_process')}"
+            for r in sorted(records, key=lambda r: r.started)), sep="\n")
+
+    # 1. Routing: CPU steps only on the CPU worker, GPU steps only on GPU workers, and the
+    #    step's own metadata (written by the process that ran it) agrees with Celery's.
+    assert {r.step for r in records} >= {"raw_archive", "opus_files", "parquet_metadata", *GPU_STEPS}
+    for record in records:
+        expected = set(GPU_WORKERS) if record.step in GPU_STEPS else {CPU_WORKER}
+        assert record.celery_worker in expected, record
+        if record.metadata:
+            assert record.metadata["worker_name"] == record.celery_worker, record
+    assert all(len(harness.runs(tags={"dagster/partition": n})) == 1 for n in ARCHIVES)  # no retries needed
+    executions = [(r.run_id, r.step) for r in records]
+    assert len(executions) == len(set(executions)), "a step ran twice: a live worker's message was redelivered"
+
+    # Whisper is loaded once per GPU worker process, however many partitions it transcribes.
+    transcribed = [r for r in records if r.step == "transcripts"]
+    by_process: dict[tuple[str, int], list[int]] = {}
+    for r in transcribed:
+        by_process.setdefault((r.celery_worker, r.metadata["worker_pid"]), []).append(r.metadata["whisper_loads_in_process"])
+    assert len(transcribed) == len(ARCHIVES) and len(by_process) <= len(GPU_WORKERS), by_process
+    assert all(loads == [1] * len(loads) for loads in by_process.values()), by_process
+    assert max(len(v) for v in by_process.values()) >= 2  # three partitions, two processes: one load served several
+
+    # 2. GPU capacity: with pool gpu = 1, no two GPU steps overlapped, although the three runs
+    #    were in flight together and two GPU workers were idle and waiting.
+    windows = [(r.started, r.ended, f"{r.step}@{r.celery_worker}") for r in records if r.step in GPU_STEPS]
+    assert len(windows) == 2 * len(ARCHIVES) and all(s and e for s, e, _ in windows)
+    assert overlapping(windows) == []
+    run_spans = [(min(r.started for r in records if r.run_id == run.run_id),
+                  max(r.ended for r in records if r.run_id == run.run_id), run.run_id) for run in runs.values()]
+    assert overlapping(run_spans), "the runs never overlapped: the pool limit was not exercised"
+
+    for name, key in keys.items():
+        assert_classified_once(cluster.results_db, key, members=len(ARCHIVES[name]))
+    table = ", ".join(sorted({f"{r.step}->{r.celery_worker}" for r in records}))
+    loads = ", ".join(f"{w} pid {pid}: {len(v)} partition(s), {max(v)} load" for (w, pid), v in sorted(by_process.items()))
+    longest = max(r.ended - r.started for r in records)
+    record_outcome(
+        f"3 archives on Celery: 1 CPU worker, 2 GPU workers, pool gpu=1 ({elapsed:.0f} s)",
+        f"steps: {table}; Whisper loads: {loads}; GPU step windows overlapping: 0 of {len(windows)}; "
+        f"longest step {longest:.0f} s vs lease {LEASE_S} s, each step executed once",
+    )
+
+
+def test_gpu_worker_killed_during_transcripts_step_is_redelivered(cluster, tmp_path, record_outcome):
+    harness, results_db = cluster.harness, cluster.results_db
+    # This run gets one file per transcription chunk (so the kill lands between commits), so it
+    # is submitted by hand, like `audio-pipeline requeue`: the sensor must not launch its own.
+    stop_sensor(harness.instance, "archive_sensor")
+    name, sentences = KILL_ARCHIVE
+    run = _submit_archive(cluster, tmp_path, name, sentences, {"ops": {"transcripts": {"config": {"files_per_chunk": 1}}}})
+    key, partition = f"archives/{name}.tar.gz", run.tags["dagster/partition"]
+    harness.wait_until(lambda: any("transcribed 1/" in m for m in harness.log_messages(run.run_id)), 600,
+                       "a first transcript committed", 0.2)
+
+    (attempt,) = [r for r in step_records(harness.instance, run.run_id) if r.step == "transcripts"]
+    victim = cluster.workers.workers[attempt.celery_worker]
+    victim.kill_host()
+    killed_at = time.time()
+    time.sleep(1)  # a commit the worker sent just before dying lands (or not) before we count
+    committed = {r["audio_file_id"] for r in rows(results_db, "SELECT audio_file_id FROM transcripts")
+                 if r["audio_file_id"] in _file_ids(results_db, key)}
+    runs = harness.wait_for_partition_success(partition, timeout_s=600)
+
+    attempts = [r for r in step_records(harness.instance, run.run_id) if r.step == "transcripts"]
+    survivor = attempts[-1]
+    assert [r.run_id for r in runs] == [run.run_id], "completed in the same run: no run retry, no sensor run"
+    assert len(attempts) == 2 and survivor.celery_worker != victim.name and survivor.celery_worker in GPU_WORKERS
+    assert 1 <= len(committed) < len(sentences)
+    meta = survivor.metadata
+    # Files committed before the kill were skipped, and the survivor's model saw only the rest:
+    # its process counter of files handed to Whisper grew by exactly what was left to do.
+    assert meta["already_transcribed"] == len(committed)
+    assert meta["transcribed_now"] == len(sentences) - len(committed)
+    before = _files_transcribed_before(harness, survivor)
+    assert meta["whisper_files_in_process"] - before == len(sentences) - len(committed)
+    assert meta["whisper_loads_in_process"] == 1
+    assert_classified_once(results_db, key, members=len(sentences))
+    recovered_s = survivor.started - killed_at
+    assert recovered_s < LEASE_S + 30
+
+    # The survivor goes on with the next archive on the model it loaded when it took over.
+    next_run = _submit_archive(cluster, tmp_path, "batch_wnext", ARCHIVES["batch_w1"])
+    harness.wait_for_partition_success(next_run.tags["dagster/partition"], timeout_s=600)
+    (following,) = [r for r in step_records(harness.instance, next_run.run_id) if r.step == "transcripts"]
+    assert following.celery_worker == survivor.celery_worker
+    assert following.metadata["worker_pid"] == meta["worker_pid"] and following.metadata["whisper_loads_in_process"] == 1
+    loads = _whisper_loads_by_process(harness)
+    assert all(set(v) == {1} for v in loads.values()), loads  # across the whole module: one load per process
+
+    record_outcome(
+        f"GPU worker {victim.name} SIGKILLed (worker + pool process) during `transcripts`, "
+        f"after {len(committed)} of {len(sentences)} files committed",
+        f"step redelivered by Redis to {survivor.celery_worker} {recovered_s:.0f} s after the kill (lease {LEASE_S} s), "
+        f"same run, no retry; files redone: 0 ({meta['transcribed_now']} transcribed, {meta['already_transcribed']} "
+        f"skipped); 0 duplicate rows; Whisper loads per worker process over the module: "
+        + ", ".join(f"{w} pid {pid}: {len(v)} partition(s), 1 load" for (w, pid), v in sorted(loads.items())),
+    )
+
+
+def _submit_archive(cluster: Cluster, workdir: Path, name: str, sentences: list[str], run_config=None) -> dg.DagsterRun:
+    """Upload an archive and queue its run by hand (the sensor is stopped), as requeue does."""
+    key = upload_archive(cluster, workdir, name, sentences)
+    partition = cluster.results_db.archives.partitions_for([key])[key]
+    cluster.harness.instance.add_dynamic_partitions("archives", [partition])
+    with archive_job_submitter(cluster.harness.instance) as submit:
+        return submit({"dagster/partition": partition}, run_config)
+
+
+def _whisper_loads_by_process(harness: DaemonHarness) -> dict[tuple[str, int], list[int]]:
+    """{(worker, pid): whisper loads reported by each transcripts step it completed}."""
+    loads: dict[tuple[str, int], list[int]] = {}
+    for run in harness.runs():
+        for r in step_records(harness.instance, run.run_id):
+            if r.step == "transcripts" and r.metadata:
+                loads.setdefault((r.celery_worker, r.metadata["worker_pid"]), []).append(r.metadata["whisper_loads_in_process"])
+    return loads
+
+
+def stop_sensor(instance: dg.DagsterInstance, name: str) -> None:
+    """What the UI's toggle does: the daemon's stored state of the sensor, set to STOPPED."""
+    from dagster._core.scheduler.instigation import InstigatorStatus
+
+    (state,) = [s for s in instance.all_instigator_state() if s.instigator_name == name]
+    instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))
+
+
+def _file_ids(results_db: ResultsDatabase, key: str) -> set[int]:
+    return {r["id"] for r in rows(results_db, "SELECT id FROM audio_files WHERE archive_source = %s", (key,))}
+
+
+def _files_transcribed_before(harness: DaemonHarness, survivor: StepRecord) -> int:
+    """The survivor process's Whisper file counter at its previous transcripts step (0 if none)."""
+    earlier = [
+        r.metadata["whisper_files_in_process"]
+        for run in harness.runs()
+        for r in step_records(harness.instance, run.run_id)
+        if r.step == "transcripts" and r.metadata and r is not survivor and r.run_id != survivor.run_id
+        and r.metadata["worker_pid"] == survivor.metadata["worker_pid"]
+    ]
+    return max(earlier, default=0)

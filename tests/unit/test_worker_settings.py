@@ -1,0 +1,41 @@
+"""The run side (celery_executor) and the workers' Celery app are built from one set of settings."""
+
+from __future__ import annotations
+
+import importlib
+
+BROKER, BACKEND = "redis://127.0.0.1:6399/0", "redis://127.0.0.1:6399/1"
+
+
+def _worker_app(monkeypatch):
+    monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", BROKER)
+    monkeypatch.setenv("DAGSTER_CELERY_BACKEND_URL", BACKEND)
+    monkeypatch.setenv("CELERY_TASK_LEASE_S", "40")
+    import audio_assets.workers.celery_app as module
+
+    return importlib.reload(module).app
+
+
+def test_workers_ack_late_and_take_one_step_at_a_time(monkeypatch):
+    conf = _worker_app(monkeypatch).conf
+    assert (conf.broker_url, conf.result_backend) == (BROKER, BACKEND)
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] == 40
+    assert conf.broker_transport_options["unacked_restore_interval"] == 10
+
+
+def test_the_workers_app_runs_dagster_celerys_step_task(monkeypatch):
+    from dagster_celery.config import TASK_EXECUTE_PLAN_NAME
+
+    assert TASK_EXECUTE_PLAN_NAME in _worker_app(monkeypatch).tasks
+
+
+def test_the_run_side_uses_the_same_settings_and_sends_untagged_steps_to_cpu(monkeypatch):
+    from audio_assets.definitions import executor_for
+    from audio_assets.workers.settings import celery_config_source, executor_config
+
+    conf = _worker_app(monkeypatch).conf
+    assert executor_for("production").name == "celery"
+    source = executor_config()["config_source"]
+    assert source == celery_config_source() and source["task_default_queue"] == "cpu"
+    assert all(conf[name] == value for name, value in source.items())
