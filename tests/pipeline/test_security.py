@@ -12,6 +12,7 @@ import pytest
 from audio_assets.archive_identity import ArchiveVersion
 from audio_assets.definitions import build_definitions
 from pipeline_support import rows
+from db_privileges import assert_each_refused
 from resources.environments import resources_for
 from resources.results_db import ClassificationRow, ConvertedFile, TranscriptRow
 
@@ -52,15 +53,12 @@ def _seed_flagged_and_hidden(results_db) -> None:
 
 
 def test_ra_reader_cannot_create_objects_or_temporary_functions(results_db, ra_login):
-    for statement in (
+    assert_each_refused(ra_login, [
         "CREATE TABLE public.stolen (x text)",
         "CREATE TEMP TABLE stolen (x text)",
         "CREATE FUNCTION pg_temp.leak(text) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
         "CREATE FUNCTION public.leak(text) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
-    ):
-        with psycopg2.connect(ra_login) as conn, conn.cursor() as cur:
-            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-                cur.execute(statement)
+    ])
 
 
 def test_a_leaky_function_sees_only_what_the_view_shows(results_db, ra_login):

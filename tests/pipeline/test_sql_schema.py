@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import psycopg2
 import pytest
 from pipeline_support import rows
+from db_privileges import assert_each_refused
 
 from audio_assets.archive_identity import ArchiveVersion
 from resources.results_db import ClassificationRow, ConvertedFile, ResultsDatabase, TranscriptRow
@@ -90,13 +91,10 @@ def test_ra_reader_reads_views_and_nothing_else(results_db, ra_login):
         assert cur.fetchone()[0] == 1
         cur.execute("SELECT count(*) FROM daily_stats")
         assert cur.fetchone()[0] >= 1
-    for statement in (
+    assert_each_refused(ra_login, [
         "SELECT * FROM audio_files",
         "SELECT * FROM transcripts",
         "SELECT * FROM archives",
         "INSERT INTO classifications (audio_file_id, flag_category, model, flagged) VALUES (1, 'x', 'y', true)",
         "UPDATE audio_files SET status = 'failed'",
-    ):
-        with psycopg2.connect(ra_login) as conn, conn.cursor() as cur:
-            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
-                cur.execute(statement)
+    ])
