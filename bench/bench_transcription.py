@@ -57,7 +57,7 @@ import resources.manifest_io as manifest_io_module
 from audio_assets.definitions import build_definitions
 from audio_assets.ml.transcriber import TranscriberSettings, decode_audio_file, load_transcriber
 from audio_assets.ml.wer import corpus_word_error_rate, normalize_words
-from audio_assets.ml.whisper_models import bundled_whisper_base, default_models_root
+from audio_assets.ml.whisper_models import bundled_whisper_base, default_models_root, resolve_whisper_model
 from pipeline_support import ArchiveRunner, pipeline_resources
 from resources.archive_lock import ArchiveLock
 from resources.classifier import PolicyClassifier
@@ -139,11 +139,12 @@ class Sample:
     step_metadata: dict[str, object] = field(default_factory=dict)
 
 
-def load_bare_whisperx(model_dir: Path, threads: int):
+def load_bare_whisperx(model_dir: Path, threads: int, device: str = "cpu"):
     import whisperx
 
     return whisperx.load_model(
-        str(model_dir), device="cpu", compute_type="int8", vad_method="pyannote", language="en", threads=threads
+        str(model_dir), device=device, compute_type="float16" if device == "cuda" else "int8",
+        vad_method="pyannote", language="en", threads=threads,
     )
 
 
@@ -429,7 +430,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=20, help="espeak-ng clips, besides the 7 samples (default 20)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each method; the median is reported")
-    parser.add_argument("--batch-size", type=int, default=8, help="WhisperX batch_size for both (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="WhisperX batch_size for both (default 8; 0 = the pipeline's auto)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: float16 on the GPU, batch-size sweep only (no S3/DB), audio-s/s and real-time factor")
+    parser.add_argument("--model", default="base-bundled", help="base-bundled, or a name under MODELS_ROOT / a CTranslate2 dir (e.g. large-v2)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: cores)")
     parser.add_argument("--seed", type=int, default=2, help="seed of the clip texts")
     parser.add_argument("--no-profile", action="store_true", help="skip the instrumented runs")
@@ -466,6 +470,8 @@ def main() -> None:
         return
     workdir = Path(tempfile.mkdtemp(prefix="bench-transcription-"))
     try:
+        if args.device == "cuda" and not args.sweep:
+            args.sweep = [args.batch_size]  # no services on a GPU host: the no-I/O comparison
         (run_sweep if args.sweep else run_bench)(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -474,10 +480,13 @@ def main() -> None:
 def bench_settings(args: argparse.Namespace) -> tuple[TranscriberSettings, Path]:
     models_root = Path(os.environ.get("MODELS_ROOT") or default_models_root())  # assembled once, reused
     settings = TranscriberSettings(
-        model="base-bundled", models_root=str(models_root), device="cpu", compute_type="int8",
+        model=args.model, models_root=str(models_root), device=args.device,
+        compute_type="float16" if args.device == "cuda" else "int8",
         batch_size=args.batch_size, language="en", threads=args.threads,
     )
-    return settings, bundled_whisper_base(models_root)
+    if args.model == "base-bundled":
+        return settings, bundled_whisper_base(models_root)
+    return settings, Path(resolve_whisper_model(args.model, models_root))
 
 
 def run_sweep(args: argparse.Namespace, workdir: Path) -> None:
@@ -486,17 +495,18 @@ def run_sweep(args: argparse.Namespace, workdir: Path) -> None:
     collector's share of decoding (see gc_probe) is out of both."""
     _, clips = build_inputs(workdir, args.clips, args.seed)
     settings, model_dir = bench_settings(args)
-    bare_model = load_bare_whisperx(model_dir, args.threads)
+    bare_model = load_bare_whisperx(model_dir, args.threads, args.device)
     models = {b: load_transcriber(dataclasses.replace(settings, batch_size=b)) for b in args.sweep}
-    bare_transcribe(bare_model, clips[:2], args.batch_size)
+    bare_batch = args.batch_size or next(iter(models.values())).batch_size
+    bare_transcribe(bare_model, clips[:2], bare_batch)
     for model in models.values():
         module_transcribe(model, clips[:2])
     gc.freeze()
     meter = conversion.CpuMeter(None, None)
     methods = {
-        "bare WhisperX": lambda: timed(meter, lambda: bare_transcribe(bare_model, clips, args.batch_size)),
-        **{f"transcribe_files, batch_size={b}": (lambda m=m: timed(meter, lambda: module_transcribe(m, clips)))
-           for b, m in models.items()},
+        "bare WhisperX": lambda: timed(meter, lambda: bare_transcribe(bare_model, clips, bare_batch)),
+        **{f"transcribe_files, batch_size={m.batch_size}": (lambda m=m: timed(meter, lambda: module_transcribe(m, clips)))
+           for m in models.values()},
     }
     print(f"{len(clips)} files, {sum(c.seconds for c in clips):.1f} s of audio; "
           f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -505,13 +515,15 @@ def run_sweep(args: argparse.Namespace, workdir: Path) -> None:
     base = median_sample(results["bare WhisperX"])
     base_cpu = statistics.median(s.cpu_s["python"] for s in results["bare WhisperX"])
     print(f"\nbatch-size sweep, no I/O, after gc.freeze(); median of {args.repeats} runs")
-    print("| method | seconds | audio-s per s | ratio vs bare | ratio per repeat (median) | CPU s | CPU ratio vs bare |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"device {args.device}, model {args.model}")
+    print("| method | seconds | audio-s per s | real-time factor | ratio vs bare | ratio per repeat (median) | CPU s | CPU ratio vs bare |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, samples in results.items():
         seconds = median_sample(samples).seconds
         paired = statistics.median(b.seconds / m.seconds for b, m in zip(results["bare WhisperX"], samples))
         cpu = statistics.median(s.cpu_s["python"] for s in samples)
-        print(f"| {name} | {seconds:.2f} | {audio_s / seconds:.2f} | {base.seconds / seconds:.2f} | {paired:.2f} | {cpu:.2f} | {base_cpu / cpu:.2f} |")
+        print(f"| {name} | {seconds:.2f} | {audio_s / seconds:.2f} | {seconds / audio_s:.3f} | {base.seconds / seconds:.2f} | "
+              f"{paired:.2f} | {cpu:.2f} | {base_cpu / cpu:.2f} |")
     encoder_per_window(next(iter(models.values())), clips, args.repeats)
 
 

@@ -126,7 +126,7 @@ def _models(whisper: str, backend: str) -> dict[str, Any]:
     transcriber = WhisperTranscriber(
         model=env("WHISPER_MODEL", whisper),
         models_root=models_root,
-        batch_size=int(env("WHISPER_BATCH_SIZE", "8")),
+        batch_size=int(env("WHISPER_BATCH_SIZE", "0")),
         language=env("WHISPER_LANGUAGE") or None,
     )
     classifier = PolicyClassifier(

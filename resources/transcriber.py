@@ -15,7 +15,9 @@ class WhisperTranscriber(dg.ConfigurableResource):
     models_root: str | None = Field(default=None, description="Where named models and assembled ones live")
     device: str = Field(default="auto", description="auto | cpu | cuda")
     compute_type: str = Field(default="auto", description="auto: float16 on GPU, int8 on CPU")
-    batch_size: int = Field(default=8, description="Speech segments per forward pass, across files")
+    batch_size: int = Field(
+        default=0, description="Speech segments per forward pass, across files; 0 = 8 on CPU, from free memory on CUDA"
+    )
     language: str | None = Field(default=None, description="Fixed language code, or None to detect per file")
     threads: int = Field(default=0, description="CPU threads; 0 = all cores")
     align: bool = Field(default=False, description="Word alignment (needs a local alignment model)")

@@ -41,6 +41,11 @@ def build_prompt(policy: str, content: str) -> str:
     return COPE_TEMPLATE.format(policy=policy, content=content)
 
 
+def prompt_head(policy: str) -> str:
+    """The prompt up to where the content starts: the same for every content under `policy`."""
+    return COPE_TEMPLATE[: COPE_TEMPLATE.index("{content}")].format(policy=policy)
+
+
 def prompt_token_count(tokenizer: Any, prompt: str) -> int:
     """Tokens the model sees for `prompt`, special tokens (Gemma's <bos>) included."""
     return len(tokenizer(prompt, add_special_tokens=True)["input_ids"])

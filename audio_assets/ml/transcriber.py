@@ -43,7 +43,7 @@ class TranscriberSettings:
     models_root: str | None = None
     device: str = "auto"  # auto → cuda if available, else cpu
     compute_type: str = "auto"  # auto → float16 on cuda, int8 on cpu
-    batch_size: int = 8  # speech segments per forward pass, across files
+    batch_size: int = 0  # speech segments per forward pass, across files; 0 = auto (whisper_batch_size)
     language: str | None = None  # None → detect per file
     threads: int = 0  # 0 → os.cpu_count()
     vad_method: str = "pyannote"  # its weights ship inside whisperx; silero would need torch.hub
@@ -154,6 +154,7 @@ class Transcriber:
         self.decode_batches = 0
         self.language_batches = 0
         self.load_seconds = self._load()
+        self.batch_size = whisper_batch_size(settings.batch_size, self.device, _free_gpu_bytes(self.device))
         self._tokenizers: dict[str, object] = {}
         self._aligner = load_word_aligner(settings, self.device)
         self.model_name = self._describe()
@@ -232,7 +233,7 @@ class Transcriber:
         """Every speech chunk of `clips`, batch_size chunks per forward pass whichever file they
         come from, each in its own 30-s window; results go back onto their clip in order."""
         pieces = [(clip, span) for clip in clips for span in clip.spans]
-        for batch in _batches(pieces, self.settings.batch_size):
+        for batch in _batches(pieces, self.batch_size):
             features = self._features([_window(c.audio, s["start"], s["end"]) for c, s in batch])
             encoded = self._whisper.encode(features)
             self._detect_languages([clip for clip, _ in batch], encoded)
@@ -389,6 +390,32 @@ def _alignment_unavailable(model_path: str | None) -> str | None:
     except LookupError:
         return "nltk data 'punkt_tab' is not installed"
     return None
+
+
+# GPU memory one more 30-s window in a batch takes, large-v2 in float16: faster-whisper's own
+# benchmark measured 4,525 MB at batch 1 and 6,090 MB at batch 8, i.e. ~220 MB per window.
+GPU_BYTES_PER_WINDOW = 256 << 20
+CPU_BATCH = 8  # on 2 CPU threads a batch of padded windows runs no faster than one at a time
+MAX_GPU_BATCH = 32
+
+
+def whisper_batch_size(setting: int, device: str, free_gpu_bytes: int | None) -> int:
+    """Speech windows per forward pass: the setting when given; on CPU 8; on CUDA as many as a
+    quarter of the GPU memory left free after loading takes (the rest stays for CoPE-A, which
+    the same worker process loads next), up to 32."""
+    if setting > 0:
+        return setting
+    if device != "cuda" or not free_gpu_bytes:
+        return CPU_BATCH
+    return max(1, min(MAX_GPU_BATCH, free_gpu_bytes // 4 // GPU_BYTES_PER_WINDOW))
+
+
+def _free_gpu_bytes(device: str) -> int | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.mem_get_info()[0]
 
 
 def _pick_device(device: str) -> str:

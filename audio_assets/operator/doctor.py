@@ -192,6 +192,22 @@ def check_gpu(settings: DoctorSettings, resources: ResolvedResources) -> CheckRe
     return CheckResult("gpu", "ok", f"{torch.cuda.get_device_name(0)} ({count} device(s), CUDA {torch.version.cuda})")
 
 
+def check_whisper_gpu(settings: DoctorSettings, resources: ResolvedResources) -> CheckResult:
+    """CTranslate2's first float16 product on every visible GPU: it needs CUDA 12's cuBLAS and
+    cuDNN 9, which a CUDA-13-only host lacks, and would otherwise fail at the first file."""
+    if importlib.util.find_spec("ctranslate2") is None:
+        return CheckResult("whisper-gpu", "skip", "ctranslate2 not installed")
+    from audio_assets.ml.ctranslate2_check import check_ctranslate2_gpus
+
+    results = check_ctranslate2_gpus()
+    if not results:
+        return CheckResult("whisper-gpu", "skip", "no CUDA device visible to CTranslate2 (CPU only)")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        return CheckResult("whisper-gpu", "fail", "; ".join(f"cuda:{r.device_index} {r.detail}" for r in failed))
+    return CheckResult("whisper-gpu", "ok", f"float16 products on {len(results)} GPU(s)")
+
+
 def check_scratch(settings: DoctorSettings, resources: ResolvedResources) -> CheckResult:
     root = Path(resources("scratch").root).expanduser()
     existing = next(p for p in (root, *root.parents) if p.exists())  # the root may not exist yet
@@ -225,6 +241,7 @@ CHECKS: list[tuple[str, Callable[[DoctorSettings, ResolvedResources], CheckResul
     ("whisper", check_whisper, False),
     ("classifier", check_classifier, False),
     ("gpu", check_gpu, False),
+    ("whisper-gpu", check_whisper_gpu, False),
     ("scratch", check_scratch, False),
     ("redis", check_redis, True),
 ]

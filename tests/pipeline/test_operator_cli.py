@@ -75,6 +75,7 @@ def test_doctor_passes_on_working_services(pipeline_env, object_store, capsys):
     assert checks["whisper"].startswith("[ ok ] whisper: base-bundled")
     assert checks["classifier"].startswith("[ ok ] classifier: profanity")
     assert checks["gpu"].startswith(("[ ok ] gpu:", "[warn] gpu: none (CPU only)"))  # reported, never required
+    assert checks["whisper-gpu"].startswith(("[ ok ] whisper-gpu:", "[skip] whisper-gpu: no CUDA device"))
     assert checks["scratch"].startswith("[ ok ] scratch:")
     assert checks["redis"].startswith("[skip] redis: no Celery broker")
     assert list(object_store.iter_objects("dagster/doctor/")) == []  # the probe object is gone

@@ -20,10 +20,13 @@ from audio_assets.ml.cope_prompt import (
     prompt_token_count,
 )
 from audio_assets.ml.cope_scorer import (
+    SOFTCAP_ATTENTION,
     CopeSettings,
     answer_token_ids,
+    bucket_width,
     load_cope_scorer,
     load_count,
+    plan_batches,
 )
 from audio_assets.ml.scoring import PolicyScore
 
@@ -61,8 +64,11 @@ def tokenizer(tiny_cope: tuple[Path, Path]):
 
 @pytest.fixture(scope="module")
 def one_at_a_time(settings: CopeSettings) -> list[float]:
-    """Reference scores: each content alone, no padding, no prefix cache."""
-    scorer = load_cope_scorer(replace(settings, batch_size=1, prefix_cache=False))
+    """Reference scores as the model card computes them: each content alone, no padding, no
+    prefix cache, the adapter unmerged, eager attention."""
+    scorer = load_cope_scorer(
+        replace(settings, max_batch_rows=1, prefix_cache=False, merge_adapter=False, attn_implementation="eager")
+    )
     return [scorer.score(POLICY, [content])[0].score for content in CONTENTS]
 
 
@@ -122,12 +128,100 @@ def test_reference_scores_differ_between_contents(one_at_a_time):
     assert max(one_at_a_time) - min(one_at_a_time) > 1e-2
 
 
+def test_reference_is_the_models_own_last_logits(tiny_cope, tokenizer, one_at_a_time):
+    # Independent of the scorer's code: the full PEFT model's logits at the prompt's last token.
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base, adapter = tiny_cope
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager"), adapter)
+    zero, one = answer_token_ids(tokenizer)
+    for content, expected in zip(CONTENTS[:3], one_at_a_time):
+        ids = tokenizer(build_prompt(POLICY, content), return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = model.eval()(ids).logits[0, -1, [zero, one]].float()
+        assert torch.softmax(logits, -1)[1].item() == pytest.approx(expected, abs=1e-5)
+
+
 @pytest.mark.parametrize("prefix_cache", [False, True], ids=["padded", "prefix-cache"])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_batched_scores_equal_one_at_a_time(settings, one_at_a_time, padding_side, prefix_cache):
-    scorer = load_cope_scorer(replace(settings, batch_size=4, padding_side=padding_side, prefix_cache=prefix_cache))
+@pytest.mark.parametrize("stable_shapes", [False, True], ids=["sorted", "stable-shapes"])
+def test_batched_scores_equal_one_at_a_time(settings, one_at_a_time, padding_side, prefix_cache, stable_shapes):
+    scorer = load_cope_scorer(
+        replace(settings, max_batch_rows=4, padding_side=padding_side, prefix_cache=prefix_cache, stable_shapes=stable_shapes)
+    )
     batched = [s.score for s in scorer.score(POLICY, CONTENTS)]
-    assert batched == pytest.approx(one_at_a_time, abs=1e-4)
+    assert batched == pytest.approx(one_at_a_time, abs=1e-5)
+
+
+# --- speed settings keep the scores ---------------------------------------------------------
+
+
+def test_merged_adapter_scores_like_the_unmerged_one(settings, one_at_a_time):
+    merged = load_cope_scorer(replace(settings, merge_adapter=True, attn_implementation="eager"))
+    assert not hasattr(merged.model, "peft_config")  # really merged: a plain transformers model
+    assert [s.score for s in merged.score(POLICY, CONTENTS)] == pytest.approx(one_at_a_time, abs=1e-5)
+
+
+def test_softcap_attention_scores_like_eager(settings, one_at_a_time):
+    fast = load_cope_scorer(replace(settings, attn_implementation="auto"))
+    assert fast.model.config._attn_implementation == SOFTCAP_ATTENTION
+    assert [s.score for s in fast.score(POLICY, CONTENTS)] == pytest.approx(one_at_a_time, abs=1e-5)
+
+
+def test_softcap_attention_keeps_the_soft_cap(settings):
+    # With the cap switched off the scores must move, or the test above would not see a dropped cap.
+    capped = load_cope_scorer(replace(settings, max_tokens=8191))  # a key of its own: a fresh model
+    uncapped = load_cope_scorer(replace(settings, max_tokens=8190))
+    uncapped.model.config.attn_logit_softcapping = None
+    for layer in uncapped.model.model.layers:
+        layer.self_attn.attn_logit_softcapping = None
+    a = [s.score for s in capped.score(POLICY, CONTENTS)]
+    b = [s.score for s in uncapped.score(POLICY, CONTENTS)]
+    assert max(abs(x - y) for x, y in zip(a, b)) > 1e-4
+
+
+def test_sdpa_which_drops_the_soft_cap_is_refused(settings):
+    with pytest.raises(ValueError, match="soft-capping"):
+        load_cope_scorer(replace(settings, attn_implementation="sdpa"))
+
+
+# --- stable scores ------------------------------------------------------------------------
+
+
+def test_a_score_does_not_depend_on_its_neighbours(settings):
+    # Small batches and buckets, so the item lands in batches of different company and size.
+    scorer = load_cope_scorer(replace(settings, batch_tokens=96, bucket_tokens=16))
+    item = CONTENTS[2]
+    alone = scorer.score(POLICY, [item])[0].score
+    for k in range(len(CONTENTS)):
+        company = CONTENTS[:k] + [item] + CONTENTS[k:]
+        assert scorer.score(POLICY, company)[k].score == alone  # bitwise, not approximately
+    shuffled = CONTENTS[::-1] + [item, item]
+    assert scorer.score(POLICY, shuffled)[-1].score == alone
+
+
+def test_stable_shapes_depend_on_the_item_only():
+    rows_for = lambda width: max(1, 100 // width)  # noqa: E731
+    lengths = [5, 17, 33, 12, 40, 7, 16, 90, 3]
+    shapes = {}
+    for batch in plan_batches(lengths, rows_for, bucket_tokens=16, stable_shapes=True):
+        assert batch.rows == rows_for(batch.width) >= len(batch.items)
+        for i in batch.items:
+            shapes[i] = (batch.width, batch.rows)
+            assert batch.width == bucket_width(lengths[i], 16) >= lengths[i]
+    assert sorted(shapes) == list(range(len(lengths)))
+    for i, length in enumerate(lengths):  # alone, an item gets the same shapes
+        (alone,) = plan_batches([length], rows_for, bucket_tokens=16, stable_shapes=True)
+        assert (alone.width, alone.rows) == shapes[i]
+
+
+def test_token_budget_sizes_batches_without_stable_shapes():
+    lengths = [10, 10, 10, 30, 30, 50]
+    batches = plan_batches(lengths, lambda width: 60 // width, bucket_tokens=16, stable_shapes=False)
+    assert [b.items for b in batches] == [(0, 1, 2), (3, 4), (5,)]
+    assert all(b.rows * b.width <= 60 for b in batches)
 
 
 def test_prompts_are_longer_than_the_sliding_window(tokenizer):
@@ -136,7 +230,7 @@ def test_prompts_are_longer_than_the_sliding_window(tokenizer):
 
 
 def test_adapter_changes_scores(settings, one_at_a_time):
-    base_only = load_cope_scorer(replace(settings, adapter=None, batch_size=1, prefix_cache=False))
+    base_only = load_cope_scorer(replace(settings, adapter=None, max_batch_rows=1, prefix_cache=False))
     scores = [s.score for s in base_only.score(POLICY, CONTENTS)]
     assert max(abs(a - b) for a, b in zip(scores, one_at_a_time)) > 1e-3
 
@@ -185,7 +279,7 @@ def test_scorer_records_truncation(settings, tokenizer):
 def test_empty_content_is_not_sent_to_the_model(settings):
     scorer = load_cope_scorer(replace(settings, prefix_cache=False))
     batch_sizes = []
-    hook = scorer.model.register_forward_pre_hook(
+    hook = scorer.decoder.register_forward_pre_hook(
         lambda _module, _args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
     try:
@@ -199,10 +293,10 @@ def test_empty_content_is_not_sent_to_the_model(settings):
 
 
 def test_equal_settings_load_once(settings):
-    fresh = replace(settings, batch_size=3)  # settings no other test uses
+    fresh = replace(settings, max_batch_rows=3)  # settings no other test uses
     before = load_count()
     first = load_cope_scorer(fresh)
-    again = load_cope_scorer(replace(settings, batch_size=3))  # equal, not identical
+    again = load_cope_scorer(replace(settings, max_batch_rows=3))  # equal, not identical
     assert again is first
     assert load_count() == before + 1
 
@@ -213,6 +307,7 @@ def test_equal_settings_load_once(settings):
         ({"quantization": "8bit"}, "CUDA"),
         ({"quantization": "3bit"}, "quantization"),
         ({"padding_side": "middle"}, "padding_side"),
+        ({"attn_implementation": "fastest"}, "attn_implementation"),
     ],
 )
 def test_bad_settings_are_clear_errors(settings, bad, message):

@@ -207,3 +207,13 @@ def test_word_error_rate_forgives_case_punctuation_and_number_spelling():
     assert word_error_rate("before your exams", "before your end time") == pytest.approx(2 / 3)
     assert word_error_rate("a b c d", "a c d e") == 0.5  # one deletion, one insertion
     assert corpus_word_error_rate([("a b", "a b"), ("a b c d e f", "a b c")]) == pytest.approx(3 / 8)
+
+
+def test_batch_size_auto_is_eight_on_cpu_and_sized_from_free_memory_on_cuda():
+    from audio_assets.ml.transcriber import GPU_BYTES_PER_WINDOW, whisper_batch_size
+
+    assert whisper_batch_size(5, "cuda", 80 << 30) == 5  # a setting wins
+    assert whisper_batch_size(0, "cpu", None) == 8
+    assert whisper_batch_size(0, "cuda", 4 * 6 * GPU_BYTES_PER_WINDOW) == 6  # a quarter of free memory
+    assert whisper_batch_size(0, "cuda", 100 << 30) == 32  # capped: a bigger batch waits on its longest window
+    assert whisper_batch_size(0, "cuda", 1 << 20) == 1
