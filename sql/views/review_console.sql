@@ -5,7 +5,7 @@
 -- Every item an RA can review: the flagged items, and the recall audit sample, i.e. the share
 -- of classified, not flagged items set in recall_audit_settings, drawn by a hash of the item
 -- (migration 017), so independently of the score, per policy and day. One row per
--- classification; what an item is comes from classified_items.sql.
+-- classification; what an item is comes from classified_items.sql (reviewable_items).
 -- No 24-hour window (unlike ra_queue): an item waits until it is decided.
 -- double_coding_bucket: 0..99 from a hash of the item id; items whose bucket is below the
 -- configured percentage go to two RAs. A hash, not random(), so every query agrees.
@@ -33,7 +33,7 @@ SELECT
     ra_hash_bucket('ra-double-coding', item_id, 100) AS double_coding_bucket,
     flagged,
     policy_text
-FROM classified_items
+FROM reviewable_items
 WHERE flagged
    OR ra_hash_bucket('ra-recall-audit', item_id, 10000)
       < (SELECT share_percent * 100 FROM recall_audit_settings);
