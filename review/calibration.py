@@ -11,6 +11,7 @@ pipeline's "already scored" check compares, so its next run scores nothing again
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -89,8 +90,11 @@ def calibration_groups(rows: list[dict], recommended: list[dict], target: float)
             marks.add(round(float(in_effect), 2))
         table = [r for r in grouped
                  if round(float(r["threshold"]) * 100) % TABLE_STEP == 0 or float(r["threshold"]) in marks]
+        # Quoted for a shell: policy and model names end up in an operator's terminal.
+        apply_command = (f"audio-pipeline review-thresholds --policy {shlex.quote(policy)} --model {shlex.quote(model)}"
+                         f" --apply {pick['threshold']}") if pick else None
         groups.append({
-            "policy": policy, "model": model, "in_effect": in_effect, "recommended": pick,
+            "policy": policy, "model": model, "in_effect": in_effect, "recommended": pick, "apply_command": apply_command,
             "plot": build_plot(grouped, target, in_effect, float(pick["threshold"]) if pick else None),
             "table": table, "marks": marks,
         })

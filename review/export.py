@@ -3,8 +3,9 @@
 One row per decision in the append-only log, with the item, policy, model, policy version,
 score, threshold and whether the item was flagged or a recall-audit item; `standing` marks
 each RA's latest decision per item version, the one the views count. RAs appear as their
-pseudonym (random per account, stable across exports) unless user names are asked for.
-Runs as the pipeline's owner role: the console's role cannot read the log's accounts.
+pseudonym (random per account, stable across exports) unless user names are asked for; free-text
+reasons are exported as written. Runs as the pipeline's owner role: the console's role cannot
+read the log's accounts.
 """
 
 from __future__ import annotations
@@ -47,8 +48,17 @@ def export_decisions(results_db, output: str | Path, *, file_format: str | None 
         with output.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: _inert_in_spreadsheets(v) for k, v in row.items()} for row in rows)
     return len(rows)
+
+
+def _inert_in_spreadsheets(value):
+    """File names and reasons come from uploads and RAs: a text cell a spreadsheet would read
+    as a formula (=, +, -, @, tab, CR first) gets a leading apostrophe, as OWASP advises for
+    CSV. Parquet keeps every value verbatim."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 _TYPES = {

@@ -15,6 +15,7 @@ from audio_assets.cli import main
 from resources.embedded.ports import free_tcp_ports
 from review.passwords import verify_password
 from review.store import ReviewStore
+from sql.migrate import bundled_migrations
 
 
 def test_review_user_add_set_password_and_disable(cli_env, results_db, console_dsn, monkeypatch, capsys):
@@ -78,6 +79,21 @@ def test_review_db_login_refuses_roles_it_did_not_create(cli_env, results_db, ca
     finally:
         if existing == "made-by-hand":
             results_db.transaction(lambda cur: cur.execute(f'DROP ROLE "{role}"'))
+
+
+def test_a_login_the_old_review_db_login_made_is_adopted_by_the_migration(cli_env, results_db, capsys):
+    """Roles made before review-db-login marked its roles (LOGIN, in ra_app and nothing else)
+    are marked by migration 015, so re-running the command (or the demo) keeps working."""
+    role = f"old_console_{os.getpid()}_{int(time.time())}"
+    results_db.transaction(lambda cur: cur.execute(f'CREATE ROLE "{role}" LOGIN PASSWORD \'x\' IN ROLE ra_app'))
+    try:
+        assert main(["review-db-login", role]) == 1  # unmarked: refused
+        capsys.readouterr()
+        migration = next(m for m in bundled_migrations() if m.version == "015")
+        results_db.transaction(lambda cur: cur.execute(migration.sql))  # what `migrate` ran on upgrade
+        assert main(["review-db-login", role]) == 0
+    finally:
+        results_db.transaction(lambda cur: cur.execute(f'DROP ROLE "{role}"'))
 
 
 def test_review_db_login_resets_its_own_role(cli_env, results_db, capsys):

@@ -49,13 +49,14 @@ def _ids(results_db) -> dict[str, int]:
     return {r["username"]: r["id"] for r in db_rows(results_db, "SELECT id, username FROM ra_users")}
 
 
-def _decide(console_dsn, results_db, population, decisions: dict[str, str], ra: str = "alice") -> None:
+def _decide(console_dsn, results_db, population, decisions: dict[str, str], ra: str = "alice",
+            reason: str = "because") -> None:
     store = ReviewStore(console_dsn, double_coding_percent=0, claim_minutes=15)
     user = _ids(results_db)[ra]
     for name, decision in decisions.items():
         item = population[name].item_id
         assert store.claim(user, item), name
-        assert store.record_decision(user, item, "v1", decision, "because")
+        assert store.record_decision(user, item, "v1", decision, reason)
     store.close()
 
 
@@ -185,7 +186,8 @@ def test_applying_a_threshold_reflags_stored_scores_only(cli_env, console_dsn, r
 
 def test_export_pseudonymises_ras_unless_asked(cli_env, console_dsn, results_db, population, tmp_path, capsys):
     _decide(console_dsn, results_db, population, dict(list(FLAG_DECISIONS.items())[:3]))
-    _decide(console_dsn, results_db, population, dict(list(AUDIT_DECISIONS.items())[:2]), ra="bob")
+    _decide(console_dsn, results_db, population, dict(list(AUDIT_DECISIONS.items())[:2]), ra="bob",
+            reason='=HYPERLINK("http://attacker.example/","see")')
     assert main(["review-export", "--output", str(tmp_path / "d.parquet")]) == 0
     table = pq.read_table(tmp_path / "d.parquet").to_pylist()
     assert len(table) == 5 and "ra_username" not in table[0]
@@ -200,6 +202,9 @@ def test_export_pseudonymises_ras_unless_asked(cli_env, console_dsn, results_db,
     with (tmp_path / "d.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {r["ra_username"] for r in rows} == {"alice", "bob"} and {r["ra"] for r in rows} == pseudonyms
+    # A reason (or a file name) a spreadsheet would run as a formula is made inert in CSV only.
+    assert {r["reason"] for r in rows} == {"because", "'=HYPERLINK(\"http://attacker.example/\",\"see\")"}
+    assert '=HYPERLINK("http://attacker.example/","see")' in {r["reason"] for r in table}
     assert main(["review-export", "--output", str(tmp_path / "d.xlsx")]) == 1
 
 
