@@ -24,10 +24,12 @@ ROUTES = {
     "/": ("GET", "/", {}),
     "/sign-in GET": ("GET", "/sign-in", {}),
     "/sign-in POST": ("POST", "/sign-in", {"username": ("form", "alice"), "password": ("form", "not the password"),
-                                           "csrf_token": ("form", "{sign_in_token}")}),
+                                           "csrf_token": ("form", "{sign_in_token}"),
+                                           "ra_sign_in_csrf": ("cookie", "{sign_in_token}")}),
     "/sign-out": ("POST", "/sign-out", {"csrf_token": ("form", "forged")}),
-    "/queue": ("GET", "/queue", {name: ("query", "") for name in
-                                 ("policy", "model", "score_min", "score_max", "date_from", "date_to")}),
+    "/queue": ("GET", "/queue", {**{name: ("query", "") for name in
+                                    ("policy", "model", "score_min", "score_max", "date_from", "date_to")},
+                                 "ra_session": ("cookie", "{session}")}),
     "/items/{item_id}": ("GET", "/items/{item_id}", {"item_id": ("path", "{item}"), "date_from": ("query", "")}),
     "/items/{item_id}/claim": ("POST", "/items/{item_id}/claim", {"item_id": ("path", "{item}"),
                                                                    "csrf_token": ("form", "{csrf}")}),
@@ -61,11 +63,18 @@ def test_the_route_table_covers_every_route(start_console, ras):
     assert served == {(method, path) for method, path, _ in ROUTES.values()}
 
 
+def _sendable_in_a_header(value: str) -> bool:
+    """What an HTTP client can put in a header at all (no control characters, latin-1)."""
+    return all(0x20 <= ord(ch) <= 0xFF and ch != "\x7f" for ch in value)
+
+
 def _request(client: RAClient, method: str, path: str, params: dict, values: dict[str, str]):
-    query, form, headers = {}, {}, {}
+    query, form, headers, cookies = {}, {}, {}, {}
     for name, (where, _) in params.items():
         value = values[name]
-        if where == "path":
+        if where == "cookie":
+            cookies[name] = value
+        elif where == "path":
             path = path.replace("{" + name + "}", urllib.parse.quote(value, safe=""))
         elif where == "query":
             query[name] = value
@@ -75,6 +84,8 @@ def _request(client: RAClient, method: str, path: str, params: dict, values: dic
             headers[name] = value
     if query:
         path += "?" + urllib.parse.urlencode(query)
+    if cookies:  # these replace the client's own cookies for this request
+        headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in cookies.items())
     if method == "GET":
         return client.get(path, headers=headers)
     return client.post(path, form, with_token=False, headers=headers)
@@ -90,13 +101,14 @@ def test_no_input_gives_a_server_error(start_console, results_db, object_store, 
         client.sign_in("bob")
     client.get("/sign-in")  # the sign-in form's double-submit cookie, so its fields are reached
     defaults = {"{item}": str(items["f0.mp3"].item_id), "{audio}": str(items["f0.mp3"].audio_file_id),
-                "{csrf}": client.csrf_token, "{sign_in_token}": client.cookies["ra_sign_in_csrf"]}
+                "{csrf}": client.csrf_token, "{sign_in_token}": client.cookies["ra_sign_in_csrf"],
+                "{session}": client.cookies.get("ra_session", "")}
     statuses, failures, checked = Counter(), [], 0
     for route, (method, path, params) in ROUTES.items():
         valid = {name: defaults.get(value, value) for name, (_, value) in params.items()}
         cases = [dict(valid)] + [{**valid, name: value} for name in params for value in
                                  (RANGES if params[name][0] == "header" else HOSTILE)
-                                 if not (params[name][0] == "header" and "\x00" in value)]
+                                 if params[name][0] not in ("header", "cookie") or _sendable_in_a_header(value)]
         for values in cases:
             status, _, body = _request(client, method, path, params, values)
             checked += 1
