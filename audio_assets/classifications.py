@@ -44,16 +44,22 @@ def classifications(
     file_ids = [int(i) for i in transcripts.rows.loc[transcripts.rows["status"] == "transcribed", "audio_file_id"]]
     model_name, versions = classifier.model_name(), classifier.policy_versions()
     policies = classifier.categories()
+    # A threshold chosen per policy (review-thresholds) wins over the configured one; it is part
+    # of the "already scored" key, so applying one (which re-flags stored scores) re-scores nothing.
+    chosen = results_db.model_outputs.policy_thresholds(model_name)
+    thresholds = {category: chosen.get(category, classifier.threshold) for category in policies}
+    results_db.model_outputs.keep_policy_texts({c: (versions[c], policies[c]) for c in policies})
     done = set() if config.rescore else results_db.model_outputs.scored(file_ids, model_name)
     todo = {
-        category: {i for i in file_ids if (i, category, versions[category], classifier.threshold) not in done}
+        category: {i for i in file_ids if (i, category, versions[category], thresholds[category]) not in done}
         for category in policies
     }
     started, scored, flagged_by_category, truncated = time.monotonic(), 0, {c: 0 for c in policies}, 0
     for start in range(0, len(file_ids), config.files_per_chunk):
         chunk = file_ids[start : start + config.files_per_chunk]
         wanted = {category: [i for i in chunk if i in todo[category]] for category in policies}
-        rows = _score_chunk(classifier, policies, versions, wanted, results_db, transcripts.rows, model_name)
+        rows = _score_chunk(classifier, policies, versions, thresholds, wanted, results_db, transcripts.rows,
+                            model_name)
         results_db.model_outputs.store_classifications(archive, rows, classified_ids=chunk)
         scored += len(rows)
         truncated += sum(r.content_truncated for r in rows)
@@ -64,7 +70,7 @@ def classifications(
     return dg.MaterializeResult(
         metadata={
             "model": model_name,
-            "threshold": classifier.threshold,
+            "thresholds": dg.MetadataValue.json(thresholds),
             "policy_versions": dg.MetadataValue.json(versions),
             "transcripts": len(file_ids),
             "scored_now": scored,
@@ -77,7 +83,9 @@ def classifications(
     )
 
 
-def _score_chunk(classifier, policies, versions, wanted, results_db, table, model_name) -> list[ClassificationRow]:
+def _score_chunk(
+    classifier, policies, versions, thresholds, wanted, results_db, table, model_name
+) -> list[ClassificationRow]:
     needed = sorted({i for ids in wanted.values() for i in ids})
     if not needed:
         return []
@@ -92,8 +100,8 @@ def _score_chunk(classifier, policies, versions, wanted, results_db, table, mode
             rows.append(
                 ClassificationRow(
                     audio_file_id=file_id, flag_category=category, model=model_name,
-                    flag_score=result.score, flagged=result.score is not None and result.score >= classifier.threshold,
-                    threshold=classifier.threshold, content_truncated=result.truncated, reason=result.reason,
+                    flag_score=result.score, flagged=result.score is not None and result.score >= thresholds[category],
+                    threshold=thresholds[category], content_truncated=result.truncated, reason=result.reason,
                     policy_version=versions[category],
                 )
             )

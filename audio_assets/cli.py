@@ -89,27 +89,15 @@ def _review_user(args: argparse.Namespace) -> int:
     import getpass
 
     from audio_assets.operator import configured_resource
-    from review import accounts
+    from review.commands import review_user
 
-    results_db = configured_resource("results_db")
-    try:
-        if args.action == "disable":
-            accounts.disable_user(results_db, args.username)
-            print(f"disabled {args.username}")
-            return 0
+    def read_password() -> str:
         password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
         if not args.password_stdin and getpass.getpass("again: ") != password:
-            print("the passwords differ", file=sys.stderr)
-            return 1
-        if args.action == "add":
-            accounts.add_user(results_db, args.username, password)
-        else:
-            accounts.set_password(results_db, args.username, password)
-    except (accounts.AccountError, ValueError) as exc:
-        print(f"audio-pipeline review-user: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.action}: {args.username} done")
-    return 0
+            raise ValueError("the passwords differ")
+        return password
+
+    return review_user(configured_resource("results_db"), args.action, args.username, args.role, read_password)
 
 
 def _review_db_login(args: argparse.Namespace) -> int:
@@ -118,16 +106,41 @@ def _review_db_login(args: argparse.Namespace) -> int:
     from psycopg2.extensions import make_dsn, parse_dsn
 
     from audio_assets.operator import configured_resource
-    from review.accounts import ensure_console_login
+    from review.accounts import AccountError, ensure_console_login
 
     results_db = configured_resource("results_db")
     password = secrets.token_urlsafe(24)
-    ensure_console_login(results_db, args.role, password)
+    try:
+        ensure_console_login(results_db, args.role, password)
+    except AccountError as exc:
+        print(f"audio-pipeline review-db-login: {exc}", file=sys.stderr)
+        return 1
     params = parse_dsn(results_db.connection_string())
     dsn = make_dsn(**{k: params[k] for k in ("host", "port", "dbname") if k in params}, user=args.role, password=password)
     # Printed once, for the operator to put in the console's environment file (mode 0600).
     print(f"REVIEW_DATABASE_DSN={dsn}")
     return 0
+
+
+def _review_thresholds(args: argparse.Namespace) -> int:
+    from audio_assets.operator import configured_resource
+    from review.commands import review_thresholds
+
+    return review_thresholds(configured_resource("results_db"), args.policy, args.model, args.apply, args.target)
+
+
+def _review_audit(args: argparse.Namespace) -> int:
+    from audio_assets.operator import configured_resource
+    from review.commands import review_audit
+
+    return review_audit(configured_resource("results_db"), args.percent)
+
+
+def _review_export(args: argparse.Namespace) -> int:
+    from audio_assets.operator import configured_resource
+    from review.commands import review_export
+
+    return review_export(configured_resource("results_db"), args.output, args.format, args.with_ra_names)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,11 +177,34 @@ def _add_review_commands(commands) -> None:
                         ".local/review-console.env)")
     review.set_defaults(handler=_review)
 
-    user = commands.add_parser("review-user", help="add an RA account, set its password, or disable it")
-    user.add_argument("action", choices=["add", "set-password", "disable"])
+    user = commands.add_parser("review-user", help="add an RA account, set its password, disable, enable, set its role")
+    user.add_argument("action", choices=["add", "set-password", "disable", "enable", "set-role"])
     user.add_argument("username")
+    user.add_argument("--role", choices=["ra", "lead"],
+                      help="add/set-role: ra (default) or lead (sees everyone's figures)")
     user.add_argument("--password-stdin", action="store_true", help="read the password from stdin (no prompt)")
     user.set_defaults(handler=_review_user)
+
+    thresholds = commands.add_parser(
+        "review-thresholds", help="calibrated flag thresholds per policy; --apply re-flags stored scores"
+    )
+    thresholds.add_argument("--policy")
+    thresholds.add_argument("--model", help="classifier model, as the rows record it")
+    thresholds.add_argument("--apply", metavar="THRESHOLD|recommended",
+                            help="flag this policy and model's stored scores at it")
+    thresholds.add_argument("--target", type=float, help="target precision (default REVIEW_TARGET_PRECISION or 0.9)")
+    thresholds.set_defaults(handler=_review_thresholds)
+
+    audit = commands.add_parser("review-audit",
+                                help="show or set the recall audit share (unflagged items RAs code too)")
+    audit.add_argument("--percent", type=float, help="share of classified, not flagged items, 0-100 (default 2)")
+    audit.set_defaults(handler=_review_audit)
+
+    export = commands.add_parser("review-export", help="RA decisions as Parquet or CSV, RAs pseudonymised")
+    export.add_argument("--output", required=True, help="file to write (.parquet or .csv)")
+    export.add_argument("--format", choices=["parquet", "csv"], help="default: from the file name")
+    export.add_argument("--with-ra-names", action="store_true", help="add RAs' user names (pseudonyms only otherwise)")
+    export.set_defaults(handler=_review_export)
 
     login = commands.add_parser("review-db-login", help="create the console's database login (member of ra_app)")
     login.add_argument("role", nargs="?", default="review_console")

@@ -44,9 +44,16 @@ def _report_markdown(summary: dict) -> str:
     # The RAs' decisions of the day (review console): what tuning thresholds and policies needs.
     lines += ["", "**flag precision (RA decisions of the day)**", ""]
     lines += [
-        f"- {p['policy']} / {p['classifier_model']}: {p['precision']} over {p['decisions']} decisions"
+        f"- {p['policy']} / {p['classifier_model']}: {p['precision']} [{p['precision_low']}, {p['precision_high']}]"
+        f" over {p['decisions']} decisions"
         for p in summary["review_precision"]
     ] or ["- no decisions"]
+    lines += ["", "**recall of the flags (recall audit sample; Wilson 95 % intervals)**", ""]
+    lines += [
+        f"- {r['policy']} / {r['classifier_model']}: recall {r['recall']} [{r['recall_low']}, {r['recall_high']}],"
+        f" false-negative rate {r['false_negative_rate']} over {r['audit_decisions']} audit decisions"
+        for r in summary["review_recall"]
+    ] or ["- nothing classified"]
     lines += ["", "**agreement on double-coded items (Cohen's kappa)**", ""]
     lines += [f"- {a['policy']}: {a['kappa']} over {a['items']} items" for a in summary["review_agreement"]] or ["- none yet"]
     lines += ["", "**decisions per RA**", ""]
@@ -54,7 +61,7 @@ def _report_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-_LISTS = ("top_errors", "review_precision", "review_agreement", "review_decisions_by_ra")
+_LISTS = ("top_errors", "review_precision", "review_agreement", "review_decisions_by_ra", "review_recall")
 
 
 daily_summary_job = dg.define_asset_job("daily_summary_job", selection=[daily_summary])

@@ -15,7 +15,8 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$", re.ASCII)
+_BEYOND_ANY_FILE = 10**18
 CHUNK_BYTES = 64 * 1024
 
 
@@ -41,19 +42,25 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     match = _RANGE.match(header.strip())
     if not match:
         return None
-    first, last = match.groups()
-    if first == "" and last == "":
+    first, last = (_position(x) for x in match.groups())
+    if first is None and last is None:
         return None
-    if first == "":  # suffix: the last N bytes
-        length = int(last)
-        if length == 0:
+    if first is None:  # suffix: the last N bytes
+        if last == 0:
             raise UnsatisfiableRange(header)
-        return ByteRange(max(0, size - length), size - 1)
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or end < start:
+        return ByteRange(max(0, size - last), size - 1)
+    end = min(last, size - 1) if last is not None else size - 1
+    if first >= size or end < first:
         raise UnsatisfiableRange(header)
-    return ByteRange(start, end)
+    return ByteRange(first, end)
+
+
+def _position(digits: str) -> int | None:
+    """A byte position; one of more than 18 digits is past any file (int() of thousands of
+    digits is refused by Python, and would be no use anyway)."""
+    if digits == "":
+        return None
+    return int(digits) if len(digits) <= 18 else _BEYOND_ANY_FILE
 
 
 def s3_client_for(settings) -> object:

@@ -1,8 +1,13 @@
-"""The pages an RA works in: queue, item (with its decision form), search and stats.
+"""The pages an RA works in: queue, item (with its claim and decision forms), search, stats
+and sessions.
 
-Handlers are plain functions (Starlette runs them in a thread pool) because the store is
-synchronous psycopg2. Everything shown comes from uploaded archives and is rendered through
-autoescaped templates; nothing here builds HTML.
+Handlers are plain functions run in a worker thread (the store is synchronous psycopg2); the
+`signed_in` decorator (auth.py) checks the session, and for POSTs the form's CSRF token, first.
+GET never changes anything: an item is claimed only by a POST (its page asks, or the queue's
+Review button, or the decision and n/p forms that move on to the next item), so a link, an
+<img> or a top-level navigation from another site cannot claim items on an RA's behalf.
+Everything shown comes from uploaded archives and is rendered through autoescaped templates;
+nothing here builds HTML. Every request value goes through review/inputs.py first.
 """
 
 from __future__ import annotations
@@ -13,40 +18,43 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from policies import load_policies, policy_names
+from review import inputs
 from review.audio import UnsatisfiableRange, parse_range
-from review.auth import csrf_ok, signed_in
+from review.auth import signed_in
 from review.settings import DECISIONS
 from review.store import QueueFilter
 
 DECISION_LABELS = {"violates": "Violates", "does_not_violate": "Does not violate", "unsure": "Unsure / escalate"}
 MAX_REASON = 4000
+MAX_SEARCH = 200
+NEIGHBOURS_TRIED = 20
 
 
 def queue_filter(request: Request) -> QueueFilter:
-    """The queue's filters from the query string; malformed values are ignored, not errors."""
+    """The queue's filters from the query string, checked (400 for a malformed one). In blind
+    review the score filters are checked and then dropped: filtering by score would tell
+    flagged items from audit items."""
     q = request.query_params
-
-    def number(name: str) -> float | None:
-        try:
-            return float(q[name]) if q.get(name) else None
-        except ValueError:
-            return None
-
-    def day(name: str) -> str | None:
-        value = q.get(name, "")
-        return value if len(value) == 10 and value[4] == "-" and value[7] == "-" and value.replace("-", "").isdigit() else None
-
+    blind = request.app.state.console.settings.blind
+    score_min = inputs.optional_number(q.get("score_min"), "score_min", low=0, high=1)
+    score_max = inputs.optional_number(q.get("score_max"), "score_max", low=0, high=1)
     return QueueFilter(
-        policy=q.get("policy") or None, model=q.get("model") or None,
-        score_min=number("score_min"), score_max=number("score_max"),
-        date_from=day("date_from"), date_to=day("date_to"),
+        policy=inputs.optional_text(q.get("policy"), "policy"),
+        model=inputs.optional_text(q.get("model"), "model"),
+        score_min=None if blind else score_min,
+        score_max=None if blind else score_max,
+        date_from=inputs.optional_day(q.get("date_from"), "date_from"),
+        date_to=inputs.optional_day(q.get("date_to"), "date_to"),
     )
 
 
 def filter_query(filters: QueueFilter) -> str:
     """The filters as a query string, re-encoded from parsed values (never echoed raw)."""
     return urlencode({k: v for k, v in filters.params().items() if v is not None})
+
+
+def _item_id(request: Request) -> int:
+    return inputs.record_id(request.path_params["item_id"], "item id")
 
 
 @signed_in()
@@ -66,39 +74,52 @@ def queue_page(request: Request) -> Response:
         "filter_query": filter_query(filters),
         "policies": sorted({c["policy"] for c in choices}),
         "models": sorted({c["classifier_model"] for c in choices}),
+        "blind": console.settings.blind,
+        "other_sessions": len(console.store.sessions_of(ra.ra_user_id)) - 1,
     })
 
 
 @signed_in()
 def item_page(request: Request) -> Response:
+    """The item: to decide when this RA holds a claim on it (or decided it before); read-only
+    with a Claim button when the queue offers it to them; 409 when another RA has it."""
     console, ra = request.app.state.console, request.state.ra
-    item_id = request.path_params["item_id"]
+    item_id = _item_id(request)
+    filters = queue_filter(request)
     item = console.store.item(item_id)
     if item is None:
-        return console.render(request, "message.html", {"title": "No such item", "message":
-                              "This item is not (or no longer) flagged for review."}, status_code=404)
+        return _message(request, "No such item", "This item is not (or no longer) in the review queue.", 404)
     mine = console.store.my_decision(ra.ra_user_id, item_id)
-    if mine is None and not console.store.claim(ra.ra_user_id, item_id):
-        return console.render(request, "message.html", {"title": "Item taken", "message":
-                              "Another RA has this item open or has decided it. Take the next one from the queue."},
-                              status_code=409)
-    return _render_item(request, item, mine, error=None)
+    if mine is not None or console.store.holds_claim(ra.ra_user_id, item_id):
+        mode = "decide"
+    elif console.store.claimable(ra.ra_user_id, item_id):
+        mode = "claim"
+    else:
+        return _message(request, "Item taken",
+                        "Another RA has this item open or has decided it. Take the next one from the queue.", 409)
+    return _render_item(request, item, mine, mode, filters, error=None)
 
 
-def _render_item(request: Request, item: dict, mine: dict | None, error: str | None, status_code: int = 200) -> Response:
+def _render_item(request: Request, item: dict, mine: dict | None, mode: str, filters: QueueFilter,
+                 error: str | None, status_code: int = 200) -> Response:
     console = request.app.state.console
-    filters = queue_filter(request)
     return console.render(request, "item.html", {
         "item": item,
+        "mode": mode,
+        "blind": console.settings.blind,
         "segments": _segments(item.get("segments")),
         "metadata": _metadata_rows(item.get("parquet_metadata")),
-        "policy_text": load_policies([item["policy"]])[item["policy"]] if item["policy"] in policy_names() else None,
         "mine": mine,
         "error": error,
         "decisions": DECISION_LABELS,
         "reason_required": sorted(console.settings.reason_required_for),
         "filter_query": filter_query(filters),
     }, status_code=status_code)
+
+
+def _message(request: Request, title: str, message: str, status_code: int) -> Response:
+    return request.app.state.console.render(request, "message.html", {"title": title, "message": message},
+                                            status_code=status_code)
 
 
 def _segments(raw) -> list[dict]:
@@ -118,67 +139,81 @@ def _metadata_rows(raw) -> list[tuple[str, str]]:
     return [(str(k), v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)) for k, v in sorted(raw.items())]
 
 
-@signed_in()
-def record_decision(request: Request) -> Response:
-    """1 / 2 / 3 on the item page. `request.state.form` is read by the async route in app.py."""
+@signed_in(form=True)
+def claim_item(request: Request) -> Response:
     console, ra = request.app.state.console, request.state.ra
-    item_id = request.path_params["item_id"]
+    item_id = _item_id(request)
+    query = filter_query(queue_filter(request))
+    if not console.store.claim(ra.ra_user_id, item_id) and console.store.my_decision(ra.ra_user_id, item_id) is None:
+        return _message(request, "Item taken",
+                        "Another RA has this item open or has decided it. Take the next one from the queue.", 409)
+    return RedirectResponse(f"/items/{item_id}?{query}", status_code=303)
+
+
+@signed_in(form=True)
+def record_decision(request: Request) -> Response:
+    """1 / 2 / 3 on the item page; then the next item in the RA's queue is claimed and opened."""
+    console, ra = request.app.state.console, request.state.ra
+    item_id = _item_id(request)
+    filters = queue_filter(request)
     form = request.state.form
-    if not csrf_ok(ra.csrf_token, form.get("csrf_token")):
-        return Response("invalid form token; reload the page", status_code=403, media_type="text/plain")
+    decision = inputs.text(form.get("decision"), "decision", max_length=32)
+    reason = inputs.text(form.get("reason"), "reason", max_length=MAX_REASON, lines=True).strip()
+    policy_version = inputs.text(form.get("policy_version"), "policy_version", max_length=64)
     item = console.store.item(item_id)
     if item is None:
         return Response("no such item", status_code=404, media_type="text/plain")
-    decision = str(form.get("decision", ""))
-    reason = str(form.get("reason", "")).strip()
     mine = console.store.my_decision(ra.ra_user_id, item_id)
     error = None
     if decision not in DECISIONS:
         error = "Choose a decision: 1 violates, 2 does not violate, 3 unsure."
     elif decision in console.settings.reason_required_for and not reason:
         error = f"A reason is required for “{DECISION_LABELS[decision]}”."
-    elif len(reason) > MAX_REASON:
-        error = f"Keep the reason under {MAX_REASON} characters."
-    elif mine is None and not console.store.claim(ra.ra_user_id, item_id):
-        return console.render(request, "message.html", {"title": "Item taken", "message":
-                              "Your claim on this item expired and another RA took it."}, status_code=409)
-    elif not console.store.record_decision(ra.ra_user_id, item_id, str(form.get("policy_version", "")), decision, reason):
+    elif mine is None and not (console.store.holds_claim(ra.ra_user_id, item_id)
+                               or console.store.claim(ra.ra_user_id, item_id)):
+        return _message(request, "Item taken", "Your claim on this item expired and another RA took it.", 409)
+    elif not console.store.record_decision(ra.ra_user_id, item_id, policy_version, decision, reason):
         error = "The item was re-scored since you opened it; review it again as it is now."
         item = console.store.item(item_id) or item
     if error:
-        return _render_item(request, item, mine, error, status_code=422)
-    return RedirectResponse(f"/items/{item_id}/next?{filter_query(queue_filter(request))}", status_code=303)
+        return _render_item(request, item, mine, "decide", filters, error, status_code=422)
+    return _open_neighbour(request, item_id, "next", filters)
 
 
-@signed_in()
-def neighbour_item(request: Request) -> Response:
-    """n / p: the item after (before) this one in the RA's queue order; the queue when none."""
+@signed_in(form=True)
+def next_item(request: Request) -> Response:
+    return _open_neighbour(request, _item_id(request), "next", queue_filter(request))
+
+
+@signed_in(form=True)
+def previous_item(request: Request) -> Response:
+    return _open_neighbour(request, _item_id(request), "prev", queue_filter(request))
+
+
+def _open_neighbour(request: Request, item_id: int, direction: str, filters: QueueFilter) -> Response:
+    """n / p: claim and open the item after (before) this one in the RA's queue order; the
+    queue when there is none (or every candidate was taken meanwhile)."""
     console, ra = request.app.state.console, request.state.ra
-    item_id = request.path_params["item_id"]
-    direction = request.path_params["direction"]
-    if direction not in ("next", "prev"):
-        return Response("not found", status_code=404, media_type="text/plain")
-    filters = queue_filter(request)
     queue = console.store.queue(ra.ra_user_id, filters, limit=10_000)
     current = console.store.item(item_id)
     here = (current["flagged_at"], item_id) if current else None
-    keys = [((row["flagged_at"], row["item_id"]), row["item_id"]) for row in queue]
+    keyed = [((row["flagged_at"], row["item_id"]), row["item_id"]) for row in queue]
     if direction == "next":
-        later = [i for key, i in keys if here is None or key > here]
-        target = later[0] if later else next((i for _, i in keys if i != item_id), None)
+        later = [i for key, i in keyed if here is None or key > here]
+        candidates = later + [i for key, i in keyed if i not in later and i != item_id]
     else:
-        earlier = [i for key, i in keys if here is not None and key < here]
-        target = earlier[-1] if earlier else None
+        candidates = [i for key, i in reversed(keyed) if here is not None and key < here]
     query = filter_query(filters)
-    if target is None:
-        return RedirectResponse(f"/queue?{query}", status_code=303)
-    return RedirectResponse(f"/items/{target}?{query}", status_code=303)
+    for target in candidates[:NEIGHBOURS_TRIED]:
+        if console.store.claim(ra.ra_user_id, target):
+            return RedirectResponse(f"/items/{target}?{query}", status_code=303)
+    return RedirectResponse(f"/queue?{query}", status_code=303)
 
 
 @signed_in(api=True)
 def audio(request: Request) -> Response:
     console = request.app.state.console
-    key = console.store.audio_key(request.path_params["audio_file_id"])
+    key = console.store.audio_key(inputs.record_id(request.path_params["audio_file_id"], "audio file id"))
     size = console.audio.size(key) if key else None
     if size is None:
         return Response("no audio for this item", status_code=404, media_type="text/plain")
@@ -202,7 +237,7 @@ def audio(request: Request) -> Response:
 @signed_in()
 def search_page(request: Request) -> Response:
     console = request.app.state.console
-    words = request.query_params.get("q", "").strip()[:200]
+    words = inputs.text(request.query_params.get("q"), "q", max_length=MAX_SEARCH).strip()
     results = console.store.search(words) if words else []
     for row in results:
         row["snippet_parts"] = _marked_parts(row["snippet"] or "")
@@ -224,7 +259,28 @@ def _marked_parts(snippet: str) -> list[tuple[str, bool]]:
 
 @signed_in()
 def stats_page(request: Request) -> Response:
-    console = request.app.state.console
+    """A lead sees everyone's figures; an RA their own decisions and team precision over
+    items they can no longer code, so the page cannot break double-coding blindness."""
+    console, ra = request.app.state.console, request.state.ra
+    figures = console.store.lead_stats() if ra.is_lead else console.store.ra_stats(ra.ra_user_id)
     return console.render(request, "stats.html", {
-        **console.store.stats(), "double_coding_percent": console.settings.double_coding_percent,
+        **figures, "lead": ra.is_lead, "double_coding_percent": console.settings.double_coding_percent,
     })
+
+
+@signed_in()
+def sessions_page(request: Request) -> Response:
+    """The RA's live sessions: a sign-in elsewhere (another browser, another address) shows
+    here, and one button ends every session but this one."""
+    console, ra = request.app.state.console, request.state.ra
+    sessions = console.store.sessions_of(ra.ra_user_id)
+    for row in sessions:
+        row["this_one"] = row["token_sha256"] == ra.token_sha256
+    return console.render(request, "sessions.html", {"sessions": sessions})
+
+
+@signed_in(form=True)
+def end_other_sessions(request: Request) -> Response:
+    console, ra = request.app.state.console, request.state.ra
+    console.store.end_other_sessions(ra.ra_user_id, ra.token_sha256)
+    return RedirectResponse("/sessions", status_code=303)

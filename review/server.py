@@ -12,12 +12,15 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8040
 
 
+def server_config(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str = "info") -> uvicorn.Config:
+    """How the console is served (the tests use the same). proxy_headers off: uvicorn would
+    believe X-Forwarded-For from any loopback peer, i.e. from every local process; the app
+    reads the header itself, from REVIEW_TRUSTED_PROXIES only (auth.client_address)."""
+    return uvicorn.Config(app, host=host, port=port, proxy_headers=False, server_header=False, log_level=log_level)
+
+
 def serve(settings: ReviewSettings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-    app = build_app(settings)
-    # proxy_headers from loopback only: behind Caddy/nginx on the same host the sign-in limiter
-    # then sees the client's address, and nobody else can claim another address.
-    uvicorn.run(app, host=host, port=port, proxy_headers=True, forwarded_allow_ips="127.0.0.1",
-                server_header=False, log_level="info")
+    uvicorn.Server(server_config(build_app(settings), host, port)).run()
 
 
 def load_env_file(path: str, environ: dict) -> None:

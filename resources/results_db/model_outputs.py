@@ -82,6 +82,18 @@ class ModelOutputs:
             (row["audio_file_id"], row["flag_category"], row["policy_version"], row["threshold"]) for row in rows
         }
 
+    def policy_thresholds(self, model: str) -> dict[str, float]:
+        """{policy: threshold} chosen per policy for `model`; policies absent use the default."""
+        rows = self.db.fetch_all(Q.policy_thresholds, {"model": model})
+        return {row["policy"]: row["threshold"] for row in rows}
+
+    def keep_policy_texts(self, texts: dict[str, tuple[str, str]]) -> None:
+        """Store {policy: (policy_version, text)} once per version, for reviewers."""
+        rows = [(policy, version, text) for policy, (version, text) in texts.items()]
+        if rows:
+            self.db.transaction(lambda cur: psycopg2.extras.execute_values(cur, Q.keep_policy_texts, rows),
+                                what="keep the policy texts")
+
     def store_classifications(
         self, archive: ArchiveVersion, rows: Sequence[ClassificationRow], classified_ids: Sequence[int]
     ) -> None:

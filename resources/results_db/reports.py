@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 Q = queries("reports")
 _JSON_COLUMNS = (
     "failed_by_stage", "top_errors", "flagged_by_category",
-    "review_precision", "review_agreement", "review_decisions_by_ra",
+    "review_precision", "review_agreement", "review_decisions_by_ra", "review_recall",
 )
 
 
@@ -81,12 +81,14 @@ class Reports:
 
 def _review_figures(cur, params: dict) -> dict[str, list[dict[str, Any]]]:
     """What the RAs decided that day, for whoever tunes thresholds and policies: precision of
-    the flags per policy and model, decisions per RA, and Cohen's kappa on double-coded items."""
+    the flags per policy and model, decisions per RA, Cohen's kappa on double-coded items, and
+    recall from the audit sample (all with Wilson intervals where they are proportions)."""
     figures = {}
     for name, sql in (
         ("review_precision", Q.day_review_precision),
         ("review_decisions_by_ra", Q.day_decisions_by_ra),
         ("review_agreement", Q.review_agreement),
+        ("review_recall", Q.review_recall),
     ):
         cur.execute(sql, params)
         figures[name] = [dict(row) for row in cur.fetchall()]

@@ -9,15 +9,16 @@ document.addEventListener("DOMContentLoaded", () => {
   const segments = Array.from(document.querySelectorAll(".segment"));
   const text = document.getElementById("segments");
   const toggle = document.getElementById("toggle-text");
+  // A read-only page (the item not claimed yet) has a claim form (c) instead of this one.
   const form = document.getElementById("decision-form");
   const reason = document.getElementById("reason");
   const hint = document.getElementById("decision-hint");
   const reasonRequired = new Set((item.dataset.reasonRequired || "").split(",").filter(Boolean));
-  const decisionButtons = {
+  const decisionButtons = form ? {
     "1": form.querySelector("button.violates"),
     "2": form.querySelector("button.does_not_violate"),
     "3": form.querySelector("button.unsure"),
-  };
+  } : {};
 
   // Text is hidden until asked for (wellness): the RA may prefer to listen first.
   const setTextShown = (shown) => {
@@ -52,6 +53,7 @@ document.addEventListener("DOMContentLoaded", () => {
 
   const decide = (key) => {
     const button = decisionButtons[key];
+    if (!button) return;
     if (reasonRequired.has(button.value) && !reason.value.trim()) {
       hint.textContent = "Write a reason first, then press " + key + " again (or Ctrl+Enter in the box).";
       reason.dataset.pending = key;
@@ -62,7 +64,7 @@ document.addEventListener("DOMContentLoaded", () => {
   };
 
   // In the reason box keys are text; Ctrl+Enter submits the decision asked for, Esc leaves it.
-  reason.addEventListener("keydown", (e) => {
+  if (reason) reason.addEventListener("keydown", (e) => {
     if (e.key === "Escape") { reason.blur(); e.preventDefault(); }
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && reason.dataset.pending) {
       e.preventDefault();
@@ -70,7 +72,8 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
 
-  const go = (id) => { window.location.href = document.getElementById(id).href; };
+  // n / p claim the next (previous) item: a POST, like every change.
+  const submit = (id) => { const f = document.getElementById(id); if (f) f.requestSubmit(); };
 
   document.addEventListener("keydown", (e) => {
     const target = e.target;
@@ -86,8 +89,9 @@ document.addEventListener("DOMContentLoaded", () => {
       case "m": player.muted = !player.muted; break;
       case "t": setTextShown(text.hidden); break;
       case "1": case "2": case "3": e.preventDefault(); decide(e.key); break;
-      case "n": go("next-item"); break;
-      case "p": go("prev-item"); break;
+      case "c": submit("claim-form"); break;
+      case "n": submit("next-form"); break;
+      case "p": submit("prev-form"); break;
       default: return;
     }
   });

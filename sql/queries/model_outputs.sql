@@ -67,3 +67,15 @@ SET status = 'classified', error = NULL, failed_stage = NULL, processed_at = now
 WHERE id = ANY(%(ids)s)
   AND archive_etag = %(etag)s
   AND (status IN ('converted', 'transcribed') OR (status = 'failed' AND failed_stage = 'classification'))
+
+-- name: policy_thresholds
+-- Thresholds chosen per policy for this model (`audio-pipeline review-thresholds`, table
+-- policy_thresholds); a policy without one is flagged at the configured FLAG_THRESHOLD.
+SELECT policy, threshold FROM current_policy_thresholds WHERE model = %(model)s
+
+-- name: keep_policy_texts
+-- Rows: (policy, policy_version, policy_text). The text each score is computed with, kept by
+-- version so reviewers see the text an item was scored under (sql/views/classified_items.sql).
+INSERT INTO policy_texts (policy, policy_version, policy_text)
+VALUES %s
+ON CONFLICT (policy, policy_version) DO NOTHING

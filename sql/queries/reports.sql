@@ -41,7 +41,8 @@ WHERE created_at >= %(day)s::date AND created_at < %(day)s::date + 1
 -- name: day_review_precision
 -- The review console's figures (sql/views/review_console.sql): flags confirmed by the
 -- decisions RAs made that day, per policy and model.
-SELECT policy, classifier_model, decisions, violates, does_not_violate, unsure, precision::float AS precision
+SELECT policy, classifier_model, decisions, violates, does_not_violate, unsure, precision::float AS precision,
+       precision_low::float AS precision_low, precision_high::float AS precision_high
 FROM ra_flag_precision
 WHERE day = %(day)s::date
 ORDER BY policy, classifier_model
@@ -59,13 +60,25 @@ SELECT policy, items, observed_agreement::float AS observed_agreement, kappa::fl
 FROM ra_agreement
 ORDER BY policy
 
+-- name: review_recall
+-- Precision, recall and false-negative rate of the flags per policy and model with their
+-- Wilson 95-percent intervals, from the recall audit sample, as of when the report is generated.
+SELECT policy, classifier_model, threshold, flagged_items, unflagged_items, flag_decisions, audit_decisions,
+       precision::float AS precision, precision_low::float AS precision_low, precision_high::float AS precision_high,
+       miss_rate::float AS miss_rate, miss_rate_low::float AS miss_rate_low, miss_rate_high::float AS miss_rate_high,
+       recall::float AS recall, recall_low::float AS recall_low, recall_high::float AS recall_high,
+       false_negative_rate::float AS false_negative_rate, false_negative_rate_low::float AS false_negative_rate_low,
+       false_negative_rate_high::float AS false_negative_rate_high
+FROM ra_recall
+ORDER BY policy, classifier_model
+
 -- name: store_daily_summary
 INSERT INTO daily_summaries (day, archives_processed, files_processed, files_failed, failed_by_stage,
                              top_errors, flagged_by_category, mean_confidence, audio_hours, files_per_hour,
-                             review_precision, review_agreement, review_decisions_by_ra)
+                             review_precision, review_agreement, review_decisions_by_ra, review_recall)
 VALUES (%(day)s, %(archives_processed)s, %(files_processed)s, %(files_failed)s, %(failed_by_stage)s,
         %(top_errors)s, %(flagged_by_category)s, %(mean_confidence)s, %(audio_hours)s, %(files_per_hour)s,
-        %(review_precision)s, %(review_agreement)s, %(review_decisions_by_ra)s)
+        %(review_precision)s, %(review_agreement)s, %(review_decisions_by_ra)s, %(review_recall)s)
 ON CONFLICT (day) DO UPDATE SET
     archives_processed = EXCLUDED.archives_processed,
     files_processed = EXCLUDED.files_processed,
@@ -79,6 +92,7 @@ ON CONFLICT (day) DO UPDATE SET
     review_precision = EXCLUDED.review_precision,
     review_agreement = EXCLUDED.review_agreement,
     review_decisions_by_ra = EXCLUDED.review_decisions_by_ra,
+    review_recall = EXCLUDED.review_recall,
     generated_at = now()
 
 -- name: archive_progress

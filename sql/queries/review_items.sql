@@ -3,9 +3,10 @@
 -- policy, model, score_min, score_max, date_from, date_to (NULL: no filter).
 
 -- name: queue
--- Flagged items this RA may take, oldest flag first. An item is taken when as many other
--- RAs as it needs coders (1, or 2 in the double-coding sample) hold a claim on it or have
--- decided its current version; items this RA decided are done for them.
+-- Items this RA may take (flagged, or in the recall audit sample: see ra_review_items), oldest
+-- first. An item is taken when as many other RAs as it needs coders (1, or 2 in the
+-- double-coding sample) hold a claim on it or have decided its current version; items this RA
+-- decided are done for them.
 WITH items AS (
     SELECT i.*, CASE WHEN i.double_coding_bucket < %(double_coding_percent)s THEN 2 ELSE 1 END AS coders_needed
     FROM ra_review_items AS i
@@ -56,6 +57,9 @@ VALUES (%(item_id)s, %(ra)s, now() + make_interval(secs => %(ttl_s)s))
 -- name: item
 SELECT * FROM ra_review_items WHERE item_id = %(item_id)s
 
+-- name: my_claim
+SELECT 1 AS held FROM ra_active_claims WHERE item_id = %(item_id)s AND ra_user_id = %(ra)s
+
 -- name: my_decision
 -- This RA's standing decision on the item's current version (never another RA's: blind).
 SELECT d.decision, d.reason, d.decided_at
@@ -64,12 +68,13 @@ JOIN ra_review_items AS i ON i.item_id = d.item_id AND i.policy_version = d.poli
 WHERE d.item_id = %(item_id)s AND d.ra_user_id = %(ra)s
 
 -- name: record_decision
--- The flag's model, version, score and time are copied from the view in the same statement,
--- and only if the RA decided on the version still current; 0 rows: the item changed.
+-- The flag's model, version, score, threshold, whether it was flagged (or an audit item) and
+-- its time are copied from the view in the same statement, and only if the RA decided on the
+-- version still current; 0 rows: the item changed.
 INSERT INTO ra_decisions (item_id, audio_file_id, policy, classifier_model, policy_version, flag_score,
-                          flagged_at, decision, reason, ra_user_id)
+                          flagged_at, decision, reason, ra_user_id, flagged, threshold)
 SELECT item_id, audio_file_id, policy, classifier_model, policy_version, flag_score,
-       flagged_at, %(decision)s, %(reason)s, %(ra)s
+       flagged_at, %(decision)s, %(reason)s, %(ra)s, flagged, threshold
 FROM ra_review_items
 WHERE item_id = %(item_id)s AND policy_version = %(policy_version)s
 
@@ -84,7 +89,7 @@ SELECT s.audio_file_id, s.original_filename, s.archive_source, s.language,
                    'StartSel=' || chr(1) || ', StopSel=' || chr(2) || ', MaxFragments=2, MaxWords=20, MinWords=5')
            AS snippet,
        (SELECT array_agg(i.item_id ORDER BY i.item_id) FROM ra_review_items AS i
-        WHERE i.audio_file_id = s.audio_file_id) AS flagged_items
+        WHERE i.audio_file_id = s.audio_file_id) AS review_items
 FROM ra_transcript_search AS s,
      websearch_to_tsquery('simple', %(words)s) AS q (query)
 WHERE s.document @@ q.query

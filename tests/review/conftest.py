@@ -85,6 +85,17 @@ def start_console(console_dsn, object_store):
         server.__exit__(None, None, None)
 
 
+@pytest.fixture
+def cli_env(monkeypatch, results_db, object_store) -> dict[str, str]:
+    env = {"AUDIO_PIPELINE_ENV": "local", "POSTGRES_DSN": results_db.dsn, "S3_ENDPOINT": object_store.endpoint_url,
+           "S3_BUCKET": object_store.bucket, "S3_ACCESS_KEY": object_store.access_key,
+           "S3_SECRET_KEY": object_store.secret_key}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("REVIEW_DATABASE_DSN", raising=False)
+    return env
+
+
 @pytest.fixture(scope="session")
 def browser():
     if not Path(CHROMIUM).exists():

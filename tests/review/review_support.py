@@ -3,21 +3,26 @@ and the console itself running under uvicorn on a free loopback port."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from http.cookies import SimpleCookie
 from pathlib import Path
 
 import uvicorn
 from archive_factory import ffmpeg_exe
 
 from audio_assets.archive_identity import ArchiveVersion
+from policies import load_policies, policy_names
 from resources.embedded.ports import free_tcp_ports
 from resources.results_db import ClassificationRow, ConvertedFile, TranscriptRow
+from review.server import server_config
 
 # Every RA account the tests make signs in with this.
 RA_PASSWORD = "correct horse battery"
@@ -50,7 +55,8 @@ class SeededItem:
 
 @dataclass
 class FlaggedItem:
-    """What one flagged file should hold; defaults make a plain, harmless item."""
+    """What one classified file should hold; defaults make a plain, harmless flagged item.
+    flagged=False makes an item only the recall audit sample brings to RAs."""
 
     name: str
     policy: str = "harassment_threats"
@@ -58,6 +64,7 @@ class FlaggedItem:
     transcript: str = "first words here second part of the clip third and last part"
     segments: list[dict] = field(default_factory=lambda: [dict(s) for s in SEGMENTS])
     metadata: dict | None = None
+    flagged: bool = True
 
 
 def seed_flagged(results_db, object_store, opus: bytes, items: list[FlaggedItem],
@@ -79,9 +86,10 @@ def seed_flagged(results_db, object_store, opus: bytes, items: list[FlaggedItem]
     results_db.model_outputs.store_transcripts(
         archive, [TranscriptRow(ids[i.name], "whisper-test", i.transcript, "en", 0.9, i.segments) for i in items]
     )
+    results_db.model_outputs.keep_policy_texts({i.policy: ("v1", policy_text(i.policy)) for i in items})
     results_db.model_outputs.store_classifications(
         archive,
-        [ClassificationRow(ids[i.name], i.policy, model, i.score, True, 0.5, False, None, "v1") for i in items],
+        [ClassificationRow(ids[i.name], i.policy, model, i.score, i.flagged, 0.5, False, None, "v1") for i in items],
         classified_ids=list(ids.values()),
     )
     with_metadata = [i for i in items if i.metadata is not None]
@@ -94,19 +102,34 @@ def seed_flagged(results_db, object_store, opus: bytes, items: list[FlaggedItem]
                             (json.dumps(item.metadata), ids[item.name]))
 
         results_db.transaction(set_metadata)
-    rows = results_db.fetch_all("SELECT id, audio_file_id FROM classifications")
+    rows = db_rows(results_db, "SELECT id, audio_file_id FROM classifications")
     item_of_file = {r["audio_file_id"]: r["id"] for r in rows}
     return {i.name: SeededItem(i.name, ids[i.name], item_of_file[ids[i.name]]) for i in items}
 
 
+def policy_text(policy: str) -> str:
+    """The packaged text for a packaged policy (what the pipeline would have kept), else a stand-in."""
+    return load_policies([policy])[policy] if policy in policy_names() else f"Policy text of {policy}."
+
+
+def db_rows(results_db, sql: str, params=None) -> list[dict]:
+    """Rows of an ad-hoc query, for assertions (the code itself runs only named queries)."""
+
+    def read(cur) -> list[dict]:
+        cur.execute(sql, params)
+        return [dict(row) for row in cur.fetchall()] if cur.description else []
+
+    return results_db.transaction(read, what="test query")
+
+
 class ConsoleServer:
-    """The console app under uvicorn in a thread (the same server `audio-pipeline review` runs)."""
+    """The console app under uvicorn in a thread, configured as `audio-pipeline review` serves it."""
 
     def __init__(self, app):
         self.port = free_tcp_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = app
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._server = uvicorn.Server(server_config(app, "127.0.0.1", self.port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     def __enter__(self) -> "ConsoleServer":
@@ -139,3 +162,88 @@ def http(url: str, *, method: str = "GET", data: bytes | None = None, headers: d
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read()
+
+
+def form_body(fields: dict) -> bytes:
+    return urllib.parse.urlencode(fields).encode()
+
+
+def set_cookies(headers) -> dict[str, str]:
+    """{name: value} of the Set-Cookie headers of a response."""
+    jar = SimpleCookie()
+    for header in headers.get_all("Set-Cookie") or []:
+        jar.load(header)
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+CSRF_FIELD = re.compile(rb'name="csrf_token" value="([^"]+)"')
+
+
+class RAClient:
+    """One browser-less client with its own cookies: signs in through the form (with the
+    double-submit token), then GETs and POSTs with the session's CSRF token."""
+
+    def __init__(self, url: str, secure: bool = False):
+        self.url, self.secure = url, secure
+        self.cookies: dict[str, str] = {}
+        self.csrf_token = ""
+
+    @property
+    def session_cookie(self) -> str:
+        return "__Host-ra_session" if self.secure else "ra_session"
+
+    def _cookie_header(self) -> dict[str, str]:
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())} if self.cookies else {}
+
+    def _keep(self, headers) -> None:
+        for name, value in set_cookies(headers).items():
+            if value:
+                self.cookies[name] = value
+            else:
+                self.cookies.pop(name, None)
+
+    def get(self, path: str, headers: dict | None = None):
+        status, response_headers, body = http(self.url + path, headers={**self._cookie_header(), **(headers or {})})
+        self._keep(response_headers)
+        return status, response_headers, body
+
+    def post(self, path: str, fields: dict | None = None, *, with_token: bool = True, headers: dict | None = None):
+        fields = {"csrf_token": self.csrf_token, **(fields or {})} if with_token else dict(fields or {})
+        status, response_headers, body = http(self.url + path, method="POST", data=form_body(fields),
+                                              headers={**FORM, **self._cookie_header(), **(headers or {})})
+        self._keep(response_headers)
+        return status, response_headers, body
+
+    def sign_in(self, username: str, password: str = RA_PASSWORD, headers: dict | None = None) -> int:
+        status, _, body = self.get("/sign-in")
+        token = CSRF_FIELD.search(body).group(1).decode()
+        status, _, _ = self.post("/sign-in", {"csrf_token": token, "username": username, "password": password},
+                                 with_token=False, headers=headers)
+        if status == 303:
+            _, _, page = self.get("/queue")  # every page carries the token (the sign-out form)
+            self.csrf_token = CSRF_FIELD.search(page).group(1).decode()
+        return status
+
+
+# The research tests' population: 10 flagged items (scores 0.55..0.955) and 40 unflagged ones
+# (0.01..0.40) of one policy and model, and the decisions RAs make on them: 8 flagged decided
+# (6 violate), 20 audit items decided (2 violate, the two highest-scoring).
+POLICY, MODEL = "harassment_threats", "cope-a-test"
+FLAGGED = [FlaggedItem(f"flag{n:02d}.mp3", score=round(0.55 + 0.045 * n, 3)) for n in range(10)]
+UNFLAGGED = [FlaggedItem(f"quiet{n:02d}.mp3", score=round(0.01 + 0.01 * n, 3), flagged=False) for n in range(40)]
+FLAG_DECISIONS = {f"flag{n:02d}.mp3": ("violates" if n >= 4 else "does_not_violate") for n in range(2, 10)}
+AUDIT_DECISIONS = {f"quiet{n:02d}.mp3": ("violates" if n >= 38 else "does_not_violate") for n in range(20, 40)}
+
+
+def signed_in_page(browser, server, username: str):
+    """A Chromium page signed in through the form (and nothing served before that)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{server.url}/queue")
+    assert page.url.endswith("/sign-in")  # nothing before signing in
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", RA_PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/queue")
+    return page

@@ -7,21 +7,17 @@ Screenshots of the queue, an item and the stats page go to test-output/review/<t
 from __future__ import annotations
 
 import pytest
-from review_support import RA_PASSWORD, FlaggedItem, seed_flagged
+from review_support import RA_PASSWORD, FlaggedItem, db_rows, seed_flagged, signed_in_page
+
+from review import accounts
 
 pytestmark = pytest.mark.integration
 
 
-def signed_in_page(browser, server, username: str):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.goto(f"{server.url}/queue")
-    assert page.url.endswith("/sign-in")  # nothing before signing in
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", RA_PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/queue")
-    return page
+@pytest.fixture
+def lead(results_db) -> str:
+    accounts.add_user(results_db, "lena", RA_PASSWORD, role="lead")
+    return "lena"
 
 
 def queue_item_ids(page, server) -> list[int]:
@@ -31,14 +27,24 @@ def queue_item_ids(page, server) -> list[int]:
 
 
 def decisions(results_db) -> list[dict]:
-    return results_db.fetch_all(
+    return db_rows(
+        results_db,
         "SELECT d.item_id, d.decision, d.reason, d.policy, d.classifier_model, d.policy_version, u.username "
         "FROM ra_decisions AS d JOIN ra_users AS u ON u.id = d.ra_user_id ORDER BY d.id"
     )
 
 
+def open_claimed(page, server, item_id: int) -> None:
+    """Open an item and claim it with its button (opening alone claims nothing), unless this
+    RA holds it already (deciding an item claims the next one)."""
+    page.goto(f"{server.url}/items/{item_id}")
+    if page.locator("#claim").count():
+        page.click("#claim")
+    page.wait_for_selector("#decision-form")
+
+
 def test_ra_reviews_an_item_with_player_transcript_and_keys(
-    browser, start_console, results_db, object_store, opus_bytes, ras, output_dir
+    browser, start_console, results_db, object_store, opus_bytes, ras, lead, output_dir
 ):
     items = seed_flagged(results_db, object_store, opus_bytes, [FlaggedItem("clip0.mp3"), FlaggedItem("clip1.mp3")])
     first, second = items["clip0.mp3"].item_id, items["clip1.mp3"].item_id
@@ -50,9 +56,10 @@ def test_ra_reviews_an_item_with_player_transcript_and_keys(
     assert "harassment_threats 2" in page.locator(".counts").inner_text()
     page.screenshot(path=output_dir / "queue.png", full_page=True)
 
-    page.click(f"tr[data-item-id='{first}'] a.open")
+    page.click(f"tr[data-item-id='{first}'] .open")  # Review: a POST that claims it
     page.wait_for_url(f"**/items/{first}**")
-    page.keyboard.press("n")  # next and previous in queue order
+    assert page.locator("#decision-form").count() == 1
+    page.keyboard.press("n")  # next and previous in queue order (each claims its item)
     page.wait_for_url(f"**/items/{second}**")
     page.keyboard.press("p")
     page.wait_for_url(f"**/items/{first}**")
@@ -97,8 +104,13 @@ def test_ra_reviews_an_item_with_player_transcript_and_keys(
     page.keyboard.press("2")
     page.wait_for_url("**/queue**")
     assert [r["decision"] for r in decisions(results_db)] == ["violates", "does_not_violate"]
-    assert "No flagged items wait for you" in page.locator("table.queue").inner_text()
+    assert "No items wait for you" in page.locator("table.queue").inner_text()
 
+    page.goto(f"{server.url}/stats")  # an RA: their own decisions, no one else's
+    assert "2" in page.locator("#own tbody tr").first.inner_text()
+    assert page.locator("#per-ra").count() == 0
+    page.context.close()
+    page = signed_in_page(browser, server, lead)
     page.goto(f"{server.url}/stats")
     precision = page.locator("#precision tbody tr").first.inner_text()
     assert "harassment_threats" in precision and "cope-a-test" in precision and "0.5000" in precision
@@ -108,11 +120,11 @@ def test_ra_reviews_an_item_with_player_transcript_and_keys(
 
 
 def test_claims_and_the_blind_double_coding_sample_across_ras(
-    browser, start_console, results_db, object_store, opus_bytes, ras, output_dir
+    browser, start_console, results_db, object_store, opus_bytes, ras, lead, output_dir
 ):
     items = seed_flagged(results_db, object_store, opus_bytes, [FlaggedItem(f"c{n}.mp3") for n in range(4)])
     buckets = sorted((r["double_coding_bucket"], r["item_id"]) for r in
-                     results_db.fetch_all("SELECT item_id, double_coding_bucket FROM ra_review_items"))
+                     db_rows(results_db, "SELECT item_id, double_coding_bucket FROM ra_review_items"))
     assert buckets[1][0] < buckets[2][0], "precondition: the item hashes split two and two"
     sampled, single = [i for _, i in buckets[:2]], [i for _, i in buckets[2:]]
     server = start_console(double_coding_percent=buckets[1][0] + 1)
@@ -120,6 +132,8 @@ def test_claims_and_the_blind_double_coding_sample_across_ras(
 
     # An item alice has open is not handed to bob, in his queue or by its address.
     alice.goto(f"{server.url}/items/{single[0]}")
+    assert single[0] in queue_item_ids(bob, server)  # opening it claimed nothing
+    open_claimed(alice, server, single[0])
     assert single[0] not in queue_item_ids(bob, server)
     response = bob.goto(f"{server.url}/items/{single[0]}")
     assert response.status == 409 and "Item taken" in bob.locator("h1").inner_text()
@@ -127,7 +141,7 @@ def test_claims_and_the_blind_double_coding_sample_across_ras(
     # Each sampled item goes to alice and bob, blind to each other, and never to carol.
     for item_id, decision in zip(sampled, ("does_not_violate", "violates")):
         for page in (alice, bob):
-            page.goto(f"{server.url}/items/{item_id}")
+            open_claimed(page, server, item_id)
             assert "Your decision" not in page.content()  # nobody else's decision is shown
             assert "alice" not in page.locator("main").inner_text()
             page.fill("#reason", f"reason of {decision}")
@@ -138,13 +152,16 @@ def test_claims_and_the_blind_double_coding_sample_across_ras(
     assert sorted((r["item_id"], r["username"]) for r in decisions(results_db)) == sorted(
         (i, name) for i in sampled for name in ("alice", "bob"))
 
-    # Both coders agreed on items with different answers: kappa = 1 on the stats page.
+    # Both coders agreed on items with different answers: kappa = 1 on the lead's stats page.
     carol.goto(f"{server.url}/stats")
-    agreement = carol.locator("#agreement tbody tr").first.inner_text()
+    assert carol.locator("#agreement").count() == 0  # agreement is for the lead
+    lena = signed_in_page(browser, server, lead)
+    lena.goto(f"{server.url}/stats")
+    agreement = lena.locator("#agreement tbody tr").first.inner_text()
     assert "harassment_threats" in agreement and "2" in agreement
-    assert carol.locator("#agreement .kappa").first.inner_text() == "1.0000"
-    carol.screenshot(path=output_dir / "stats-kappa.png", full_page=True)
-    for page in (alice, bob, carol):
+    assert lena.locator("#agreement .kappa").first.inner_text() == "1.0000"
+    lena.screenshot(path=output_dir / "stats-kappa.png", full_page=True)
+    for page in (alice, bob, carol, lena):
         page.context.close()
 
 
@@ -157,7 +174,7 @@ XSS = {
 
 
 def test_script_payloads_in_archive_text_stay_inert(
-    browser, start_console, results_db, object_store, opus_bytes, ras, output_dir
+    browser, start_console, results_db, object_store, opus_bytes, ras, lead, output_dir
 ):
     payload_segments = [{"start": 0.0, "end": 3.0, "text": "<script>window.__xss=6</script>"},
                         {"start": 3.0, "end": 7.0, "text": '"><svg onload="window.__xss=7"></svg>'}]
@@ -198,4 +215,18 @@ def test_script_payloads_in_archive_text_stay_inert(
     assert_inert()
     page.goto(f"{server.url}/stats")
     assert_inert()
+    open_claimed(page, server, item_id)  # decided, the payloads reach the lead's figures
+    page.fill("#reason", "<img src=x onerror=window.__xss=9>")
+    page.click("button.decide.violates")
+    page.wait_for_load_state()
+    page.context.close()
+    page = signed_in_page(browser, server, lead)
+    dialogs.clear()
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    for path in ("/stats", "/calibration"):
+        page.goto(f"{server.url}{path}")
+        assert XSS["policy"] in page.locator("main").inner_text()
+        assert page.evaluate("window.__xss") is None and dialogs == []
+        assert page.locator("img").count() == 0
+        assert page.evaluate("Array.from(document.scripts).map(s => s.getAttribute('src'))") == ["/static/review.js"]
     page.context.close()

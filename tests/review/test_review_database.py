@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg2
 import pytest
 from db_privileges import assert_each_refused
-from review_support import FlaggedItem, seed_flagged
+from review_support import FlaggedItem, db_rows, seed_flagged
 
 from review.store import QueueFilter, ReviewStore, UnsafeDatabaseRole
 
@@ -16,7 +16,7 @@ BASE_TABLES = ["audio_files", "transcripts", "classifications", "ra_users", "ra_
 
 
 def _user_ids(results_db) -> dict[str, int]:
-    return {r["username"]: r["id"] for r in results_db.fetch_all("SELECT id, username FROM ra_users")}
+    return {r["username"]: r["id"] for r in db_rows(results_db, "SELECT id, username FROM ra_users")}
 
 
 def _store(console_dsn, percent: int = 0) -> ReviewStore:
@@ -60,7 +60,7 @@ def test_decision_log_is_append_only_even_for_its_owner(console_dsn, results_db,
     for statement in ("UPDATE ra_decisions SET reason = 'edited'", "DELETE FROM ra_decisions", "TRUNCATE ra_decisions"):
         with pytest.raises(psycopg2.errors.InsufficientPrivilege, match="append-only"):
             results_db.transaction(lambda cur: cur.execute(statement))
-    log = results_db.fetch_all("SELECT decision, reason, policy_version, classifier_model, flag_score "
+    log = db_rows(results_db, "SELECT decision, reason, policy_version, classifier_model, flag_score "
                                "FROM ra_decisions ORDER BY id")
     assert [(r["decision"], r["reason"]) for r in log] == [("violates", "first"), ("does_not_violate", "")]
     assert {(r["policy_version"], r["classifier_model"], r["flag_score"]) for r in log} == {("v1", "cope-a-test", 0.9)}
@@ -74,7 +74,7 @@ def test_a_decision_on_a_rescored_flag_is_refused(console_dsn, results_db, seede
     item = seeded["clip0.mp3"].item_id
     store.claim(alice, item)
     assert not store.record_decision(alice, item, "an-older-version", "violates", "x")
-    assert results_db.fetch_all("SELECT count(*) AS n FROM ra_decisions")[0]["n"] == 0
+    assert db_rows(results_db, "SELECT count(*) AS n FROM ra_decisions")[0]["n"] == 0
     store.close()
 
 
@@ -134,7 +134,7 @@ def test_search_finds_words_through_the_gin_index(console_dsn, results_db, objec
     ])
     store = _store(console_dsn)
     hits = store.search("station")
-    assert [h["original_filename"] for h in hits] == ["a.mp3"] and hits[0]["flagged_items"]
+    assert [h["original_filename"] for h in hits] == ["a.mp3"] and hits[0]["review_items"]
     assert "\x01station\x02" in hits[0]["snippet"]
     store.close()
     plan = results_db.transaction(lambda cur: (
@@ -165,7 +165,7 @@ def test_kappa_precision_and_per_ra_views(console_dsn, results_db, object_store,
         for ra, decision in (("alice", first), ("bob", second)):
             assert store.claim(users[ra], item)
             assert store.record_decision(users[ra], item, "v1", decision, "because")
-    stats = store.stats()
+    stats = store.lead_stats()
     (agreement,) = stats["agreement"]
     assert agreement["items"] == 5
     assert float(agreement["kappa"]) == pytest.approx(_kappa(pairs), abs=1e-4)
@@ -180,7 +180,7 @@ def test_kappa_precision_and_per_ra_views(console_dsn, results_db, object_store,
     day = str(precision["day"])
     summary = results_db.reports.daily_summary(day)
     results_db.reports.store_daily_summary(summary)
-    (report,) = results_db.fetch_all("SELECT review_precision, review_agreement, review_decisions_by_ra "
+    (report,) = db_rows(results_db, "SELECT review_precision, review_agreement, review_decisions_by_ra "
                                      "FROM daily_report WHERE day = %s", (day,))
     assert report["review_precision"][0]["precision"] == pytest.approx(6 / 9, abs=1e-4)
     assert report["review_agreement"][0]["kappa"] == pytest.approx(_kappa(pairs), abs=1e-4)
@@ -188,17 +188,21 @@ def test_kappa_precision_and_per_ra_views(console_dsn, results_db, object_store,
 
 
 BARRIER_VIEWS = ["ra_review_items", "ra_latest_decisions", "ra_active_claims", "ra_accounts", "ra_live_sessions",
-                 "ra_flag_precision", "ra_double_coded_pairs", "ra_agreement", "ra_decisions_per_ra"]
+                 "ra_flag_precision", "ra_double_coded_pairs", "ra_agreement", "ra_decisions_per_ra", "ra_recall",
+                 "ra_calibration"]
 
 
 def test_console_views_are_security_barriers_except_search(results_db):
-    found = results_db.fetch_all(
+    found = db_rows(
+        results_db,
         "SELECT relname, reloptions FROM pg_class WHERE relkind = 'v' AND relname LIKE 'ra\\_%%'"
     )
     options = {r["relname"]: r["reloptions"] for r in found}
     assert {name: options.get(name) for name in BARRIER_VIEWS} == {n: ["security_barrier=true"] for n in BARRIER_VIEWS}
-    # Search is a plain view so the GIN index is usable (see sql/views/review_console.sql).
-    assert options["ra_transcript_search"] is None
+    # Search is a plain view so the GIN index is usable (see sql/views/review_console.sql);
+    # the estimation helpers are read by no role, only by the barrier views above.
+    assert {name for name, value in options.items() if value is None} == {
+        "ra_transcript_search", "ra_estimation_decisions", "ra_item_population"}
 
 
 def test_ra_reader_sees_figures_but_not_accounts_or_sessions(results_db, ra_login_for_review):

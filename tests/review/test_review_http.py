@@ -9,7 +9,7 @@ import urllib.parse
 from http.cookies import SimpleCookie
 
 import pytest
-from review_support import RA_PASSWORD, FlaggedItem, http, seed_flagged
+from review_support import RA_PASSWORD, FlaggedItem, db_rows, http, seed_flagged
 
 
 @pytest.fixture
@@ -42,8 +42,7 @@ def sign_in(url: str, username: str, password: str):
 
 def test_nothing_is_served_without_a_session(console):
     server, item = console
-    for path in ("/", "/queue", f"/items/{item.item_id}", "/search?q=words", "/stats",
-                 f"/items/{item.item_id}/next"):
+    for path in ("/", "/queue", f"/items/{item.item_id}", "/search?q=words", "/stats", "/sessions", "/calibration"):
         status, headers, _ = http(server.url + path)
         assert (status, headers["Location"]) == (303, "/sign-in"), path
     status, _, body = http(f"{server.url}/audio/{item.audio_file_id}", headers={"Range": "bytes=0-99"})
@@ -70,7 +69,7 @@ def test_secure_cookies_use_the_host_prefix(start_console, ras):
     status, headers, body = http(f"{server.url}/sign-in")
     token = re.search(rb'name="csrf_token" value="([^"]+)"', body).group(1).decode()
     assert "Secure" in headers["Set-Cookie"]
-    csrf_cookie = f"ra_sign_in_csrf={_cookies(headers)['ra_sign_in_csrf']}"
+    csrf_cookie = f"__Host-ra_sign_in_csrf={_cookies(headers)['__Host-ra_sign_in_csrf']}"
     status, headers, _ = http(f"{server.url}/sign-in", method="POST", headers={"Cookie": csrf_cookie},
                               data=_form({"csrf_token": token, "username": "alice", "password": RA_PASSWORD}))
     session_cookie = [h for h in headers.get_all("Set-Cookie") if h.startswith("__Host-ra_session=")]
@@ -80,14 +79,14 @@ def test_secure_cookies_use_the_host_prefix(start_console, ras):
 def test_posts_without_the_csrf_token_are_refused(console, results_db):
     server, item = console
     _, cookie, _ = sign_in(server.url, "alice", RA_PASSWORD)
-    http(f"{server.url}/items/{item.item_id}", headers={"Cookie": cookie})  # open (claim) it
+    http(f"{server.url}/items/{item.item_id}", headers={"Cookie": cookie})  # open it (read-only)
     for token in ("", "forged"):
         status, _, _ = http(f"{server.url}/items/{item.item_id}/decision", method="POST", headers={"Cookie": cookie},
                             data=_form({"decision": "violates", "reason": "x", "policy_version": "v1", "csrf_token": token}))
         assert status == 403
     status, _, _ = http(f"{server.url}/sign-out", method="POST", headers={"Cookie": cookie}, data=_form({}))
     assert status == 403
-    assert results_db.fetch_all("SELECT count(*) AS n FROM ra_decisions")[0]["n"] == 0
+    assert db_rows(results_db, "SELECT count(*) AS n FROM ra_decisions")[0]["n"] == 0
     # The sign-in form's own token: a forged one is refused before any password check.
     status, _, _ = http(f"{server.url}/sign-in", method="POST", headers={"Cookie": "ra_sign_in_csrf=a"},
                         data=_form({"csrf_token": "b", "username": "alice", "password": RA_PASSWORD}))

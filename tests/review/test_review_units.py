@@ -31,22 +31,32 @@ def test_unsatisfiable_ranges(header):
         parse_range(header, 1000)
 
 
-def test_limiter_counts_per_user_and_per_client():
-    limiter = SignInLimiter(per_user=3, per_client=5, window_s=60)
+def test_limiter_counts_per_account_and_client_and_per_client():
+    limiter = SignInLimiter(per_account_client=3, per_client=5, window_s=60)
     for _ in range(3):
-        assert not limiter.blocked("alice", "10.0.0.1")
-        limiter.record_failure("Alice", "10.0.0.1")
-    assert limiter.blocked("alice", "10.0.0.2")  # the name is capped wherever it comes from
-    assert not limiter.blocked("bob", "10.0.0.1")
-    limiter.record_failure("bob", "10.0.0.1")
-    limiter.record_failure("carol", "10.0.0.1")
-    assert limiter.blocked("dave", "10.0.0.1")  # the address is capped for every name
+        assert limiter.begin("Alice", "10.0.0.1") is not None
+    assert limiter.begin("alice", "10.0.0.1") is None  # the pair is capped
+    assert limiter.begin("alice", "10.0.0.2") is not None  # not the account: another client still may
+    assert limiter.begin("bob", "10.0.0.1") is not None
+    assert limiter.begin("carol", "10.0.0.1") is not None
+    assert limiter.begin("dave", "10.0.0.1") is None  # the address is capped for every name
 
 
-def test_limiter_forgets_after_the_window():
-    limiter = SignInLimiter(per_user=1, per_client=10, window_s=0.0)
-    limiter.record_failure("alice", "x")
-    assert not limiter.blocked("alice", "x")
+def test_a_successful_attempt_does_not_count():
+    limiter = SignInLimiter(per_account_client=1, per_client=10, window_s=60)
+    attempt = limiter.begin("alice", "x")
+    limiter.succeeded(attempt)
+    assert limiter.begin("alice", "x") is not None
+
+
+def test_limiter_forgets_after_the_window_and_stays_bounded():
+    limiter = SignInLimiter(per_account_client=1, per_client=10, window_s=0.0)
+    limiter.begin("alice", "x")
+    assert limiter.begin("alice", "x") is not None
+    bounded = SignInLimiter(max_keys=10)
+    for n in range(100):
+        bounded.begin(f"user{n}", f"10.0.0.{n}")
+    assert len(bounded._attempts) <= 10
 
 
 def test_marked_parts_split_matches_without_markup():
@@ -61,7 +71,7 @@ def test_settings_need_the_console_login_and_check_values():
         ReviewSettings.from_environment({"REVIEW_DATABASE_DSN": "x", "REVIEW_REASON_REQUIRED": "maybe"})
     settings = ReviewSettings.from_environment({"REVIEW_DATABASE_DSN": "x", "S3_ACCESS_KEY": "pipeline-key",
                                                 "REVIEW_S3_ACCESS_KEY": "read-only-key"})
-    assert settings.secure_cookies and settings.double_coding_percent == 10
+    assert settings.secure_cookies and settings.double_coding_percent == 10 and settings.blind
     assert settings.s3_access_key == "read-only-key"
     assert settings.reason_required_for == {"violates", "unsure"}
 
