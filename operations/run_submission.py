@@ -1,36 +1,32 @@
-"""Submit archive_job runs to the Dagster instance, the way `dagster job launch` does.
+"""Submit archive_job runs to the Dagster instance with `dagster job launch`, Dagster's public
+command for it.
 
 The run is created from the code location's snapshot and handed to the instance's run
 coordinator: with dagster.yaml's QueuedRunCoordinator it is QUEUED and the daemon launches it
-on its workers, like a sensor's run; it shows in the UI with its tags. This reuses
-`dagster job launch`'s own functions (dagster._cli, dagster._core.workspace) rather than
-shelling out to it once per run, so `--all` loads the code location once, under the name the
-daemon knows. They are private API: dagster is pinned exactly in pyproject.toml and
-tests/pipeline/test_operator_cli.py fails if an upgrade moves them.
+on its workers, like a sensor's run; it shows in the UI with its tags. The daemon launches a
+run from the code location named in the run, so the command loads the code under the name the
+daemon uses (see _workspace_file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import dagster as dg
-from dagster._cli.job import _create_run
-from dagster._cli.workspace.cli_target import (
-    get_code_location_from_workspace,
-    get_remote_job_from_remote_repo,
-    get_remote_repository_from_code_location,
-)
-from dagster._core.run_coordinator import QueuedRunCoordinator
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import ModuleTarget, WorkspaceFileTarget
 
+from archive_identity import PARTITION_TAG
 from audio_assets.jobs import archive_job
 
-# The daemon launches a run from the code location named in the run; `dagster-daemon run -m
-# audio_assets.definitions` (the demo) names it after the module, workspace.yaml names it
-# "audio_assets.definitions:defs". See _location_name_in_use.
+# `dagster-daemon run -m audio_assets.definitions` (the demo) names the code location after the
+# module; a workspace.yaml may name it otherwise.
 CODE_LOCATION_MODULE = "audio_assets.definitions"
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 IN_FLIGHT = [
@@ -40,56 +36,58 @@ IN_FLIGHT = [
     dg.DagsterRunStatus.STARTED,
 ]
 QUEUED_RUN_DAEMON = "QUEUED_RUN_COORDINATOR"
-PARTITION_TAG = "dagster/partition"  # what makes a run of an asset job a partition's run
+
+
+class LaunchFailed(RuntimeError):
+    """`dagster job launch` did not create the run; the message is its output."""
 
 
 @contextlib.contextmanager
 def archive_job_submitter(
     instance: dg.DagsterInstance, workspace_file: str | None = None
-) -> Iterator[Callable[..., dg.DagsterRun]]:
-    """Yields submit(tags, run_config=None) -> the submitted run. The code location (a gRPC
-    server process) is loaded once on entry and stopped on exit."""
-    target = (
-        WorkspaceFileTarget(paths=[workspace_file])
-        if workspace_file
-        else ModuleTarget(CODE_LOCATION_MODULE, None, None, _location_name_in_use(instance))
-    )
-    with WorkspaceProcessContext(instance, target, version=dg.__version__) as process_context:
-        workspace = process_context.create_request_context()
-        location = get_code_location_from_workspace(workspace, None)
-        repository = get_remote_repository_from_code_location(location, None)
-        job = get_remote_job_from_remote_repo(repository, archive_job.name)
+) -> Iterator[Callable[[Mapping[str, str]], dg.DagsterRun]]:
+    """Yields submit(tags) -> the submitted run."""
+    with _workspace_file(instance, workspace_file) as workspace:
 
-        def submit(tags: Mapping[str, str], run_config: Mapping | None = None) -> dg.DagsterRun:
-            run = _create_run(
-                instance=instance,
-                code_location=location,
-                remote_repo=repository,
-                remote_job=job,
-                run_config=dict(run_config or {}),
-                tags=tags,
-                op_selection=None,
-                run_id=None,
-            )
-            return instance.submit_run(run.run_id, workspace)
+        def submit(tags: Mapping[str, str]) -> dg.DagsterRun:
+            run_id = str(uuid.uuid4())
+            command = [
+                str(Path(sys.executable).parent / "dagster"), "job", "launch", "-w", workspace,
+                "-j", archive_job.name, "--run-id", run_id, "--tags", json.dumps(dict(tags)),
+            ]
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            run = instance.get_run_by_id(run_id)
+            if result.returncode != 0 or run is None:
+                raise LaunchFailed(f"{' '.join(command[1:])} failed: {(result.stderr or result.stdout)[-2000:]}")
+            return run
 
         yield submit
 
 
-def _location_name_in_use(instance: dg.DagsterInstance) -> str:
-    """The name the daemon knows the code under: that of the latest archive_job run it
-    launched (the sensor's), else the module's own name. Loading the module under that name
-    makes a requeued run resolve in the daemon whichever way the daemon loads the code."""
+@contextlib.contextmanager
+def _workspace_file(instance: dg.DagsterInstance, given: str | None) -> Iterator[str]:
+    """The given workspace file, else one that loads the code location module under the name
+    the daemon knows it by: that of the latest archive_job run it launched (the sensor's)."""
+    if given:
+        yield given
+        return
+    location = CODE_LOCATION_MODULE
     for run in instance.get_runs(filters=dg.RunsFilter(job_name=archive_job.name), limit=20):
         if run.remote_job_origin is not None:  # None: executed in process, not launched
-            return run.remote_job_origin.location_name
-    return CODE_LOCATION_MODULE
+            location = run.remote_job_origin.location_name
+            break
+    with tempfile.TemporaryDirectory(prefix="audio-pipeline-requeue-") as folder:
+        path = Path(folder) / "workspace.yaml"
+        path.write_text(
+            "load_from:\n  - python_module:\n"
+            f"      module_name: {CODE_LOCATION_MODULE}\n      location_name: {json.dumps(location)}\n"
+        )
+        yield str(path)
 
 
 def is_queued_by_daemon(instance: dg.DagsterInstance) -> bool:
-    """Whether submitted runs wait for the daemon (QueuedRunCoordinator) rather than start in
-    the submitting process's code server."""
-    return isinstance(instance.run_coordinator, QueuedRunCoordinator)
+    """Whether submitted runs wait for the daemon (QueuedRunCoordinator) rather than start at once."""
+    return isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
 
 
 def daemon_is_running(instance: dg.DagsterInstance) -> bool:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import uvicorn
 from archive_factory import ffmpeg_exe
+from pipeline_support import rows
 
-from audio_assets.archive_identity import ArchiveVersion
-from resources.embedded.ports import free_tcp_ports
+from archive_identity import ArchiveVersion
+from embedded_services.ports import free_tcp_ports
 from resources.results_db import ClassificationRow, ConvertedFile, TranscriptRow
 
 # Every RA account the tests make signs in with this.
@@ -94,8 +95,8 @@ def seed_flagged(results_db, object_store, opus: bytes, items: list[FlaggedItem]
                             (json.dumps(item.metadata), ids[item.name]))
 
         results_db.transaction(set_metadata)
-    rows = results_db.fetch_all("SELECT id, audio_file_id FROM classifications")
-    item_of_file = {r["audio_file_id"]: r["id"] for r in rows}
+    classified = rows(results_db, "SELECT id, audio_file_id FROM classifications")
+    item_of_file = {r["audio_file_id"]: r["id"] for r in classified}
     return {i.name: SeededItem(i.name, ids[i.name], item_of_file[ids[i.name]]) for i in items}
 
 

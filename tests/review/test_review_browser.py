@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from review_support import RA_PASSWORD, FlaggedItem, seed_flagged
+from pipeline_support import rows
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ def queue_item_ids(page, server) -> list[int]:
 
 
 def decisions(results_db) -> list[dict]:
-    return results_db.fetch_all(
+    return rows(results_db,
         "SELECT d.item_id, d.decision, d.reason, d.policy, d.classifier_model, d.policy_version, u.username "
         "FROM ra_decisions AS d JOIN ra_users AS u ON u.id = d.ra_user_id ORDER BY d.id"
     )
@@ -112,7 +113,7 @@ def test_claims_and_the_blind_double_coding_sample_across_ras(
 ):
     items = seed_flagged(results_db, object_store, opus_bytes, [FlaggedItem(f"c{n}.mp3") for n in range(4)])
     buckets = sorted((r["double_coding_bucket"], r["item_id"]) for r in
-                     results_db.fetch_all("SELECT item_id, double_coding_bucket FROM ra_review_items"))
+                     rows(results_db, "SELECT item_id, double_coding_bucket FROM ra_review_items"))
     assert buckets[1][0] < buckets[2][0], "precondition: the item hashes split two and two"
     sampled, single = [i for _, i in buckets[:2]], [i for _, i in buckets[2:]]
     server = start_console(double_coding_percent=buckets[1][0] + 1)

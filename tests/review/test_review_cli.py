@@ -10,9 +10,10 @@ import time
 
 import pytest
 from review_support import http
+from pipeline_support import rows
 
-from audio_assets.cli import main
-from resources.embedded.ports import free_tcp_ports
+from operations.cli import main
+from embedded_services.ports import free_tcp_ports
 from review.passwords import verify_password
 from review.store import ReviewStore
 
@@ -42,7 +43,7 @@ def test_review_user_add_set_password_and_disable(cli_env, results_db, console_d
     assert store.account("dora") is None  # a disabled account cannot sign in
     store.close()
     # Stored as argon2id, never as the password.
-    (row,) = results_db.fetch_all("SELECT password_hash FROM ra_users WHERE username = 'dora'")
+    (row,) = rows(results_db, "SELECT password_hash FROM ra_users WHERE username = 'dora'")
     assert row["password_hash"].startswith("$argon2id$") and "long enough" not in row["password_hash"]
 
 
@@ -62,7 +63,7 @@ def test_review_db_login_makes_a_role_the_console_accepts(cli_env, results_db, c
 
 
 def _run_review(env: dict, port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "audio_assets.cli", "review", "--port", str(port)],
+    return subprocess.Popen([sys.executable, "-m", "operations.cli", "review", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

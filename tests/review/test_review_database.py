@@ -8,6 +8,7 @@ import psycopg2
 import pytest
 from db_privileges import assert_each_refused
 from review_support import FlaggedItem, seed_flagged
+from pipeline_support import rows
 
 from review.store import QueueFilter, ReviewStore, UnsafeDatabaseRole
 
@@ -16,7 +17,7 @@ BASE_TABLES = ["audio_files", "transcripts", "classifications", "ra_users", "ra_
 
 
 def _user_ids(results_db) -> dict[str, int]:
-    return {r["username"]: r["id"] for r in results_db.fetch_all("SELECT id, username FROM ra_users")}
+    return {r["username"]: r["id"] for r in rows(results_db, "SELECT id, username FROM ra_users")}
 
 
 def _store(console_dsn, percent: int = 0) -> ReviewStore:
@@ -60,7 +61,7 @@ def test_decision_log_is_append_only_even_for_its_owner(console_dsn, results_db,
     for statement in ("UPDATE ra_decisions SET reason = 'edited'", "DELETE FROM ra_decisions", "TRUNCATE ra_decisions"):
         with pytest.raises(psycopg2.errors.InsufficientPrivilege, match="append-only"):
             results_db.transaction(lambda cur: cur.execute(statement))
-    log = results_db.fetch_all("SELECT decision, reason, policy_version, classifier_model, flag_score "
+    log = rows(results_db, "SELECT decision, reason, policy_version, classifier_model, flag_score "
                                "FROM ra_decisions ORDER BY id")
     assert [(r["decision"], r["reason"]) for r in log] == [("violates", "first"), ("does_not_violate", "")]
     assert {(r["policy_version"], r["classifier_model"], r["flag_score"]) for r in log} == {("v1", "cope-a-test", 0.9)}
@@ -74,7 +75,7 @@ def test_a_decision_on_a_rescored_flag_is_refused(console_dsn, results_db, seede
     item = seeded["clip0.mp3"].item_id
     store.claim(alice, item)
     assert not store.record_decision(alice, item, "an-older-version", "violates", "x")
-    assert results_db.fetch_all("SELECT count(*) AS n FROM ra_decisions")[0]["n"] == 0
+    assert rows(results_db, "SELECT count(*) AS n FROM ra_decisions")[0]["n"] == 0
     store.close()
 
 
@@ -180,7 +181,7 @@ def test_kappa_precision_and_per_ra_views(console_dsn, results_db, object_store,
     day = str(precision["day"])
     summary = results_db.reports.daily_summary(day)
     results_db.reports.store_daily_summary(summary)
-    (report,) = results_db.fetch_all("SELECT review_precision, review_agreement, review_decisions_by_ra "
+    (report,) = rows(results_db, "SELECT review_precision, review_agreement, review_decisions_by_ra "
                                      "FROM daily_report WHERE day = %s", (day,))
     assert report["review_precision"][0]["precision"] == pytest.approx(6 / 9, abs=1e-4)
     assert report["review_agreement"][0]["kappa"] == pytest.approx(_kappa(pairs), abs=1e-4)
@@ -192,7 +193,7 @@ BARRIER_VIEWS = ["ra_review_items", "ra_latest_decisions", "ra_active_claims", "
 
 
 def test_console_views_are_security_barriers_except_search(results_db):
-    found = results_db.fetch_all(
+    found = rows(results_db,
         "SELECT relname, reloptions FROM pg_class WHERE relkind = 'v' AND relname LIKE 'ra\\_%%'"
     )
     options = {r["relname"]: r["reloptions"] for r in found}

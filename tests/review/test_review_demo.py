@@ -6,6 +6,7 @@ from __future__ import annotations
 import stat
 
 from review_support import FlaggedItem, seed_flagged
+from pipeline_support import rows
 
 from review.demo import DEMO_RA, prepare_demo_console
 from review.passwords import verify_password
@@ -26,5 +27,5 @@ def test_demo_console_is_ready_and_stable_across_runs(results_db, object_store, 
 
     second = prepare_demo_console(results_db, postgres_server, s3_server, object_store.bucket, state)
     assert second.password == first.password
-    (account,) = results_db.fetch_all("SELECT password_hash FROM ra_users WHERE username = %s", (DEMO_RA,))
+    (account,) = rows(results_db, "SELECT password_hash FROM ra_users WHERE username = %s", (DEMO_RA,))
     assert verify_password(account["password_hash"], first.password)

@@ -10,6 +10,7 @@ from http.cookies import SimpleCookie
 
 import pytest
 from review_support import RA_PASSWORD, FlaggedItem, http, seed_flagged
+from pipeline_support import rows
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_posts_without_the_csrf_token_are_refused(console, results_db):
         assert status == 403
     status, _, _ = http(f"{server.url}/sign-out", method="POST", headers={"Cookie": cookie}, data=_form({}))
     assert status == 403
-    assert results_db.fetch_all("SELECT count(*) AS n FROM ra_decisions")[0]["n"] == 0
+    assert rows(results_db, "SELECT count(*) AS n FROM ra_decisions")[0]["n"] == 0
     # The sign-in form's own token: a forged one is refused before any password check.
     status, _, _ = http(f"{server.url}/sign-in", method="POST", headers={"Cookie": "ra_sign_in_csrf=a"},
                         data=_form({"csrf_token": "b", "username": "alice", "password": RA_PASSWORD}))
