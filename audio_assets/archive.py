@@ -29,7 +29,7 @@ def raw_archive(
     """The archive's members, checked for unsafe entries, with one audio_files row per MP3."""
     with archive_step(context, ["archive"], archive_lock=archive_lock, results_db=results_db, scratch=scratch) as step:
         archive = step.claim(object_store)
-        listing = scan_archive(step.local_archive(object_store, scratch), config.limits)
+        listing = scan_archive(step.local_archive(object_store), config.limits)
         if not listing.mp3s and not listing.rejected_mp3s:
             step.fail("archive has no MP3 members")
         registered = register_members(results_db, archive, listing, context.run.run_id)

@@ -55,8 +55,9 @@ def archive_asset(*, kinds: set[str], group_name: str = "archives", gpu: bool = 
 
 class ArchiveStep:
     def __init__(self, context: dg.AssetExecutionContext, stages: list[str], results_db: ResultsDatabase,
-                 archive: ArchiveVersion | None, gpu: bool):
-        self.context, self.stages, self.results_db, self._archive, self.gpu = context, stages, results_db, archive, gpu
+                 archive: ArchiveVersion | None, scratch: ScratchSpace | None, gpu: bool):
+        self.context, self.stages, self.results_db, self.scratch, self.gpu = context, stages, results_db, scratch, gpu
+        self._archive = archive
         self.run_id = context.run.run_id
         self._local: Path | None = None
 
@@ -73,12 +74,12 @@ class ArchiveStep:
         self.results_db.archives.claim(self._archive, self.run_id)
         return self._archive
 
-    def local_archive(self, object_store: ObjectStore, scratch: ScratchSpace) -> Path:
+    def local_archive(self, object_store: ObjectStore) -> Path:
         """The run's copy of the archive on this host: downloaded by the first step that needs
         it (one GET, its ETag checked against the claimed version), read by the later ones."""
         if self._local is None:
             archive = self.archive
-            with scratch.shared_dir(self.run_id, _COPY) as folder:
+            with self.scratch.shared_dir(self.run_id, _COPY) as folder:
                 local = folder / f"{archive.etag.replace('/', '_')}.tar"
                 if not local.exists():
                     ScratchSpace.ensure_free(folder, archive.size + _DOWNLOAD_HEADROOM_BYTES, f"downloading {archive.key}")
@@ -124,9 +125,10 @@ def archive_step(
     gpu: bool = False,
 ) -> Iterator[ArchiveStep]:
     """The step's work on `archive` (None for raw_archive, which claims it): see the module
-    docstring. `stages`: the dead-letter stages a success closes, the first one the step's own."""
+    docstring. `stages`: the dead-letter stages a success closes, the first one the step's own;
+    `scratch`: for the steps that read the archive's bytes."""
     archive_lock.hold(context)
-    step = ArchiveStep(context, stages, results_db, archive, gpu)
+    step = ArchiveStep(context, stages, results_db, archive, scratch, gpu)
     failed = True
     try:
         yield step

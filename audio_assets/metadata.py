@@ -35,7 +35,7 @@ def parquet_metadata(
         tables, unreadable = [], []
         if parquet_names:
             with scratch.step_dir(context.run.run_id, "parquet_metadata") as workdir:
-                local = step.local_archive(object_store, scratch)
+                local = step.local_archive(object_store)
                 for name, table in _read_parquet_members(local, parquet_names, workdir, config.limits):
                     if isinstance(table, MetadataFileError):
                         unreadable.append(FileFailure(None, name, "metadata", str(table)))

@@ -70,7 +70,7 @@ def opus_files(
         if todo:
             with scratch.step_dir(context.run.run_id, "opus_files") as workdir:
                 stream = _conversion_stream(config, resolve_ffmpeg(), workdir / "opus", archive, object_store)
-                jobs = _extract(step.local_archive(object_store, scratch), todo, workdir / "mp3", config)
+                jobs = _extract(step.local_archive(object_store), todo, workdir / "mp3", config)
                 outcomes = commit_in_batches(
                     stream.run(jobs), config.files_per_commit, lambda chunk: _commit(results_db, archive, chunk, context)
                 )

@@ -140,6 +140,19 @@ def test_pure_code_and_the_console_import_no_dagster():
     assert offenders == []
 
 
+def test_code_uses_public_dagster_apis_only():
+    """No `dagster._...` import outside tests: that is what lets pyproject.toml accept any
+    1.13 patch release instead of one exact version."""
+    private = [
+        (name, imported)
+        for name, path in project_files().items()
+        if path.relative_to(REPO).parts[0] != "tests"
+        for imported in _imported_names(path)
+        if imported.split(".")[0].startswith("dagster") and any(p.startswith("_") for p in imported.split(".")[1:])
+    ]
+    assert private == []
+
+
 def test_nothing_imports_tests_bench_or_commands():
     """Entry points and test code sit on top: the pipeline never depends on them."""
     scripts = {name for name, path in project_files().items() if path.relative_to(REPO).parts[0] in SCRIPT_DIRS}
