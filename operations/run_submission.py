@@ -45,16 +45,18 @@ class LaunchFailed(RuntimeError):
 @contextlib.contextmanager
 def archive_job_submitter(
     instance: dg.DagsterInstance, workspace_file: str | None = None
-) -> Iterator[Callable[[Mapping[str, str]], dg.DagsterRun]]:
-    """Yields submit(tags) -> the submitted run."""
+) -> Iterator[Callable[..., dg.DagsterRun]]:
+    """Yields submit(tags, run_config=None) -> the submitted run."""
     with _workspace_file(instance, workspace_file) as workspace:
 
-        def submit(tags: Mapping[str, str]) -> dg.DagsterRun:
+        def submit(tags: Mapping[str, str], run_config: Mapping | None = None) -> dg.DagsterRun:
             run_id = str(uuid.uuid4())
             command = [
                 str(Path(sys.executable).parent / "dagster"), "job", "launch", "-w", workspace,
                 "-j", archive_job.name, "--run-id", run_id, "--tags", json.dumps(dict(tags)),
             ]
+            if run_config:
+                command += ["--config-json", json.dumps(dict(run_config))]
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             run = instance.get_run_by_id(run_id)
             if result.returncode != 0 or run is None:
