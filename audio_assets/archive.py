@@ -3,11 +3,10 @@
 import dagster as dg
 import pandas as pd
 
-from audio_assets.archive_access import download, resolve_version, unreadable_archive_recorded
-from audio_assets.archive_identity import ArchiveVersion, archives_partitions
+from archive_identity import ArchiveVersion
+from audio_assets.archive_step import archive_asset, archive_step
 from audio_assets.audio.tar_safety import ArchiveListing, scan_archive
 from audio_assets.settings import ArchiveScanConfig
-from audio_assets.workers.identity import worker_metadata
 from resources.archive_lock import ArchiveLock
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -17,18 +16,8 @@ from resources.scratch import ScratchSpace
 
 MANIFEST_COLUMNS = ["member", "kind", "size", "sha256", "accepted", "reason", "audio_file_id"]
 
-IO_RETRY = dg.RetryPolicy(
-    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
 
-
-@dg.asset(
-    partitions_def=archives_partitions,
-    kinds={"s3", "postgres"},
-    io_manager_key="manifest_io",
-    retry_policy=IO_RETRY,
-    group_name="archives",
-)
+@archive_asset(kinds={"s3", "postgres"})
 def raw_archive(
     context: dg.AssetExecutionContext,
     config: ArchiveScanConfig,
@@ -38,40 +27,29 @@ def raw_archive(
     archive_lock: ArchiveLock,
 ) -> dg.Output[ArchiveTable]:
     """The archive's members, checked for unsafe entries, with one audio_files row per MP3."""
-    archive_lock.hold(context)
-    archive = resolve_version(context, object_store, results_db)
-    results_db.archives.claim(archive, context.run.run_id)
-    with scratch.step_dir(context.run.run_id, "raw_archive") as workdir:
-        local = download(object_store, archive, workdir)
-        with unreadable_archive_recorded(context, results_db, archive, stage="archive"):
-            listing = scan_archive(local, config.limits)
-    if not listing.mp3s and not listing.rejected_mp3s:
-        reason = "archive has no MP3 members"
-        results_db.failures.record_archive_failure(
-            archive.key, archive.partition_key, stage="archive", error=reason, run_id=context.run.run_id
+    with archive_step(context, ["archive"], archive_lock=archive_lock, results_db=results_db, scratch=scratch) as step:
+        archive = step.claim(object_store)
+        listing = scan_archive(step.local_archive(object_store), config.limits)
+        if not listing.mp3s and not listing.rejected_mp3s:
+            step.fail("archive has no MP3 members")
+        registered = register_members(results_db, archive, listing, context.run.run_id)
+        deleted = results_db.object_deletions.drain(archive.key, object_store)
+        return step.output(
+            build_manifest(listing, registered.ids),
+            {
+                "archive_key": archive.key,
+                "archive_etag": archive.etag,
+                "archive_mb": round(archive.size / 1e6, 3),
+                "mp3_members": len(listing.mp3s),
+                "parquet_members": len(listing.parquets),
+                "other_members": len(listing.others),
+                "rejected_members": len(listing.rejected),
+                "restarted_files": len(registered.restarted),
+                "removed_files": len(registered.removed),
+                "objects_deleted": deleted,
+                "rejected": dg.MetadataValue.md(_rejected_markdown(listing)),
+            },
         )
-        raise dg.Failure(reason, metadata={"archive": str(archive)}, allow_retries=False)
-
-    registered = register_members(results_db, archive, listing, context.run.run_id)
-    deleted = results_db.object_deletions.drain(archive.key, object_store)
-    results_db.failures.resolve_stages(archive.key, ["archive"])
-    return dg.Output(
-        ArchiveTable(archive, build_manifest(listing, registered.ids)),
-        metadata={
-            "archive_key": archive.key,
-            "archive_etag": archive.etag,
-            "archive_mb": round(archive.size / 1e6, 3),
-            "mp3_members": len(listing.mp3s),
-            "parquet_members": len(listing.parquets),
-            "other_members": len(listing.others),
-            "rejected_members": len(listing.rejected),
-            "restarted_files": len(registered.restarted),
-            "removed_files": len(registered.removed),
-            "objects_deleted": deleted,
-            "rejected": dg.MetadataValue.md(_rejected_markdown(listing)),
-            **worker_metadata(),
-        },
-    )
 
 
 def register_members(

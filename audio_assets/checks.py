@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
-from audio_assets.archive_identity import archives_partitions
+from audio_assets.partitions import archives_partitions
 from audio_assets.opus import opus_files
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore

@@ -7,10 +7,8 @@ import time
 import dagster as dg
 from pydantic import Field
 
-from audio_assets.archive import IO_RETRY
-from audio_assets.archive_identity import archives_partitions
-from audio_assets.gpu_routing import GPU_OP_TAGS, GPU_POOL
-from audio_assets.workers.identity import gpu_worker_metadata
+from audio_assets.archive_step import archive_asset, archive_step
+from audio_assets.file_batches import batches
 from resources.archive_lock import ArchiveLock
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ArchiveTable
@@ -18,18 +16,13 @@ from resources.results_db import ClassificationRow, ResultsDatabase
 
 
 class ClassificationConfig(dg.Config):
-    files_per_chunk: int = Field(default=256, description="Files scored (on every policy) and committed together")
+    # Large: CoPE-A's stable batch shapes fill each width's last batch with filler rows, a waste
+    # that shrinks with the call (~18 % of tokens at 384 items, ~11 % at 1,024; bench/RESULTS.md).
+    files_per_chunk: int = Field(default=1024, description="Files scored (on every policy) and committed together")
     rescore: bool = Field(default=False, description="Score again what is already scored under the same versions")
 
 
-@dg.asset(
-    partitions_def=archives_partitions,
-    kinds={"pytorch", "postgres"},
-    op_tags=GPU_OP_TAGS,
-    pool=GPU_POOL,
-    retry_policy=IO_RETRY,
-    group_name="moderation",
-)
+@archive_asset(kinds={"pytorch", "postgres"}, group_name="moderation", gpu=True, manifest=False)
 def classifications(
     context: dg.AssetExecutionContext,
     config: ClassificationConfig,
@@ -39,48 +32,53 @@ def classifications(
     archive_lock: ArchiveLock,
 ) -> dg.MaterializeResult:
     """p("1") per policy for every transcript; flagged items reach RAs through ra_queue."""
-    archive_lock.hold(context)
     archive = transcripts.archive
-    file_ids = [int(i) for i in transcripts.rows.loc[transcripts.rows["status"] == "transcribed", "audio_file_id"]]
-    model_name, versions = classifier.model_name(), classifier.policy_versions()
-    policies = classifier.categories()
-    # A threshold chosen per policy (review-thresholds) wins over the configured one; it is part
-    # of the "already scored" key, so applying one (which re-flags stored scores) re-scores nothing.
-    chosen = results_db.model_outputs.policy_thresholds(model_name)
-    thresholds = {category: chosen.get(category, classifier.threshold) for category in policies}
-    results_db.model_outputs.keep_policy_texts({c: (versions[c], policies[c]) for c in policies})
-    done = set() if config.rescore else results_db.model_outputs.scored(file_ids, model_name)
-    todo = {
-        category: {i for i in file_ids if (i, category, versions[category], thresholds[category]) not in done}
-        for category in policies
-    }
-    started, scored, flagged_by_category, truncated = time.monotonic(), 0, {c: 0 for c in policies}, 0
-    for start in range(0, len(file_ids), config.files_per_chunk):
-        chunk = file_ids[start : start + config.files_per_chunk]
-        wanted = {category: [i for i in chunk if i in todo[category]] for category in policies}
-        rows = _score_chunk(classifier, policies, versions, thresholds, wanted, results_db, transcripts.rows,
-                            model_name)
-        results_db.model_outputs.store_classifications(archive, rows, classified_ids=chunk)
-        scored += len(rows)
-        truncated += sum(r.content_truncated for r in rows)
-        for row in rows:
-            flagged_by_category[row.flag_category] += row.flagged
-    results_db.failures.resolve_stages(archive.key, ["classification", "run"])
-    elapsed = time.monotonic() - started
-    return dg.MaterializeResult(
-        metadata={
-            "model": model_name,
-            "thresholds": dg.MetadataValue.json(thresholds),
-            "policy_versions": dg.MetadataValue.json(versions),
-            "transcripts": len(file_ids),
-            "scored_now": scored,
-            "already_scored": len(file_ids) * len(policies) - scored,
-            "truncated": truncated,
-            "flagged_now_by_category": dg.MetadataValue.json(flagged_by_category),
-            "items_per_s": round(scored / max(elapsed, 1e-6), 2),
-            **gpu_worker_metadata(),
+    # The last step: its success also closes what is left of the run's failures.
+    with archive_step(context, ["classification", "run"], archive_lock=archive_lock, results_db=results_db,
+                      archive=archive, gpu=True) as step:
+        file_ids = [int(i) for i in transcripts.rows.loc[transcripts.rows["status"] == "transcribed", "audio_file_id"]]
+        model_name, versions, policies = classifier.model_name(), classifier.policy_versions(), classifier.categories()
+        thresholds = _thresholds(classifier, results_db, model_name, policies, versions)
+        done = set() if config.rescore else results_db.model_outputs.scored(file_ids, model_name)
+        todo = {
+            category: {i for i in file_ids if (i, category, versions[category], thresholds[category]) not in done}
+            for category in policies
         }
-    )
+        started, scored = time.monotonic(), []
+        for chunk in batches(file_ids, config.files_per_chunk):
+            wanted = {category: [i for i in chunk if i in todo[category]] for category in policies}
+            rows = _score_chunk(classifier, policies, versions, thresholds, wanted, results_db, transcripts.rows,
+                                model_name)
+            results_db.model_outputs.store_classifications(archive, rows, classified_ids=chunk)
+            scored += rows
+        return step.result(_metadata(thresholds, model_name, versions, len(file_ids), scored, time.monotonic() - started))
+
+
+def _thresholds(classifier, results_db, model_name: str, policies: dict[str, str], versions: dict[str, str]):
+    """{policy: threshold}. One chosen per policy (review-thresholds) wins over the configured
+    one; it is part of the "already scored" key, so applying one (which re-flags stored scores)
+    re-scores nothing. Also keeps each policy text by version, for the console."""
+    chosen = results_db.model_outputs.policy_thresholds(model_name)
+    results_db.model_outputs.keep_policy_texts({c: (versions[c], policies[c]) for c in policies})
+    return {category: chosen.get(category, classifier.threshold) for category in policies}
+
+
+def _metadata(thresholds: dict[str, float], model_name: str, versions: dict[str, str], transcripts: int,
+              scored: list[ClassificationRow], elapsed: float) -> dict:
+    flagged = {category: 0 for category in versions}
+    for row in scored:
+        flagged[row.flag_category] += row.flagged
+    return {
+        "model": model_name,
+        "thresholds": dg.MetadataValue.json(thresholds),
+        "policy_versions": dg.MetadataValue.json(versions),
+        "transcripts": transcripts,
+        "scored_now": len(scored),
+        "already_scored": transcripts * len(versions) - len(scored),
+        "truncated": sum(r.content_truncated for r in scored),
+        "flagged_now_by_category": dg.MetadataValue.json(flagged),
+        "items_per_s": round(len(scored) / max(elapsed, 1e-6), 2),
+    }
 
 
 def _score_chunk(

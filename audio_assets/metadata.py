@@ -4,13 +4,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from audio_assets.archive import IO_RETRY
-from audio_assets.archive_access import download, unreadable_archive_recorded
-from audio_assets.archive_identity import archives_partitions
+from audio_assets.archive_step import archive_asset, archive_step
 from audio_assets.audio.metadata_rows import MetadataFileError, MetadataTable, join_metadata, read_metadata_table
 from audio_assets.audio.tar_safety import ArchiveLimits, iter_archive
 from audio_assets.settings import ArchiveScanConfig
-from audio_assets.workers.identity import worker_metadata
 from resources.archive_lock import ArchiveLock
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -18,12 +15,7 @@ from resources.results_db import FileFailure, MetadataAssignment, ResultsDatabas
 from resources.scratch import ScratchSpace
 
 
-@dg.asset(
-    partitions_def=archives_partitions,
-    kinds={"parquet", "postgres"},
-    retry_policy=IO_RETRY,
-    group_name="archives",
-)
+@archive_asset(kinds={"parquet", "postgres"}, manifest=False)
 def parquet_metadata(
     context: dg.AssetExecutionContext,
     config: ArchiveScanConfig,
@@ -34,48 +26,44 @@ def parquet_metadata(
     archive_lock: ArchiveLock,
 ) -> dg.MaterializeResult:
     """Each MP3's parquet row (meta_id = file stem) on audio_files.parquet_metadata."""
-    archive_lock.hold(context)
     archive, manifest = raw_archive.archive, raw_archive.rows
-    accepted = manifest[manifest["accepted"]]
-    mp3_names = accepted.loc[accepted["kind"] == "mp3", "member"].tolist()
-    parquet_names = set(accepted.loc[accepted["kind"] == "parquet", "member"])
-
-    tables, unreadable = [], []
-    if parquet_names:
-        with scratch.step_dir(context.run.run_id, "parquet_metadata") as workdir:
-            local = download(object_store, archive, workdir)
-            with unreadable_archive_recorded(context, results_db, archive, stage="metadata"):
+    with archive_step(context, ["metadata"], archive_lock=archive_lock, results_db=results_db, archive=archive,
+                      scratch=scratch) as step:
+        accepted = manifest[manifest["accepted"]]
+        mp3_names = accepted.loc[accepted["kind"] == "mp3", "member"].tolist()
+        parquet_names = set(accepted.loc[accepted["kind"] == "parquet", "member"])
+        tables, unreadable = [], []
+        if parquet_names:
+            with scratch.step_dir(context.run.run_id, "parquet_metadata") as workdir:
+                local = step.local_archive(object_store)
                 for name, table in _read_parquet_members(local, parquet_names, workdir, config.limits):
                     if isinstance(table, MetadataFileError):
                         unreadable.append(FileFailure(None, name, "metadata", str(table)))
                     else:
                         tables.append((name, table))
+        join = join_metadata(mp3_names, tables)
+        results_db.audio_files.store_metadata(
+            archive, [MetadataAssignment(name, m.source_member, m.values) for name, m in join.matched.items()]
+        )
+        results_db.failures.record(archive, unreadable, context.run.run_id)
+        if unreadable:
+            context.log.warning(f"{len(unreadable)} parquet member(s) unreadable: {[f.error for f in unreadable]}")
+        return step.result(_metadata(parquet_names, tables, unreadable, join))
 
-    join = join_metadata(mp3_names, tables)
-    results_db.audio_files.store_metadata(
-        archive,
-        [MetadataAssignment(name, match.source_member, match.values) for name, match in join.matched.items()],
-    )
-    results_db.failures.record(archive, unreadable, context.run.run_id)
-    if unreadable:
-        context.log.warning(f"{len(unreadable)} parquet member(s) unreadable: {[f.error for f in unreadable]}")
-    results_db.failures.resolve_stages(archive.key, ["metadata"])
 
-    return dg.MaterializeResult(
-        metadata={
-            "parquet_files": len(parquet_names),
-            "unreadable_parquet_files": len(unreadable),
-            "rows": sum(len(t.rows) for _, t in tables),
-            "rows_without_meta_id": sum(t.rows_without_meta_id for _, t in tables),
-            "matched": len(join.matched),
-            "rows_without_mp3": len(join.rows_without_mp3),
-            "mp3s_without_row": len(join.mp3s_without_row),
-            "duplicate_meta_ids": len(join.duplicate_meta_ids),
-            "ambiguous_stems": len(join.ambiguous_stems),
-            "problems": dg.MetadataValue.md(_problems_markdown(join, unreadable)),
-            **worker_metadata(),
-        }
-    )
+def _metadata(parquet_names: set[str], tables: list, unreadable: list[FileFailure], join) -> dict:
+    return {
+        "parquet_files": len(parquet_names),
+        "unreadable_parquet_files": len(unreadable),
+        "rows": sum(len(t.rows) for _, t in tables),
+        "rows_without_meta_id": sum(t.rows_without_meta_id for _, t in tables),
+        "matched": len(join.matched),
+        "rows_without_mp3": len(join.rows_without_mp3),
+        "mp3s_without_row": len(join.mp3s_without_row),
+        "duplicate_meta_ids": len(join.duplicate_meta_ids),
+        "ambiguous_stems": len(join.ambiguous_stems),
+        "problems": dg.MetadataValue.md(_problems_markdown(join, unreadable)),
+    }
 
 
 def _read_parquet_members(

@@ -9,15 +9,14 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from audio_assets.archive import IO_RETRY
-from audio_assets.archive_access import download, unreadable_archive_recorded
-from audio_assets.archive_identity import ArchiveVersion, archives_partitions
+from archive_identity import ArchiveVersion
+from audio_assets.archive_step import archive_asset, archive_step
 from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
 from audio_assets.audio.opus_convert import ConversionError, convert_to_opus
 from audio_assets.audio.streaming_conversion import ConversionStream
 from audio_assets.audio.tar_safety import iter_archive
+from audio_assets.file_batches import commit_in_batches, raise_for_retryable, split_done
 from audio_assets.settings import OpusConversionConfig
-from audio_assets.workers.identity import worker_metadata
 from resources.archive_lock import ArchiveLock
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -35,11 +34,6 @@ def opus_key(archive_date: str, audio_file_id: int) -> str:
     return f"processed/{archive_date}/{audio_file_id}.opus"
 
 
-class FilesToRetry(Exception):
-    """Some files hit transient failures (upload, scratch space); everything else is committed.
-    Raised at the end of the step so its retry policy runs again, for those files only."""
-
-
 @dataclass(frozen=True)
 class _Job:
     audio_file_id: int
@@ -55,13 +49,7 @@ class _Encoded:
     duration_s: float
 
 
-@dg.asset(
-    partitions_def=archives_partitions,
-    kinds={"ffmpeg", "s3", "postgres"},
-    io_manager_key="manifest_io",
-    retry_policy=IO_RETRY,
-    group_name="archives",
-)
+@archive_asset(kinds={"ffmpeg", "s3", "postgres"})
 def opus_files(
     context: dg.AssetExecutionContext,
     config: OpusConversionConfig,
@@ -72,66 +60,64 @@ def opus_files(
     archive_lock: ArchiveLock,
 ) -> dg.Output[ArchiveTable]:
     """MP3 members as Opus objects in processed/{date}/{id}.opus; a bad file fails alone."""
-    archive_lock.hold(context)
     archive = raw_archive.archive
-    results_db.object_deletions.drain(archive.key, object_store)  # before any upload of this run
-    mp3s = raw_archive.rows[(raw_archive.rows["kind"] == "mp3") & raw_archive.rows["accepted"]]
-    already, todo = split_done(mp3s, results_db.audio_files.conversion_state(archive), archive, config.reconvert)
-    started = time.monotonic()
-    outcomes: list[ConvertedFile | FileFailure] = []
-    if todo:
-        with scratch.step_dir(context.run.run_id, "opus_files") as workdir:
-            local = download(object_store, archive, workdir)
-            stream = _conversion_stream(config, resolve_ffmpeg(), workdir / "opus", archive, object_store)
-            with unreadable_archive_recorded(context, results_db, archive, stage="conversion"):
-                for chunk in _chunks(stream.run(_extract(local, todo, workdir / "mp3", config)), config.files_per_commit):
-                    _commit(results_db, archive, chunk, context)
-                    outcomes += chunk
-    results_db.object_deletions.drain(archive.key, object_store)
-    elapsed = time.monotonic() - started
-
-    retry = [o for o in outcomes if isinstance(o, FileFailure) and o.retryable]
-    if retry:
-        raise FilesToRetry(
-            f"{len(retry)} of {len(todo)} files hit transient failures and were left as they were "
-            f"(e.g. {retry[0].original_filename}: {retry[0].error}); the rest are committed"
+    with archive_step(context, ["conversion"], archive_lock=archive_lock, results_db=results_db, archive=archive,
+                      scratch=scratch) as step:
+        results_db.object_deletions.drain(archive.key, object_store)  # before any upload of this run
+        members = accepted_mp3s(raw_archive.rows)
+        already, todo = _split_converted(results_db, archive, members, config.reconvert)
+        started, outcomes = time.monotonic(), []
+        if todo:
+            with scratch.step_dir(context.run.run_id, "opus_files") as workdir:
+                stream = _conversion_stream(config, resolve_ffmpeg(), workdir / "opus", archive, object_store)
+                jobs = _extract(step.local_archive(object_store), todo, workdir / "mp3", config)
+                outcomes = commit_in_batches(
+                    stream.run(jobs), config.files_per_commit, lambda chunk: _commit(results_db, archive, chunk, context)
+                )
+        results_db.object_deletions.drain(archive.key, object_store)
+        failed = [o for o in outcomes if isinstance(o, FileFailure)]
+        raise_for_retryable(failed, len(todo), lambda f: f"{f.original_filename}: {f.error}")
+        converted = [o for o in outcomes if isinstance(o, ConvertedFile)]
+        return step.output(
+            results_frame(already, converted, failed, {i: m for m, i in members.items()}),
+            _metadata(config, converted, failed, len(already), time.monotonic() - started),
         )
-    results_db.failures.resolve_stages(archive.key, ["conversion"])
-    converted = [o for o in outcomes if isinstance(o, ConvertedFile)]
-    failed = [o for o in outcomes if isinstance(o, FileFailure)]
-    audio_s = sum(c.duration_seconds for c in converted)
-    return dg.Output(
-        ArchiveTable(archive, results_frame(already, converted, failed, dict(zip(mp3s["audio_file_id"], mp3s["member"])))),
-        metadata={
-            "converted": len(converted),
-            "already_converted": len(already),
-            "failed": len(failed),
-            "audio_minutes": round(audio_s / 60, 2),
-            "files_per_hour": round(len(outcomes) / max(elapsed, 1e-6) * 3600),
-            "realtime_factor": round(elapsed / audio_s, 4) if audio_s else None,
-            "workers": config.workers,
-            "failures": dg.MetadataValue.md(_failures_markdown(failed)),
-            **worker_metadata(),
-        },
-    )
 
 
-def split_done(
-    mp3s: pd.DataFrame, state: dict[str, dict], archive: ArchiveVersion, reconvert: bool
+def accepted_mp3s(manifest: pd.DataFrame) -> dict[str, int]:
+    """{member: audio_file_id} of the manifest's accepted MP3s."""
+    mp3s = manifest[(manifest["kind"] == "mp3") & manifest["accepted"]]
+    return {member: int(file_id) for member, file_id in zip(mp3s["member"], mp3s["audio_file_id"])}
+
+
+def _split_converted(
+    results_db: ResultsDatabase, archive: ArchiveVersion, members: dict[str, int], reconvert: bool
 ) -> tuple[list[dict], dict[str, int]]:
     """(rows of files already converted from this version, {member: file id} still to do).
     Done means: the row is converted or further along and its object is this version's key."""
-    already, todo = [], {}
-    for member, file_id in zip(mp3s["member"], mp3s["audio_file_id"]):
-        row = state.get(member)
-        if (
-            not reconvert and row is not None and row["status"] in FINISHED_CONVERSION
-            and row["opus_path"] == opus_key(archive.date, int(file_id))
-        ):
-            already.append(row)
-        else:
-            todo[member] = int(file_id)
-    return already, todo
+    state = {} if reconvert else results_db.audio_files.conversion_state(archive)
+
+    def is_converted(item: tuple[str, int]) -> bool:
+        row = state.get(item[0])
+        return bool(row and row["status"] in FINISHED_CONVERSION and row["opus_path"] == opus_key(archive.date, item[1]))
+
+    done, todo = split_done(members.items(), is_converted)
+    return [state[member] for member, _ in done], dict(todo)
+
+
+def _metadata(config: OpusConversionConfig, converted: list[ConvertedFile], failed: list[FileFailure],
+              already: int, elapsed: float) -> dict:
+    audio_s = sum(c.duration_seconds for c in converted)
+    return {
+        "converted": len(converted),
+        "already_converted": already,
+        "failed": len(failed),
+        "audio_minutes": round(audio_s / 60, 2),
+        "files_per_hour": round((len(converted) + len(failed)) / max(elapsed, 1e-6) * 3600),
+        "realtime_factor": round(elapsed / audio_s, 4) if audio_s else None,
+        "workers": config.workers,
+        "failures": dg.MetadataValue.md(_failures_markdown(failed)),
+    }
 
 
 def _extract(local: Path, todo: dict[str, int], out_dir: Path, config: OpusConversionConfig) -> Iterator[_Job | FileFailure]:
@@ -194,17 +180,6 @@ def _out_of_space(error: ConversionError, out_dir: Path) -> bool:
     return "No space left on device" in str(error) or isinstance(error.__cause__, OSError) and (
         error.__cause__.errno == errno.ENOSPC
     )
-
-
-def _chunks(outcomes: Iterator, size: int) -> Iterator[list]:
-    chunk = []
-    for outcome in outcomes:
-        chunk.append(outcome)
-        if len(chunk) >= max(1, size):
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _commit(results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, context) -> None:

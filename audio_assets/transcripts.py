@@ -9,11 +9,10 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from audio_assets.archive import IO_RETRY
-from audio_assets.archive_identity import ArchiveVersion, archives_partitions
-from audio_assets.gpu_routing import GPU_OP_TAGS, GPU_POOL
+from archive_identity import ArchiveVersion
+from audio_assets.archive_step import archive_asset, archive_step
+from audio_assets.file_batches import batches, raise_for_retryable, split_done
 from audio_assets.ml.transcriber import Transcript
-from audio_assets.workers.identity import gpu_worker_metadata
 from resources.archive_lock import ArchiveLock
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -44,15 +43,7 @@ class OpusObjectReplaced(dg.Failure):
         )
 
 
-@dg.asset(
-    partitions_def=archives_partitions,
-    kinds={"pytorch", "s3", "postgres"},
-    io_manager_key="manifest_io",
-    op_tags=GPU_OP_TAGS,
-    pool=GPU_POOL,
-    retry_policy=IO_RETRY,
-    group_name="moderation",
-)
+@archive_asset(kinds={"pytorch", "s3", "postgres"}, group_name="moderation", gpu=True)
 def transcripts(
     context: dg.AssetExecutionContext,
     config: TranscriptionConfig,
@@ -64,51 +55,45 @@ def transcripts(
     archive_lock: ArchiveLock,
 ) -> dg.Output[ArchiveTable]:
     """WhisperX transcripts (text, language, confidence, timed segments) of the Opus files."""
-    archive_lock.hold(context)
     archive = opus_files.archive
-    converted = opus_files.rows[opus_files.rows["status"] == "converted"].reset_index(drop=True)
-    model_name = transcriber.model_name()
-    ids = [int(i) for i in converted["audio_file_id"]]
-    already = set() if config.retranscribe else results_db.model_outputs.transcribed_ids(ids, model_name)
-    todo = converted[~converted["audio_file_id"].isin(already)].to_dict("records")
-
-    started = time.monotonic()
-    done: list[tuple[dict, Transcript | FileFailure]] = []
-    load_s = 0.0
-    if todo:
-        model = transcriber.load()
-        load_s = time.monotonic() - started
-        with scratch.step_dir(context.run.run_id, "transcripts") as workdir:
-            for start in range(0, len(todo), config.files_per_chunk):
-                chunk = _transcribe_chunk(todo[start : start + config.files_per_chunk], model, object_store, workdir)
-                _commit(results_db, archive, chunk, model_name, context.run.run_id)
-                done += chunk
-                context.log.info(f"transcribed {len(done)}/{len(todo)} files ({len(already)} done before)")
-    elapsed = time.monotonic() - started
-
-    ok = [(row, t) for row, t in done if isinstance(t, Transcript)]
-    failed = [t for _, t in done if isinstance(t, FileFailure)]
-    if any(f.retryable for f in failed):
-        raise RuntimeError(
-            f"{sum(f.retryable for f in failed)} Opus object(s) could not be read (e.g. {failed[0].error}); "
-            "the transcripts made are committed, a retry does the rest"
+    with archive_step(context, ["transcription"], archive_lock=archive_lock, results_db=results_db,
+                      archive=archive, gpu=True) as step:
+        converted = opus_files.rows[opus_files.rows["status"] == "converted"].reset_index(drop=True)
+        model_name = transcriber.model_name()
+        ids = [int(i) for i in converted["audio_file_id"]]
+        already = set() if config.retranscribe else results_db.model_outputs.transcribed_ids(ids, model_name)
+        _, todo = split_done(converted.to_dict("records"), lambda row: int(row["audio_file_id"]) in already)
+        started, done, load_s = time.monotonic(), [], 0.0
+        if todo:
+            model = transcriber.load()
+            load_s = time.monotonic() - started
+            with scratch.step_dir(context.run.run_id, "transcripts") as workdir:
+                for chunk in batches(todo, config.files_per_chunk):
+                    outcomes = _transcribe_chunk(chunk, model, object_store, workdir)
+                    _commit(results_db, archive, outcomes, model_name, context.run.run_id)
+                    done += outcomes
+                    context.log.info(f"transcribed {len(done)}/{len(todo)} files ({len(already)} done before)")
+        ok = [(row, t) for row, t in done if isinstance(t, Transcript)]
+        failed = [t for _, t in done if isinstance(t, FileFailure)]
+        raise_for_retryable(failed, len(todo), lambda f: f.error)
+        return step.output(
+            _results_frame(converted, already, ok, failed, model_name),
+            _metadata(model_name, ok, already, failed, time.monotonic() - started, load_s),
         )
-    results_db.failures.resolve_stages(archive.key, ["transcription"])
+
+
+def _metadata(model_name: str, ok: list, already: set[int], failed: list[FileFailure], elapsed: float, load_s: float) -> dict:
     audio_s = sum(t.audio_seconds for _, t in ok)
-    return dg.Output(
-        ArchiveTable(archive, _results_frame(converted, already, ok, failed, model_name)),
-        metadata={
-            "model": model_name,
-            "transcribed_now": len(ok),
-            "already_transcribed": len(already),
-            "empty_transcripts": sum(1 for _, t in ok if not t.text),
-            "failed": len(failed),
-            "audio_minutes": round(audio_s / 60, 2),
-            "realtime_factor": round((elapsed - load_s) / audio_s, 3) if audio_s else None,
-            "model_load_s": round(load_s, 2),
-            **gpu_worker_metadata(),
-        },
-    )
+    return {
+        "model": model_name,
+        "transcribed_now": len(ok),
+        "already_transcribed": len(already),
+        "empty_transcripts": sum(1 for _, t in ok if not t.text),
+        "failed": len(failed),
+        "audio_minutes": round(audio_s / 60, 2),
+        "realtime_factor": round((elapsed - load_s) / audio_s, 3) if audio_s else None,
+        "model_load_s": round(load_s, 2),
+    }
 
 
 def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdir: Path) -> list:

@@ -29,7 +29,7 @@ import dagster as dg
 import paramiko
 from pydantic import Field
 
-from audio_assets.archive_identity import ARCHIVE_PREFIX
+from archive_identity import ARCHIVE_PREFIX
 from audio_assets.verified_upload import S3_MIN_PART, TransferVerificationError, VerifyingReader, part_size_for
 from resources.object_store import MIB, ObjectInfo, ObjectStore
 from resources.remote_host import (

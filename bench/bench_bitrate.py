@@ -31,7 +31,7 @@ from bench_transcription import Clip, make_espeak_clip, sample_clips
 from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
 from audio_assets.audio.opus_convert import convert_to_opus
 from audio_assets.ml.transcriber import TranscriberSettings, load_transcriber
-from audio_assets.ml.wer import corpus_word_error_rate
+from wer import corpus_word_error_rate
 from audio_assets.ml.whisper_models import default_models_root
 
 

@@ -51,17 +51,18 @@ sys.path.insert(0, str(ROOT / "tests"))  # archive_factory: the fixtures' own MP
 from archive_factory import build_tar, make_speech_mp3  # noqa: E402
 
 import audio_assets.audio.opus_convert as opus_convert_module  # noqa: E402
-import audio_assets.opus as opus_module  # noqa: E402
+import audio_assets.archive_step as archive_step_module  # noqa: E402
 import resources.manifest_io as manifest_io_module  # noqa: E402
 from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg  # noqa: E402
 from audio_assets.audio.opus_convert import convert_to_opus  # noqa: E402
 from audio_assets.audio.tar_safety import ArchiveEntry, ArchiveLimits, iter_archive  # noqa: E402
 from audio_assets.archive import raw_archive  # noqa: E402
-from audio_assets.archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions  # noqa: E402
+from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG  # noqa: E402
+from audio_assets.partitions import archives_partitions  # noqa: E402
 from audio_assets.opus import opus_files  # noqa: E402
 from resources.archive_lock import ArchiveLock  # noqa: E402
-from resources.embedded.postgres import create_database, start_postgres, stop_postgres  # noqa: E402
-from resources.embedded.seaweedfs import start_seaweedfs, stop_seaweedfs  # noqa: E402
+from embedded_services.postgres import create_database, start_postgres, stop_postgres  # noqa: E402
+from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs  # noqa: E402
 from resources.manifest_io import ArchiveTableIOManager  # noqa: E402
 from resources.object_store import ObjectStore  # noqa: E402
 from resources.results_db import ResultsDatabase  # noqa: E402
@@ -234,7 +235,7 @@ _download_ends: list[float] = []
 
 
 def _mark_download_ends() -> None:
-    original = vars(opus_module)["download"]
+    original = vars(archive_step_module.ArchiveStep)["local_archive"]
     if getattr(original, "bench_marks_end", False):
         return
 
@@ -245,7 +246,7 @@ def _mark_download_ends() -> None:
             _download_ends.append(time.time())
 
     download.bench_marks_end = True
-    opus_module.download = download
+    archive_step_module.ArchiveStep.local_archive = download
 
 
 def opus_run_config(workers: int) -> dict:
@@ -391,7 +392,7 @@ PROFILED = [
     (ArchiveLock, "hold", "archive lock (PostgreSQL advisory lock)"),
     (ObjectDeletions, "drain", "DB: object deletions outbox drain"),
     (AudioFiles, "conversion_state", "DB: conversion state query"),
-    (opus_module, "download", "download archive (S3)"),
+    (archive_step_module.ArchiveStep, "local_archive", "download archive (S3)"),
     (ArchiveEntry, "copy_to", "copy one MP3 out of the tar (streamed, main thread)"),
     (opus_convert_module, "_declared_duration", "source header probe (PyAV open)"),
     (opus_convert_module, "_run_ffmpeg", "ffmpeg encode (subprocess)"),

@@ -5,7 +5,8 @@ sensor, the run queue and every asset, against the sum of the bare tools doing t
         .venv/bin/python bench/bench_end_to_end.py [--clips 93] [--workers 2]
 
 Inputs (not timed): `--clips` espeak-ng clips of 3-10 s plus the 7 bundled samples (100 files
-by default) in one .tar.gz. Services: SeaweedFS and PostgreSQL on free ports in temp dirs.
+by default) and a parquet of their metadata in one .tar.gz; `--filler-mb N` adds N MiB of
+random-byte members (a plain .tar then), so the archive steps' share of a big archive shows. Services: SeaweedFS and PostgreSQL on free ports in temp dirs.
 
 * bare tools, in this process, on local files: tar extraction, ffmpeg (the pipeline's binary and
   settings, libopus 32 kbps mono) over `--workers` threads, bare WhisperX (load_model + per file
@@ -34,7 +35,7 @@ from pathlib import Path
 import dagster as dg
 
 import bench_conversion as conversion  # sets up sys.path for archive_factory and tests/
-from archive_factory import build_tar
+from archive_factory import build_tar, make_parquet
 from bench_transcription import load_bare_whisperx, make_espeak_clip, sample_clips
 from daemon_harness import DaemonHarness, PipelineEnvironment
 
@@ -43,8 +44,8 @@ from audio_assets.audio.opus_convert import convert_to_opus
 from audio_assets.ml.profanity_scorer import ProfanityScorer
 from audio_assets.ml.transcriber import decode_audio_file
 from audio_assets.ml.whisper_models import bundled_whisper_base, default_models_root
-from resources.embedded.postgres import create_database, start_postgres, stop_postgres
-from resources.embedded.seaweedfs import start_seaweedfs, stop_seaweedfs
+from embedded_services.postgres import create_database, start_postgres, stop_postgres
+from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=93)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--filler-mb", type=int, default=0,
+                        help="add a member of this many MiB of random bytes (not audio): a big archive "
+                        "whose download and reading the archive steps pay, with the same audio work")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
@@ -63,7 +67,18 @@ def main() -> None:
     try:
         clips = [make_espeak_clip(workdir / "clips" / f"clip_{i:03d}.mp3", args.seed * 1000 + i)
                  for i in range(args.clips)] + sample_clips(workdir)
-        archive = build_tar(workdir / "bench_e2e.tar.gz", [(c.member, c.path) for c in clips], gzip=True)
+        # The parquet metadata every archive carries: one row per clip, meta_id = its stem.
+        metadata = make_parquet(workdir / "metadata.parquet",
+                                [{"meta_id": Path(c.member).stem, "seconds": c.seconds} for c in clips])
+        entries = [(c.member, c.path) for c in clips] + [("metadata.parquet", metadata)]
+        for part in range(0, args.filler_mb, 100):  # 100 MiB members: under the member cap
+            filler = workdir / "filler" / f"{part:06d}.bin"
+            filler.parent.mkdir(exist_ok=True)
+            filler.write_bytes(os.urandom(min(100, args.filler_mb - part) * 1024 * 1024))
+            entries.append((f"video/{filler.name}", filler))
+        # A big archive as plain tar: gzip over random bytes would only measure gzip.
+        name = "bench_e2e.tar" if args.filler_mb else "bench_e2e.tar.gz"
+        archive = build_tar(workdir / name, entries, gzip=not args.filler_mb)
         audio_s = sum(c.seconds for c in clips)
         print(f"{len(clips)} files, {audio_s:.0f} s of speech, archive {archive.stat().st_size / 2**20:.1f} MiB\n")
 
@@ -82,6 +97,14 @@ def main() -> None:
             print(f"| {name} | {seconds:.1f} |")
         total = pipeline["upload → run success"]
         print(f"\norchestration overhead: {total:.1f} s / {bare_total:.1f} s - 1 = {total / bare_total - 1:+.1%}")
+        tools = sum(pipeline[f"step {s}"] for s in ("opus_files", "transcripts", "classifications"))
+        outside = total - tools
+        print(f"time outside the tools' own steps (opus_files, transcripts, classifications): "
+              f"{outside:.1f} s = {outside / total:.1%} of the run, {outside / bare_total:.1%} of the bare sum")
+        archive_steps = sum(pipeline[f"step {s}"] for s in ("raw_archive", "opus_files", "parquet_metadata"))
+        print(f"archive steps (raw_archive, opus_files, parquet_metadata): {archive_steps:.1f} s = "
+              f"{archive_steps / total:.1%} of upload → run success, "
+              f"{archive_steps / pipeline['run start → run end']:.1%} of run start → run end")
     finally:
         stop_seaweedfs(s3)
         stop_postgres(pg)
@@ -133,13 +156,20 @@ def through_pipeline(archive: Path, workdir: Path, s3, pg) -> dict[str, float]:
     with DaemonHarness(workdir / "daemon", pg, environment) as harness:
         harness.start_daemon()
         time.sleep(20)  # the daemon and its code server up before the clock starts
-        started = time.perf_counter()
+        # The clock starts once the object is in the bucket: a big archive's upload is the
+        # sender's time, not the pipeline's.
         store.upload_file(archive, f"archives/{archive.name}")
+        started = time.perf_counter()
         [run] = harness.wait_for_partition_success(archive.name.split(".")[0], timeout_s=3600)[-1:]
         total = time.perf_counter() - started
+        uploaded_at = time.time() - total
         times = {"upload → run success": total}
         records = harness.instance.get_run_record_by_id(run.run_id)
-        times["upload → run start (sensor, queue, launch)"] = records.start_time - (time.time() - total)
+        times["upload → run created (sensor tick)"] = records.create_timestamp.timestamp() - uploaded_at
+        times["run created → run start (queue, run-worker launch and imports)"] = (
+            records.start_time - records.create_timestamp.timestamp()
+        )
+        times["upload → run start (sensor, queue, launch)"] = records.start_time - uploaded_at
         steps = {}
         for entry in harness.instance.all_logs(run.run_id):
             if entry.dagster_event is None or entry.step_key is None:
@@ -149,8 +179,10 @@ def through_pipeline(archive: Path, workdir: Path, s3, pg) -> dict[str, float]:
                 steps[entry.step_key] = [entry.timestamp, None]
             elif kind == dg.DagsterEventType.STEP_SUCCESS:
                 steps[entry.step_key][1] = entry.timestamp
+        times["upload → first step start"] = min(start for start, _ in steps.values()) - uploaded_at
         for step, (start, end) in sorted(steps.items(), key=lambda item: item[1][0]):
             times[f"step {step}"] = end - start
+        times["run start → run end"] = records.end_time - records.start_time
         times["run start → end, outside steps"] = (
             records.end_time - records.start_time - sum(end - start for start, end in steps.values())
         )

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from resources.embedded.ports import free_tcp_ports
-from resources.embedded.postgres import create_database, start_postgres, stop_postgres
-from resources.embedded.seaweedfs import start_seaweedfs, stop_seaweedfs
+from embedded_services.ports import free_tcp_ports
+from embedded_services.postgres import create_database, start_postgres, stop_postgres
+from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 from sensors import archive_sensor as archive_sensor_module

@@ -4,7 +4,7 @@
         .venv/bin/python bench/bench_transcription.py [--clips 20] [--repeats 3] [--batch-size 8]
 
 Builds an archive of espeak-ng speech clips (3-10 s, mono 64 kbps MP3; not timed) plus the
-bundled samples (audio_assets/samples, one of them a human voice), starts SeaweedFS and
+bundled samples (operations/samples, one of them a human voice), starts SeaweedFS and
 PostgreSQL on free ports in temp dirs and materializes `raw_archive` and `opus_files` (not
 timed). Both models, the real Whisper base weights (CTranslate2, int8, CPU), are loaded and
 warmed on two files before anything is timed. Then, `--repeats` times in alternating order:
@@ -56,7 +56,7 @@ import audio_assets.ml.transcriber as transcriber_module
 import resources.manifest_io as manifest_io_module
 from audio_assets.definitions import build_definitions
 from audio_assets.ml.transcriber import TranscriberSettings, decode_audio_file, load_transcriber
-from audio_assets.ml.wer import corpus_word_error_rate, normalize_words
+from wer import corpus_word_error_rate, normalize_words
 from audio_assets.ml.whisper_models import bundled_whisper_base, default_models_root, resolve_whisper_model
 from pipeline_support import ArchiveRunner, pipeline_resources
 from resources.archive_lock import ArchiveLock
@@ -68,7 +68,7 @@ from resources.results_db.failures import DeadLetter
 from resources.results_db.model_outputs import ModelOutputs
 from resources.transcriber import WhisperTranscriber
 
-SAMPLES = conversion.ROOT / "audio_assets" / "samples"
+SAMPLES = conversion.ROOT / "operations" / "samples"
 ARCHIVE_NAME = "bench_transcription.tar.gz"
 INGEST = [dg.AssetKey("raw_archive"), dg.AssetKey("opus_files")]
 TRANSCRIPTS = [dg.AssetKey("transcripts")]
@@ -203,12 +203,7 @@ class StepRunner:
         return Sample(seconds, cpu, self.stored_texts(), metadata)
 
     def stored_texts(self) -> dict[str, str]:
-        rows = self.results_db.fetch_all(
-            "SELECT a.original_filename, t.transcript_text FROM transcripts t "
-            "JOIN audio_files a ON a.id = t.audio_file_id WHERE a.archive_source = %s",
-            (self.key,), what="bench: stored transcripts",
-        )
-        return {row["original_filename"]: row["transcript_text"] for row in rows}
+        return self.results_db.model_outputs.transcripts_of_archive(self.key)
 
 
 # --- profile: one extra, instrumented run of each (not in the table) ----------------------
@@ -358,7 +353,7 @@ def print_cpu(results: dict[str, list[Sample]]) -> None:
 
 def print_accuracy(texts_by_method: dict[str, dict[str, str]], clips: list[Clip]) -> None:
     """Corpus WER per method and set; keys are "method | input", with bare WhisperX on each input."""
-    print("\nword error rate (audio_assets/ml/wer.py, corpus WER: all errors / all reference words; last timed run)")
+    print("\nword error rate (tests/wer.py, corpus WER: all errors / all reference words; last timed run)")
     print("| method | input | espeak clips | samples (6 espeak + 1 human) | all | identical to bare WhisperX, same input | identical to bare WhisperX on MP3 |")
     print("|---|---|---:|---:|---:|---:|---:|")
 
@@ -381,8 +376,7 @@ def print_accuracy(texts_by_method: dict[str, dict[str, str]], clips: list[Clip]
 
 def opus_copies(results_db: ResultsDatabase, store: ObjectStore, key: str, clips: list[Clip], workdir: Path) -> list[Clip]:
     """The clips as the step sees them: the Opus objects opus_files uploaded."""
-    rows = results_db.fetch_all("SELECT original_filename, opus_path FROM audio_files WHERE archive_source = %s", (key,),
-                                what="bench: Opus objects")
+    rows = results_db.audio_files.files_of_archive(key)
     opus_key = {row["original_filename"]: row["opus_path"] for row in rows}
     copies = []
     for clip in clips:

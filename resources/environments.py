@@ -15,17 +15,17 @@ from typing import Any
 
 import dagster as dg
 
-from resources.classifier import PolicyClassifier
+from embedded_services.ports import LOCAL_POSTGRES_PORT, LOCAL_S3_PORT
 from resources.archive_lock import ArchiveLock
+from resources.classifier import PolicyClassifier
 from resources.manifest_io import ArchiveTableIOManager
 from resources.object_store import ObjectStore
 from resources.remote_host import RemoteArchiveHost
 from resources.results_db import ResultsDatabase
 from resources.scratch import ScratchSpace
 from resources.transcriber import WhisperTranscriber
+from s3_client import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_READ_TIMEOUT_S
 
-LOCAL_S3_PORT = 8333
-LOCAL_POSTGRES_PORT = 54329
 LOCAL_ACCESS_KEY = "pipeline"
 LOCAL_SECRET_KEY = "pipeline-secret"
 LOCAL_BUCKET = "audio-pipeline"
@@ -74,10 +74,10 @@ def _object_store() -> ObjectStore:
         bucket=dg.EnvVar("S3_BUCKET"),
         access_key=dg.EnvVar("S3_ACCESS_KEY"),
         secret_key=dg.EnvVar("S3_SECRET_KEY"),
-        # Settings, not secrets: read with defaults, like the model choices.
-        max_attempts=int(env("S3_MAX_ATTEMPTS", "10")),
-        connect_timeout_s=float(env("S3_CONNECT_TIMEOUT_S", "10")),
-        read_timeout_s=float(env("S3_READ_TIMEOUT_S", "60")),
+        # Settings, not secrets: read with the defaults of s3_client.py, like the model choices.
+        max_attempts=int(env("S3_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)),
+        connect_timeout_s=float(env("S3_CONNECT_TIMEOUT_S", DEFAULT_CONNECT_TIMEOUT_S)),
+        read_timeout_s=float(env("S3_READ_TIMEOUT_S", DEFAULT_READ_TIMEOUT_S)),
     )
 
 

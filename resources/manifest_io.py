@@ -17,12 +17,11 @@ import io
 from dataclasses import dataclass
 
 import dagster as dg
-from dagster._core.execution.context.output import RUN_ID_PLACEHOLDER  # no public name for it
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from audio_assets.archive_identity import ArchiveVersion
+from archive_identity import ArchiveVersion
 from resources.object_store import ObjectStore
 
 ARCHIVE_METADATA_KEY = b"audio.archive"
@@ -65,6 +64,8 @@ class ArchiveTableIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> ArchiveTable:
         run_id = _upstream_run_id(context)
+        if run_id is not None and context.instance.get_run_by_id(run_id) is None:
+            run_id = None  # Dagster's placeholder for an upstream step outside this run's plan
         if run_id is not None:
             key = self._key(context.asset_key, context.asset_partition_key, run_id)
         else:
@@ -98,8 +99,6 @@ def _upstream_run_id(context: dg.InputContext) -> str | None:
     if upstream is None:
         return None
     try:
-        run_id = upstream.run_id
+        return upstream.run_id
     except dg.DagsterInvariantViolationError:
         return None
-    # A step run without its upstream step gets Dagster's placeholder, not an error.
-    return None if run_id == RUN_ID_PLACEHOLDER else run_id

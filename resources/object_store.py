@@ -6,9 +6,8 @@ is missing or truncated.
 
 Retry layers, each for failures the others cannot see: botocore's standard mode retries a
 request that fails with a connection error, timeout, 5xx or throttling (`max_attempts`
-sends in all; jittered backoff doubling from 50 ms, from 1 s when throttled, so the
-default 6 wait at most 1.6 s in all, 31 s throttled; one retry quota per client, so per
-process); s3transfer re-requests a download part whose body breaks mid-stream, after
+sends in all, defaults in s3_client.py, shared with the review console; one retry quota
+per client, so per process); s3transfer re-requests a download part whose body breaks mid-stream, after
 botocore has returned it (`num_download_attempts`, 5; a GET whose headers time out meets
 both); `integrity_attempts` repeats a whole download or multipart upload only on
 IncompleteTransferError (byte count differs from the object's size, object changed
@@ -33,14 +32,20 @@ from types import MappingProxyType
 from typing import IO, NamedTuple, TypeVar
 from xml.etree import ElementTree
 
-import boto3
-import botocore.config
 import botocore.exceptions
 import dagster as dg
 import urllib3
 from boto3.s3.transfer import TransferConfig
 from pydantic import Field
 from s3transfer.exceptions import S3DownloadFailedError
+
+from s3_client import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_READ_TIMEOUT_S,
+    DEFAULT_REGION,
+    s3_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,51 +75,6 @@ class IncompleteTransferError(RuntimeError):
     """A transfer finished but the object or file is not what was sent; worth repeating."""
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_client(
-    endpoint_url: str | None,
-    access_key: str | None,
-    secret_key: str | None,
-    region: str,
-    max_attempts: int,
-    connect_timeout_s: float,
-    read_timeout_s: float,
-    pid: int,
-):
-    """One boto3 client per configuration and process.
-
-    Building a client costs tens of milliseconds; clients are thread-safe, so every
-    step in a process shares one. `pid` is in the key so a forked worker builds its
-    own instead of reusing its parent's connection pool.
-    """
-    del pid
-    non_aws = endpoint_url is not None and "amazonaws.com" not in endpoint_url
-    options: dict = {
-        # botocore's own "max_attempts" counts retries (6 sends 7 requests); this counts them all.
-        "retries": {"mode": "standard", "total_max_attempts": max_attempts},
-        "signature_version": "s3v4",
-        "connect_timeout": connect_timeout_s,
-        "read_timeout": read_timeout_s,
-    }
-    if non_aws:
-        # Virtual-host addressing needs DNS per bucket, which local servers lack.
-        # botocore >= 1.36 adds CRC checksums to every request by default; several
-        # S3-compatible servers reject or mishandle them, so send them only when
-        # the operation requires one.
-        options["s3"] = {"addressing_style": "path"}
-        options["request_checksum_calculation"] = "when_required"
-        options["response_checksum_validation"] = "when_required"
-    session = boto3.session.Session()
-    return session.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name=region,
-        config=botocore.config.Config(**options),
-    )
-
-
 _S3_XML = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
@@ -141,12 +101,14 @@ class ObjectStore(dg.ConfigurableResource):
     bucket: str
     access_key: str | None = None
     secret_key: str | None = None
-    region: str = "us-east-1"
+    region: str = DEFAULT_REGION
     max_attempts: int = Field(
-        default=6, description="attempts per request in all, by botocore's standard retry mode"
+        default=DEFAULT_MAX_ATTEMPTS, description="attempts per request in all, by botocore's standard retry mode"
     )
-    connect_timeout_s: float = 10
-    read_timeout_s: float = Field(default=60, description="a server silent this long fails the attempt")
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    read_timeout_s: float = Field(
+        default=DEFAULT_READ_TIMEOUT_S, description="a server silent this long fails the attempt"
+    )
     integrity_attempts: int = Field(
         default=3, ge=1, description="attempts at a transfer whose bytes fail their size or ETag check"
     )
@@ -154,16 +116,15 @@ class ObjectStore(dg.ConfigurableResource):
     multipart_chunk_mb: int = 16
 
     def client(self):
-        """The shared boto3 S3 client for this configuration (see _cached_client)."""
-        return _cached_client(
+        """The boto3 S3 client for this configuration, shared within the process (s3_client.py)."""
+        return s3_client(
             self.endpoint_url,
             self.access_key,
             self.secret_key,
-            self.region,
-            self.max_attempts,
-            self.connect_timeout_s,
-            self.read_timeout_s,
-            os.getpid(),
+            region=self.region,
+            max_attempts=self.max_attempts,
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
         )
 
     def ensure_bucket(self) -> None:

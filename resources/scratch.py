@@ -8,6 +8,7 @@ interrupted by a retry.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import re
 import shutil
 import tempfile
@@ -34,9 +35,38 @@ class ScratchSpace(dg.ConfigurableResource):
         description="Directory under which each step gets its own folder",
     )
 
+    def run_dir(self, run_id: str) -> Path:
+        """SCRATCH_ROOT/{run_id}: the run's step folders, and what its steps share on this host
+        (the archive copy); the sweep removes it if the run's steps could not."""
+        path = Path(self.root) / _UNSAFE.sub("_", run_id)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextlib.contextmanager
+    def shared_dir(self, run_id: str, name: str) -> Iterator[Path]:
+        """SCRATCH_ROOT/{run_id}/{name}, for what the run's steps share on this host, locked
+        against the run's other step processes while held (an flock on {name}.lock, which the
+        kernel frees if the process dies)."""
+        folder = self.run_dir(run_id) / name
+        folder.mkdir(exist_ok=True)
+        with open(folder.parent / f"{name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield folder
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def remove_shared_dir(self, run_id: str, name: str) -> None:
+        """Call while holding shared_dir(run_id, name): the folder, its lock file, and the run
+        folder once nothing else is in it."""
+        run = self.run_dir(run_id)
+        shutil.rmtree(run / name, ignore_errors=True)
+        (run / f"{name}.lock").unlink(missing_ok=True)
+        self.remove_run_dir_if_empty(run_id)
+
     @contextlib.contextmanager
     def step_dir(self, run_id: str, step: str) -> Iterator[Path]:
-        path = Path(self.root) / _UNSAFE.sub("_", run_id) / _UNSAFE.sub("_", step)
+        path = self.run_dir(run_id) / _UNSAFE.sub("_", step)
         if path.exists():  # left by an earlier attempt of the same step (a retry)
             shutil.rmtree(path)
         path.mkdir(parents=True)
@@ -44,8 +74,11 @@ class ScratchSpace(dg.ConfigurableResource):
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()  # the run folder, once its last step is done
+            self.remove_run_dir_if_empty(run_id)
+
+    def remove_run_dir_if_empty(self, run_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (Path(self.root) / _UNSAFE.sub("_", run_id)).rmdir()
 
     @staticmethod
     def ensure_free(path: Path, needed_bytes: int, purpose: str) -> None:

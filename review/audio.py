@@ -11,9 +11,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import boto3
-import botocore.config
 import botocore.exceptions
+
+from s3_client import s3_client
 
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$", re.ASCII)
 _BEYOND_ANY_FILE = 10**18
@@ -64,18 +64,9 @@ def _position(digits: str) -> int | None:
 
 
 def s3_client_for(settings) -> object:
-    """An S3 client with the pipeline's settings for non-AWS servers (path addressing, checksums
-    only when required; see resources/object_store.py), without importing Dagster."""
-    options: dict = {"retries": {"mode": "standard", "total_max_attempts": 5}, "connect_timeout": 10,
-                     "read_timeout": 60, "signature_version": "s3v4"}
-    if settings.s3_endpoint and "amazonaws.com" not in settings.s3_endpoint:
-        options |= {"s3": {"addressing_style": "path"}, "request_checksum_calculation": "when_required",
-                    "response_checksum_validation": "when_required"}
-    return boto3.session.Session().client(
-        "s3", endpoint_url=settings.s3_endpoint, aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key, region_name="us-east-1",
-        config=botocore.config.Config(**options),
-    )
+    """The S3 client of the pipeline's one factory (s3_client.py: same retries, timeouts and
+    non-AWS settings as ObjectStore), without importing Dagster."""
+    return s3_client(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key)
 
 
 class AudioSource:

@@ -1,4 +1,4 @@
-"""The operator commands of the console that `audio-pipeline` wires in (audio_assets/cli.py
+"""The operator commands of the console that `audio-pipeline` wires in (operations/cli.py
 only parses arguments and hands over the pipeline's results database): review-user's
 actions, review-thresholds, review-audit and review-export. Each returns the exit status."""
 

@@ -11,14 +11,9 @@ from datetime import timedelta
 
 import dagster as dg
 
-from audio_assets.archive_identity import (
-    ARCHIVE_ETAG_TAG,
-    ARCHIVE_KEY_TAG,
-    ARCHIVE_PREFIX,
-    archives_partitions,
-    is_archive_key,
-)
+from archive_identity import ARCHIVE_PREFIX, ArchiveVersion, is_archive_key
 from audio_assets.jobs import archive_job
+from audio_assets.partitions import archives_partitions
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 from sensors.archive_cursor import ArchiveCursor
@@ -55,14 +50,12 @@ def archive_sensor(
     partition_of = results_db.archives.record_requests([(obj.key, obj.etag) for obj in now])
     known = set(context.instance.get_dynamic_partitions(archives_partitions.name))
     missing = sorted({partition_of[obj.key] for obj in now} - known)
+    # The run's archive version, made here once: its tags pin the run to it.
+    versions = [ArchiveVersion(o.key, o.etag, o.size, o.last_modified, partition_of[o.key]) for o in now]
     run_requests = [
-        dg.RunRequest(
-            # The ETag makes an overwritten archive a new run; Dagster drops a repeated run_key.
-            run_key=f"{obj.key}@{obj.etag}",
-            partition_key=partition_of[obj.key],
-            tags={ARCHIVE_KEY_TAG: obj.key, ARCHIVE_ETAG_TAG: obj.etag},
-        )
-        for obj in now
+        # The ETag makes an overwritten archive a new run; Dagster drops a repeated run_key.
+        dg.RunRequest(run_key=str(archive), partition_key=archive.partition_key, tags=archive.run_tags())
+        for archive in versions
     ]
     context.log.info(
         f"{len(run_requests)} archive(s) to process, {len(missing)} new partition(s), "

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
-from dagster._utils.error import SerializableErrorInfo
 
-from audio_assets.archive_identity import ARCHIVE_KEY_TAG, PARTITION_TAG
+from archive_identity import PARTITION_TAG, tagged_version
 from audio_assets.jobs import archive_job
 from resources.results_db import STAGE_OF_STEP, ResultsDatabase
 
@@ -88,7 +87,7 @@ def dead_letter_sensor(context: dg.SensorEvaluationContext, results_db: ResultsD
 def record_failed_run(instance: dg.DagsterInstance, results_db: ResultsDatabase, run: dg.DagsterRun) -> int:
     """One dead-letter row per failed step (or one for the run); returns how many."""
     partition_key = run.tags.get(PARTITION_TAG)
-    archive_key = run.tags.get(ARCHIVE_KEY_TAG) or _archive_of(results_db, partition_key)
+    archive_key = tagged_version(run.tags)[0] or _archive_of(results_db, partition_key)
     failures = [
         (STAGE_OF_STEP.get(event.step_key, f"step:{event.step_key}"), underlying_error(event.dagster_event.step_failure_data.error))
         for event in (r.event_log_entry for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records)
@@ -105,9 +104,10 @@ def record_failed_run(instance: dg.DagsterInstance, results_db: ResultsDatabase,
     return len(failures)
 
 
-def underlying_error(error: SerializableErrorInfo | None) -> str:
-    """The innermost cause: what went wrong, not "Exceeded max_retries of 3" or Dagster's
-    "Error occurred while executing op" wrapped around it."""
+def underlying_error(error) -> str:
+    """The innermost cause of a step's recorded error (message, cls_name, cause): what went
+    wrong, not "Exceeded max_retries of 3" or Dagster's "Error occurred while executing op"
+    wrapped around it."""
     deepest = error
     while deepest is not None and deepest.cause is not None:
         deepest = deepest.cause
@@ -142,10 +142,5 @@ def _superseded(instance: dg.DagsterInstance, record) -> bool:
 
 def _archive_of(results_db: ResultsDatabase, partition_key: str | None) -> str:
     """A UI backfill has no archive tag: the registry knows the partition's archive."""
-    if partition_key is None:
-        return "archives/(unknown partition)"
-    return (
-        results_db.archives.key_of_partition(partition_key)
-        or results_db.audio_files.archive_of_partition(partition_key)
-        or f"archives/{partition_key}"
-    )
+    key = results_db.archives.key_of_partition(partition_key) if partition_key is not None else None
+    return key or f"archives/(partition {partition_key or 'unknown'} not registered)"

@@ -4,8 +4,9 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
+from archive_identity import PARTITION_TAG
 from audio_assets.jobs import archive_job
-from audio_assets.archive_identity import archives_partitions
+from audio_assets.partitions import archives_partitions
 from audio_assets.scratch_sweep import ACTIVE_RUN_STATUSES, scratch_sweep_job
 from resources.results_db import ResultsDatabase
 
@@ -31,15 +32,15 @@ def partitions_to_catch_up(instance: dg.DagsterInstance) -> list[str]:
 
 def _partitions_of(instance: dg.DagsterInstance, filters: dg.RunsFilter) -> set[str]:
     return {
-        record.dagster_run.tags["dagster/partition"]
+        record.dagster_run.tags[PARTITION_TAG]
         for record in instance.get_run_records(filters=filters)
-        if "dagster/partition" in record.dagster_run.tags
+        if PARTITION_TAG in record.dagster_run.tags
     }
 
 
 def _latest_run_status(instance: dg.DagsterInstance, partition_key: str):
     records = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=archive_job.name, tags={"dagster/partition": partition_key}), limit=1
+        filters=dg.RunsFilter(job_name=archive_job.name, tags={PARTITION_TAG: partition_key}), limit=1
     )
     return records[0].dagster_run.status if records else None
 

@@ -20,14 +20,19 @@ from types import MappingProxyType
 _NAME_LINE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 
+class NamedQuery(str):
+    """SQL text that came from a `-- name:` block of sql/queries/, never built in code: the
+    type lets the data layer refuse anything else (ResultsDatabase.rows)."""
+
+
 class NamedQueries:
     """The queries of one file, as attributes: `queries("audio_files").mark_converted`."""
 
-    def __init__(self, concern: str, blocks: dict[str, str]):
+    def __init__(self, concern: str, blocks: dict[str, NamedQuery]):
         self._concern = concern
         self._blocks = MappingProxyType(blocks)
 
-    def __getattr__(self, name: str) -> str:
+    def __getattr__(self, name: str) -> NamedQuery:
         try:
             return self._blocks[name]
         except KeyError:
@@ -41,7 +46,7 @@ def parse_named_queries(concern: str, text: str) -> NamedQueries:
     matches = list(_NAME_LINE.finditer(text))
     if not matches:
         raise ValueError(f"sql/queries/{concern}.sql names no queries (expected '-- name: ...' lines)")
-    blocks: dict[str, str] = {}
+    blocks: dict[str, NamedQuery] = {}
     for match, following in zip(matches, matches[1:] + [None]):
         name = match.group(1)
         if name in blocks:
@@ -49,7 +54,7 @@ def parse_named_queries(concern: str, text: str) -> NamedQueries:
         body = text[match.end() : following.start() if following else len(text)].strip()
         if not body:
             raise ValueError(f"sql/queries/{concern}.sql: query {name!r} is empty")
-        blocks[name] = body
+        blocks[name] = NamedQuery(body)
     return NamedQueries(concern, blocks)
 
 

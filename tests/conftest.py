@@ -25,8 +25,8 @@ import botocore.exceptions  # noqa: E402
 import dagster as dg  # noqa: E402
 import pytest  # noqa: E402
 
-from resources.embedded.postgres import LocalPostgres, create_database, start_postgres, stop_postgres  # noqa: E402
-from resources.embedded.seaweedfs import SeaweedS3, start_seaweedfs, stop_seaweedfs  # noqa: E402
+from embedded_services.postgres import LocalPostgres, create_database, start_postgres, stop_postgres  # noqa: E402
+from embedded_services.seaweedfs import SeaweedS3, start_seaweedfs, stop_seaweedfs  # noqa: E402
 from resources.object_store import ObjectStore  # noqa: E402
 from resources.results_db import ResultsDatabase  # noqa: E402
 

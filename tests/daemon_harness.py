@@ -26,7 +26,7 @@ from pathlib import Path
 import dagster as dg
 import psutil
 
-from resources.embedded.postgres import LocalPostgres, create_database
+from embedded_services.postgres import LocalPostgres, create_database
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

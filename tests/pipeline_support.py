@@ -6,7 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from audio_assets.archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions
+from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
+from audio_assets.partitions import archives_partitions
 from resources.archive_lock import ArchiveLock
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ArchiveTableIOManager
@@ -42,7 +43,12 @@ def pipeline_resources(
 
 def rows(results_db: ResultsDatabase, sql: str, params=None) -> list[dict]:
     """Rows of an ad-hoc query, for assertions (the pipeline itself runs only named queries)."""
-    return results_db.fetch_all(sql, params, what="test query")
+
+    def read(cur) -> list[dict]:
+        cur.execute(sql, params)
+        return [dict(row) for row in cur.fetchall()]
+
+    return results_db.transaction(read, what="test query")
 
 
 class ArchiveRunner:

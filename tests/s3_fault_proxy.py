@@ -148,11 +148,17 @@ class S3FaultProxy:
             self._faults = dict.fromkeys(FAULT_KINDS, 0)
             self._truncate_as_reset = 0
             self._continues = 0
+            self._seen: list[tuple[str, str]] = []
 
     @property
     def stats(self) -> ProxyStats:
         with self._lock:
             return ProxyStats(self._requests, dict(self._faults), self._truncate_as_reset, self._continues)
+
+    def requests_seen(self) -> list[tuple[str, str]]:
+        """(method, path) of every request since the last reset_stats, in arrival order."""
+        with self._lock:
+            return list(self._seen)
 
     def start(self) -> S3FaultProxy:
         if self._thread is not None:
@@ -222,6 +228,7 @@ class S3FaultProxy:
     def _draw(self, request: "_Request") -> str | None:
         with self._lock:
             self._requests += 1
+            self._seen.append((request.method.decode(), urlsplit(request.target.decode()).path))
             eligible = self.only is None or self.only(request.method.decode(), urlsplit(request.target.decode()).path)
             if not eligible or self._rng.random() >= self.fault_rate:
                 return None

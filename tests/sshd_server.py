@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.embedded.ports import LOOPBACK, free_tcp_ports
+from embedded_services.ports import LOOPBACK, free_tcp_ports
 
 SSHD = Path("/usr/sbin/sshd")
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import socket
 
-from audio_assets.ml import cope_scorer, transcriber
-
 
 def worker_metadata() -> dict[str, str | int]:
     """Where this step ran."""
@@ -23,6 +21,9 @@ def worker_metadata() -> dict[str, str | int]:
 def gpu_worker_metadata() -> dict[str, str | int]:
     """Where this step ran, and the model loads its process has done since it started: 1 on a
     long-lived GPU worker however many partitions it has run (the model cache is per process)."""
+    # Imported here: CPU steps and the run worker's start need neither torch nor WhisperX.
+    from audio_assets.ml import cope_scorer, transcriber
+
     return worker_metadata() | {
         "whisper_loads_in_process": transcriber.load_count(),
         "whisper_files_in_process": transcriber.transcribed_files_count(),

@@ -1,6 +1,6 @@
-"""The results database and its data access, one module per concern:
+"""The results database resource and its data access, one module per concern:
 
-- database.py        ResultsDatabase: connections, retried and fenced transactions, migrations
+- database.py        connections, retried and fenced transactions, named-query reads, migrations
 - archives.py        the archive registry: partitions and the current version of each archive
 - audio_files.py     members of an archive and their conversion and metadata
 - model_outputs.py   transcripts and classifications
@@ -9,14 +9,52 @@
 - transfers.py       remote_transfers
 - reports.py         the daily report, status and demo read models
 
-The SQL each module runs lives in sql/queries/{concern}.sql.
+Each concern module imports only database.py (and a lower concern), never this package, so
+the modules form no circle. The SQL each module runs lives in sql/queries/{concern}.sql.
 """
 
-from resources.results_db.audio_files import ConvertedFile, MetadataAssignment
-from resources.results_db.database import ResultsDatabase, StaleArchiveVersion, is_transient_db_error
-from resources.results_db.failures import STAGE_OF_STEP, FileFailure
-from resources.results_db.model_outputs import ClassificationRow, TranscriptRow
-from resources.results_db.transfers import TransferRecord
+from resources.results_db.archives import ArchiveRegistry
+from resources.results_db.audio_files import AudioFiles, ConvertedFile, MetadataAssignment
+from resources.results_db.database import Database, StaleArchiveVersion, is_transient_db_error
+from resources.results_db.failures import STAGE_OF_STEP, DeadLetter, FileFailure
+from resources.results_db.model_outputs import ClassificationRow, ModelOutputs, TranscriptRow
+from resources.results_db.object_deletions import ObjectDeletions
+from resources.results_db.reports import Reports
+from resources.results_db.transfers import TransferRecord, TransferRecords
+
+
+class ResultsDatabase(Database):
+    """PostgreSQL holding audio_files, transcripts, classifications and the views RAs read,
+    with one data-access object per concern (`results_db.audio_files.record_conversions(...)`)."""
+
+    @property
+    def archives(self) -> ArchiveRegistry:
+        return ArchiveRegistry(self)
+
+    @property
+    def audio_files(self) -> AudioFiles:
+        return AudioFiles(self)
+
+    @property
+    def model_outputs(self) -> ModelOutputs:
+        return ModelOutputs(self)
+
+    @property
+    def failures(self) -> DeadLetter:
+        return DeadLetter(self)
+
+    @property
+    def object_deletions(self) -> ObjectDeletions:
+        return ObjectDeletions(self)
+
+    @property
+    def transfers(self) -> TransferRecords:
+        return TransferRecords(self)
+
+    @property
+    def reports(self) -> Reports:
+        return Reports(self)
+
 
 __all__ = [
     "ClassificationRow",

@@ -4,21 +4,18 @@ each archive the result rows belong to."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import psycopg2.extras
 
-from audio_assets.archive_identity import ArchiveVersion, disambiguated_partition_key, preferred_partition_key
+from archive_identity import ArchiveVersion, partition_key_candidates
+from resources.results_db.database import Database, StaleArchiveVersion
 from sql.named_queries import queries
-
-if TYPE_CHECKING:
-    from resources.results_db.database import ResultsDatabase
 
 Q = queries("archives")
 
 
 class ArchiveRegistry:
-    def __init__(self, db: "ResultsDatabase"):
+    def __init__(self, db: Database):
         self.db = db
 
     def partitions_for(self, archive_keys: Iterable[str]) -> dict[str, str]:
@@ -34,7 +31,7 @@ class ArchiveRegistry:
     def not_yet_requested(self, versions: list[tuple[str, str]]) -> set[tuple[str, str]]:
         """The (archive key, ETag) pairs among `versions` that no run has been requested for."""
         keys, etags = zip(*versions) if versions else ((), ())
-        rows = self.db.fetch_all(Q.not_yet_requested, {"archive_keys": list(keys), "etags": list(etags)})
+        rows = self.db.rows(Q.not_yet_requested, {"archive_keys": list(keys), "etags": list(etags)})
         return {(row["archive_source"], row["etag"]) for row in rows}
 
     def record_requests(self, versions: list[tuple[str, str]]) -> dict[str, str]:
@@ -51,10 +48,11 @@ class ArchiveRegistry:
         return self.db.transaction(record, what=f"record {len(versions)} requested archive version(s)")
 
     def all_partition_keys(self) -> list[str]:
-        return [row["partition_key"] for row in self.db.fetch_all(Q.all_partition_keys)]
+        return [row["partition_key"] for row in self.db.rows(Q.all_partition_keys)]
 
     def key_of_partition(self, partition_key: str) -> str | None:
-        rows = self.db.fetch_all(Q.key_of_partition, {"partition_key": partition_key})
+        """The one partition -> archive key resolver (never a bucket listing)."""
+        rows = self.db.rows(Q.key_of_partition, {"partition_key": partition_key})
         return rows[0]["archive_source"] if rows else None
 
     def claim(self, archive: ArchiveVersion, run_id: str) -> None:
@@ -70,28 +68,30 @@ class ArchiveRegistry:
         }
 
         def claim(cur) -> str | None:
-            cur.execute(Q.ensure_archive, params)
             cur.execute(Q.claim_version, params)
             if cur.fetchone() is not None:
                 return None
             cur.execute(Q.current_version, params)
-            return cur.fetchone()["current_etag"]
+            row = cur.fetchone()
+            if row is None:  # every run's archive comes from the registry, so this is a bug
+                raise LookupError(f"{archive.key} is not in the archives registry")
+            return row["current_etag"]
 
         newer = self.db.transaction(claim, what=f"claim {archive}")
         if newer is not None:
-            from resources.results_db.database import StaleArchiveVersion  # database imports this module
-
             raise StaleArchiveVersion(archive, newer)
 
 
 def _register(cur, wanted: list[str]) -> dict[str, str]:
     cur.execute(Q.partitions_of_keys, {"archive_keys": wanted})
     known = {row["archive_source"]: row["partition_key"] for row in cur.fetchall()}
-    for naming in (preferred_partition_key, disambiguated_partition_key):
+    for choice in (0, 1):  # the preferred partition key, then the fallback
         new = [key for key in wanted if key not in known]
         if not new:
             break
-        rows = psycopg2.extras.execute_values(cur, Q.insert_archives, [(key, naming(key)) for key in new], fetch=True)
+        rows = psycopg2.extras.execute_values(
+            cur, Q.insert_archives, [(key, partition_key_candidates(key)[choice]) for key in new], fetch=True
+        )
         known |= {row["archive_source"]: row["partition_key"] for row in rows}
     missing = [key for key in wanted if key not in known]
     if missing:

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg2.extras
 
-from audio_assets.archive_identity import ArchiveVersion
+from archive_identity import ArchiveVersion
 from resources.results_db import failures as dead_letter
+from resources.results_db.database import Database
 from resources.results_db.failures import FileFailure
 from resources.results_db.object_deletions import enqueue_in
 from sql.named_queries import queries
-
-if TYPE_CHECKING:
-    from resources.results_db.database import ResultsDatabase
 
 Q = queries("audio_files")
 
@@ -111,7 +109,7 @@ class MetadataAssignment:
 
 
 class AudioFiles:
-    def __init__(self, db: "ResultsDatabase"):
+    def __init__(self, db: Database):
         self.db = db
 
     def register_version(
@@ -172,7 +170,7 @@ class AudioFiles:
 
     def conversion_state(self, archive: ArchiveVersion) -> dict[str, dict[str, Any]]:
         """{member name: its row} for this version, to tell done files from files to convert."""
-        rows = self.db.fetch_all(Q.conversion_state, {"archive_key": archive.key, "etag": archive.etag})
+        rows = self.db.rows(Q.conversion_state, {"archive_key": archive.key, "etag": archive.etag})
         return {row["original_filename"]: row for row in rows}
 
     def record_conversions(
@@ -246,21 +244,17 @@ class AudioFiles:
     # --- reads for the asset checks ----------------------------------------------------------
 
     def statuses(self, archive_key: str) -> dict[str, str]:
-        rows = self.db.fetch_all(Q.statuses_of_archive, {"archive_key": archive_key})
+        rows = self.db.rows(Q.statuses_of_archive, {"archive_key": archive_key})
         return {row["original_filename"]: row["status"] for row in rows}
 
     def opus_objects(self, archive_key: str) -> list[dict[str, Any]]:
-        return self.db.fetch_all(Q.opus_objects_of_archive, {"archive_key": archive_key})
+        return self.db.rows(Q.opus_objects_of_archive, {"archive_key": archive_key})
 
     def bad_durations(self, archive_key: str) -> list[dict[str, Any]]:
-        return self.db.fetch_all(Q.bad_durations_of_archive, {"archive_key": archive_key})
+        return self.db.rows(Q.bad_durations_of_archive, {"archive_key": archive_key})
 
     def files_of_archive(self, archive_key: str) -> list[dict[str, Any]]:
-        return self.db.fetch_all(Q.files_of_archive, {"archive_key": archive_key})
-
-    def archive_of_partition(self, partition_key: str) -> str | None:
-        rows = self.db.fetch_all(Q.archive_of_partition, {"partition_key": partition_key})
-        return rows[0]["archive_source"] if rows else None
+        return self.db.rows(Q.files_of_archive, {"archive_key": archive_key})
 
 
 def _apply_changes(cur, archive: ArchiveVersion, ids: dict[str, int], existing: Mapping[str, ExistingRow],

@@ -31,16 +31,9 @@ import psycopg2.extras
 from psycopg2.extensions import make_dsn, parse_dsn
 from pydantic import Field
 
-from audio_assets.archive_identity import ArchiveVersion
-from resources.results_db.archives import ArchiveRegistry
-from resources.results_db.audio_files import AudioFiles
-from resources.results_db.failures import DeadLetter
-from resources.results_db.model_outputs import ModelOutputs
-from resources.results_db.object_deletions import ObjectDeletions
-from resources.results_db.reports import Reports
-from resources.results_db.transfers import TransferRecords
+from archive_identity import ArchiveVersion
 from sql.migrate import apply_migrations, pending_migrations
-from sql.named_queries import queries
+from sql.named_queries import NamedQuery, queries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,9 +72,9 @@ def is_transient_db_error(error: BaseException) -> bool:
     return code.startswith("08") or code in _TRANSIENT_SQLSTATES
 
 
-class ResultsDatabase(dg.ConfigurableResource):
-    """PostgreSQL holding audio_files, transcripts, classifications and the views RAs read.
-    `dsn` wins over the separate connection fields."""
+class Database(dg.ConfigurableResource):
+    """Connections and units of work on the results database; `ResultsDatabase` (the package's
+    resource) adds one data-access object per concern. `dsn` wins over the connection fields."""
 
     dsn: str | None = Field(default=None, description="libpq DSN or postgresql:// URL")
     host: str = "127.0.0.1"
@@ -155,11 +148,14 @@ class ResultsDatabase(dg.ConfigurableResource):
                 )
                 time.sleep(delay)
 
-    def fetch_all(self, sql: str, params: dict | tuple | None = None, *, what: str = "read") -> list[dict[str, Any]]:
-        """Rows of one named query (for data-access modules; callers elsewhere use their methods)."""
+    def rows(self, query: NamedQuery, params: dict | None = None, *, what: str = "read") -> list[dict[str, Any]]:
+        """Rows of one named query from sql/queries/ (for the data-access modules); SQL text
+        built anywhere else is refused."""
+        if not isinstance(query, NamedQuery):
+            raise TypeError("rows() runs named queries from sql/queries/, not SQL text")
 
         def read(cur) -> list[dict[str, Any]]:
-            cur.execute(sql, params)
+            cur.execute(query, params)
             return [dict(row) for row in cur.fetchall()]
 
         return self.transaction(read, what=what)
@@ -181,36 +177,6 @@ class ResultsDatabase(dg.ConfigurableResource):
 
     def pending_migrations(self) -> list[str]:
         return pending_migrations(self.connection_string())
-
-    # --- data access, one module per concern ---------------------------------------------------
-
-    @property
-    def archives(self) -> ArchiveRegistry:
-        return ArchiveRegistry(self)
-
-    @property
-    def audio_files(self) -> AudioFiles:
-        return AudioFiles(self)
-
-    @property
-    def model_outputs(self) -> ModelOutputs:
-        return ModelOutputs(self)
-
-    @property
-    def failures(self) -> DeadLetter:
-        return DeadLetter(self)
-
-    @property
-    def object_deletions(self) -> ObjectDeletions:
-        return ObjectDeletions(self)
-
-    @property
-    def transfers(self) -> TransferRecords:
-        return TransferRecords(self)
-
-    @property
-    def reports(self) -> Reports:
-        return Reports(self)
 
 
 def _check_fence(cur, archive: ArchiveVersion) -> None:

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg2.extras
 
-from audio_assets.archive_identity import ArchiveVersion
+from archive_identity import ArchiveVersion
+from resources.results_db.database import Database
 from sql.named_queries import queries
-
-if TYPE_CHECKING:
-    from resources.results_db.database import ResultsDatabase
 
 Q = queries("failures")
 
@@ -58,7 +56,7 @@ def resolve_files_in(cur, file_ids: Sequence[int], stages: Sequence[str]) -> Non
 
 
 class DeadLetter:
-    def __init__(self, db: "ResultsDatabase"):
+    def __init__(self, db: Database):
         self.db = db
 
     def record(self, archive: ArchiveVersion, failures: Sequence[FileFailure], run_id: str | None) -> None:
@@ -82,12 +80,12 @@ class DeadLetter:
         self.db.transaction(lambda cur: cur.execute(Q.resolve_archive_stages, params), what="resolve failures")
 
     def open_failures(self, archive_key: str) -> list[dict[str, Any]]:
-        return self.db.fetch_all(Q.open_failures_of_archive, {"archive_key": archive_key})
+        return self.db.rows(Q.open_failures_of_archive, {"archive_key": archive_key})
 
     def failed_archives(self, archive: str | None) -> list[dict[str, Any]]:
         """Archives with failed files or an open archive-level failure; `archive` (partition
         key, object key or file name) narrows it to one."""
-        return self.db.fetch_all(Q.failed_archives, {"archive": archive})
+        return self.db.rows(Q.failed_archives, {"archive": archive})
 
     def failed_file_count(self, archive_key: str) -> int:
-        return self.db.fetch_all(Q.failed_file_count, {"archive_key": archive_key})[0]["n"]
+        return self.db.rows(Q.failed_file_count, {"archive_key": archive_key})[0]["n"]

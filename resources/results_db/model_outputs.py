@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg2.extras
 
-from audio_assets.archive_identity import ArchiveVersion
+from archive_identity import ArchiveVersion
 from resources.results_db import failures as dead_letter
+from resources.results_db.database import Database
 from sql.named_queries import queries
-
-if TYPE_CHECKING:
-    from resources.results_db.database import ResultsDatabase
 
 Q = queries("model_outputs")
 
@@ -47,11 +45,11 @@ class ClassificationRow:
 
 
 class ModelOutputs:
-    def __init__(self, db: "ResultsDatabase"):
+    def __init__(self, db: Database):
         self.db = db
 
     def transcribed_ids(self, file_ids: Sequence[int], model: str) -> set[int]:
-        rows = self.db.fetch_all(Q.files_with_transcript, {"ids": list(file_ids), "model": model})
+        rows = self.db.rows(Q.files_with_transcript, {"ids": list(file_ids), "model": model})
         return {row["audio_file_id"] for row in rows}
 
     def store_transcripts(self, archive: ArchiveVersion, transcripts: Sequence[TranscriptRow]) -> None:
@@ -72,19 +70,24 @@ class ModelOutputs:
         self.db.transaction(store, fence=archive, what=f"store transcripts of {archive}")
 
     def transcripts(self, file_ids: Sequence[int], model: str) -> dict[int, str]:
-        rows = self.db.fetch_all(Q.transcripts_of_files, {"ids": list(file_ids), "model": model})
+        rows = self.db.rows(Q.transcripts_of_files, {"ids": list(file_ids), "model": model})
         return {row["audio_file_id"]: row["transcript_text"] for row in rows}
+
+    def transcripts_of_archive(self, archive_key: str) -> dict[str, str]:
+        """{member name: transcript text} of the archive's files, any model."""
+        rows = self.db.rows(Q.transcripts_of_archive, {"archive_key": archive_key})
+        return {row["original_filename"]: row["transcript_text"] for row in rows}
 
     def scored(self, file_ids: Sequence[int], model: str) -> set[tuple[int, str, str, float]]:
         """(file, policy, policy version, threshold) already scored by `model`."""
-        rows = self.db.fetch_all(Q.scored_policies, {"ids": list(file_ids), "model": model})
+        rows = self.db.rows(Q.scored_policies, {"ids": list(file_ids), "model": model})
         return {
             (row["audio_file_id"], row["flag_category"], row["policy_version"], row["threshold"]) for row in rows
         }
 
     def policy_thresholds(self, model: str) -> dict[str, float]:
         """{policy: threshold} chosen per policy for `model`; policies absent use the default."""
-        rows = self.db.fetch_all(Q.policy_thresholds, {"model": model})
+        rows = self.db.rows(Q.policy_thresholds, {"model": model})
         return {row["policy"]: row["threshold"] for row in rows}
 
     def keep_policy_texts(self, texts: dict[str, tuple[str, str]]) -> None:

@@ -11,14 +11,12 @@ under a run that is writing it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import psycopg2.extras
 
+from resources.results_db.database import Database
 from sql.named_queries import queries
-
-if TYPE_CHECKING:
-    from resources.results_db.database import ResultsDatabase
 
 Q = queries("object_deletions")
 _BATCH = 1000  # DeleteObjects takes at most 1000 keys
@@ -36,7 +34,7 @@ def enqueue_in(cur, archive_key: str, keys: Sequence[str | None], reason: str) -
 
 
 class ObjectDeletions:
-    def __init__(self, db: "ResultsDatabase"):
+    def __init__(self, db: Database):
         self.db = db
 
     def drain(self, archive_key: str, object_store: DeletesObjects) -> int:

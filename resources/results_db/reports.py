@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg2.extras
 
+from resources.results_db.database import Database
 from sql.named_queries import queries
-
-if TYPE_CHECKING:
-    from resources.results_db.database import ResultsDatabase
 
 Q = queries("reports")
 _JSON_COLUMNS = (
@@ -19,7 +17,7 @@ _JSON_COLUMNS = (
 
 
 class Reports:
-    def __init__(self, db: "ResultsDatabase"):
+    def __init__(self, db: Database):
         self.db = db
 
     def daily_summary(self, day: str) -> dict[str, Any]:
@@ -62,10 +60,10 @@ class Reports:
         self.db.transaction(lambda cur: cur.execute(Q.store_daily_summary, values), what="store the daily summary")
 
     def archive_progress(self, archive: str | None, limit: int) -> list[dict[str, Any]]:
-        return self.db.fetch_all(Q.archive_progress, {"archive": archive, "limit": limit})
+        return self.db.rows(Q.archive_progress, {"archive": archive, "limit": limit})
 
     def open_archive_failures(self, archive: str | None, limit: int) -> list[dict[str, Any]]:
-        return self.db.fetch_all(Q.open_archive_failures, {"archive": archive, "limit": limit})
+        return self.db.rows(Q.open_archive_failures, {"archive": archive, "limit": limit})
 
     def overview(self) -> list[tuple[str, list[dict[str, Any]]]]:
         """(title, rows) tables for the demo's closing summary."""
@@ -76,7 +74,7 @@ class Reports:
             ("ra_queue (view; flagged items of the last 24 h)", Q.ra_queue_overview),
             ("open failures (processing_failures)", Q.open_failures_overview),
         ]
-        return [(title, self.db.fetch_all(sql, what=title)) for title, sql in tables]
+        return [(title, self.db.rows(sql, what=title)) for title, sql in tables]
 
 
 def _review_figures(cur, params: dict) -> dict[str, list[dict[str, Any]]]:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from resources.results_db.database import Database
 from sql.named_queries import queries
-
-if TYPE_CHECKING:
-    from resources.results_db.database import ResultsDatabase
 
 Q = queries("transfers")
 
@@ -28,7 +26,7 @@ class TransferRecord:
 
 
 class TransferRecords:
-    def __init__(self, db: "ResultsDatabase"):
+    def __init__(self, db: Database):
         self.db = db
 
     def record(self, transfer: TransferRecord) -> None:
@@ -41,8 +39,8 @@ class TransferRecords:
         paths = list(remote_paths)
         if not paths:
             return set()
-        rows = self.db.fetch_all(Q.recorded_versions, {"remote_host": remote_host, "remote_paths": paths})
+        rows = self.db.rows(Q.recorded_versions, {"remote_host": remote_host, "remote_paths": paths})
         return {(row["remote_path"], row["remote_size"], row["remote_mtime"]) for row in rows}
 
     def all(self) -> list[dict[str, Any]]:
-        return self.db.fetch_all(Q.all_transfers)
+        return self.db.rows(Q.all_transfers)

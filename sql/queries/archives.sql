@@ -19,12 +19,6 @@ SELECT archive_source
 FROM archives
 WHERE partition_key = %(partition_key)s
 
--- name: ensure_archive
--- A partition made before the registry existed: record the mapping the run resolved.
-INSERT INTO archives (archive_source, partition_key)
-VALUES (%(archive_key)s, %(partition_key)s)
-ON CONFLICT (archive_source) DO NOTHING
-
 -- name: claim_version
 -- The run's version becomes the one results belong to, unless a newer one (later
 -- LastModified) already is. Ties go to the later claim: runs of one archive are serialized,

@@ -112,9 +112,3 @@ SELECT *
 FROM audio_files
 WHERE archive_source = %(archive_key)s
 ORDER BY original_filename
-
--- name: archive_of_partition
-SELECT archive_source
-FROM audio_files
-WHERE partition_key = %(partition_key)s
-LIMIT 1

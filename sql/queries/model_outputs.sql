@@ -31,6 +31,13 @@ SELECT t.audio_file_id, t.transcript_text
 FROM transcripts AS t
 WHERE t.audio_file_id = ANY(%(ids)s) AND t.model = %(model)s
 
+-- name: transcripts_of_archive
+-- Every transcript of the archive's files, by member name (benchmarks compare them with bare WhisperX).
+SELECT a.original_filename, t.transcript_text
+FROM transcripts AS t
+JOIN audio_files AS a ON a.id = t.audio_file_id
+WHERE a.archive_source = %(archive_key)s
+
 -- name: scored_policies
 -- What this model has scored, with the policy version and threshold it was scored under.
 SELECT audio_file_id, flag_category, policy_version, threshold

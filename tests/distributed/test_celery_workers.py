@@ -29,10 +29,10 @@ from celery_cluster import CeleryCluster
 from daemon_harness import BIN, DaemonHarness, PipelineEnvironment
 from pipeline_support import rows
 
-from audio_assets.operator.run_submission import archive_job_submitter
+from operations.run_submission import archive_job_submitter
 from audio_assets.workers.settings import CPU_QUEUE, GPU_QUEUE
-from resources.embedded.postgres import create_database
-from resources.embedded.redis import start_redis, stop_redis
+from embedded_services.postgres import create_database
+from embedded_services.redis import start_redis, stop_redis
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 

@@ -23,7 +23,7 @@ from daemon_harness import REPO, DaemonHarness, PipelineEnvironment, running_dae
 from fault_report import record_outcome
 from pipeline_support import rows
 
-from resources.embedded.postgres import create_database, restart_postgres, start_postgres, stop_postgres
+from embedded_services.postgres import create_database, restart_postgres, start_postgres, stop_postgres
 from resources.results_db import ResultsDatabase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -155,7 +155,7 @@ def test_results_database_down_for_20_seconds_mid_run(
 def test_run_worker_killed_during_transcripts_is_retried_and_resumes(
     tmp_path, archive_parts, object_store, results_db, postgres_server, models_dir
 ):
-    from audio_assets.operator.run_submission import archive_job_submitter
+    from operations.run_submission import archive_job_submitter
 
     key = object_store.upload_file(build_archive(archive_parts, tmp_path / "batch_sigkill.tar.gz"),
                                    "archives/batch_sigkill.tar.gz").key

@@ -15,9 +15,9 @@ import botocore.config
 import psycopg2
 import pytest
 
-from resources.embedded.ports import free_tcp_ports
-from resources.embedded.postgres import LocalPostgres, create_database, ensure_postgres, stop_postgres
-from resources.embedded.seaweedfs import (
+from embedded_services.ports import free_tcp_ports
+from embedded_services.postgres import LocalPostgres, create_database, ensure_postgres, stop_postgres
+from embedded_services.seaweedfs import (
     SeaweedFSError,
     SeaweedS3,
     ensure_seaweedfs,

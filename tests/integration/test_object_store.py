@@ -19,8 +19,11 @@ import botocore.exceptions
 import pytest
 from s3transfer.exceptions import S3DownloadFailedError
 
-from resources.embedded.seaweedfs import SeaweedS3, start_seaweedfs, stop_seaweedfs
+from embedded_services.seaweedfs import SeaweedS3, start_seaweedfs, stop_seaweedfs
 from resources.object_store import IncompleteTransferError, ObjectNotFoundError, ObjectStore
+from review.audio import s3_client_for
+from review.settings import ReviewSettings
+from s3_client import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_READ_TIMEOUT_S
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +95,15 @@ def test_client_is_shared_per_configuration(object_store: ObjectStore):
     assert _store_like(object_store, read_timeout_s=5).client() is not object_store.client()
     config = _store_like(object_store, connect_timeout_s=3, read_timeout_s=7).client().meta.config
     assert (config.connect_timeout, config.read_timeout) == (3, 7)
-    assert config.retries == {"mode": "standard", "total_max_attempts": 6}
+    assert config.retries == {"mode": "standard", "total_max_attempts": DEFAULT_MAX_ATTEMPTS}
+
+
+def test_the_console_gets_the_pipelines_client_with_the_same_defaults(object_store: ObjectStore):
+    settings = ReviewSettings(database_dsn="unused", s3_endpoint=object_store.endpoint_url, s3_bucket=object_store.bucket,
+                              s3_access_key=object_store.access_key, s3_secret_key=object_store.secret_key)
+    assert s3_client_for(settings) is object_store.client()  # one factory (s3_client.py), one set of defaults
+    config = object_store.client().meta.config
+    assert (config.connect_timeout, config.read_timeout) == (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S)
 
 
 # --- listing ------------------------------------------------------------------------

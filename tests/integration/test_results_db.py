@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg2
 import pytest
 
-from audio_assets.archive_identity import ArchiveVersion
+from archive_identity import ArchiveVersion
 from pipeline_support import rows
 from resources.results_db import (
     ClassificationRow,
@@ -142,7 +142,7 @@ def test_rescoring_an_unchanged_flag_keeps_its_first_flagged_time(results_db):
 
 @pytest.mark.integration
 def test_a_unit_of_work_waits_out_a_database_restart(postgres_server, results_db):
-    from resources.embedded.postgres import restart_postgres
+    from embedded_services.postgres import restart_postgres
 
     results_db = ResultsDatabase(dsn=results_db.dsn, retry_window_s=60)
     restarter = threading.Thread(target=restart_postgres, args=(postgres_server,), kwargs={"down_s": 3, "durable": False})
@@ -158,10 +158,10 @@ def test_a_unit_of_work_waits_out_a_database_restart(postgres_server, results_db
 
 @pytest.mark.integration
 def test_sessions_carry_statement_and_lock_timeouts(results_db):
-    settings = results_db.fetch_all(
+    settings = rows(results_db,
         "SELECT current_setting('statement_timeout') AS statement, current_setting('lock_timeout') AS lock"
     )[0]
     assert settings == {"statement": "5min", "lock": "30s"}
     quick = ResultsDatabase(dsn=results_db.dsn, statement_timeout_s=0.2)
     with pytest.raises(psycopg2.errors.QueryCanceled):
-        quick.fetch_all("SELECT pg_sleep(2)")
+        rows(quick, "SELECT pg_sleep(2)")

@@ -10,7 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 import pytest
-from pipeline_support import rows
+from pipeline_support import ArchiveRunner, pipeline_resources, rows
+from s3_fault_proxy import S3FaultProxy
 from archive_factory import (
     RegularEntry,
     SymlinkEntry,
@@ -21,6 +22,9 @@ from archive_factory import (
     make_tone_mp3,
     truncate_file,
 )
+
+from audio_assets.definitions import build_definitions
+from resources.object_store import ObjectStore
 
 
 def rows_by_name(results_db, archive_key):
@@ -86,6 +90,26 @@ def test_good_archive_becomes_converted_rows_with_metadata(archive_runner, resul
     metadata = result.asset_materializations_for_node("parquet_metadata")[0].metadata
     assert metadata["matched"].value == 2
     assert metadata["rows_without_mp3"].value == 1
+
+
+@pytest.mark.integration
+def test_the_archive_is_read_from_s3_once_per_run(s3_server, object_store, results_db, instance, transcriber,
+                                                  classifier, scratch_root, good_archive):
+    """raw_archive, opus_files and parquet_metadata all read the archive's bytes; the run
+    downloads it once (GET requests counted by a proxy in front of the real SeaweedFS)."""
+    with S3FaultProxy(s3_server.endpoint_url, fault_rate=0.0) as proxy:
+        through_proxy = ObjectStore(endpoint_url=proxy.endpoint_url, bucket=object_store.bucket,
+                                    access_key=object_store.access_key, secret_key=object_store.secret_key)
+        defs = build_definitions(pipeline_resources(through_proxy, results_db, scratch_root, transcriber, classifier))
+        runner = ArchiveRunner(defs, instance, object_store, results_db)
+        key = runner.upload(good_archive)
+        for run in (1, 2):
+            proxy.reset_stats()
+            result = runner.run(key, run_config={"ops": {"opus_files": {"config": {"reconvert": True}}}})
+            assert result.success
+            gets = [path for method, path in proxy.requests_seen() if method == "GET" and path.endswith(key)]
+            assert gets == [f"/{object_store.bucket}/{key}"], (run, proxy.requests_seen())
+    assert not scratch_root.exists() or not any(scratch_root.rglob("*"))  # the run's copy is gone
 
 
 @pytest.mark.integration

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from audio_assets.archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions
+from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
+from audio_assets.partitions import archives_partitions
 from sensors.archive_cursor import ArchiveCursor
 from sensors import archive_sensor as archive_sensor_module
 from sensors.archive_sensor import archive_sensor

@@ -8,7 +8,7 @@ import pytest
 from archive_factory import build_tar, make_tone_mp3, truncate_file
 from pipeline_support import rows
 
-from resources.embedded.postgres import start_postgres, stop_postgres
+from embedded_services.postgres import start_postgres, stop_postgres
 from resources.results_db import ResultsDatabase
 from sensors.dead_letter_sensor import dead_letter_sensor, underlying_error
 

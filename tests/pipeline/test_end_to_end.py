@@ -17,14 +17,14 @@ import psycopg2
 import pytest
 from pipeline_support import rows
 
-from audio_assets.demo import upload_samples
+from operations.demo import upload_samples
 from sensors.archive_sensor import archive_sensor
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def sample_members() -> dict[str, dict[str, str]]:
-    return json.loads((resources.files("audio_assets") / "samples" / "references.json").read_text())
+    return json.loads((resources.files("operations") / "samples" / "references.json").read_text())
 
 
 @pytest.mark.e2e

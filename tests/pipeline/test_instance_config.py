@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from resources.embedded.postgres import create_database
+from embedded_services.postgres import create_database
 
 REPO = Path(__file__).resolve().parents[2]
 

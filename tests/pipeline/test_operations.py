@@ -14,11 +14,10 @@ import psycopg2
 import pytest
 from archive_factory import build_tar, make_tone_mp3, truncate_file
 from pipeline_support import rows as pipeline_rows
-from dagster._core.storage.dagster_run import DagsterRun
 
 from audio_assets.daily import daily_summary
 from audio_assets.scratch_sweep import scratch_sweep_job
-from audio_assets.archive_identity import ArchiveVersion
+from archive_identity import ArchiveVersion
 from resources.results_db import ClassificationRow, ConvertedFile, FileFailure, TranscriptRow
 from resources.scratch import ScratchSpace
 from sensors.schedules import archive_catchup_schedule, partitions_to_catch_up
@@ -77,7 +76,7 @@ def test_daily_summary_lands_in_postgres_view_and_parquet(results_db, object_sto
 
 
 def _add_run(instance, partition: str, status: dg.DagsterRunStatus) -> None:
-    run = DagsterRun(job_name="archive_job", run_id=str(uuid.uuid4()), status=status,
+    run = dg.DagsterRun(job_name="archive_job", run_id=str(uuid.uuid4()), status=status,
                      tags={"dagster/partition": partition})
     instance.add_run(run)
 
@@ -111,8 +110,8 @@ def test_catch_up_requests_unfinished_and_failed_partitions_only(instance, resul
 def test_scratch_sweep_removes_only_old_folders_of_runs_that_are_gone(instance, tmp_path):
     root = tmp_path / "scratch"
     running_id, killed_id, fresh_id = (str(uuid.uuid4()) for _ in range(3))
-    instance.add_run(DagsterRun(job_name="archive_job", run_id=running_id, status=dg.DagsterRunStatus.STARTED))
-    instance.add_run(DagsterRun(job_name="archive_job", run_id=killed_id, status=dg.DagsterRunStatus.FAILURE))
+    instance.add_run(dg.DagsterRun(job_name="archive_job", run_id=running_id, status=dg.DagsterRunStatus.STARTED))
+    instance.add_run(dg.DagsterRun(job_name="archive_job", run_id=killed_id, status=dg.DagsterRunStatus.FAILURE))
     old = time.time() - 7 * 3600
     for run_id in (running_id, killed_id, fresh_id):
         step = root / run_id / "opus_files"

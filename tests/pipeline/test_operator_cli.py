@@ -17,11 +17,11 @@ import pytest
 from archive_factory import build_tar, make_tone_mp3, truncate_file
 from pipeline_support import ArchiveRunner, rows
 
-from audio_assets.cli import main
-from audio_assets.operator.requeue import REQUEUED_TAG, failed_archives
-from audio_assets.operator.status import ArchiveProgress, render_bars
-from audio_assets.archive_identity import ARCHIVE_ETAG_TAG
-from resources.embedded.postgres import create_database
+from operations.cli import main
+from operations.requeue import REQUEUED_TAG, failed_archives
+from operations.status import ArchiveProgress, render_bars
+from archive_identity import ARCHIVE_ETAG_TAG
+from embedded_services.postgres import create_database
 
 BIN = Path(sys.executable).parent
 QUEUED_INSTANCE = {"run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}}

@@ -9,7 +9,7 @@ import dagster as dg
 import psycopg2
 import pytest
 
-from audio_assets.archive_identity import ArchiveVersion
+from archive_identity import ArchiveVersion
 from audio_assets.definitions import build_definitions
 from pipeline_support import rows
 from db_privileges import assert_each_refused

@@ -9,7 +9,7 @@ import pytest
 from pipeline_support import rows
 from db_privileges import assert_each_refused
 
-from audio_assets.archive_identity import ArchiveVersion
+from archive_identity import ArchiveVersion
 from resources.results_db import ClassificationRow, ConvertedFile, ResultsDatabase, TranscriptRow
 from sql.migrate import bundled_migrations
 

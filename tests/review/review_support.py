@@ -17,10 +17,11 @@ from pathlib import Path
 
 import uvicorn
 from archive_factory import ffmpeg_exe
+from pipeline_support import rows as db_rows
 
-from audio_assets.archive_identity import ArchiveVersion
+from archive_identity import ArchiveVersion
 from policies import load_policies, policy_names
-from resources.embedded.ports import free_tcp_ports
+from embedded_services.ports import free_tcp_ports
 from resources.results_db import ClassificationRow, ConvertedFile, TranscriptRow
 from review.server import server_config
 
@@ -110,16 +111,6 @@ def seed_flagged(results_db, object_store, opus: bytes, items: list[FlaggedItem]
 def policy_text(policy: str) -> str:
     """The packaged text for a packaged policy (what the pipeline would have kept), else a stand-in."""
     return load_policies([policy])[policy] if policy in policy_names() else f"Policy text of {policy}."
-
-
-def db_rows(results_db, sql: str, params=None) -> list[dict]:
-    """Rows of an ad-hoc query, for assertions (the code itself runs only named queries)."""
-
-    def read(cur) -> list[dict]:
-        cur.execute(sql, params)
-        return [dict(row) for row in cur.fetchall()] if cur.description else []
-
-    return results_db.transaction(read, what="test query")
 
 
 class ConsoleServer:

@@ -11,8 +11,8 @@ import time
 import pytest
 from review_support import db_rows, http
 
-from audio_assets.cli import main
-from resources.embedded.ports import free_tcp_ports
+from operations.cli import main
+from embedded_services.ports import free_tcp_ports
 from review.passwords import verify_password
 from review.store import ReviewStore
 from sql.migrate import bundled_migrations
@@ -114,7 +114,7 @@ def test_review_db_login_resets_its_own_role(cli_env, results_db, capsys):
 
 
 def _run_review(env: dict, port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "audio_assets.cli", "review", "--port", str(port)],
+    return subprocess.Popen([sys.executable, "-m", "operations.cli", "review", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

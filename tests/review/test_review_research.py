@@ -17,7 +17,7 @@ from review_support import (
     seed_flagged,
 )
 
-from audio_assets.cli import main
+from operations.cli import main
 from review import accounts, recall_audit
 from review.store import QueueFilter, ReviewStore
 

@@ -6,12 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from audio_assets.archive_identity import (
-    ArchiveVersion,
-    disambiguated_partition_key,
-    is_archive_key,
-    preferred_partition_key,
-)
+from archive_identity import ArchiveVersion, is_archive_key, partition_key_candidates, tagged_version
 from resources.results_db.audio_files import ExistingRow, RowChange, plan_member_changes
 from sql.named_queries import parse_named_queries, queries
 
@@ -35,20 +30,29 @@ def test_every_shipped_query_file_parses(concern):
 
 
 def test_partition_keys_keep_clean_names_and_tell_objects_apart():
-    assert preferred_partition_key("archives/batch_2026_11_01.tar.gz") == "batch_2026_11_01"
-    assert preferred_partition_key("archives/b.tar") == preferred_partition_key("archives/b.tar.gz") == "b"
-    # The registry gives the second object of a name the disambiguated key: always different.
-    assert disambiguated_partition_key("archives/b.tar") != disambiguated_partition_key("archives/b.tar.gz")
-    assert disambiguated_partition_key("archives/b.tar").startswith("b-")
-    unclean = preferred_partition_key("archives/Batch 1 (copy).tar")
+    def preferred(key):
+        return partition_key_candidates(key)[0]
+
+    def fallback(key):
+        return partition_key_candidates(key)[1]
+
+    assert preferred("archives/batch_2026_11_01.tar.gz") == "batch_2026_11_01"
+    assert preferred("archives/b.tar") == preferred("archives/b.tar.gz") == "b"
+    # The registry gives the second object of a name the fallback key: always different.
+    assert fallback("archives/b.tar") != fallback("archives/b.tar.gz")
+    assert fallback("archives/b.tar").startswith("b-")
+    unclean = preferred("archives/Batch 1 (copy).tar")
     assert unclean.startswith("Batch_1_copy-") and len(unclean) == len("Batch_1_copy-") + 8
+    assert unclean == fallback("archives/Batch 1 (copy).tar")
     assert is_archive_key("archives/x.TGZ") and not is_archive_key("archives/sub/x.tar")
 
 
-def test_archive_version_round_trips_through_json():
+def test_archive_version_round_trips_through_json_and_run_tags():
     version = ArchiveVersion("archives/a.tar", "abc-2", 123, datetime(2026, 11, 30, 23, 59, 59, tzinfo=timezone.utc), "a")
     assert ArchiveVersion.from_json(version.to_json()) == version
     assert version.date == "2026-11-30" and str(version) == "archives/a.tar@abc-2"
+    assert tagged_version(version.run_tags() | {"dagster/partition": "a"}) == ("archives/a.tar", "abc-2")
+    assert tagged_version({"dagster/partition": "a"}) == (None, None)
 
 
 def _row(name, sha="s1", status="classified", stage=None, opus="processed/d/1.opus", id_=1):

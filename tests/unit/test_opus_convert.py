@@ -17,7 +17,7 @@ from audio_assets.audio.opus_convert import (
     decoded_duration_seconds,
 )
 
-HUMAN_VOICE = Path(__file__).resolve().parents[2] / "audio_assets" / "samples" / "parts" / "goforward.wav"
+HUMAN_VOICE = Path(__file__).resolve().parents[2] / "operations" / "samples" / "parts" / "goforward.wav"
 
 
 @pytest.fixture(scope="module")

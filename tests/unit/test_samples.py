@@ -13,7 +13,7 @@ from audio_assets.audio.metadata_rows import join_metadata, read_metadata_table
 from audio_assets.audio.opus_convert import convert_to_opus
 from audio_assets.audio.tar_safety import ArchiveLimits, iter_archive, scan_archive
 
-SAMPLES = Path(__file__).resolve().parents[2] / "audio_assets" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "operations" / "samples"
 REFERENCES = json.loads((SAMPLES / "references.json").read_text())
 LIMITS = ArchiveLimits(max_member_bytes=1 << 20)
 

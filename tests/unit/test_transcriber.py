@@ -28,13 +28,13 @@ from audio_assets.ml.transcriber import (  # noqa: E402
     load_transcriber,
     load_word_aligner,
 )
-from audio_assets.ml.wer import corpus_word_error_rate, normalize_words, word_error_rate  # noqa: E402
+from wer import corpus_word_error_rate, normalize_words, word_error_rate  # noqa: E402
 from audio_assets.ml.whisper_models import bundled_whisper_base, resolve_whisper_model  # noqa: E402
 
 # pyannote warns at length that torchcodec has no FFmpeg libraries; audio arrives as arrays here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pyannote.audio.core.io")
 
-SAMPLES = Path(__file__).resolve().parents[2] / "audio_assets" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "operations" / "samples"
 REFERENCES = json.loads((SAMPLES / "references.json").read_text())
 
 

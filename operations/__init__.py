@@ -1,7 +1,11 @@
-"""What `audio-pipeline doctor|status|requeue` do: operator commands that run outside Dagster.
+"""The `audio-pipeline` command (cli.py) and what its subcommands do: demo, doctor, status,
+requeue, migrate, and the review console's start and accounts. They run outside Dagster's
+code location; nothing in the pipeline imports them.
 
-No assets here. The commands use the same resources as the runs (one environment switch,
-resources/environments.py), configured the way Dagster configures them at launch.
+The commands use the same resources as the runs (one environment switch,
+resources/environments.py), configured the way Dagster configures them at launch. Only the
+subcommand that runs imports what it needs: `audio-pipeline review` starts the console
+without importing Dagster or torch.
 """
 
 from __future__ import annotations

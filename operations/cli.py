@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resources.environments import LOCAL_POSTGRES_PORT, LOCAL_S3_PORT
+from embedded_services.ports import LOCAL_POSTGRES_PORT, LOCAL_S3_PORT
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from audio_assets.operator import configured_resource
+    from operations import configured_resource
 
     applied = configured_resource("results_db").migrate()
     print(f"applied migrations: {', '.join(applied) if applied else 'none (schema is current)'}")
@@ -17,7 +17,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from audio_assets.demo import run_demo
+    from operations.demo import run_demo
 
     return run_demo(
         state_dir=args.state_dir,
@@ -31,7 +31,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from audio_assets.operator.doctor import DoctorSettings, run_doctor
+    from operations.doctor import DoctorSettings, run_doctor
 
     return run_doctor(
         DoctorSettings(
@@ -41,16 +41,16 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from audio_assets.operator import configured_resource
-    from audio_assets.operator.status import run_status
+    from operations import configured_resource
+    from operations.status import run_status
 
     terminal = sys.stdout.isatty() and not args.plain
     return run_status(configured_resource("results_db"), args.archive, args.limit, terminal)
 
 
 def _requeue(args: argparse.Namespace) -> int:
-    from audio_assets.operator import configured_resource
-    from audio_assets.operator.requeue import run_requeue
+    from operations import configured_resource
+    from operations.requeue import run_requeue
 
     return run_requeue(
         configured_resource("results_db"),
@@ -88,7 +88,7 @@ def _review(args: argparse.Namespace) -> int:
 def _review_user(args: argparse.Namespace) -> int:
     import getpass
 
-    from audio_assets.operator import configured_resource
+    from operations import configured_resource
     from review.commands import review_user
 
     def read_password() -> str:
@@ -105,7 +105,7 @@ def _review_db_login(args: argparse.Namespace) -> int:
 
     from psycopg2.extensions import make_dsn, parse_dsn
 
-    from audio_assets.operator import configured_resource
+    from operations import configured_resource
     from review.accounts import AccountError, ensure_console_login
 
     results_db = configured_resource("results_db")
@@ -123,21 +123,21 @@ def _review_db_login(args: argparse.Namespace) -> int:
 
 
 def _review_thresholds(args: argparse.Namespace) -> int:
-    from audio_assets.operator import configured_resource
+    from operations import configured_resource
     from review.commands import review_thresholds
 
     return review_thresholds(configured_resource("results_db"), args.policy, args.model, args.apply, args.target)
 
 
 def _review_audit(args: argparse.Namespace) -> int:
-    from audio_assets.operator import configured_resource
+    from operations import configured_resource
     from review.commands import review_audit
 
     return review_audit(configured_resource("results_db"), args.percent)
 
 
 def _review_export(args: argparse.Namespace) -> int:
-    from audio_assets.operator import configured_resource
+    from operations import configured_resource
     from review.commands import review_export
 
     return review_export(configured_resource("results_db"), args.output, args.format, args.with_ra_names)
@@ -241,7 +241,7 @@ def _add_operator_commands(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from audio_assets.operator import ResourceConfigError
+    from operations import ResourceConfigError
 
     args = build_parser().parse_args(argv)
     try:

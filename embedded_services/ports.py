@@ -6,6 +6,9 @@ import socket
 from contextlib import ExitStack
 
 LOOPBACK = "127.0.0.1"
+# Where the demo's services listen, and what AUDIO_PIPELINE_ENV=local connects to by default.
+LOCAL_S3_PORT = 8333
+LOCAL_POSTGRES_PORT = 54329
 
 
 def free_tcp_ports(count: int) -> list[int]:

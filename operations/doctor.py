@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audio_assets.operator import ResourceConfigError, configured_resource
-from audio_assets.operator.service_probes import broker_target, postgres_target, probe_redis, short_error
+from operations import ResourceConfigError, configured_resource
+from operations.service_probes import broker_target, postgres_target, probe_redis, short_error
 
 LABELS = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]", "skip": "[skip]"}
 CELERY_BROKER_VARS = ("DAGSTER_CELERY_BROKER_URL", "CELERY_BROKER_URL")

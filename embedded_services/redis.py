@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.embedded.ports import LOOPBACK, free_tcp_ports
+from embedded_services.ports import LOOPBACK, free_tcp_ports
 
 
 class RedisError(RuntimeError):

@@ -30,7 +30,7 @@ from urllib.parse import quote
 import psycopg2
 from psycopg2 import sql
 
-from resources.embedded.ports import LOOPBACK, free_tcp_ports, is_port_free
+from embedded_services.ports import LOOPBACK, free_tcp_ports, is_port_free
 
 POSTGRES_OS_USER = "postgres"
 

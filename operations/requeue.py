@@ -13,15 +13,15 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from audio_assets.operator.run_submission import (
-    PARTITION_TAG,
+from archive_identity import ARCHIVES_PARTITIONS, PARTITION_TAG, ArchiveVersion
+from operations.run_submission import (
+    LaunchFailed,
     archive_job_submitter,
     daemon_is_running,
     is_queued_by_daemon,
     runs_in_flight,
     wait_for_runs,
 )
-from audio_assets.archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, archives_partitions
 
 REQUEUED_TAG = "audio/requeued"
 REQUEUED_FILES_TAG = "audio/requeued_failed_files"
@@ -68,8 +68,8 @@ def run_requeue(
         if not wait and is_queued_by_daemon(instance):
             print("submitted; follow the runs in the Dagster UI or with `audio-pipeline status`")
             return 0
-        # Without a queue the runs execute in this command's code server: leaving now would
-        # stop it, so wait even with --no-wait.
+        # Without a queue (an instance configured with DefaultRunCoordinator) the runs were
+        # launched at once: report how they end, even with --no-wait.
         return _wait_and_report(instance, results_db, submitted, timeout_s)
 
 
@@ -83,19 +83,19 @@ def _submit(instance: dg.DagsterInstance, object_store, target: FailedArchive, s
         print(f"skipped {target.archive_source}: no longer in s3://{object_store.bucket}")
         return None
     # The sensor adds partitions; an instance rebuilt since then may not have this one.
-    if not instance.has_dynamic_partition(archives_partitions.name, target.partition_key):
-        instance.add_dynamic_partitions(archives_partitions.name, [target.partition_key])
-    run = submit(
-        {
-            PARTITION_TAG: target.partition_key,
-            # Pins the version read now, like a sensor run: if the archive changes meanwhile
-            # the run stops and the sensor's run for the new version takes over.
-            ARCHIVE_KEY_TAG: info.key,
-            ARCHIVE_ETAG_TAG: info.etag,
-            REQUEUED_TAG: "true",
-            REQUEUED_FILES_TAG: str(target.failed_files),
-        }
-    )
+    if not instance.has_dynamic_partition(ARCHIVES_PARTITIONS, target.partition_key):
+        instance.add_dynamic_partitions(ARCHIVES_PARTITIONS, [target.partition_key])
+    # Pins the version read now, like a sensor run: if the archive changes meanwhile the run
+    # stops and the sensor's run for the new version takes over.
+    archive = ArchiveVersion(info.key, info.etag, info.size, info.last_modified, target.partition_key)
+    try:
+        run = submit(
+            {PARTITION_TAG: target.partition_key, **archive.run_tags(), REQUEUED_TAG: "true",
+             REQUEUED_FILES_TAG: str(target.failed_files)}
+        )
+    except LaunchFailed as error:
+        print(f"could not requeue {target.archive_source}: {error}", file=sys.stderr)
+        return None
     print(
         f"requeued {target.archive_source} (partition {target.partition_key}): {target.describe()} "
         f"-> run {run.run_id} {run.status.value}"

@@ -1,6 +1,6 @@
 """Build the bundled demo archives from the committed parts. Run by hand after changing them:
 
-    python audio_assets/samples/build_samples.py
+    python operations/samples/build_samples.py
 
 Needs espeak-ng on PATH and the imageio-ffmpeg wheel (its ffmpeg has libmp3lame). The output
 is byte-for-byte reproducible with the same espeak-ng, ffmpeg and pyarrow versions: fixed

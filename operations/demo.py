@@ -18,18 +18,11 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from audio_assets.archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, ARCHIVE_PREFIX
-from resources.embedded.postgres import LocalPostgres, create_database, ensure_postgres, stop_postgres
-from resources.embedded.seaweedfs import SeaweedS3, ensure_seaweedfs, stop_seaweedfs
-from resources.environments import (
-    LOCAL_ACCESS_KEY,
-    LOCAL_BUCKET,
-    LOCAL_DB_PASSWORD,
-    LOCAL_DB_USER,
-    LOCAL_POSTGRES_PORT,
-    LOCAL_S3_PORT,
-    LOCAL_SECRET_KEY,
-)
+from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, ARCHIVE_PREFIX
+from embedded_services.ports import LOCAL_POSTGRES_PORT, LOCAL_S3_PORT
+from embedded_services.postgres import LocalPostgres, create_database, ensure_postgres, stop_postgres
+from embedded_services.seaweedfs import SeaweedS3, ensure_seaweedfs, stop_seaweedfs
+from resources.environments import LOCAL_ACCESS_KEY, LOCAL_BUCKET, LOCAL_DB_PASSWORD, LOCAL_DB_USER, LOCAL_SECRET_KEY
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 
@@ -158,7 +151,7 @@ def upload_samples(object_store: ObjectStore) -> list[tuple[str, str]]:
     """Upload each bundled archive unless the same bytes are already there; returns
     (key, etag) of every sample archive."""
     archives = []
-    samples = resources.files("audio_assets") / "samples"
+    samples = resources.files("operations") / "samples"
     for entry in sorted(samples.iterdir(), key=lambda e: e.name):
         if not entry.name.endswith((".tar", ".tar.gz")):
             continue

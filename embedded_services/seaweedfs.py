@@ -30,7 +30,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from resources.embedded.ports import LOOPBACK, free_tcp_ports, is_port_free
+from embedded_services.ports import LOOPBACK, free_tcp_ports, is_port_free
 
 DEFAULT_ACCESS_KEY = "pipeline"
 DEFAULT_SECRET_KEY = "pipeline-secret"
