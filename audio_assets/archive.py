@@ -77,9 +77,9 @@ def build_manifest(listing: ArchiveListing, file_ids: dict[str, int]) -> pd.Data
         # A rejected duplicate of an accepted MP3 shares its name but not its row.
         return file_ids.get(name) if kind == "mp3" and not (rejected and name in accepted_mp3s) else None
 
-    rows = [
-        (m.name, m.kind, m.size, m.sha256, True, None, row_of(m.name, m.kind, False)) for m in listing.members
-    ] + [(r.name, r.kind, None, None, False, r.reason, row_of(r.name, r.kind, True)) for r in listing.rejected]
+    rows = [(m.name, m.kind, m.size, m.sha256, True, None, row_of(m.name, m.kind, False)) for m in listing.members] + [
+        (r.name, r.kind, None, None, False, r.reason, row_of(r.name, r.kind, True)) for r in listing.rejected
+    ]
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest["size"] = manifest["size"].astype("Int64")
     manifest["audio_file_id"] = manifest["audio_file_id"].astype("Int64")

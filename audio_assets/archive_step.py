@@ -54,8 +54,15 @@ def archive_asset(*, kinds: set[str], group_name: str = "archives", gpu: bool = 
 
 
 class ArchiveStep:
-    def __init__(self, context: dg.AssetExecutionContext, stages: list[str], results_db: ResultsDatabase,
-                 archive: ArchiveVersion | None, scratch: ScratchSpace | None, gpu: bool):
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        stages: list[str],
+        results_db: ResultsDatabase,
+        archive: ArchiveVersion | None,
+        scratch: ScratchSpace | None,
+        gpu: bool,
+    ):
         self.context, self.stages, self.results_db, self.scratch, self.gpu = context, stages, results_db, scratch, gpu
         self._archive = archive
         self.run_id = context.run.run_id
@@ -82,7 +89,9 @@ class ArchiveStep:
             with self.scratch.shared_dir(self.run_id, _COPY) as folder:
                 local = folder / f"{archive.etag.replace('/', '_')}.tar"
                 if not local.exists():
-                    ScratchSpace.ensure_free(folder, archive.size + _DOWNLOAD_HEADROOM_BYTES, f"downloading {archive.key}")
+                    ScratchSpace.ensure_free(
+                        folder, archive.size + _DOWNLOAD_HEADROOM_BYTES, f"downloading {archive.key}"
+                    )
                     info = object_store.download_file(archive.key, local)
                     if info.etag != archive.etag:
                         local.unlink(missing_ok=True)
@@ -141,7 +150,9 @@ def archive_step(
             _release_local_archive(context, scratch, failed)
 
 
-def resolve_version(context: dg.AssetExecutionContext, object_store: ObjectStore, results_db: ResultsDatabase) -> ArchiveVersion:
+def resolve_version(
+    context: dg.AssetExecutionContext, object_store: ObjectStore, results_db: ResultsDatabase
+) -> ArchiveVersion:
     """The archive version this run is for: the registry's object for the partition, at the
     ETag the sensor tagged, else as it is now (a backfill, the CLI)."""
     partition_key = context.partition_key
@@ -150,7 +161,8 @@ def resolve_version(context: dg.AssetExecutionContext, object_store: ObjectStore
     if key is None or (tagged_key and tagged_key != key):
         raise dg.Failure(
             f"partition {partition_key!r} is registered for {key!r}, not for the run's archive {tagged_key!r}"
-            if key else f"partition {partition_key!r} is not in the archives registry (the sensor registers "
+            if key
+            else f"partition {partition_key!r} is not in the archives registry (the sensor registers "
             "every archive it sees)",
             allow_retries=False,
         )

@@ -4,8 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
-from audio_assets.partitions import archives_partitions
 from audio_assets.opus import opus_files
+from audio_assets.partitions import archives_partitions
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
@@ -61,7 +61,10 @@ def durations_are_positive(raw_archive: ArchiveTable, results_db: ResultsDatabas
     rows = results_db.audio_files.bad_durations(raw_archive.archive.key)
     return dg.AssetCheckResult(
         passed=not rows,
-        metadata={"bad_durations": len(rows), "examples": ", ".join(r["original_filename"] for r in rows[:10]) or "none"},
+        metadata={
+            "bad_durations": len(rows),
+            "examples": ", ".join(r["original_filename"] for r in rows[:10]) or "none",
+        },
     )
 
 

@@ -34,8 +34,9 @@ def classifications(
     """p("1") per policy for every transcript; flagged items reach RAs through ra_queue."""
     archive = transcripts.archive
     # The last step: its success also closes what is left of the run's failures.
-    with archive_step(context, ["classification", "run"], archive_lock=archive_lock, results_db=results_db,
-                      archive=archive, gpu=True) as step:
+    with archive_step(
+        context, ["classification", "run"], archive_lock=archive_lock, results_db=results_db, archive=archive, gpu=True
+    ) as step:
         file_ids = [int(i) for i in transcripts.rows.loc[transcripts.rows["status"] == "transcribed", "audio_file_id"]]
         model_name, versions, policies = classifier.model_name(), classifier.policy_versions(), classifier.categories()
         thresholds = _thresholds(classifier, results_db, model_name, policies, versions)
@@ -47,11 +48,14 @@ def classifications(
         started, scored = time.monotonic(), []
         for chunk in batches(file_ids, config.files_per_chunk):
             wanted = {category: [i for i in chunk if i in todo[category]] for category in policies}
-            rows = _score_chunk(classifier, policies, versions, thresholds, wanted, results_db, transcripts.rows,
-                                model_name)
+            rows = _score_chunk(
+                classifier, policies, versions, thresholds, wanted, results_db, transcripts.rows, model_name
+            )
             results_db.model_outputs.store_classifications(archive, rows, classified_ids=chunk)
             scored += rows
-        return step.result(_metadata(thresholds, model_name, versions, len(file_ids), scored, time.monotonic() - started))
+        return step.result(
+            _metadata(thresholds, model_name, versions, len(file_ids), scored, time.monotonic() - started)
+        )
 
 
 def _thresholds(classifier, results_db, model_name: str, policies: dict[str, str], versions: dict[str, str]):
@@ -63,8 +67,14 @@ def _thresholds(classifier, results_db, model_name: str, policies: dict[str, str
     return {category: chosen.get(category, classifier.threshold) for category in policies}
 
 
-def _metadata(thresholds: dict[str, float], model_name: str, versions: dict[str, str], transcripts: int,
-              scored: list[ClassificationRow], elapsed: float) -> dict:
+def _metadata(
+    thresholds: dict[str, float],
+    model_name: str,
+    versions: dict[str, str],
+    transcripts: int,
+    scored: list[ClassificationRow],
+    elapsed: float,
+) -> dict:
     flagged = {category: 0 for category in versions}
     for row in scored:
         flagged[row.flag_category] += row.flagged
@@ -97,9 +107,14 @@ def _score_chunk(
         for file_id, result in zip(ids, scores):
             rows.append(
                 ClassificationRow(
-                    audio_file_id=file_id, flag_category=category, model=model_name,
-                    flag_score=result.score, flagged=result.score is not None and result.score >= thresholds[category],
-                    threshold=thresholds[category], content_truncated=result.truncated, reason=result.reason,
+                    audio_file_id=file_id,
+                    flag_category=category,
+                    model=model_name,
+                    flag_score=result.score,
+                    flagged=result.score is not None and result.score >= thresholds[category],
+                    threshold=thresholds[category],
+                    content_truncated=result.truncated,
+                    reason=result.reason,
                     policy_version=versions[category],
                 )
             )

@@ -55,7 +55,9 @@ def _report_markdown(summary: dict) -> str:
         for r in summary["review_recall"]
     ] or ["- nothing classified"]
     lines += ["", "**agreement on double-coded items (Cohen's kappa)**", ""]
-    lines += [f"- {a['policy']}: {a['kappa']} over {a['items']} items" for a in summary["review_agreement"]] or ["- none yet"]
+    lines += [f"- {a['policy']}: {a['kappa']} over {a['items']} items" for a in summary["review_agreement"]] or [
+        "- none yet"
+    ]
     lines += ["", "**decisions per RA**", ""]
     lines += [f"- {r['username']}: {r['decisions']}" for r in summary["review_decisions_by_ra"]] or ["- none"]
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from sensors.dead_letter_sensor import dead_letter_sensor
 from sensors.remote_archive_sensor import remote_archive_sensor
 from sensors.schedules import archive_catchup_schedule, scratch_sweep_schedule
 
+
 def executor_for(environment: str):
     """local: one process per run (small memory, fast start; opus_files parallelises inside).
     production: steps on Celery queues when a broker is configured (GPU steps go to the `gpu`

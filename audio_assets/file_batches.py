@@ -28,7 +28,8 @@ class MayBeRetryable(Protocol):
 
 def split_done(items: Iterable[T], is_done: Callable[[T], bool]) -> tuple[list[T], list[T]]:
     """(items already done, items still to do), each in the given order."""
-    done, todo = [], []
+    done: list[T] = []
+    todo: list[T] = []
     for item in items:
         (done if is_done(item) else todo).append(item)
     return done, todo
@@ -56,7 +57,9 @@ def commit_in_batches(outcomes: Iterable[T], size: int, commit: Callable[[list[T
     return committed
 
 
-def raise_for_retryable(failures: Sequence[MayBeRetryable], todo: int, describe: Callable[[MayBeRetryable], str]) -> None:
+def raise_for_retryable(
+    failures: Sequence[MayBeRetryable], todo: int, describe: Callable[[MayBeRetryable], str]
+) -> None:
     """FilesToRetry if any of `failures` is transient; the message names the first."""
     retry = [f for f in failures if f.retryable]
     if retry:

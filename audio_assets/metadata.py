@@ -27,8 +27,9 @@ def parquet_metadata(
 ) -> dg.MaterializeResult:
     """Each MP3's parquet row (meta_id = file stem) on audio_files.parquet_metadata."""
     archive, manifest = raw_archive.archive, raw_archive.rows
-    with archive_step(context, ["metadata"], archive_lock=archive_lock, results_db=results_db, archive=archive,
-                      scratch=scratch) as step:
+    with archive_step(
+        context, ["metadata"], archive_lock=archive_lock, results_db=results_db, archive=archive, scratch=scratch
+    ) as step:
         accepted = manifest[manifest["accepted"]]
         mp3_names = accepted.loc[accepted["kind"] == "mp3", "member"].tolist()
         parquet_names = set(accepted.loc[accepted["kind"] == "parquet", "member"])

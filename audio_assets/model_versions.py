@@ -34,24 +34,28 @@ def transcripts_code_version(transcriber: WhisperTranscriber) -> str:
     model = transcriber.model
     if model in BUNDLED_ALIASES:
         model = f"{model}@" + "+".join(_installed_version(package) for package in BUNDLED_PACKAGES)
-    return _digest({
-        "revision": TRANSCRIPTS_CODE_REVISION,
-        "model": model,
-        "compute_type": transcriber.compute_type,
-        "language": transcriber.language,
-        "align": transcriber.align,
-    })
+    return _digest(
+        {
+            "revision": TRANSCRIPTS_CODE_REVISION,
+            "model": model,
+            "compute_type": transcriber.compute_type,
+            "language": transcriber.language,
+            "align": transcriber.align,
+        }
+    )
 
 
 def classifications_code_version(classifier: PolicyClassifier) -> str:
     """Classifier model, threshold, and each scored policy's text hash: editing one policy
     changes this version and nothing about `transcripts`."""
-    return _digest({
-        "revision": CLASSIFICATIONS_CODE_REVISION,
-        "model": classifier.model_name(),
-        "threshold": classifier.threshold,
-        "policies": classifier.policy_versions(),
-    })
+    return _digest(
+        {
+            "revision": CLASSIFICATIONS_CODE_REVISION,
+            "model": classifier.model_name(),
+            "threshold": classifier.threshold,
+            "policies": classifier.policy_versions(),
+        }
+    )
 
 
 def with_model_versions(assets: list[dg.AssetsDefinition], resources: dict) -> list[dg.AssetsDefinition]:

@@ -25,7 +25,14 @@ from resources.results_db.audio_files import FINISHED_CONVERSION
 from resources.scratch import ScratchSpace
 
 RESULT_COLUMNS = [
-    "audio_file_id", "member", "status", "opus_key", "opus_etag", "duration_seconds", "opus_bytes", "error",
+    "audio_file_id",
+    "member",
+    "status",
+    "opus_key",
+    "opus_etag",
+    "duration_seconds",
+    "opus_bytes",
+    "error",
 ]
 
 
@@ -61,8 +68,9 @@ def opus_files(
 ) -> dg.Output[ArchiveTable]:
     """MP3 members as Opus objects in processed/{date}/{id}.opus; a bad file fails alone."""
     archive = raw_archive.archive
-    with archive_step(context, ["conversion"], archive_lock=archive_lock, results_db=results_db, archive=archive,
-                      scratch=scratch) as step:
+    with archive_step(
+        context, ["conversion"], archive_lock=archive_lock, results_db=results_db, archive=archive, scratch=scratch
+    ) as step:
         results_db.object_deletions.drain(archive.key, object_store)  # before any upload of this run
         members = accepted_mp3s(raw_archive.rows)
         already, todo = _split_converted(results_db, archive, members, config.reconvert)
@@ -72,7 +80,9 @@ def opus_files(
                 stream = _conversion_stream(config, resolve_ffmpeg(), workdir / "opus", archive, object_store)
                 jobs = _extract(step.local_archive(object_store), todo, workdir / "mp3", config)
                 outcomes = commit_in_batches(
-                    stream.run(jobs), config.files_per_commit, lambda chunk: _commit(results_db, archive, chunk, context)
+                    stream.run(jobs),
+                    config.files_per_commit,
+                    lambda chunk: _commit(results_db, archive, chunk, context),
                 )
         results_db.object_deletions.drain(archive.key, object_store)
         failed = [o for o in outcomes if isinstance(o, FileFailure)]
@@ -99,14 +109,21 @@ def _split_converted(
 
     def is_converted(item: tuple[str, int]) -> bool:
         row = state.get(item[0])
-        return bool(row and row["status"] in FINISHED_CONVERSION and row["opus_path"] == opus_key(archive.date, item[1]))
+        return bool(
+            row and row["status"] in FINISHED_CONVERSION and row["opus_path"] == opus_key(archive.date, item[1])
+        )
 
     done, todo = split_done(members.items(), is_converted)
     return [state[member] for member, _ in done], dict(todo)
 
 
-def _metadata(config: OpusConversionConfig, converted: list[ConvertedFile], failed: list[FileFailure],
-              already: int, elapsed: float) -> dict:
+def _metadata(
+    config: OpusConversionConfig,
+    converted: list[ConvertedFile],
+    failed: list[FileFailure],
+    already: int,
+    elapsed: float,
+) -> dict:
     audio_s = sum(c.duration_seconds for c in converted)
     return {
         "converted": len(converted),
@@ -120,7 +137,9 @@ def _metadata(config: OpusConversionConfig, converted: list[ConvertedFile], fail
     }
 
 
-def _extract(local: Path, todo: dict[str, int], out_dir: Path, config: OpusConversionConfig) -> Iterator[_Job | FileFailure]:
+def _extract(
+    local: Path, todo: dict[str, int], out_dir: Path, config: OpusConversionConfig
+) -> Iterator[_Job | FileFailure]:
     """The MP3s still to convert, copied out of the tar one at a time as the stream asks."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for entry in iter_archive(local, config.limits):
@@ -147,11 +166,16 @@ def _conversion_stream(config, ffmpeg: str, out_dir: Path, archive: ArchiveVersi
         target = out_dir / f"{job.audio_file_id}.opus"
         try:
             result = convert_to_opus(
-                job.source, target, ffmpeg=ffmpeg, bitrate_kbps=config.bitrate_kbps,
+                job.source,
+                target,
+                ffmpeg=ffmpeg,
+                bitrate_kbps=config.bitrate_kbps,
                 duration_tolerance_s=config.duration_tolerance_s,
             )
         except ConversionError as exc:
-            return FileFailure(job.audio_file_id, job.member, "conversion", str(exc), retryable=_out_of_space(exc, out_dir))
+            return FileFailure(
+                job.audio_file_id, job.member, "conversion", str(exc), retryable=_out_of_space(exc, out_dir)
+            )
         finally:
             job.source.unlink(missing_ok=True)  # scratch holds only files still in flight
         return _Encoded(job.audio_file_id, job.member, target, result.opus_duration_s)
@@ -161,24 +185,35 @@ def _conversion_stream(config, ffmpeg: str, out_dir: Path, archive: ArchiveVersi
         try:
             stored = object_store.upload_file(encoded.target, key, content_type="audio/ogg")
         except Exception as exc:  # after the store's own retries: transient, the row stays as it was
-            return FileFailure(encoded.audio_file_id, encoded.member, "upload", f"upload to {key} failed: {exc}", retryable=True)
+            return FileFailure(
+                encoded.audio_file_id, encoded.member, "upload", f"upload to {key} failed: {exc}", retryable=True
+            )
         finally:
             encoded.target.unlink(missing_ok=True)
         return ConvertedFile(
-            audio_file_id=encoded.audio_file_id, opus_key=key, s3_uri=f"s3://{object_store.bucket}/{key}",
-            opus_etag=stored.etag, duration_seconds=encoded.duration_s, file_size_bytes=stored.size,
+            audio_file_id=encoded.audio_file_id,
+            opus_key=key,
+            s3_uri=f"s3://{object_store.bucket}/{key}",
+            opus_etag=stored.etag,
+            duration_seconds=encoded.duration_s,
+            file_size_bytes=stored.size,
         )
 
     return ConversionStream(
-        convert, upload, lambda result: isinstance(result, _Encoded),
-        workers=config.workers, upload_workers=config.upload_workers,
+        convert,
+        upload,
+        lambda result: isinstance(result, _Encoded),
+        workers=config.workers,
+        upload_workers=config.upload_workers,
     )
 
 
 def _out_of_space(error: ConversionError, out_dir: Path) -> bool:
     """ffmpeg failed because scratch filled up (not because of the file): transient."""
-    return "No space left on device" in str(error) or isinstance(error.__cause__, OSError) and (
-        error.__cause__.errno == errno.ENOSPC
+    return (
+        "No space left on device" in str(error)
+        or isinstance(error.__cause__, OSError)
+        and (error.__cause__.errno == errno.ENOSPC)
     )
 
 
@@ -189,16 +224,38 @@ def _commit(results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, c
     context.log.info(f"committed {len(converted)} converted and {len(failed)} failed file(s)")
 
 
-def results_frame(already: list[dict], converted: list[ConvertedFile], failed: list[FileFailure], members: dict) -> pd.DataFrame:
-    rows = [
-        (r["id"], r["original_filename"], "converted", r["opus_path"], r["opus_etag"], r["duration_seconds"],
-         r["file_size_bytes"], None)
-        for r in already
-    ] + [
-        (c.audio_file_id, members[c.audio_file_id], "converted", c.opus_key, c.opus_etag, c.duration_seconds,
-         c.file_size_bytes, None)
-        for c in converted
-    ] + [(f.audio_file_id, f.original_filename, "failed", None, None, None, None, f.error) for f in failed]
+def results_frame(
+    already: list[dict], converted: list[ConvertedFile], failed: list[FileFailure], members: dict
+) -> pd.DataFrame:
+    rows = (
+        [
+            (
+                r["id"],
+                r["original_filename"],
+                "converted",
+                r["opus_path"],
+                r["opus_etag"],
+                r["duration_seconds"],
+                r["file_size_bytes"],
+                None,
+            )
+            for r in already
+        ]
+        + [
+            (
+                c.audio_file_id,
+                members[c.audio_file_id],
+                "converted",
+                c.opus_key,
+                c.opus_etag,
+                c.duration_seconds,
+                c.file_size_bytes,
+                None,
+            )
+            for c in converted
+        ]
+        + [(f.audio_file_id, f.original_filename, "failed", None, None, None, None, f.error) for f in failed]
+    )
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values("member", ignore_index=True)
     frame["audio_file_id"] = frame["audio_file_id"].astype("Int64")
     frame["opus_bytes"] = frame["opus_bytes"].astype("Int64")

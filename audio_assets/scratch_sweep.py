@@ -5,10 +5,12 @@ from pydantic import Field
 
 from resources.scratch import ScratchSpace
 
-
 ACTIVE_RUN_STATUSES = [
-    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
 ]
 
 
@@ -21,9 +23,7 @@ def sweep_scratch(context: dg.OpExecutionContext, config: ScratchSweepConfig, sc
     """Remove scratch folders of runs that are no longer running; report the bytes freed."""
     active = {
         record.dagster_run.run_id
-        for record in context.instance.get_run_records(
-            filters=dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES)
-        )
+        for record in context.instance.get_run_records(filters=dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES))
     }
     removed, freed = scratch.sweep(older_than_s=config.older_than_hours * 3600, active_run_ids=active)
     context.log.info(f"removed {len(removed)} scratch folder(s), freed {freed / 1e6:.1f} MB")

@@ -24,7 +24,9 @@ class ArchiveScanConfig(dg.Config):
     max_member_mb: int = Field(default=200, description="A bigger member is rejected (a 60-min 320 kbps MP3 is 144 MB)")
     max_members: int = Field(default=20_000, description="Regular-file members per archive; more refuses the archive")
     max_total_gb: float = Field(default=8.0, description="Inflated size of the whole tar; more refuses the archive")
-    max_header_kb: int = Field(default=64, description="One GNU long-name or PAX header; a bigger one rejects its member")
+    max_header_kb: int = Field(
+        default=64, description="One GNU long-name or PAX header; a bigger one rejects its member"
+    )
     max_name_bytes: int = Field(default=1024, description="A member path longer than this (UTF-8) is rejected")
 
     @property

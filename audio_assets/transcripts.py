@@ -56,8 +56,9 @@ def transcripts(
 ) -> dg.Output[ArchiveTable]:
     """WhisperX transcripts (text, language, confidence, timed segments) of the Opus files."""
     archive = opus_files.archive
-    with archive_step(context, ["transcription"], archive_lock=archive_lock, results_db=results_db,
-                      archive=archive, gpu=True) as step:
+    with archive_step(
+        context, ["transcription"], archive_lock=archive_lock, results_db=results_db, archive=archive, gpu=True
+    ) as step:
         converted = opus_files.rows[opus_files.rows["status"] == "converted"].reset_index(drop=True)
         model_name = transcriber.model_name()
         ids = [int(i) for i in converted["audio_file_id"]]
@@ -82,7 +83,9 @@ def transcripts(
         )
 
 
-def _metadata(model_name: str, ok: list, already: set[int], failed: list[FileFailure], elapsed: float, load_s: float) -> dict:
+def _metadata(
+    model_name: str, ok: list, already: set[int], failed: list[FileFailure], elapsed: float, load_s: float
+) -> dict:
     audio_s = sum(t.audio_seconds for _, t in ok)
     return {
         "model": model_name,
@@ -102,8 +105,13 @@ def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdi
         try:
             stored = object_store.download_file(row["opus_key"], path)
         except Exception as exc:  # after the store's retries: transient, the row stays as it was
-            return FileFailure(int(row["audio_file_id"]), row["member"], "transcription",
-                               f"cannot read {row['opus_key']}: {exc}", retryable=True)
+            return FileFailure(
+                int(row["audio_file_id"]),
+                row["member"],
+                "transcription",
+                f"cannot read {row['opus_key']}: {exc}",
+                retryable=True,
+            )
         expected = row.get("opus_etag")
         if expected and stored.etag != expected:
             path.unlink(missing_ok=True)
@@ -132,13 +140,16 @@ def _commit(results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, m
         archive,
         [
             TranscriptRow(int(row["audio_file_id"]), model_name, t.text, t.language, t.confidence, t.segments)
-            for row, t in chunk if isinstance(t, Transcript)
+            for row, t in chunk
+            if isinstance(t, Transcript)
         ],
     )
     results_db.audio_files.record_failures(archive, [t for _, t in chunk if isinstance(t, FileFailure)], run_id)
 
 
-def _results_frame(converted: pd.DataFrame, already: set[int], ok, failed: list[FileFailure], model_name: str) -> pd.DataFrame:
+def _results_frame(
+    converted: pd.DataFrame, already: set[int], ok, failed: list[FileFailure], model_name: str
+) -> pd.DataFrame:
     members = dict(zip(converted["audio_file_id"].astype(int), converted["member"]))
     rows = [(file_id, members[file_id], "transcribed", model_name, None) for file_id in sorted(already)]
     rows += [(int(r["audio_file_id"]), r["member"], "transcribed", model_name, None) for r, _ in ok]

@@ -20,7 +20,6 @@ calls are ObjectStore methods, and remote_transfers is read and written through
 results_db.transfers (SQL in sql/queries/transfers.sql).
 """
 
-
 import posixpath
 import time
 from collections.abc import Iterable
@@ -46,9 +45,7 @@ REMOTE_FILE_TAG = "audio/remote_file"
 SHA256_METADATA = "sha256"  # x-amz-meta-sha256 on every transferred archive
 MTIME_METADATA = "source-mtime"  # the remote file's mtime, so a re-run can skip without hashing
 
-TRANSFER_RETRY = dg.RetryPolicy(
-    max_retries=4, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
+TRANSFER_RETRY = dg.RetryPolicy(max_retries=4, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 class RemoteArchiveConfig(dg.Config):
@@ -85,13 +82,17 @@ def transfer_remote_archive(
             stored, uploaded = _ensure_uploaded(context, session, object_store, key, remote, config)
             _check_unchanged(session, remote)
             moved_to = session.mark_transferred(remote) if remote_host.done_dir else None
-    except (RemoteHostNotConfigured, HostKeyRejected, paramiko.AuthenticationException,
-            PermissionError, InvalidRemoteName, RemoteFileChanged) as error:
+    except (
+        RemoteHostNotConfigured,
+        HostKeyRejected,
+        paramiko.AuthenticationException,
+        PermissionError,
+        InvalidRemoteName,
+        RemoteFileChanged,
+    ) as error:
         # Retrying cannot fix configuration, trust, permissions or a file that is gone or replaced.
         raise dg.Failure(str(error), allow_retries=False) from error
-    record_transfer(
-        results_db, remote_host, remote, stored, moved_to=moved_to, run_id=context.run.run_id
-    )
+    record_transfer(results_db, remote_host, remote, stored, moved_to=moved_to, run_id=context.run.run_id)
     elapsed = time.monotonic() - started
     context.log.info(
         f"{remote.path} -> s3://{object_store.bucket}/{key}: "
@@ -134,9 +135,7 @@ transfer_archive = build_transfer_job()
 def transfer_run_config(remote: RemoteFile) -> dict:
     return {
         "ops": {
-            "transfer_remote_archive": {
-                "config": {"name": remote.name, "size": remote.size, "mtime": remote.mtime}
-            }
+            "transfer_remote_archive": {"config": {"name": remote.name, "size": remote.size, "mtime": remote.mtime}}
         }
     }
 

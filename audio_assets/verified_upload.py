@@ -120,9 +120,7 @@ class VerifyingReader:
         if self._verified:
             return
         if self.bytes_read != self.expected_size:
-            raise TransferVerificationError(
-                f"remote file ended after {self.bytes_read} of {self.expected_size} bytes"
-            )
+            raise TransferVerificationError(f"remote file ended after {self.bytes_read} of {self.expected_size} bytes")
         if self.sha256 != self.expected_sha256:
             raise TransferVerificationError(
                 f"SHA-256 of the bytes read {self.sha256} differs from the remote file's {self.expected_sha256}"

@@ -45,23 +45,34 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-bitrate-"))
     try:
-        short = [make_espeak_clip(workdir / "clips" / f"clip_{i:03d}.mp3", args.seed * 1000 + i)
-                 for i in range(args.clips)] + sample_clips(workdir)
+        short = [
+            make_espeak_clip(workdir / "clips" / f"clip_{i:03d}.mp3", args.seed * 1000 + i) for i in range(args.clips)
+        ] + sample_clips(workdir)
         long = [make_long_clip(workdir / "long.mp3", args.long_s, args.seed)]
-        model = load_transcriber(TranscriberSettings(
-            model="base-bundled", models_root=str(default_models_root()), device="cpu", compute_type="int8",
-            batch_size=8, language="en",
-        ))
+        model = load_transcriber(
+            TranscriberSettings(
+                model="base-bundled",
+                models_root=str(default_models_root()),
+                device="cpu",
+                compute_type="int8",
+                batch_size=8,
+                language="en",
+            )
+        )
         ffmpeg = resolve_ffmpeg()
-        print(f"{len(short)} short clips ({sum(c.seconds for c in short):.0f} s), "
-              f"1 long clip ({long[0].seconds:.0f} s, {len(long[0].text.split())} words)\n")
+        print(
+            f"{len(short)} short clips ({sum(c.seconds for c in short):.0f} s), "
+            f"1 long clip ({long[0].seconds:.0f} s, {len(long[0].text.split())} words)\n"
+        )
         rows = [("source MP3", *measure(model, short, long, lambda c: c.path))]
         for kbps in args.bitrates:
+
             def encode(clip: Clip, kbps=kbps) -> Path:
                 target = workdir / f"opus{kbps}" / (Path(clip.member).stem + ".opus")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 convert_to_opus(clip.path, target, ffmpeg=ffmpeg, bitrate_kbps=kbps)
                 return target
+
             rows.append((f"Opus {kbps} kbps mono", *measure(model, short, long, encode)))
 
         print("| audio transcribed | WER short clips | WER long clip | KiB per audio-minute |")

@@ -50,19 +50,19 @@ sys.path.insert(0, str(ROOT / "tests"))  # archive_factory: the fixtures' own MP
 
 from archive_factory import build_tar, make_speech_mp3  # noqa: E402
 
-import audio_assets.audio.opus_convert as opus_convert_module  # noqa: E402
 import audio_assets.archive_step as archive_step_module  # noqa: E402
+import audio_assets.audio.opus_convert as opus_convert_module  # noqa: E402
 import resources.manifest_io as manifest_io_module  # noqa: E402
+from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG  # noqa: E402
+from audio_assets.archive import raw_archive  # noqa: E402
 from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg  # noqa: E402
 from audio_assets.audio.opus_convert import convert_to_opus  # noqa: E402
 from audio_assets.audio.tar_safety import ArchiveEntry, ArchiveLimits, iter_archive  # noqa: E402
-from audio_assets.archive import raw_archive  # noqa: E402
-from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG  # noqa: E402
-from audio_assets.partitions import archives_partitions  # noqa: E402
 from audio_assets.opus import opus_files  # noqa: E402
-from resources.archive_lock import ArchiveLock  # noqa: E402
+from audio_assets.partitions import archives_partitions  # noqa: E402
 from embedded_services.postgres import create_database, start_postgres, stop_postgres  # noqa: E402
 from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs  # noqa: E402
+from resources.archive_lock import ArchiveLock  # noqa: E402
 from resources.manifest_io import ArchiveTableIOManager  # noqa: E402
 from resources.object_store import ObjectStore  # noqa: E402
 from resources.results_db import ResultsDatabase  # noqa: E402
@@ -76,18 +76,172 @@ ARCHIVE_KEY = "archives/bench_conversion.tar.gz"
 MIN_CLIP_S, MAX_CLIP_S = 3.0, 10.0
 ESPEAK_WORDS_PER_S = 2.6  # first guess; each clip is re-made until it lands in range
 
-WORDS = (
-    "okay so today I want to show you my new morning routine and honestly it changed my life "
-    "first you grab a coffee then you stretch for five minutes and check your messages "
-    "this recipe only needs three ingredients and it takes ten minutes to make "
-    "do not forget to like and follow for more videos like this one every single week "
-    "we went to the beach with the dog and the waves were huge so we stayed on the sand "
-    "here is a quick tip for your exams read the question twice before you answer anything "
-    "my cat learned to open the fridge last night and now nothing in the kitchen is safe "
-    "this is the best pizza in the whole city and the line was worth every minute "
-    "let me know in the comments what you think about this outfit for the weekend party "
-    "the new phone camera is amazing in low light but the battery does not last a full day"
-).split()
+WORDS = [
+    "okay",
+    "so",
+    "today",
+    "I",
+    "want",
+    "to",
+    "show",
+    "you",
+    "my",
+    "new",
+    "morning",
+    "routine",
+    "and",
+    "honestly",
+    "it",
+    "changed",
+    "my",
+    "life",
+    "first",
+    "you",
+    "grab",
+    "a",
+    "coffee",
+    "then",
+    "you",
+    "stretch",
+    "for",
+    "five",
+    "minutes",
+    "and",
+    "check",
+    "your",
+    "messages",
+    "this",
+    "recipe",
+    "only",
+    "needs",
+    "three",
+    "ingredients",
+    "and",
+    "it",
+    "takes",
+    "ten",
+    "minutes",
+    "to",
+    "make",
+    "do",
+    "not",
+    "forget",
+    "to",
+    "like",
+    "and",
+    "follow",
+    "for",
+    "more",
+    "videos",
+    "like",
+    "this",
+    "one",
+    "every",
+    "single",
+    "week",
+    "we",
+    "went",
+    "to",
+    "the",
+    "beach",
+    "with",
+    "the",
+    "dog",
+    "and",
+    "the",
+    "waves",
+    "were",
+    "huge",
+    "so",
+    "we",
+    "stayed",
+    "on",
+    "the",
+    "sand",
+    "here",
+    "is",
+    "a",
+    "quick",
+    "tip",
+    "for",
+    "your",
+    "exams",
+    "read",
+    "the",
+    "question",
+    "twice",
+    "before",
+    "you",
+    "answer",
+    "anything",
+    "my",
+    "cat",
+    "learned",
+    "to",
+    "open",
+    "the",
+    "fridge",
+    "last",
+    "night",
+    "and",
+    "now",
+    "nothing",
+    "in",
+    "the",
+    "kitchen",
+    "is",
+    "safe",
+    "this",
+    "is",
+    "the",
+    "best",
+    "pizza",
+    "in",
+    "the",
+    "whole",
+    "city",
+    "and",
+    "the",
+    "line",
+    "was",
+    "worth",
+    "every",
+    "minute",
+    "let",
+    "me",
+    "know",
+    "in",
+    "the",
+    "comments",
+    "what",
+    "you",
+    "think",
+    "about",
+    "this",
+    "outfit",
+    "for",
+    "the",
+    "weekend",
+    "party",
+    "the",
+    "new",
+    "phone",
+    "camera",
+    "is",
+    "amazing",
+    "in",
+    "low",
+    "light",
+    "but",
+    "the",
+    "battery",
+    "does",
+    "not",
+    "last",
+    "a",
+    "full",
+    "day",
+]
 
 
 # --- inputs (not timed) -------------------------------------------------------------------
@@ -196,9 +350,28 @@ class Sample:
 
 def bare_ffmpeg(ffmpeg: str, source: Path, target: Path) -> None:
     subprocess.run(
-        [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source),
-         "-vn", "-c:a", "libopus", "-b:a", f"{BITRATE_KBPS}k", "-ac", "1", "-f", "opus", str(target)],
-        check=True, capture_output=True,
+        [
+            ffmpeg,
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            str(source),
+            "-vn",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            f"{BITRATE_KBPS}k",
+            "-ac",
+            "1",
+            "-f",
+            "opus",
+            str(target),
+        ],
+        check=True,
+        capture_output=True,
     )
 
 
@@ -206,7 +379,9 @@ def checked_convert(ffmpeg: str, source: Path, target: Path) -> None:
     convert_to_opus(source, target, ffmpeg=ffmpeg, bitrate_kbps=BITRATE_KBPS)
 
 
-def time_pool(convert: Callable[[str, Path, Path], None], ffmpeg: str, mp3s: list[Path], out_dir: Path, workers: int) -> float:
+def time_pool(
+    convert: Callable[[str, Path, Path], None], ffmpeg: str, mp3s: list[Path], out_dir: Path, workers: int
+) -> float:
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -258,8 +433,14 @@ def opus_run_config(workers: int) -> dict:
 class PipelineRunner:
     """One archive partition on real services; runs `opus_files` alone once raw_archive exists."""
 
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, store: ObjectStore,
-                 results_db: ResultsDatabase, workers: int):
+    def __init__(
+        self,
+        defs: dg.Definitions,
+        instance: dg.DagsterInstance,
+        store: ObjectStore,
+        results_db: ResultsDatabase,
+        workers: int,
+    ):
         self.instance, self.store = instance, store
         self.jobs = {asset: defs.resolve_job_def(job.name) for asset, job in BENCH_JOBS.items()}
         # The partition the sensor would give the object: registered in PostgreSQL.
@@ -272,7 +453,10 @@ class PipelineRunner:
         tags = {ARCHIVE_KEY_TAG: ARCHIVE_KEY, ARCHIVE_ETAG_TAG: self.store.head(ARCHIVE_KEY).etag}
         result = self.jobs[asset].execute_in_process(
             run_config=self.run_config if asset == "opus_files" else None,
-            partition_key=self.partition_key, instance=self.instance, tags=tags, raise_on_error=False,
+            partition_key=self.partition_key,
+            instance=self.instance,
+            tags=tags,
+            raise_on_error=False,
         )
         step = [e for e in result.all_events if e.step_key == asset]
         if not any(e.event_type == dg.DagsterEventType.STEP_SUCCESS for e in step):
@@ -280,7 +464,9 @@ class PipelineRunner:
             raise RuntimeError(f"{asset} failed: {failure}")
         return result.run_id
 
-    def step_timing(self, run_id: str, files: int, download_end: float) -> tuple[float, dict[str, float], dict[str, object]]:
+    def step_timing(
+        self, run_id: str, files: int, download_end: float
+    ) -> tuple[float, dict[str, float], dict[str, object]]:
         """Step seconds, its phases and its metadata, from the run's event log timestamps
         (and the end of the archive download, marked by _mark_download_ends)."""
         entries = [e for e in self.instance.all_logs(run_id) if e.step_key == "opus_files"]
@@ -296,7 +482,8 @@ class PipelineRunner:
         last_commit = commits[-1].timestamp
         inputs_loaded = first["LOADED_INPUT"].timestamp if "LOADED_INPUT" in first else start
         metadata = {
-            k: v.value for k, v in first["ASSET_MATERIALIZATION"].asset_materialization.metadata.items()
+            k: v.value
+            for k, v in first["ASSET_MATERIALIZATION"].asset_materialization.metadata.items()
             if k in {"converted", "already_converted", "failed", "files_per_hour"}
         }
         phases = {
@@ -342,8 +529,9 @@ def running_services(workdir: Path) -> Iterator[Services]:
     try:
         s3 = start_seaweedfs(workdir / "seaweedfs")
         postgres = start_postgres(pg_dir)  # durable, as in production
-        store = ObjectStore(endpoint_url=s3.endpoint_url, bucket="audio-pipeline",
-                            access_key=s3.access_key, secret_key=s3.secret_key)
+        store = ObjectStore(
+            endpoint_url=s3.endpoint_url, bucket="audio-pipeline", access_key=s3.access_key, secret_key=s3.secret_key
+        )
         store.ensure_bucket()
         results_db = ResultsDatabase(dsn=create_database(postgres, "bench_conversion"))
         results_db.migrate()
@@ -376,6 +564,7 @@ def timed_calls(targets: list[tuple[object, str, str]]) -> Iterator[dict[str, li
                 with lock:
                     totals[label][0] += 1
                     totals[label][1] += time.perf_counter() - started
+
         return wrapper
 
     for (owner, attr, label), (_, _, original) in zip(targets, originals):
@@ -408,9 +597,13 @@ PROFILED = [
 def profile_step(runner: PipelineRunner, meter: CpuMeter, files: int, workers: int) -> None:
     with timed_calls(PROFILED) as totals:
         sample = runner.time_step(meter, files)
-    print(f"\nprofile: one instrumented opus_files run, step {sample.seconds:.2f} s, {workers} workers "
-          "(per-file calls run in parallel: their seconds are summed over workers)")
-    print("| part | calls | seconds summed | ms per call | vs the conversion workers' time (uploads run in their own pool) |")
+    print(
+        f"\nprofile: one instrumented opus_files run, step {sample.seconds:.2f} s, {workers} workers "
+        "(per-file calls run in parallel: their seconds are summed over workers)"
+    )
+    print(
+        "| part | calls | seconds summed | ms per call | vs the conversion workers' time (uploads run in their own pool) |"
+    )
     print("|---|---:|---:|---:|---:|")
     pool_s = sample.phases[STREAM_PHASE] * workers
     for label, (calls, seconds) in totals.items():
@@ -438,13 +631,17 @@ def compare_uploads(store: ObjectStore, meter: CpuMeter, opus_dir: Path, workers
     print(f"\nuploads alone: {len(paths)} Opus files, {workers} threads, local SeaweedFS")
     print("| upload method | seconds | ms per file | CPU s: python | CPU s: seaweedfs |")
     print("|---|---:|---:|---:|---:|")
-    for name, upload in (("ObjectStore.upload_file (as the step: PutObject + Content-MD5)", via_upload_file),
-                         ("bare client.put_object + ETag check", via_put_object)):
+    for name, upload in (
+        ("ObjectStore.upload_file (as the step: PutObject + Content-MD5)", via_upload_file),
+        ("bare client.put_object + ETag check", via_put_object),
+    ):
         before, started = meter.read(), time.perf_counter()
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(upload, paths))
         seconds, cpu = time.perf_counter() - started, diff(meter.read(), before)
-        print(f"| {name} | {seconds:.2f} | {seconds / len(paths) * 1000:.1f} | {cpu['python']:.2f} | {cpu['seaweedfs']:.2f} |")
+        print(
+            f"| {name} | {seconds:.2f} | {seconds / len(paths) * 1000:.1f} | {cpu['python']:.2f} | {cpu['seaweedfs']:.2f} |"
+        )
 
 
 # --- report -------------------------------------------------------------------------------
@@ -457,19 +654,25 @@ def median_sample(samples: list[Sample]) -> Sample:
 
 def print_report(results: dict[str, list[Sample]], files: int, workers: int, audio_s: list[float]) -> None:
     base = median_sample(results["bare ffmpeg"]).seconds
-    print(f"\n{files} MP3s, {sum(audio_s) / 60:.1f} min of audio (clips {min(audio_s):.1f}-{max(audio_s):.1f} s), "
-          f"workers={workers}, median of {len(results['bare ffmpeg'])} runs\n")
+    print(
+        f"\n{files} MP3s, {sum(audio_s) / 60:.1f} min of audio (clips {min(audio_s):.1f}-{max(audio_s):.1f} s), "
+        f"workers={workers}, median of {len(results['bare ffmpeg'])} runs\n"
+    )
     print("| method | files | seconds | files/h | ratio vs bare ffmpeg |")
     print("|---|---:|---:|---:|---:|")
     for name, samples in results.items():
         seconds = median_sample(samples).seconds
         print(f"| {name} | {files} | {seconds:.2f} | {files / seconds * 3600:,.0f} | {base / seconds:.2f} |")
-    print("\nall runs (s): " + "; ".join(f"{n}: {', '.join(f'{s.seconds:.2f}' for s in v)}" for n, v in results.items()))
+    print(
+        "\nall runs (s): " + "; ".join(f"{n}: {', '.join(f'{s.seconds:.2f}' for s in v)}" for n, v in results.items())
+    )
     # Neighbouring runs share the machine's state (other load, caches), so each repeat's own
     # ratio shows how much of the spread above is the machine rather than the method.
     for name in list(results)[1:]:
         paired = [b.seconds / m.seconds for b, m in zip(results["bare ffmpeg"], results[name])]
-        print(f"ratio per repeat, {name}: {', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.2f})")
+        print(
+            f"ratio per repeat, {name}: {', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.2f})"
+        )
 
     step = median_sample(results["opus_files step"])
     print(f"\nopus_files step, median run: own metadata files_per_hour={step.step_metadata.get('files_per_hour')}")
@@ -506,7 +709,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=120, help="MP3s in the archive (default 120)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each method; the median is reported")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel conversions (default: cores)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="parallel conversions (default: cores)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the clip texts")
     parser.add_argument("--no-profile", action="store_true", help="skip the instrumented run and the upload comparison")
     return parser.parse_args()
@@ -543,7 +748,9 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> None:
     archive, audio_s = build_archive(workdir, args.files, args.seed)
     mp3s = extract_mp3s(archive, workdir / "mp3")
     ffmpeg = resolve_ffmpeg()  # also warms its libopus check, which the step would pay once per process
-    print(f"ffmpeg: {ffmpeg}; load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(
+        f"ffmpeg: {ffmpeg}; load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True
+    )
 
     (workdir / "dagster").mkdir()
     with running_services(workdir) as services, dg.instance_for_test(temp_dir=str(workdir / "dagster")) as instance:

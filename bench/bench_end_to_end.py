@@ -34,7 +34,6 @@ from pathlib import Path
 
 import dagster as dg
 
-import bench_conversion as conversion  # sets up sys.path for archive_factory and tests/
 from archive_factory import build_tar, make_parquet
 from bench_transcription import load_bare_whisperx, make_espeak_clip, sample_clips
 from daemon_harness import DaemonHarness, PipelineEnvironment
@@ -55,9 +54,13 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=93)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--filler-mb", type=int, default=0,
-                        help="add a member of this many MiB of random bytes (not audio): a big archive "
-                        "whose download and reading the archive steps pay, with the same audio work")
+    parser.add_argument(
+        "--filler-mb",
+        type=int,
+        default=0,
+        help="add a member of this many MiB of random bytes (not audio): a big archive "
+        "whose download and reading the archive steps pay, with the same audio work",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
@@ -65,11 +68,13 @@ def main() -> None:
     s3 = start_seaweedfs(workdir / "seaweedfs")
     pg = start_postgres(pg_dir, durable=False)
     try:
-        clips = [make_espeak_clip(workdir / "clips" / f"clip_{i:03d}.mp3", args.seed * 1000 + i)
-                 for i in range(args.clips)] + sample_clips(workdir)
+        clips = [
+            make_espeak_clip(workdir / "clips" / f"clip_{i:03d}.mp3", args.seed * 1000 + i) for i in range(args.clips)
+        ] + sample_clips(workdir)
         # The parquet metadata every archive carries: one row per clip, meta_id = its stem.
-        metadata = make_parquet(workdir / "metadata.parquet",
-                                [{"meta_id": Path(c.member).stem, "seconds": c.seconds} for c in clips])
+        metadata = make_parquet(
+            workdir / "metadata.parquet", [{"meta_id": Path(c.member).stem, "seconds": c.seconds} for c in clips]
+        )
         entries = [(c.member, c.path) for c in clips] + [("metadata.parquet", metadata)]
         for part in range(0, args.filler_mb, 100):  # 100 MiB members: under the member cap
             filler = workdir / "filler" / f"{part:06d}.bin"
@@ -99,12 +104,16 @@ def main() -> None:
         print(f"\norchestration overhead: {total:.1f} s / {bare_total:.1f} s - 1 = {total / bare_total - 1:+.1%}")
         tools = sum(pipeline[f"step {s}"] for s in ("opus_files", "transcripts", "classifications"))
         outside = total - tools
-        print(f"time outside the tools' own steps (opus_files, transcripts, classifications): "
-              f"{outside:.1f} s = {outside / total:.1%} of the run, {outside / bare_total:.1%} of the bare sum")
+        print(
+            f"time outside the tools' own steps (opus_files, transcripts, classifications): "
+            f"{outside:.1f} s = {outside / total:.1%} of the run, {outside / bare_total:.1%} of the bare sum"
+        )
         archive_steps = sum(pipeline[f"step {s}"] for s in ("raw_archive", "opus_files", "parquet_metadata"))
-        print(f"archive steps (raw_archive, opus_files, parquet_metadata): {archive_steps:.1f} s = "
-              f"{archive_steps / total:.1%} of upload → run success, "
-              f"{archive_steps / pipeline['run start → run end']:.1%} of run start → run end")
+        print(
+            f"archive steps (raw_archive, opus_files, parquet_metadata): {archive_steps:.1f} s = "
+            f"{archive_steps / total:.1%} of upload → run success, "
+            f"{archive_steps / pipeline['run start → run end']:.1%} of run start → run end"
+        )
     finally:
         stop_seaweedfs(s3)
         stop_postgres(pg)
@@ -144,14 +153,18 @@ def bare_tools(archive: Path, workdir: Path, workers: int) -> dict[str, float]:
 
 def through_pipeline(archive: Path, workdir: Path, s3, pg) -> dict[str, float]:
     bucket = f"bench-e2e-{uuid.uuid4().hex[:8]}"
-    store = ObjectStore(endpoint_url=s3.endpoint_url, bucket=bucket, access_key=s3.access_key,
-                        secret_key=s3.secret_key)
+    store = ObjectStore(endpoint_url=s3.endpoint_url, bucket=bucket, access_key=s3.access_key, secret_key=s3.secret_key)
     store.ensure_bucket()
     results_dsn = create_database(pg, "results")
     ResultsDatabase(dsn=results_dsn).migrate()
     environment = PipelineEnvironment(
-        s3_endpoint=s3.endpoint_url, bucket=bucket, access_key=s3.access_key, secret_key=s3.secret_key,
-        results_dsn=results_dsn, scratch_root=workdir / "scratch", models_root=default_models_root(),
+        s3_endpoint=s3.endpoint_url,
+        bucket=bucket,
+        access_key=s3.access_key,
+        secret_key=s3.secret_key,
+        results_dsn=results_dsn,
+        scratch_root=workdir / "scratch",
+        models_root=default_models_root(),
     )
     with DaemonHarness(workdir / "daemon", pg, environment) as harness:
         harness.start_daemon()

@@ -60,12 +60,15 @@ def main() -> None:
     s3 = start_seaweedfs(workdir / "seaweedfs")
     pg = start_postgres(pg_dir, durable=False)
     try:
-        store = ObjectStore(endpoint_url=s3.endpoint_url, bucket="bench-sensor",
-                            access_key=s3.access_key, secret_key=s3.secret_key)
+        store = ObjectStore(
+            endpoint_url=s3.endpoint_url, bucket="bench-sensor", access_key=s3.access_key, secret_key=s3.secret_key
+        )
         store.ensure_bucket()
         results_db = ResultsDatabase(dsn=create_database(pg, "results"))
         results_db.migrate()
-        dagster_url = pg.url(dbname_of(create_database(pg, "dagster"))).replace("postgresql://", "postgresql+psycopg2://", 1)
+        dagster_url = pg.url(dbname_of(create_database(pg, "dagster"))).replace(
+            "postgresql://", "postgresql+psycopg2://", 1
+        )
         home = workdir / "dagster_home"
         home.mkdir()
         (home / "dagster.yaml").write_text(f"storage:\n  postgres:\n    postgres_url: {json.dumps(dagster_url)}\n")
@@ -123,13 +126,17 @@ def run(args, store: ObjectStore, results_db: ResultsDatabase, instance, home: P
     print("| tick | wall s | runs requested | cursor bytes |")
     print("|---|---|---|---|")
     boot = [r for r in rows if r[0] == "bootstrap"]
-    print(f"| bootstrap: {len(boot)} ticks, median | {sorted(r[1] for r in boot)[len(boot) // 2]:.1f} | "
-          f"{args.bootstrap_cap} (last: {boot[-2][2]}) | {max(r[3] for r in boot)} (max) |")
+    print(
+        f"| bootstrap: {len(boot)} ticks, median | {sorted(r[1] for r in boot)[len(boot) // 2]:.1f} | "
+        f"{args.bootstrap_cap} (last: {boot[-2][2]}) | {max(r[3] for r in boot)} (max) |"
+    )
     print(f"| bootstrap: slowest tick | {max(r[1] for r in boot):.1f} | | |")
-    for label, seconds, n, size in rows[len(boot):]:
+    for label, seconds, n, size in rows[len(boot) :]:
         print(f"| {label} | {seconds:.1f} | {n} | {size} |")
-    print(f"\nidle tick's parts, measured alone: listing {len(listed)} keys {list_s:.1f} s, "
-          f"registry check {check_s:.1f} s")
+    print(
+        f"\nidle tick's parts, measured alone: listing {len(listed)} keys {list_s:.1f} s, "
+        f"registry check {check_s:.1f} s"
+    )
     if args.graphql:
         graphql_bench(instance, home)
 
@@ -147,8 +154,9 @@ def seed(store: ObjectStore, keys: list[str]) -> None:
 def tick(instance, store, results_db, cursor):
     """One tick as the daemon runs it: evaluate, then add the partitions it asks for."""
     started = time.monotonic()
-    context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                      resources={"object_store": store, "results_db": results_db})
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"object_store": store, "results_db": results_db}
+    )
     result = archive_sensor(context)
     if isinstance(result, dg.SensorResult):
         for request in result.dynamic_partitions_requests:
@@ -176,9 +184,18 @@ def graphql_bench(instance, home: Path) -> None:
     [port] = free_tcp_ports(1)
     env = os.environ | {"DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-webserver"), "-m", "audio_assets.definitions",
-         "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(Path(sys.executable).parent / "dagster-webserver"),
+            "-m",
+            "audio_assets.definitions",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         url = f"http://127.0.0.1:{port}/graphql"

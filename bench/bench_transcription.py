@@ -143,8 +143,12 @@ def load_bare_whisperx(model_dir: Path, threads: int, device: str = "cpu"):
     import whisperx
 
     return whisperx.load_model(
-        str(model_dir), device=device, compute_type="float16" if device == "cuda" else "int8",
-        vad_method="pyannote", language="en", threads=threads,
+        str(model_dir),
+        device=device,
+        compute_type="float16" if device == "cuda" else "int8",
+        vad_method="pyannote",
+        language="en",
+        threads=threads,
     )
 
 
@@ -287,7 +291,11 @@ def run_step_in_child(spec: dict, settings: TranscriberSettings) -> None:
         # The parent's instance: the step reads opus_files' table of its latest materialization
         # there. The parent waits for this process meanwhile, so the two never write at once.
         with dg.instance_for_test(temp_dir=spec["dagster_dir"]) as instance:
-            defs = build_definitions(pipeline_resources(store, results_db, workdir / "scratch", transcriber, PolicyClassifier(backend="profanity")))
+            defs = build_definitions(
+                pipeline_resources(
+                    store, results_db, workdir / "scratch", transcriber, PolicyClassifier(backend="profanity")
+                )
+            )
             runner = ArchiveRunner(defs, instance, store, results_db)
             StepRunner(runner, spec["key"], results_db, len(spec["clips"])).run(TRANSCRIPTS, RETRANSCRIBE)
     finally:
@@ -297,12 +305,17 @@ def run_step_in_child(spec: dict, settings: TranscriberSettings) -> None:
 def measure_rss(spec: dict) -> dict[str, dict[str, float]]:
     batch = spec["settings"]["batch_size"]
     out = {}
-    for method, batch_size in (("bare WhisperX", batch), ("transcripts step", batch),
-                               (f"transcribe_files, batch_size={batch} (no Dagster, no S3)", batch),
-                               ("transcribe_files, batch_size=1 (no Dagster, no S3)", 1)):
+    for method, batch_size in (
+        ("bare WhisperX", batch),
+        ("transcripts step", batch),
+        (f"transcribe_files, batch_size={batch} (no Dagster, no S3)", batch),
+        ("transcribe_files, batch_size=1 (no Dagster, no S3)", 1),
+    ):
         completed = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps({**spec, "method": method, "batch_size": batch_size})],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if completed.returncode != 0:
             raise RuntimeError(f"RSS child for {method} failed:\n{completed.stderr[-3000:]}")
@@ -320,22 +333,38 @@ def median_sample(samples: list[Sample]) -> Sample:
 def print_report(results: dict[str, list[Sample]], clips: list[Clip], batch_size: int) -> None:
     audio_s = sum(c.seconds for c in clips)
     base = median_sample(results["bare WhisperX"]).seconds
-    print(f"\n{len(clips)} files, {audio_s:.1f} s of audio, batch_size={batch_size}, "
-          f"median of {len(results['bare WhisperX'])} runs (audio-seconds: the source MP3s' durations, for every method)\n")
+    print(
+        f"\n{len(clips)} files, {audio_s:.1f} s of audio, batch_size={batch_size}, "
+        f"median of {len(results['bare WhisperX'])} runs (audio-seconds: the source MP3s' durations, for every method)\n"
+    )
     print("| method | input | seconds | audio-s per s | real-time factor | ratio vs bare WhisperX |")
     print("|---|---|---:|---:|---:|---:|")
-    inputs = {"bare WhisperX": "MP3 (local)", "transcribe_files (no I/O)": "MP3 (local)",
-              "transcripts step": "Opus 32 kbps (S3)"}
+    inputs = {
+        "bare WhisperX": "MP3 (local)",
+        "transcribe_files (no I/O)": "MP3 (local)",
+        "transcripts step": "Opus 32 kbps (S3)",
+    }
     for name, samples in results.items():
         seconds = median_sample(samples).seconds
-        print(f"| {name} | {inputs[name]} | {seconds:.2f} | {audio_s / seconds:.2f} | {seconds / audio_s:.3f} | {base / seconds:.2f} |")
-    print("\nall runs (s): " + "; ".join(f"{n}: {', '.join(f'{s.seconds:.2f}' for s in v)}" for n, v in results.items()))
+        print(
+            f"| {name} | {inputs[name]} | {seconds:.2f} | {audio_s / seconds:.2f} | {seconds / audio_s:.3f} | {base / seconds:.2f} |"
+        )
+    print(
+        "\nall runs (s): " + "; ".join(f"{n}: {', '.join(f'{s.seconds:.2f}' for s in v)}" for n, v in results.items())
+    )
     for name in list(results)[1:]:
         paired = [b.seconds / m.seconds for b, m in zip(results["bare WhisperX"], results[name])]
-        print(f"ratio per repeat, {name}: {', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.2f})")
+        print(
+            f"ratio per repeat, {name}: {', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.2f})"
+        )
     step = median_sample(results["transcripts step"])
-    print("\ntranscripts step, median run, own metadata: "
-          + ", ".join(f"{k}={step.step_metadata.get(k)}" for k in ("model", "transcribed_now", "audio_minutes", "realtime_factor", "model_load_s")))
+    print(
+        "\ntranscripts step, median run, own metadata: "
+        + ", ".join(
+            f"{k}={step.step_metadata.get(k)}"
+            for k in ("model", "transcribed_now", "audio_minutes", "realtime_factor", "model_load_s")
+        )
+    )
     print_cpu(results)
 
 
@@ -354,7 +383,9 @@ def print_cpu(results: dict[str, list[Sample]]) -> None:
 def print_accuracy(texts_by_method: dict[str, dict[str, str]], clips: list[Clip]) -> None:
     """Corpus WER per method and set; keys are "method | input", with bare WhisperX on each input."""
     print("\nword error rate (tests/wer.py, corpus WER: all errors / all reference words; last timed run)")
-    print("| method | input | espeak clips | samples (6 espeak + 1 human) | all | identical to bare WhisperX, same input | identical to bare WhisperX on MP3 |")
+    print(
+        "| method | input | espeak clips | samples (6 espeak + 1 human) | all | identical to bare WhisperX, same input | identical to bare WhisperX on MP3 |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
 
     def same(a: dict[str, str], b: dict[str, str]) -> str:
@@ -367,14 +398,22 @@ def print_accuracy(texts_by_method: dict[str, dict[str, str]], clips: list[Clip]
             pairs = [(c.text, texts.get(c.member, "")) for c in clips if source in (None, c.source)]
             cells.append(f"{corpus_word_error_rate(pairs):.1%}")
         bare_same_input = texts_by_method[f"bare WhisperX | {name.split(' | ')[1]}"]
-        print(f"| {name} | " + " | ".join(cells) + f" | {same(texts, bare_same_input)} | {same(texts, texts_by_method['bare WhisperX | MP3'])} |")
+        print(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {same(texts, bare_same_input)} | {same(texts, texts_by_method['bare WhisperX | MP3'])} |"
+        )
     bare, step = texts_by_method["bare WhisperX | MP3"], texts_by_method["transcripts step | Opus 32 kbps"]
     differing = [c for c in clips if normalize_words(step.get(c.member, "")) != normalize_words(bare[c.member])]
     for clip in differing[:4]:
-        print(f"  {clip.member}: ref={clip.text!r}\n    bare, MP3={bare[clip.member]!r}\n    step, Opus={step.get(clip.member)!r}")
+        print(
+            f"  {clip.member}: ref={clip.text!r}\n    bare, MP3={bare[clip.member]!r}\n    step, Opus={step.get(clip.member)!r}"
+        )
 
 
-def opus_copies(results_db: ResultsDatabase, store: ObjectStore, key: str, clips: list[Clip], workdir: Path) -> list[Clip]:
+def opus_copies(
+    results_db: ResultsDatabase, store: ObjectStore, key: str, clips: list[Clip], workdir: Path
+) -> list[Clip]:
     """The clips as the step sees them: the Opus objects opus_files uploaded."""
     rows = results_db.audio_files.files_of_archive(key)
     opus_key = {row["original_filename"]: row["opus_path"] for row in rows}
@@ -389,6 +428,7 @@ def opus_copies(results_db: ResultsDatabase, store: ObjectStore, key: str, clips
 def gc_probe(clips: list[Clip], step_median_s: float) -> None:
     """faster-whisper's decode_audio ends with gc.collect(), whose cost grows with every object
     the process holds (Dagster, torch, pyannote). What gc.freeze() after model load would save."""
+
     def decode_ms() -> float:
         started = time.perf_counter()
         for clip in clips:
@@ -403,14 +443,18 @@ def gc_probe(clips: list[Clip], step_median_s: float) -> None:
     finally:
         gc.unfreeze()
     saved = (before - after) / 1000 * len(clips)
-    print(f"\ngc.freeze() what-if: {tracked:,} objects tracked by the collector; decode_audio_file "
-          f"{before:.0f} ms/file as run above, {after:.0f} ms/file after gc.freeze(): "
-          f"{saved:.1f} s less per pass, {saved / step_median_s:.0%} of the median step")
+    print(
+        f"\ngc.freeze() what-if: {tracked:,} objects tracked by the collector; decode_audio_file "
+        f"{before:.0f} ms/file as run above, {after:.0f} ms/file after gc.freeze(): "
+        f"{saved:.1f} s less per pass, {saved / step_median_s:.0%} of the median step"
+    )
 
 
 def print_rss(rss: dict[str, dict[str, float]]) -> None:
-    print("\npeak RSS (VmHWM), each method alone in a fresh process: model load, then one pass over the "
-          "first 16 files (the step: its whole partition)")
+    print(
+        "\npeak RSS (VmHWM), each method alone in a fresh process: model load, then one pass over the "
+        "first 16 files (the step: its whole partition)"
+    )
     print("| method | RSS after imports MiB | RSS after model load MiB | peak RSS MiB |")
     print("|---|---:|---:|---:|")
     for method, figures in rss.items():
@@ -424,24 +468,43 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=20, help="espeak-ng clips, besides the 7 samples (default 20)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each method; the median is reported")
-    parser.add_argument("--batch-size", type=int, default=8, help="WhisperX batch_size for both (default 8; 0 = the pipeline's auto)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="cuda: float16 on the GPU, batch-size sweep only (no S3/DB), audio-s/s and real-time factor")
-    parser.add_argument("--model", default="base-bundled", help="base-bundled, or a name under MODELS_ROOT / a CTranslate2 dir (e.g. large-v2)")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="WhisperX batch_size for both (default 8; 0 = the pipeline's auto)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: float16 on the GPU, batch-size sweep only (no S3/DB), audio-s/s and real-time factor",
+    )
+    parser.add_argument(
+        "--model",
+        default="base-bundled",
+        help="base-bundled, or a name under MODELS_ROOT / a CTranslate2 dir (e.g. large-v2)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: cores)")
     parser.add_argument("--seed", type=int, default=2, help="seed of the clip texts")
     parser.add_argument("--no-profile", action="store_true", help="skip the instrumented runs")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
-    parser.add_argument("--sweep", type=int, nargs="+", metavar="B",
-                        help="instead: bare WhisperX vs transcribe_files at these batch sizes, no services")
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        nargs="+",
+        metavar="B",
+        help="instead: bare WhisperX vs transcribe_files at these batch sizes, no services",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON spec: one method alone, for its peak RSS
     return parser.parse_args()
 
 
 def transcriber_resource(settings: TranscriberSettings) -> WhisperTranscriber:
     return WhisperTranscriber(
-        model=settings.model, models_root=settings.models_root, device=settings.device,
-        compute_type=settings.compute_type, batch_size=settings.batch_size, language=settings.language,
+        model=settings.model,
+        models_root=settings.models_root,
+        device=settings.device,
+        compute_type=settings.compute_type,
+        batch_size=settings.batch_size,
+        language=settings.language,
         threads=settings.threads,
     )
 
@@ -474,9 +537,13 @@ def main() -> None:
 def bench_settings(args: argparse.Namespace) -> tuple[TranscriberSettings, Path]:
     models_root = Path(os.environ.get("MODELS_ROOT") or default_models_root())  # assembled once, reused
     settings = TranscriberSettings(
-        model=args.model, models_root=str(models_root), device=args.device,
+        model=args.model,
+        models_root=str(models_root),
+        device=args.device,
         compute_type="float16" if args.device == "cuda" else "int8",
-        batch_size=args.batch_size, language="en", threads=args.threads,
+        batch_size=args.batch_size,
+        language="en",
+        threads=args.threads,
     )
     if args.model == "base-bundled":
         return settings, bundled_whisper_base(models_root)
@@ -499,25 +566,36 @@ def run_sweep(args: argparse.Namespace, workdir: Path) -> None:
     meter = conversion.CpuMeter(None, None)
     methods = {
         "bare WhisperX": lambda: timed(meter, lambda: bare_transcribe(bare_model, clips, bare_batch)),
-        **{f"transcribe_files, batch_size={m.batch_size}": (lambda m=m: timed(meter, lambda: module_transcribe(m, clips)))
-           for m in models.values()},
+        **{
+            f"transcribe_files, batch_size={m.batch_size}": (
+                lambda m=m: timed(meter, lambda: module_transcribe(m, clips))
+            )
+            for m in models.values()
+        },
     }
-    print(f"{len(clips)} files, {sum(c.seconds for c in clips):.1f} s of audio; "
-          f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(
+        f"{len(clips)} files, {sum(c.seconds for c in clips):.1f} s of audio; "
+        f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        flush=True,
+    )
     results = run_repeats(methods, args.repeats)
     audio_s = sum(c.seconds for c in clips)
     base = median_sample(results["bare WhisperX"])
     base_cpu = statistics.median(s.cpu_s["python"] for s in results["bare WhisperX"])
     print(f"\nbatch-size sweep, no I/O, after gc.freeze(); median of {args.repeats} runs")
     print(f"device {args.device}, model {args.model}")
-    print("| method | seconds | audio-s per s | real-time factor | ratio vs bare | ratio per repeat (median) | CPU s | CPU ratio vs bare |")
+    print(
+        "| method | seconds | audio-s per s | real-time factor | ratio vs bare | ratio per repeat (median) | CPU s | CPU ratio vs bare |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, samples in results.items():
         seconds = median_sample(samples).seconds
         paired = statistics.median(b.seconds / m.seconds for b, m in zip(results["bare WhisperX"], samples))
         cpu = statistics.median(s.cpu_s["python"] for s in samples)
-        print(f"| {name} | {seconds:.2f} | {audio_s / seconds:.2f} | {seconds / audio_s:.3f} | {base.seconds / seconds:.2f} | "
-              f"{paired:.2f} | {cpu:.2f} | {base_cpu / cpu:.2f} |")
+        print(
+            f"| {name} | {seconds:.2f} | {audio_s / seconds:.2f} | {seconds / audio_s:.3f} | {base.seconds / seconds:.2f} | "
+            f"{paired:.2f} | {cpu:.2f} | {base_cpu / cpu:.2f} |"
+        )
     encoder_per_window(next(iter(models.values())), clips, args.repeats)
 
 
@@ -528,7 +606,7 @@ def encoder_per_window(model, clips: list[Clip], repeats: int) -> None:
     encode = model._whisper.encode
     timings: dict[int, list[tuple[float, float]]] = {1: [], 8: []}
     for repeat in range(repeats):
-        for batch in ((1, 8) if repeat % 2 == 0 else (8, 1)):
+        for batch in (1, 8) if repeat % 2 == 0 else (8, 1):
             started, cpu = time.perf_counter(), time.process_time()
             for first in range(0, 8, batch):
                 encode(features[first : first + batch])
@@ -537,22 +615,35 @@ def encoder_per_window(model, clips: list[Clip], repeats: int) -> None:
     print("| windows per encode call | wall ms | CPU ms | runs (wall) |")
     print("|---:|---:|---:|---|")
     for batch, runs in timings.items():
-        print(f"| {batch} | {statistics.median(w for w, _ in runs):.0f} | {statistics.median(c for _, c in runs):.0f} | "
-              f"{', '.join(f'{w:.0f}' for w, _ in runs)} |")
+        print(
+            f"| {batch} | {statistics.median(w for w, _ in runs):.0f} | {statistics.median(c for _, c in runs):.0f} | "
+            f"{', '.join(f'{w:.0f}' for w, _ in runs)} |"
+        )
 
 
 def run_bench(args: argparse.Namespace, workdir: Path) -> None:
     print(f"building {args.clips} espeak-ng MP3s + the samples (not timed) ...", flush=True)
     archive, clips = build_inputs(workdir, args.clips, args.seed)
     settings, model_dir = bench_settings(args)
-    print(f"model: {model_dir}; load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(
+        f"model: {model_dir}; load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True
+    )
 
     (workdir / "dagster").mkdir()
-    with conversion.running_services(workdir) as services, dg.instance_for_test(temp_dir=str(workdir / "dagster")) as instance:
+    with (
+        conversion.running_services(workdir) as services,
+        dg.instance_for_test(temp_dir=str(workdir / "dagster")) as instance,
+    ):
         transcriber = transcriber_resource(settings)
-        defs = build_definitions(pipeline_resources(
-            services.store, services.results_db, workdir / "scratch", transcriber, PolicyClassifier(backend="profanity"),
-        ))
+        defs = build_definitions(
+            pipeline_resources(
+                services.store,
+                services.results_db,
+                workdir / "scratch",
+                transcriber,
+                PolicyClassifier(backend="profanity"),
+            )
+        )
         archive_runner = ArchiveRunner(defs, instance, services.store, services.results_db)
         key = archive_runner.upload(archive, ARCHIVE_NAME)
         step = StepRunner(archive_runner, key, services.results_db, len(clips))
@@ -567,42 +658,67 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> None:
         bare_load_s = time.perf_counter() - started
         import torch
 
-        print(f"loaded: pipeline Transcriber {pipeline_load_s:.1f} s, bare WhisperX {bare_load_s:.1f} s; "
-              f"torch threads {torch.get_num_threads()}, CTranslate2 threads {args.threads}", flush=True)
+        print(
+            f"loaded: pipeline Transcriber {pipeline_load_s:.1f} s, bare WhisperX {bare_load_s:.1f} s; "
+            f"torch threads {torch.get_num_threads()}, CTranslate2 threads {args.threads}",
+            flush=True,
+        )
         module_transcribe(pipeline_model, clips[:2])
         bare_transcribe(bare_model, clips[:2], args.batch_size)
 
         methods: dict[str, Callable[[], Sample]] = {
             "bare WhisperX": lambda: timed(services.meter, lambda: bare_transcribe(bare_model, clips, args.batch_size)),
-            "transcribe_files (no I/O)": lambda: timed(services.meter, lambda: module_transcribe(pipeline_model, clips)),
+            "transcribe_files (no I/O)": lambda: timed(
+                services.meter, lambda: module_transcribe(pipeline_model, clips)
+            ),
             "transcripts step": lambda: step.time_step(services.meter),
         }
         results = run_repeats(methods, args.repeats)
         print_report(results, clips, args.batch_size)
-        print(f"\npeak RSS of this process (both models, every method): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        print(
+            f"\npeak RSS of this process (both models, every method): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+        )
 
         # Accuracy: is a difference the codec's or the pipeline's? Bare WhisperX on the Opus files too.
         opus_clips = opus_copies(services.results_db, services.store, key, clips, workdir)
-        print_accuracy({
-            "bare WhisperX | MP3": results["bare WhisperX"][-1].texts,
-            "transcribe_files | MP3": results["transcribe_files (no I/O)"][-1].texts,
-            "bare WhisperX | Opus 32 kbps": bare_transcribe(bare_model, opus_clips, args.batch_size),
-            "transcripts step | Opus 32 kbps": results["transcripts step"][-1].texts,
-        }, clips)
+        print_accuracy(
+            {
+                "bare WhisperX | MP3": results["bare WhisperX"][-1].texts,
+                "transcribe_files | MP3": results["transcribe_files (no I/O)"][-1].texts,
+                "bare WhisperX | Opus 32 kbps": bare_transcribe(bare_model, opus_clips, args.batch_size),
+                "transcripts step | Opus 32 kbps": results["transcripts step"][-1].texts,
+            },
+            clips,
+        )
 
         audio_s = sum(c.seconds for c in clips)
         if not args.no_profile:
-            profile("bare WhisperX", lambda: timed(services.meter, lambda: bare_transcribe(bare_model, clips, args.batch_size)).seconds, audio_s)
+            profile(
+                "bare WhisperX",
+                lambda: timed(services.meter, lambda: bare_transcribe(bare_model, clips, args.batch_size)).seconds,
+                audio_s,
+            )
             profile("transcripts step", lambda: step.time_step(services.meter).seconds, audio_s)
             gc_probe(clips, median_sample(results["transcripts step"]).seconds)
         if not args.no_rss:
-            print_rss(measure_rss({
-                "settings": dataclasses.asdict(settings), "model_dir": str(model_dir), "key": key, "dsn": services.results_db.dsn,
-                "dagster_dir": str(workdir / "dagster"),
-                "object_store": {"endpoint_url": services.store.endpoint_url, "bucket": services.store.bucket,
-                                 "access_key": services.store.access_key, "secret_key": services.store.secret_key},
-                "clips": [{"member": c.member, "path": str(c.path)} for c in clips],
-            }))
+            print_rss(
+                measure_rss(
+                    {
+                        "settings": dataclasses.asdict(settings),
+                        "model_dir": str(model_dir),
+                        "key": key,
+                        "dsn": services.results_db.dsn,
+                        "dagster_dir": str(workdir / "dagster"),
+                        "object_store": {
+                            "endpoint_url": services.store.endpoint_url,
+                            "bucket": services.store.bucket,
+                            "access_key": services.store.access_key,
+                            "secret_key": services.store.secret_key,
+                        },
+                        "clips": [{"member": c.member, "path": str(c.path)} for c in clips],
+                    }
+                )
+            )
     print(f"\nload average at the end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -21,9 +21,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import bench_conversion as bench  # sets up sys.path for archive_factory
 import dagster as dg
 
-import bench_conversion as bench  # sets up sys.path for archive_factory
 from resources.object_store import ObjectStore
 
 
@@ -62,7 +62,10 @@ def probe(args: argparse.Namespace, workdir: Path) -> None:
     mp3s = bench.extract_mp3s(archive, workdir / "mp3")
     ffmpeg = bench.resolve_ffmpeg()
     (workdir / "dagster").mkdir()
-    with bench.running_services(workdir) as services, dg.instance_for_test(temp_dir=str(workdir / "dagster")) as instance:
+    with (
+        bench.running_services(workdir) as services,
+        dg.instance_for_test(temp_dir=str(workdir / "dagster")) as instance,
+    ):
         services.store.upload_file(archive, bench.ARCHIVE_KEY)
         defs = bench.bench_definitions(services, workdir)
         runner = bench.PipelineRunner(defs, instance, services.store, services.results_db, cores)
@@ -83,8 +86,11 @@ def probe(args: argparse.Namespace, workdir: Path) -> None:
             base = statistics.median(runs[f"bare ffmpeg, {cores} workers"])
             for name, seconds in runs.items():
                 median = statistics.median(seconds)
-                print(f"| {latency_ms:g} ms | {name} | {median:.2f} | {base / median:.2f} | "
-                      f"{', '.join(f'{s:.2f}' for s in seconds)} |", flush=True)
+                print(
+                    f"| {latency_ms:g} ms | {name} | {median:.2f} | {base / median:.2f} | "
+                    f"{', '.join(f'{s:.2f}' for s in seconds)} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

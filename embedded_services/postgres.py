@@ -108,9 +108,7 @@ def start_postgres(
     data_dir = Path(data_dir).resolve()
     cluster = data_dir / "pgdata"
     if _is_running(cluster):
-        raise PostgresError(
-            f"PostgreSQL already runs from {cluster}; use ensure_postgres() or stop_postgres() first."
-        )
+        raise PostgresError(f"PostgreSQL already runs from {cluster}; use ensure_postgres() or stop_postgres() first.")
     if port is None:
         port = free_tcp_ports(1)[0]
     elif not is_port_free(port):
@@ -130,16 +128,24 @@ def start_postgres(
     log_path = data_dir / "postgres.log"
     result = _run_as_server_user(
         [
-            "pg_ctl", "start", "-D", str(cluster), "-l", str(log_path),
-            "-w", "-t", str(int(timeout_s)), "-o", options,
+            "pg_ctl",
+            "start",
+            "-D",
+            str(cluster),
+            "-l",
+            str(log_path),
+            "-w",
+            "-t",
+            str(int(timeout_s)),
+            "-o",
+            options,
         ],
         check=False,
     )
     server = LocalPostgres(LOOPBACK, port, user, password, data_dir)
     if result.returncode != 0:
         raise PostgresError(
-            f"pg_ctl start failed (exit {result.returncode}): {result.stderr.strip()}\n"
-            f"{_log_tail(log_path)}"
+            f"pg_ctl start failed (exit {result.returncode}): {result.stderr.strip()}\n{_log_tail(log_path)}"
         )
     try:
         _check_login(server)
@@ -175,9 +181,7 @@ def ensure_postgres(
             # Running on another port (or hung): restart it where we want it.
             stop_postgres(data_dir)
     return (
-        start_postgres(
-            data_dir, port=port, user=user, password=password, durable=durable, timeout_s=timeout_s
-        ),
+        start_postgres(data_dir, port=port, user=user, password=password, durable=durable, timeout_s=timeout_s),
         True,
     )
 
@@ -190,9 +194,7 @@ def create_database(server: LocalPostgres, name: str, *, drop_existing: bool = F
     try:
         with connection.cursor() as cursor:
             if drop_existing:
-                cursor.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+                cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if cursor.fetchone() is None:
                 cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -261,8 +263,15 @@ def _initdb(cluster: Path, user: str, password: str, durable: bool) -> None:
         shutil.chown(pwfile, POSTGRES_OS_USER, POSTGRES_OS_USER)
     try:
         command = [
-            "initdb", "-D", str(cluster), "-U", user, f"--pwfile={pwfile}",
-            "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C",
+            "initdb",
+            "-D",
+            str(cluster),
+            "-U",
+            user,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C",
         ]
         if not durable:
             command.append("--no-sync")
@@ -296,9 +305,7 @@ def _is_running(cluster: Path) -> bool:
     return _run_as_server_user(["pg_ctl", "status", "-D", str(cluster)], check=False).returncode == 0
 
 
-def _run_as_server_user(
-    command: list[str], *, check: bool, bindir: bool = True
-) -> subprocess.CompletedProcess:
+def _run_as_server_user(command: list[str], *, check: bool, bindir: bool = True) -> subprocess.CompletedProcess:
     if bindir:
         command = [str(find_postgres_bindir() / command[0]), *command[1:]]
     if _running_as_root():

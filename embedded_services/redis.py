@@ -35,9 +35,25 @@ def start_redis(data_dir: Path, timeout_s: float = 20) -> LocalRedis:
     (port,) = free_tcp_ports(1)
     log = data_dir / "redis.log"
     process = subprocess.Popen(
-        [binary, "--bind", LOOPBACK, "--port", str(port), "--dir", str(data_dir), "--save", "",
-         "--appendonly", "no", "--protected-mode", "yes", "--logfile", str(log)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        [
+            binary,
+            "--bind",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            str(log),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     server = LocalRedis(port=port, data_dir=data_dir, process=process)
     deadline = time.monotonic() + timeout_s

@@ -118,8 +118,7 @@ def start_seaweedfs(
     running = _running_pid(data_dir)
     if running is not None:
         raise SeaweedFSError(
-            f"SeaweedFS already runs from {data_dir} (pid {running}); "
-            "use ensure_seaweedfs() or stop_seaweedfs() first."
+            f"SeaweedFS already runs from {data_dir} (pid {running}); use ensure_seaweedfs() or stop_seaweedfs() first."
         )
     if port is not None and not is_port_free(port):
         raise SeaweedFSError(f"Cannot start SeaweedFS: port {LOOPBACK}:{port} is already in use.")
@@ -326,9 +325,7 @@ def _wait_until_answers(server: SeaweedS3, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not _process_alive(server.pid):
-            raise SeaweedFSError(
-                f"SeaweedFS exited during start.\n{_log_tail(server.data_dir)}"
-            )
+            raise SeaweedFSError(f"SeaweedFS exited during start.\n{_log_tail(server.data_dir)}")
         if _answers(client):
             return
         time.sleep(0.1)

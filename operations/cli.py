@@ -116,7 +116,9 @@ def _review_db_login(args: argparse.Namespace) -> int:
         print(f"audio-pipeline review-db-login: {exc}", file=sys.stderr)
         return 1
     params = parse_dsn(results_db.connection_string())
-    dsn = make_dsn(**{k: params[k] for k in ("host", "port", "dbname") if k in params}, user=args.role, password=password)
+    dsn = make_dsn(
+        **{k: params[k] for k in ("host", "port", "dbname") if k in params}, user=args.role, password=password
+    )
     # Printed once, for the operator to put in the console's environment file (mode 0600).
     print(f"REVIEW_DATABASE_DSN={dsn}")
     return 0
@@ -159,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--s3-port", type=int, default=LOCAL_S3_PORT, help="SeaweedFS S3 port")
     demo.add_argument("--postgres-port", type=int, default=LOCAL_POSTGRES_PORT, help="PostgreSQL port")
     demo.add_argument("--stop-services", action="store_true", help="stop SeaweedFS and PostgreSQL at the end")
-    demo.add_argument("--review", action="store_true", help="then keep the RAs' review console running on 127.0.0.1:8040")
+    demo.add_argument(
+        "--review", action="store_true", help="then keep the RAs' review console running on 127.0.0.1:8040"
+    )
     demo.set_defaults(handler=_demo)
 
     _add_operator_commands(commands)
@@ -173,15 +177,17 @@ def _add_review_commands(commands) -> None:
     review = commands.add_parser("review", help="run the RAs' review console (web app)")
     review.add_argument("--host", default=DEFAULT_HOST, help="listen address (keep loopback; put TLS in front)")
     review.add_argument("--port", type=int, default=DEFAULT_PORT)
-    review.add_argument("--env-file", help="KEY=VALUE file with REVIEW_* settings (default after the demo: "
-                        ".local/review-console.env)")
+    review.add_argument(
+        "--env-file", help="KEY=VALUE file with REVIEW_* settings (default after the demo: .local/review-console.env)"
+    )
     review.set_defaults(handler=_review)
 
     user = commands.add_parser("review-user", help="add an RA account, set its password, disable, enable, set its role")
     user.add_argument("action", choices=["add", "set-password", "disable", "enable", "set-role"])
     user.add_argument("username")
-    user.add_argument("--role", choices=["ra", "lead"],
-                      help="add/set-role: ra (default) or lead (sees everyone's figures)")
+    user.add_argument(
+        "--role", choices=["ra", "lead"], help="add/set-role: ra (default) or lead (sees everyone's figures)"
+    )
     user.add_argument("--password-stdin", action="store_true", help="read the password from stdin (no prompt)")
     user.set_defaults(handler=_review_user)
 
@@ -190,13 +196,15 @@ def _add_review_commands(commands) -> None:
     )
     thresholds.add_argument("--policy")
     thresholds.add_argument("--model", help="classifier model, as the rows record it")
-    thresholds.add_argument("--apply", metavar="THRESHOLD|recommended",
-                            help="flag this policy and model's stored scores at it")
+    thresholds.add_argument(
+        "--apply", metavar="THRESHOLD|recommended", help="flag this policy and model's stored scores at it"
+    )
     thresholds.add_argument("--target", type=float, help="target precision (default REVIEW_TARGET_PRECISION or 0.9)")
     thresholds.set_defaults(handler=_review_thresholds)
 
-    audit = commands.add_parser("review-audit",
-                                help="show or set the recall audit share (unflagged items RAs code too)")
+    audit = commands.add_parser(
+        "review-audit", help="show or set the recall audit share (unflagged items RAs code too)"
+    )
     audit.add_argument("--percent", type=float, help="share of classified, not flagged items, 0-100 (default 2)")
     audit.set_defaults(handler=_review_audit)
 

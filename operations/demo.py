@@ -181,7 +181,7 @@ def _start_dagster(ui: bool) -> subprocess.Popen:
         command = [str(bin_dir / "dagster"), "dev", "-m", "audio_assets.definitions", "-h", "127.0.0.1", "-p", "3000"]
     else:
         command = [str(bin_dir / "dagster-daemon"), "run", "-m", "audio_assets.definitions"]
-    log = open(Path(os.environ["DAGSTER_HOME"]) / "dagster.log", "ab")
+    log = open(Path(os.environ["DAGSTER_HOME"]) / "dagster.log", "ab")  # noqa: SIM115 - the child writes to it after we return
     print(f"starting {Path(command[0]).name} {' '.join(command[1:])} (log: {log.name})")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
 

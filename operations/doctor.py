@@ -149,7 +149,9 @@ def check_whisper(settings: DoctorSettings, resources: ResolvedResources) -> Che
         missing = [name for name in BUNDLED_PACKAGES if importlib.util.find_spec(name) is None]
         if missing:
             return CheckResult("whisper", "fail", f"{model}: packages not installed: {', '.join(missing)}")
-        return CheckResult("whisper", "ok", f"{model} (weights in the installed packages {', '.join(BUNDLED_PACKAGES)})")
+        return CheckResult(
+            "whisper", "ok", f"{model} (weights in the installed packages {', '.join(BUNDLED_PACKAGES)})"
+        )
     resolved = Path(
         resolve_whisper_model(model, Path(model_settings.models_root) if model_settings.models_root else None)
     )

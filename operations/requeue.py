@@ -26,6 +26,7 @@ from operations.run_submission import (
 REQUEUED_TAG = "audio/requeued"
 REQUEUED_FILES_TAG = "audio/requeued_failed_files"
 
+
 @dataclass(frozen=True)
 class FailedArchive:
     archive_source: str
@@ -90,8 +91,12 @@ def _submit(instance: dg.DagsterInstance, object_store, target: FailedArchive, s
     archive = ArchiveVersion(info.key, info.etag, info.size, info.last_modified, target.partition_key)
     try:
         run = submit(
-            {PARTITION_TAG: target.partition_key, **archive.run_tags(), REQUEUED_TAG: "true",
-             REQUEUED_FILES_TAG: str(target.failed_files)}
+            {
+                PARTITION_TAG: target.partition_key,
+                **archive.run_tags(),
+                REQUEUED_TAG: "true",
+                REQUEUED_FILES_TAG: str(target.failed_files),
+            }
         )
     except LaunchFailed as error:
         print(f"could not requeue {target.archive_source}: {error}", file=sys.stderr)

@@ -52,8 +52,17 @@ def archive_job_submitter(
         def submit(tags: Mapping[str, str], run_config: Mapping | None = None) -> dg.DagsterRun:
             run_id = str(uuid.uuid4())
             command = [
-                str(Path(sys.executable).parent / "dagster"), "job", "launch", "-w", workspace,
-                "-j", archive_job.name, "--run-id", run_id, "--tags", json.dumps(dict(tags)),
+                str(Path(sys.executable).parent / "dagster"),
+                "job",
+                "launch",
+                "-w",
+                workspace,
+                "-j",
+                archive_job.name,
+                "--run-id",
+                run_id,
+                "--tags",
+                json.dumps(dict(tags)),
             ]
             if run_config:
                 command += ["--config-json", json.dumps(dict(run_config))]

@@ -74,7 +74,9 @@ class ArchiveLock(dg.ConfigurableResource):
     def _connect(self, run_id: str):
         # Retried like any unit of work, so a database blip while waiting is survived.
         def connect():
-            conn = psycopg2.connect(self.results_db.connection_string(), application_name=f"audio-pipeline run {run_id}")
+            conn = psycopg2.connect(
+                self.results_db.connection_string(), application_name=f"audio-pipeline run {run_id}"
+            )
             conn.autocommit = True  # session-level lock: no transaction may stay open for hours
             with conn.cursor() as cur:
                 cur.execute(Q.prepare_session)

@@ -45,7 +45,9 @@ class PolicyClassifier(dg.ConfigurableResource):
     stable_shapes: bool = Field(
         default=True, description="Batch shapes from each item alone, so a score never depends on its batch neighbours"
     )
-    attn_implementation: str = Field(default="auto", description="auto (soft-capped, fused) | eager | flash_attention_2 | flex_attention")
+    attn_implementation: str = Field(
+        default="auto", description="auto (soft-capped, fused) | eager | flash_attention_2 | flex_attention"
+    )
 
     def categories(self) -> dict[str, str]:
         """{category: policy text} this backend scores."""

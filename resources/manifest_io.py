@@ -59,7 +59,11 @@ class ArchiveTableIOManager(dg.ConfigurableIOManager):
         key = self._key(context.asset_key, context.asset_partition_key, context.run_id)
         self.object_store.put_bytes(key, archive_table_to_parquet(obj), content_type="application/vnd.apache.parquet")
         context.add_output_metadata(
-            {"manifest_uri": f"s3://{self.object_store.bucket}/{key}", "archive": str(obj.archive), "rows": len(obj.rows)}
+            {
+                "manifest_uri": f"s3://{self.object_store.bucket}/{key}",
+                "archive": str(obj.archive),
+                "rows": len(obj.rows),
+            }
         )
 
     def load_input(self, context: dg.InputContext) -> ArchiveTable:

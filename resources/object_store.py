@@ -26,7 +26,7 @@ import random
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, NamedTuple, TypeVar
@@ -185,7 +185,9 @@ class ObjectStore(dg.ConfigurableResource):
             else:
                 if response.status == 200:
                     return ElementTree.fromstring(response.data)
-                error = ObjectStoreError(f"listing {params['Prefix']!r}: HTTP {response.status}: {response.data[:300]!r}")
+                error = ObjectStoreError(
+                    f"listing {params['Prefix']!r}: HTTP {response.status}: {response.data[:300]!r}"
+                )
                 if response.status < 500 and response.status != 429:
                     raise error
             if attempt < self.max_attempts:
@@ -223,9 +225,7 @@ class ObjectStore(dg.ConfigurableResource):
             if before is None:
                 raise ObjectNotFoundError(f"s3://{self.bucket}/{key} does not exist")
             try:
-                self.client().download_file(
-                    self.bucket, key, str(partial), Config=self._transfer_config()
-                )
+                self.client().download_file(self.bucket, key, str(partial), Config=self._transfer_config())
             except S3DownloadFailedError as error:
                 # s3transfer's parts ask for the first part's ETag (If-Match); only a
                 # replaced object fails that, and the next attempt reads the new one.
@@ -239,9 +239,7 @@ class ObjectStore(dg.ConfigurableResource):
                 )
             after = self.head(key)
             if after is None or after.etag != before.etag:
-                raise IncompleteTransferError(
-                    f"s3://{self.bucket}/{key} changed while it was downloaded"
-                )
+                raise IncompleteTransferError(f"s3://{self.bucket}/{key} changed while it was downloaded")
             os.replace(partial, path)
             return before
 
@@ -259,9 +257,7 @@ class ObjectStore(dg.ConfigurableResource):
         extra_args = {"ContentType": content_type} if content_type else None
 
         def attempt() -> ObjectInfo:
-            self.client().upload_file(
-                str(path), self.bucket, key, ExtraArgs=extra_args, Config=self._transfer_config()
-            )
+            self.client().upload_file(str(path), self.bucket, key, ExtraArgs=extra_args, Config=self._transfer_config())
             stored = self.head(key)
             if stored is None or stored.size != expected_size:
                 found = "nothing" if stored is None else f"{stored.size} bytes"
@@ -295,9 +291,7 @@ class ObjectStore(dg.ConfigurableResource):
         )
         # Parts wait in memory for an upload slot; this caps one upload's RAM at that many parts.
         config.max_in_memory_upload_chunks = max_in_memory_chunks
-        self.client().upload_fileobj(
-            reader, self.bucket, key, ExtraArgs={"Metadata": dict(metadata)}, Config=config
-        )
+        self.client().upload_fileobj(reader, self.bucket, key, ExtraArgs={"Metadata": dict(metadata)}, Config=config)
 
     def abort_unfinished_uploads(self, key: str) -> int:
         """Abort the multipart uploads of exactly `key` still open; returns how many.
@@ -334,9 +328,7 @@ class ObjectStore(dg.ConfigurableResource):
             key=key,
             etag=response["ETag"].strip('"'),
             size=len(data),
-            last_modified=(
-                email.utils.parsedate_to_datetime(server_date) if server_date else datetime.now(timezone.utc)
-            ),
+            last_modified=(email.utils.parsedate_to_datetime(server_date) if server_date else datetime.now(UTC)),
         )
 
     def get_bytes(self, key: str) -> bytes:
@@ -391,9 +383,7 @@ class ObjectStore(dg.ConfigurableResource):
         return deleted
 
     def _delete_batch(self, client, batch: list[dict]) -> int:
-        response = client.delete_objects(
-            Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-        )
+        response = client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         errors = response.get("Errors", [])
         if errors:
             first = errors[0]
@@ -427,6 +417,9 @@ class ObjectStore(dg.ConfigurableResource):
                     ) from error
                 log.warning(
                     "%s failed its integrity check (attempt %d of %d): %s; transferring again",
-                    description, attempt, self.integrity_attempts, error,
+                    description,
+                    attempt,
+                    self.integrity_attempts,
+                    error,
                 )
         raise AssertionError("unreachable")

@@ -92,9 +92,7 @@ class RemoteArchiveHost(dg.ConfigurableResource):
         "unset: files stay and transfers are recorded in PostgreSQL (remote_transfers)",
     )
     patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_PATTERNS))
-    min_age_s: int = Field(
-        default=60, description="files modified more recently than this may still be being written"
-    )
+    min_age_s: int = Field(default=60, description="files modified more recently than this may still be being written")
     connect_timeout_s: float = 15.0
     io_timeout_s: float = Field(default=120.0, description="a silent server fails the read after this")
     remote_sha256sum: bool = Field(
@@ -127,7 +125,9 @@ class RemoteArchiveHost(dg.ConfigurableResource):
         key_path = os.path.expanduser(self.private_key_path)
         for what, path in (("known_hosts file", known_hosts), ("private key", key_path)):
             if not os.path.isfile(path):
-                raise RemoteHostNotConfigured(f"the {what} {path} does not exist (REMOTE_KNOWN_HOSTS / REMOTE_KEY_PATH)")
+                raise RemoteHostNotConfigured(
+                    f"the {what} {path} does not exist (REMOTE_KNOWN_HOSTS / REMOTE_KEY_PATH)"
+                )
         client = paramiko.SSHClient()
         try:
             client.load_host_keys(known_hosts)  # the only keys trusted; system files are not read
@@ -274,7 +274,9 @@ class RemoteSession:
         if status != 0 or match is None:
             log.info(
                 "sha256sum over SSH failed on %s (exit %s: %s); streaming instead",
-                self.host.address, status, stderr.read().decode("utf-8", "replace").strip()[:200],
+                self.host.address,
+                status,
+                stderr.read().decode("utf-8", "replace").strip()[:200],
             )
             return None
         return match.group(1)

@@ -94,8 +94,10 @@ def ensure_console_login(results_db, role: str, password: str) -> None:
                 f"role {role!r} exists and was not created by `review-db-login`; choose another name "
                 "(the console's login must be a role of its own)"
             )
-        cur.execute(Q.console_login_statements, {"role": role, "password": password, "exists": existing is not None,
-                                                 "marker": CONSOLE_LOGIN_MARKER})
+        cur.execute(
+            Q.console_login_statements,
+            {"role": role, "password": password, "exists": existing is not None, "marker": CONSOLE_LOGIN_MARKER},
+        )
         for statement in [row["statement"] for row in cur.fetchall()]:
             cur.execute(statement)
         cur.execute(Q.grant_ra_app, {"role": role})

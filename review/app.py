@@ -60,14 +60,14 @@ class Console:
     def render(self, request: Request, name: str, context: dict, status_code: int = 200) -> Response:
         ra = getattr(request.state, "ra", None)
         html = self.templates.get_template(name).render(ra=ra, request_path=request.url.path, **context)
-        return Response(html, status_code=status_code, media_type="text/html",
-                        headers={"Cache-Control": "no-store"})
+        return Response(html, status_code=status_code, media_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 def template_environment() -> jinja2.Environment:
     # autoescape=True for every template: all text shown comes from uploaded archives.
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"), autoescape=True,
+        loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"),
+        autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
     env.filters["score"] = lambda value: "" if value is None else f"{value:.3f}"
@@ -119,15 +119,23 @@ def _bad_input(request: Request, error: BadInput) -> Response:
 
 def _busy(request: Request, error: Exception) -> Response:
     retry = max(1, math.ceil(request.app.state.console.settings.db_wait_s))
-    return Response("the console is busy; try again in a moment", status_code=503,
-                    headers={"Retry-After": str(retry)}, media_type="text/plain")
+    return Response(
+        "the console is busy; try again in a moment",
+        status_code=503,
+        headers={"Retry-After": str(retry)},
+        media_type="text/plain",
+    )
 
 
 def _audio_store_error(request: Request, error: Exception) -> Response:
     # The object store refused or failed (throttled, unreachable): the player retries, the
     # page stays up. A missing object is a 404 before this (AudioSource.size).
-    return Response("the audio store is unavailable; try again in a moment", status_code=503,
-                    headers={"Retry-After": "2"}, media_type="text/plain")
+    return Response(
+        "the audio store is unavailable; try again in a moment",
+        status_code=503,
+        headers={"Retry-After": "2"},
+        media_type="text/plain",
+    )
 
 
 def _http_error(request: Request, error: HTTPException) -> Response:
@@ -135,13 +143,23 @@ def _http_error(request: Request, error: HTTPException) -> Response:
 
 
 def build_app(settings: ReviewSettings, *, s3_client=None, limiter: SignInLimiter | None = None) -> Starlette:
-    store = ReviewStore(settings.database_dsn, double_coding_percent=settings.double_coding_percent,
-                        claim_minutes=settings.claim_minutes, max_connections=settings.db_connections,
-                        wait_s=settings.db_wait_s)
+    store = ReviewStore(
+        settings.database_dsn,
+        double_coding_percent=settings.double_coding_percent,
+        claim_minutes=settings.claim_minutes,
+        max_connections=settings.db_connections,
+        wait_s=settings.db_wait_s,
+    )
     store.check_role()
     client = s3_client or s3_client_for(settings)
-    console = Console(settings, store, AudioSource(client, settings.s3_bucket), limiter or SignInLimiter(),
-                      template_environment(), asyncio.Semaphore(settings.argon2_concurrency))
+    console = Console(
+        settings,
+        store,
+        AudioSource(client, settings.s3_bucket),
+        limiter or SignInLimiter(),
+        template_environment(),
+        asyncio.Semaphore(settings.argon2_concurrency),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -170,7 +188,9 @@ def build_app(settings: ReviewSettings, *, s3_client=None, limiter: SignInLimite
         Mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static"),
     ]
     app = Starlette(
-        routes=routes, middleware=[Middleware(SecurityHeaders), Middleware(CrossSiteRefusal)], lifespan=lifespan,
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders), Middleware(CrossSiteRefusal)],
+        lifespan=lifespan,
         exception_handlers={
             BadInput: _bad_input,
             DatabaseBusy: _busy,

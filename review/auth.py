@@ -123,10 +123,15 @@ def signed_in(*, api: bool = False, form: bool = False, lead: bool = False) -> C
                 if not csrf_ok(session.csrf_token, request.state.form.get("csrf_token")):
                     return Response("invalid form token; reload the page", status_code=403, media_type="text/plain")
             if lead and not session.is_lead:
-                return request.app.state.console.render(request, "message.html", {
-                    "title": "For leads",
-                    "message": "This page shows everyone's figures; it is open to the lead role.",
-                }, status_code=403)
+                return request.app.state.console.render(
+                    request,
+                    "message.html",
+                    {
+                        "title": "For leads",
+                        "message": "This page shows everyone's figures; it is open to the lead role.",
+                    },
+                    status_code=403,
+                )
             return await run_in_threadpool(handler, request)
 
         return endpoint
@@ -166,8 +171,12 @@ async def sign_in(request: Request) -> Response:
     verified = await _verify(console, account["password_hash"] if account else None, password)
     if verified is None:
         console.limiter.succeeded(attempt)  # not checked at all: it does not count
-        return Response("too many sign-ins at once; try again in a moment", status_code=503,
-                        headers={"Retry-After": "2"}, media_type="text/plain")
+        return Response(
+            "too many sign-ins at once; try again in a moment",
+            status_code=503,
+            headers={"Retry-After": "2"},
+            media_type="text/plain",
+        )
     if not verified:
         await asyncio.sleep(console.limiter.delay_s)
         return _sign_in_refused(request, expected, "Wrong user name or password.", 401)

@@ -31,6 +31,7 @@ class ThresholdError(RuntimeError):
 
 # --- the page ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Plot:
     """Pixel geometry of one precision/recall plot; the template only writes numbers."""
@@ -61,8 +62,9 @@ def build_plot(rows: list[dict], target: float, in_effect: float | None, recomme
     plot = Plot()
 
     def line(column: str) -> str:
-        return " ".join(f"{plot.x(float(r['threshold']))},{plot.y(float(r[column]))}"
-                        for r in rows if r[column] is not None)
+        return " ".join(
+            f"{plot.x(float(r['threshold']))},{plot.y(float(r[column]))}" for r in rows if r[column] is not None
+        )
 
     plot.precision, plot.recall = line("precision"), line("recall")
     banded = [r for r in rows if r["precision_low"] is not None]
@@ -88,16 +90,30 @@ def calibration_groups(rows: list[dict], recommended: list[dict], target: float)
         marks = {float(pick["threshold"])} if pick else set()
         if in_effect is not None:
             marks.add(round(float(in_effect), 2))
-        table = [r for r in grouped
-                 if round(float(r["threshold"]) * 100) % TABLE_STEP == 0 or float(r["threshold"]) in marks]
+        table = [
+            r for r in grouped if round(float(r["threshold"]) * 100) % TABLE_STEP == 0 or float(r["threshold"]) in marks
+        ]
         # Quoted for a shell: policy and model names end up in an operator's terminal.
-        apply_command = (f"audio-pipeline review-thresholds --policy {shlex.quote(policy)} --model {shlex.quote(model)}"
-                         f" --apply {pick['threshold']}") if pick else None
-        groups.append({
-            "policy": policy, "model": model, "in_effect": in_effect, "recommended": pick, "apply_command": apply_command,
-            "plot": build_plot(grouped, target, in_effect, float(pick["threshold"]) if pick else None),
-            "table": table, "marks": marks,
-        })
+        apply_command = (
+            (
+                f"audio-pipeline review-thresholds --policy {shlex.quote(policy)} --model {shlex.quote(model)}"
+                f" --apply {pick['threshold']}"
+            )
+            if pick
+            else None
+        )
+        groups.append(
+            {
+                "policy": policy,
+                "model": model,
+                "in_effect": in_effect,
+                "recommended": pick,
+                "apply_command": apply_command,
+                "plot": build_plot(grouped, target, in_effect, float(pick["threshold"]) if pick else None),
+                "table": table,
+                "marks": marks,
+            }
+        )
     return groups
 
 
@@ -110,6 +126,7 @@ def calibration_page(request: Request) -> Response:
 
 
 # --- the operator's side (run as the pipeline's owner role) ----------------------------------
+
 
 def target_precision(value: float | None = None) -> float:
     target = value if value is not None else float(os.environ.get("REVIEW_TARGET_PRECISION", "0.9"))
@@ -126,8 +143,10 @@ def summary(results_db, target: float) -> list[dict]:
         pairs = {(r["policy"], r["classifier_model"]): r["threshold_in_effect"] for r in cur.fetchall()}
         cur.execute(Q.recommended_thresholds, {"target": target})
         chosen = {(r["policy"], r["classifier_model"]): dict(r) for r in cur.fetchall()}
-        return [{"policy": p, "model": m, "in_effect": t, "recommended": chosen.get((p, m))}
-                for (p, m), t in sorted(pairs.items())]
+        return [
+            {"policy": p, "model": m, "in_effect": t, "recommended": chosen.get((p, m))}
+            for (p, m), t in sorted(pairs.items())
+        ]
 
     return results_db.transaction(read, what="read the calibration")
 
@@ -137,13 +156,21 @@ def apply_threshold(results_db, policy: str, model: str, threshold: float | str,
     the lowest that reaches `target` precision); returns the counts. No model call."""
     basis = "set by hand"
     if threshold == "recommended":
-        pick = next((r["recommended"] for r in summary(results_db, target)
-                     if (r["policy"], r["model"]) == (policy, model) and r["recommended"]), None)
+        pick = next(
+            (
+                r["recommended"]
+                for r in summary(results_db, target)
+                if (r["policy"], r["model"]) == (policy, model) and r["recommended"]
+            ),
+            None,
+        )
         if pick is None:
             raise ThresholdError(f"no threshold reaches precision {target} for {policy} / {model} yet")
         threshold = float(pick["threshold"])
-        basis = (f"lowest to reach precision {target}: {pick['precision']} "
-                 f"[{pick['precision_low']}, {pick['precision_high']}] over {pick['decisions']} decisions")
+        basis = (
+            f"lowest to reach precision {target}: {pick['precision']} "
+            f"[{pick['precision_low']}, {pick['precision_high']}] over {pick['decisions']} decisions"
+        )
     threshold = float(threshold)
     if not 0 <= threshold <= 1:
         raise ThresholdError("a threshold is between 0 and 1")

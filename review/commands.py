@@ -26,16 +26,19 @@ def review_user(results_db, action: str, username: str, role: str | None, read_p
             print(f"added {username} ({role or 'ra'})")
         else:
             still_disabled = accounts.set_password(results_db, username, read_password())
-            print(f"new password for {username}; their sessions have ended"
-                  + ("; the account stays disabled (`review-user enable` to enable it)" if still_disabled else ""))
+            print(
+                f"new password for {username}; their sessions have ended"
+                + ("; the account stays disabled (`review-user enable` to enable it)" if still_disabled else "")
+            )
     except (accounts.AccountError, ValueError) as exc:
         print(f"audio-pipeline review-user: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def review_thresholds(results_db, policy: str | None, model: str | None, apply: str | None,
-                      target: float | None) -> int:
+def review_thresholds(
+    results_db, policy: str | None, model: str | None, apply: str | None, target: float | None
+) -> int:
     """Without --apply: per policy and model, the threshold in force and the lowest one that
     reaches the target precision. With --apply T|recommended: re-flag the stored scores."""
     try:
@@ -46,14 +49,17 @@ def review_thresholds(results_db, policy: str | None, model: str | None, apply: 
         if not policy or not model:
             print("audio-pipeline review-thresholds: --apply needs --policy and --model", file=sys.stderr)
             return 2
-        counts = calibration.apply_threshold(results_db, policy, model,
-                                             apply if apply == "recommended" else _float(apply), goal)
+        counts = calibration.apply_threshold(
+            results_db, policy, model, apply if apply == "recommended" else _float(apply), goal
+        )
     except (calibration.ThresholdError, ValueError) as exc:
         print(f"audio-pipeline review-thresholds: {exc}", file=sys.stderr)
         return 1
-    print(f"{policy} / {model}: threshold {counts['threshold']} ({counts['basis']}); {counts['scores']} stored scores "
-          f"re-flagged without a model call: {counts['flagged']} flagged, {counts['newly_flagged']} newly, "
-          f"{counts['no_longer_flagged']} no longer")
+    print(
+        f"{policy} / {model}: threshold {counts['threshold']} ({counts['basis']}); {counts['scores']} stored scores "
+        f"re-flagged without a model call: {counts['flagged']} flagged, {counts['newly_flagged']} newly, "
+        f"{counts['no_longer_flagged']} no longer"
+    )
     return 0
 
 
@@ -71,8 +77,12 @@ def _print_summary(rows: list[dict], target: float) -> None:
     print(f"{'policy':<22} {'model':<28} {'in force':>8}  lowest reaching precision {target}")
     for row in rows:
         pick = row["recommended"]
-        found = (f"{pick['threshold']}  precision {pick['precision']} [{pick['precision_low']}, {pick['precision_high']}]"
-                 f" over {pick['decisions']} decisions" if pick else "none yet")
+        found = (
+            f"{pick['threshold']}  precision {pick['precision']} [{pick['precision_low']}, {pick['precision_high']}]"
+            f" over {pick['decisions']} decisions"
+            if pick
+            else "none yet"
+        )
         in_force = "" if row["in_effect"] is None else f"{row['in_effect']:.2f}"
         print(f"{row['policy']:<22} {row['model']:<28} {in_force:>8}  {found}")
 

@@ -33,15 +33,21 @@ def prepare_demo_console(results_db, pg, s3, bucket: str, state: Path) -> DemoCo
     database = parse_dsn(results_db.dsn)["dbname"]
     dsn = make_dsn(host=pg.host, port=pg.port, dbname=database, user=CONSOLE_ROLE, password=role_password)
     env_file = state / ENV_FILE_NAME
-    _write_private(env_file, "".join(f"{k}={v}\n" for k, v in {
-        "REVIEW_DATABASE_DSN": dsn,
-        "S3_ENDPOINT": s3.endpoint_url,
-        "S3_BUCKET": bucket,
-        "REVIEW_S3_ACCESS_KEY": s3.access_key,
-        "REVIEW_S3_SECRET_KEY": s3.secret_key,
-        # The demo serves plain http on loopback; production keeps Secure cookies behind TLS.
-        "REVIEW_SECURE_COOKIES": "false",
-    }.items()))
+    _write_private(
+        env_file,
+        "".join(
+            f"{k}={v}\n"
+            for k, v in {
+                "REVIEW_DATABASE_DSN": dsn,
+                "S3_ENDPOINT": s3.endpoint_url,
+                "S3_BUCKET": bucket,
+                "REVIEW_S3_ACCESS_KEY": s3.access_key,
+                "REVIEW_S3_SECRET_KEY": s3.secret_key,
+                # The demo serves plain http on loopback; production keeps Secure cookies behind TLS.
+                "REVIEW_SECURE_COOKIES": "false",
+            }.items()
+        ),
+    )
     try:
         add_user(results_db, DEMO_RA, ra_password)
     except AccountError:

@@ -22,13 +22,16 @@ Q = queries("review_export")
 FORMATS = ("parquet", "csv")
 
 
-def export_decisions(results_db, output: str | Path, *, file_format: str | None = None,
-                     with_ra_names: bool = False) -> int:
+def export_decisions(
+    results_db, output: str | Path, *, file_format: str | None = None, with_ra_names: bool = False
+) -> int:
     """Write the decisions to `output` (format from the suffix unless given); returns the row count."""
     output = Path(output)
     file_format = file_format or output.suffix.lstrip(".").lower()
     if file_format not in FORMATS:
-        raise ValueError(f"export format {file_format!r}: use one of {', '.join(FORMATS)} (or name the file .parquet/.csv)")
+        raise ValueError(
+            f"export format {file_format!r}: use one of {', '.join(FORMATS)} (or name the file .parquet/.csv)"
+        )
 
     def read(cur) -> tuple[list[str], list[dict]]:
         cur.execute(Q.decisions, {"with_names": with_ra_names})
@@ -62,9 +65,15 @@ def _inert_in_spreadsheets(value):
 
 
 _TYPES = {
-    "decision_id": pa.int64(), "item_id": pa.int64(), "audio_file_id": pa.int64(),
-    "flag_score": pa.float64(), "threshold": pa.float64(), "flagged": pa.bool_(), "standing": pa.bool_(),
-    "queued_at": pa.timestamp("us", tz="UTC"), "decided_at": pa.timestamp("us", tz="UTC"),
+    "decision_id": pa.int64(),
+    "item_id": pa.int64(),
+    "audio_file_id": pa.int64(),
+    "flag_score": pa.float64(),
+    "threshold": pa.float64(),
+    "flagged": pa.bool_(),
+    "standing": pa.bool_(),
+    "queued_at": pa.timestamp("us", tz="UTC"),
+    "decided_at": pa.timestamp("us", tz="UTC"),
 }
 
 

@@ -111,8 +111,14 @@ async def read_form(request: Request) -> dict[str, str]:
         if len(body) > MAX_FORM_BYTES:
             raise PayloadTooLarge(f"a form may hold at most {MAX_FORM_BYTES} bytes")
     try:
-        pairs = urllib.parse.parse_qsl(bytes(body).decode("ascii"), keep_blank_values=True, strict_parsing=False,
-                                       encoding="utf-8", errors="strict", max_num_fields=MAX_FORM_FIELDS)
+        pairs = urllib.parse.parse_qsl(
+            bytes(body).decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
     except UnicodeDecodeError:
         raise BadInput("the form must be percent-encoded UTF-8") from None
     except ValueError:

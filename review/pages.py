@@ -67,16 +67,20 @@ def queue_page(request: Request) -> Response:
     console, ra = request.app.state.console, request.state.ra
     filters = queue_filter(request)
     choices = console.store.filter_choices()
-    return console.render(request, "queue.html", {
-        "items": console.store.queue(ra.ra_user_id, filters, console.settings.queue_page_size),
-        "counts": console.store.queue_counts(),
-        "filters": filters,
-        "filter_query": filter_query(filters),
-        "policies": sorted({c["policy"] for c in choices}),
-        "models": sorted({c["classifier_model"] for c in choices}),
-        "blind": console.settings.blind,
-        "other_sessions": len(console.store.sessions_of(ra.ra_user_id)) - 1,
-    })
+    return console.render(
+        request,
+        "queue.html",
+        {
+            "items": console.store.queue(ra.ra_user_id, filters, console.settings.queue_page_size),
+            "counts": console.store.queue_counts(),
+            "filters": filters,
+            "filter_query": filter_query(filters),
+            "policies": sorted({c["policy"] for c in choices}),
+            "models": sorted({c["classifier_model"] for c in choices}),
+            "blind": console.settings.blind,
+            "other_sessions": len(console.store.sessions_of(ra.ra_user_id)) - 1,
+        },
+    )
 
 
 @signed_in()
@@ -95,31 +99,48 @@ def item_page(request: Request) -> Response:
     elif console.store.claimable(ra.ra_user_id, item_id):
         mode = "claim"
     else:
-        return _message(request, "Item taken",
-                        "Another RA has this item open or has decided it. Take the next one from the queue.", 409)
+        return _message(
+            request,
+            "Item taken",
+            "Another RA has this item open or has decided it. Take the next one from the queue.",
+            409,
+        )
     return _render_item(request, item, mine, mode, filters, error=None)
 
 
-def _render_item(request: Request, item: dict, mine: dict | None, mode: str, filters: QueueFilter,
-                 error: str | None, status_code: int = 200) -> Response:
+def _render_item(
+    request: Request,
+    item: dict,
+    mine: dict | None,
+    mode: str,
+    filters: QueueFilter,
+    error: str | None,
+    status_code: int = 200,
+) -> Response:
     console = request.app.state.console
-    return console.render(request, "item.html", {
-        "item": item,
-        "mode": mode,
-        "blind": console.settings.blind,
-        "segments": _segments(item.get("segments")),
-        "metadata": _metadata_rows(item.get("parquet_metadata")),
-        "mine": mine,
-        "error": error,
-        "decisions": DECISION_LABELS,
-        "reason_required": sorted(console.settings.reason_required_for),
-        "filter_query": filter_query(filters),
-    }, status_code=status_code)
+    return console.render(
+        request,
+        "item.html",
+        {
+            "item": item,
+            "mode": mode,
+            "blind": console.settings.blind,
+            "segments": _segments(item.get("segments")),
+            "metadata": _metadata_rows(item.get("parquet_metadata")),
+            "mine": mine,
+            "error": error,
+            "decisions": DECISION_LABELS,
+            "reason_required": sorted(console.settings.reason_required_for),
+            "filter_query": filter_query(filters),
+        },
+        status_code=status_code,
+    )
 
 
 def _message(request: Request, title: str, message: str, status_code: int) -> Response:
-    return request.app.state.console.render(request, "message.html", {"title": title, "message": message},
-                                            status_code=status_code)
+    return request.app.state.console.render(
+        request, "message.html", {"title": title, "message": message}, status_code=status_code
+    )
 
 
 def _segments(raw) -> list[dict]:
@@ -127,7 +148,9 @@ def _segments(raw) -> list[dict]:
     segments = []
     for segment in raw if isinstance(raw, list) else []:
         try:
-            segments.append({"start": float(segment["start"]), "end": float(segment["end"]), "text": str(segment["text"])})
+            segments.append(
+                {"start": float(segment["start"]), "end": float(segment["end"]), "text": str(segment["text"])}
+            )
         except (KeyError, TypeError, ValueError):
             continue
     return segments
@@ -145,8 +168,12 @@ def claim_item(request: Request) -> Response:
     item_id = _item_id(request)
     query = filter_query(queue_filter(request))
     if not console.store.claim(ra.ra_user_id, item_id) and console.store.my_decision(ra.ra_user_id, item_id) is None:
-        return _message(request, "Item taken",
-                        "Another RA has this item open or has decided it. Take the next one from the queue.", 409)
+        return _message(
+            request,
+            "Item taken",
+            "Another RA has this item open or has decided it. Take the next one from the queue.",
+            409,
+        )
     return RedirectResponse(f"/items/{item_id}?{query}", status_code=303)
 
 
@@ -169,8 +196,9 @@ def record_decision(request: Request) -> Response:
         error = "Choose a decision: 1 violates, 2 does not violate, 3 unsure."
     elif decision in console.settings.reason_required_for and not reason:
         error = f"A reason is required for “{DECISION_LABELS[decision]}”."
-    elif mine is None and not (console.store.holds_claim(ra.ra_user_id, item_id)
-                               or console.store.claim(ra.ra_user_id, item_id)):
+    elif mine is None and not (
+        console.store.holds_claim(ra.ra_user_id, item_id) or console.store.claim(ra.ra_user_id, item_id)
+    ):
         return _message(request, "Item taken", "Your claim on this item expired and another RA took it.", 409)
     elif not console.store.record_decision(ra.ra_user_id, item_id, policy_version, decision, reason):
         error = "The item was re-scored since you opened it; review it again as it is now."
@@ -230,8 +258,9 @@ def audio(request: Request) -> Response:
     headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type="audio/ogg")
-    return StreamingResponse(console.audio.stream(key, byte_range), status_code=status, headers=headers,
-                             media_type="audio/ogg")
+    return StreamingResponse(
+        console.audio.stream(key, byte_range), status_code=status, headers=headers, media_type="audio/ogg"
+    )
 
 
 @signed_in()
@@ -263,9 +292,15 @@ def stats_page(request: Request) -> Response:
     items they can no longer code, so the page cannot break double-coding blindness."""
     console, ra = request.app.state.console, request.state.ra
     figures = console.store.lead_stats() if ra.is_lead else console.store.ra_stats(ra.ra_user_id)
-    return console.render(request, "stats.html", {
-        **figures, "lead": ra.is_lead, "double_coding_percent": console.settings.double_coding_percent,
-    })
+    return console.render(
+        request,
+        "stats.html",
+        {
+            **figures,
+            "lead": ra.is_lead,
+            "double_coding_percent": console.settings.double_coding_percent,
+        },
+    )
 
 
 @signed_in()

@@ -26,5 +26,6 @@ def audit_share(results_db) -> float:
 def set_audit_share(results_db, percent: float) -> None:
     if not 0 <= percent <= 100:
         raise ValueError("the recall audit share is a percentage from 0 to 100")
-    results_db.transaction(lambda cur: cur.execute(Q.set_audit_share, {"percent": round(percent, 2)}),
-                           what="set the recall audit share")
+    results_db.transaction(
+        lambda cur: cur.execute(Q.set_audit_share, {"percent": round(percent, 2)}), what="set the recall audit share"
+    )

@@ -59,7 +59,7 @@ class ReviewSettings:
             raise SettingsError("REVIEW_TARGET_PRECISION must be between 0 and 1 (e.g. 0.9)")
 
     @classmethod
-    def from_environment(cls, env: dict[str, str] | None = None) -> "ReviewSettings":
+    def from_environment(cls, env: dict[str, str] | None = None) -> ReviewSettings:
         env = dict(os.environ if env is None else env)
         dsn = env.get("REVIEW_DATABASE_DSN")
         if not dsn:
@@ -67,9 +67,13 @@ class ReviewSettings:
                 "REVIEW_DATABASE_DSN is not set: the console connects as its own login role, a member "
                 "of ra_app (see deploy/README.md), never as the pipeline's owner"
             )
-        reasons = frozenset(x.strip() for x in env.get("REVIEW_REASON_REQUIRED", "violates,unsure").split(",") if x.strip())
+        reasons = frozenset(
+            x.strip() for x in env.get("REVIEW_REASON_REQUIRED", "violates,unsure").split(",") if x.strip()
+        )
         if not reasons <= set(DECISIONS):
-            raise SettingsError(f"REVIEW_REASON_REQUIRED: {sorted(reasons - set(DECISIONS))} are not decisions {DECISIONS}")
+            raise SettingsError(
+                f"REVIEW_REASON_REQUIRED: {sorted(reasons - set(DECISIONS))} are not decisions {DECISIONS}"
+            )
         percent = _number(env, "REVIEW_DOUBLE_CODING_PERCENT", "10", int)
         if not 0 <= percent <= 100:
             raise SettingsError("REVIEW_DOUBLE_CODING_PERCENT must be between 0 and 100")

@@ -27,8 +27,14 @@ class Attempt:
 
 
 class SignInLimiter:
-    def __init__(self, per_account_client: int = 5, per_client: int = 20, window_s: float = 900,
-                 delay_s: float = 1.0, max_keys: int = 100_000):
+    def __init__(
+        self,
+        per_account_client: int = 5,
+        per_client: int = 20,
+        window_s: float = 900,
+        delay_s: float = 1.0,
+        max_keys: int = 100_000,
+    ):
         self.per_account_client, self.per_client = per_account_client, per_client
         self.window_s, self.delay_s, self.max_keys = window_s, delay_s, max_keys
         self._attempts: dict[str, deque[float]] = {}

@@ -46,8 +46,12 @@ class QueueFilter:
 
     def params(self) -> dict[str, Any]:
         return {
-            "policy": self.policy, "model": self.model, "score_min": self.score_min,
-            "score_max": self.score_max, "date_from": self.date_from, "date_to": self.date_to,
+            "policy": self.policy,
+            "model": self.model,
+            "score_min": self.score_min,
+            "score_max": self.score_max,
+            "date_from": self.date_from,
+            "date_to": self.date_to,
         }
 
 
@@ -86,8 +90,12 @@ class ConnectionPool:
                 return self._idle.pop()
         try:
             # Short statement timeout: a page should never wait on a stuck query for long.
-            return psycopg2.connect(self._dsn, application_name="audio-pipeline-review", connect_timeout=5,
-                                    options="-c statement_timeout=15000 -c lock_timeout=5000")
+            return psycopg2.connect(
+                self._dsn,
+                application_name="audio-pipeline-review",
+                connect_timeout=5,
+                options="-c statement_timeout=15000 -c lock_timeout=5000",
+            )
         except psycopg2.OperationalError as error:
             raise DatabaseUnavailable(str(error).strip()) from None
 
@@ -106,8 +114,15 @@ class ConnectionPool:
 
 
 class ReviewStore:
-    def __init__(self, dsn: str, *, double_coding_percent: int, claim_minutes: float, max_connections: int = 8,
-                 wait_s: float = 3.0):
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        double_coding_percent: int,
+        claim_minutes: float,
+        max_connections: int = 8,
+        wait_s: float = 3.0,
+    ):
         self.double_coding_percent = double_coding_percent
         self.claim_s = claim_minutes * 60
         self.pool = ConnectionPool(dsn, max_connections, wait_s)
@@ -152,12 +167,27 @@ class ReviewStore:
     def account(self, username: str) -> dict[str, Any] | None:
         return self._one(ACCOUNTS.account_by_name, {"username": username})
 
-    def start_session(self, token_sha256: str, account: dict[str, Any], csrf_token: str, ttl_s: float,
-                      client_address: str, user_agent: str) -> None:
-        self._run(ACCOUNTS.start_session, {
-            "token_sha256": token_sha256, "ra_user_id": account["id"], "session_epoch": account["session_epoch"],
-            "csrf_token": csrf_token, "ttl_s": ttl_s, "client_address": client_address, "user_agent": user_agent,
-        })
+    def start_session(
+        self,
+        token_sha256: str,
+        account: dict[str, Any],
+        csrf_token: str,
+        ttl_s: float,
+        client_address: str,
+        user_agent: str,
+    ) -> None:
+        self._run(
+            ACCOUNTS.start_session,
+            {
+                "token_sha256": token_sha256,
+                "ra_user_id": account["id"],
+                "session_epoch": account["session_epoch"],
+                "csrf_token": csrf_token,
+                "ttl_s": ttl_s,
+                "client_address": client_address,
+                "user_agent": user_agent,
+            },
+        )
 
     def live_session(self, token_sha256: str) -> dict[str, Any] | None:
         return self._one(ACCOUNTS.live_session, {"token_sha256": token_sha256})
@@ -174,8 +204,13 @@ class ReviewStore:
     # --- queue, claims, decisions -------------------------------------------------------------
 
     def _queue_params(self, ra: int, filters: QueueFilter, limit: int, item_id: int | None = None) -> dict[str, Any]:
-        return {"ra": ra, "double_coding_percent": self.double_coding_percent, "limit": limit, "item_id": item_id,
-                **filters.params()}
+        return {
+            "ra": ra,
+            "double_coding_percent": self.double_coding_percent,
+            "limit": limit,
+            "item_id": item_id,
+            **filters.params(),
+        }
 
     def queue(self, ra: int, filters: QueueFilter, limit: int = 100) -> list[dict[str, Any]]:
         return self._all(ITEMS.queue, self._queue_params(ra, filters, limit))
@@ -212,9 +247,19 @@ class ReviewStore:
 
     def record_decision(self, ra: int, item_id: int, policy_version: str, decision: str, reason: str) -> bool:
         """Append the decision; False when the item's flag changed since the RA opened it."""
-        return self._run(ITEMS.record_decision, {
-            "ra": ra, "item_id": item_id, "policy_version": policy_version, "decision": decision, "reason": reason,
-        }) == 1
+        return (
+            self._run(
+                ITEMS.record_decision,
+                {
+                    "ra": ra,
+                    "item_id": item_id,
+                    "policy_version": policy_version,
+                    "decision": decision,
+                    "reason": reason,
+                },
+            )
+            == 1
+        )
 
     def audio_key(self, audio_file_id: int) -> str | None:
         row = self._one(ITEMS.audio_key, {"audio_file_id": audio_file_id})

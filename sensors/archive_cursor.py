@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class ArchiveCursor:
     backlog: int = 0  # archives found but left for later ticks (shown to the operator)
 
     @classmethod
-    def parse(cls, raw: str | None) -> "ArchiveCursor":
+    def parse(cls, raw: str | None) -> ArchiveCursor:
         if not raw:
             return cls()
         data = json.loads(raw)  # cursors of the earlier format also carry "recent": not needed now
@@ -39,7 +39,7 @@ class ArchiveCursor:
     def is_candidate(self, last_modified: datetime, lookback: timedelta) -> bool:
         return last_modified >= self.watermark - lookback
 
-    def advance(self, candidates: list[datetime], left_for_later: list[datetime]) -> "ArchiveCursor":
+    def advance(self, candidates: list[datetime], left_for_later: list[datetime]) -> ArchiveCursor:
         """The cursor after a tick that listed `candidates` (their LastModified) and left
         `left_for_later` of them unrequested."""
         if left_for_later:

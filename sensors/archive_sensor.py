@@ -33,7 +33,8 @@ def archive_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     cursor = ArchiveCursor.parse(context.cursor)
     candidates = [
-        obj for obj in object_store.iter_objects(ARCHIVE_PREFIX)
+        obj
+        for obj in object_store.iter_objects(ARCHIVE_PREFIX)
         if is_archive_key(obj.key) and cursor.is_candidate(obj.last_modified, LOOKBACK)
     ]
     unrequested = results_db.archives.not_yet_requested([(obj.key, obj.etag) for obj in candidates])

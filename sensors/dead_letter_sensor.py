@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -34,9 +34,9 @@ class DeadLetterCursor:
     recent: dict[str, float] = field(default_factory=dict)  # run id -> update timestamp, near it
 
     @classmethod
-    def parse(cls, raw: str | None) -> "DeadLetterCursor":
+    def parse(cls, raw: str | None) -> DeadLetterCursor:
         if not raw:
-            return cls((datetime.now(timezone.utc) - FIRST_LOOKBACK).timestamp())
+            return cls((datetime.now(UTC) - FIRST_LOOKBACK).timestamp())
         data = json.loads(raw)
         return cls(data["updated_after"], dict(data["recent"]))
 
@@ -58,13 +58,15 @@ class DeadLetterCursor:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Writes each failed archive run (partition, step, underlying error, run id) into processing_failures",
 )
-def dead_letter_sensor(context: dg.SensorEvaluationContext, results_db: ResultsDatabase) -> dg.SensorResult | dg.SkipReason:
+def dead_letter_sensor(
+    context: dg.SensorEvaluationContext, results_db: ResultsDatabase
+) -> dg.SensorResult | dg.SkipReason:
     cursor = DeadLetterCursor.parse(context.cursor)
     records = context.instance.get_run_records(
         filters=dg.RunsFilter(
             job_name=archive_job.name,
             statuses=[dg.DagsterRunStatus.FAILURE],
-            updated_after=datetime.fromtimestamp(cursor.updated_after - _OVERLAP_S, timezone.utc),
+            updated_after=datetime.fromtimestamp(cursor.updated_after - _OVERLAP_S, UTC),
         ),
         order_by="update_timestamp",
         ascending=True,
@@ -89,8 +91,14 @@ def record_failed_run(instance: dg.DagsterInstance, results_db: ResultsDatabase,
     partition_key = run.tags.get(PARTITION_TAG)
     archive_key = tagged_version(run.tags)[0] or _archive_of(results_db, partition_key)
     failures = [
-        (STAGE_OF_STEP.get(event.step_key, f"step:{event.step_key}"), underlying_error(event.dagster_event.step_failure_data.error))
-        for event in (r.event_log_entry for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records)
+        (
+            STAGE_OF_STEP.get(event.step_key, f"step:{event.step_key}"),
+            underlying_error(event.dagster_event.step_failure_data.error),
+        )
+        for event in (
+            r.event_log_entry
+            for r in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
+        )
         if event.dagster_event and event.dagster_event.step_failure_data.error
     ]
     retryable = False
@@ -114,7 +122,11 @@ def underlying_error(error) -> str:
     if deepest is None:
         return "unknown error"
     message = deepest.message.strip()
-    return message if message.startswith(f"{deepest.cls_name}") or not deepest.cls_name else f"{deepest.cls_name}: {message}"
+    return (
+        message
+        if message.startswith(f"{deepest.cls_name}") or not deepest.cls_name
+        else f"{deepest.cls_name}: {message}"
+    )
 
 
 def _run_failure_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:

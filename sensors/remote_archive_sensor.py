@@ -11,7 +11,6 @@ The sensor is RUNNING by default only when REMOTE_HOST is set when the code load
 by hand without it, a tick skips and says why instead of failing.
 """
 
-
 import hashlib
 import json
 import os

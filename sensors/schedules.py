@@ -1,6 +1,6 @@
 """Schedules that keep the platform running without a person: catch-up and scratch sweep."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -22,8 +22,9 @@ def partitions_to_catch_up(instance: dg.DagsterInstance) -> list[str]:
     recently_failed = _partitions_of(
         instance,
         dg.RunsFilter(
-            job_name=archive_job.name, statuses=[dg.DagsterRunStatus.FAILURE],
-            updated_after=datetime.now(timezone.utc) - FAILED_LOOKBACK,
+            job_name=archive_job.name,
+            statuses=[dg.DagsterRunStatus.FAILURE],
+            updated_after=datetime.now(UTC) - FAILED_LOOKBACK,
         ),
     )
     failed_last = {pk for pk in recently_failed if _latest_run_status(instance, pk) == dg.DagsterRunStatus.FAILURE}
@@ -59,8 +60,7 @@ def archive_catchup_schedule(context: dg.ScheduleEvaluationContext, results_db: 
         return dg.SkipReason("every archive partition is complete or in progress")
     day = context.scheduled_execution_time.date().isoformat()
     return [
-        dg.RunRequest(run_key=f"catchup:{day}:{key}", partition_key=key, tags={"audio/catchup": day})
-        for key in keys
+        dg.RunRequest(run_key=f"catchup:{day}:{key}", partition_key=key, tags={"audio/catchup": day}) for key in keys
     ]
 
 

@@ -18,8 +18,8 @@ import io
 import subprocess
 import tarfile
 from collections.abc import Iterable
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import imageio_ffmpeg

@@ -69,9 +69,24 @@ class CeleryCluster:
         }
         log = (workdir / "worker.log").open("ab")
         process = subprocess.Popen(
-            [str(BIN / "dagster-celery"), "worker", "start", "-A", "audio_assets.workers.celery_app",
-             "-q", queue, "-n", name, "--", "--concurrency=1"],
-            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(BIN / "dagster-celery"),
+                "worker",
+                "start",
+                "-A",
+                "audio_assets.workers.celery_app",
+                "-q",
+                queue,
+                "-n",
+                name,
+                "--",
+                "--concurrency=1",
+            ],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         worker = CeleryWorker(name, queue, workdir, process)
         self.workers[name] = worker

@@ -91,7 +91,7 @@ class DaemonHarness:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def __enter__(self) -> "DaemonHarness":
+    def __enter__(self) -> DaemonHarness:
         # The test process reads the same instance (dagster.yaml resolves {env: ...} from here).
         for name in [k for k in self.env if k.startswith(("DAGSTER_", "S3_", "POSTGRES_"))]:
             self._saved_environ[name] = os.environ.get(name)
@@ -115,7 +115,10 @@ class DaemonHarness:
         log = (self.workdir / f"dagster-daemon-{self._logs}.log").open("wb")
         self.daemon = subprocess.Popen(
             [str(BIN / "dagster-daemon"), "run", "-m", "audio_assets.definitions"],
-            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the test can stop all of it
         )
 
@@ -164,7 +167,8 @@ class DaemonHarness:
         """The first run of the partition (the sensor's, once it has seen the archive)."""
         return self.wait_until(
             lambda: next(iter(reversed(self.runs(tags={"dagster/partition": partition_key}))), None),
-            timeout_s, f"a run of partition {partition_key}",
+            timeout_s,
+            f"a run of partition {partition_key}",
         )
 
     def wait_for_step(self, run_id: str, step_key: str, timeout_s: float = 300) -> None:

@@ -54,8 +54,9 @@ def rows(results_db: ResultsDatabase, sql: str, params=None) -> list[dict]:
 class ArchiveRunner:
     """Upload an archive and materialize its partition the way a sensor-launched run does."""
 
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, object_store: ObjectStore,
-                 results_db: ResultsDatabase):
+    def __init__(
+        self, defs: dg.Definitions, instance: dg.DagsterInstance, object_store: ObjectStore, results_db: ResultsDatabase
+    ):
         self.defs, self.instance, self.object_store, self.results_db = defs, instance, object_store, results_db
 
     def upload(self, local: Path, name: str | None = None) -> str:

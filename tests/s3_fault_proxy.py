@@ -225,7 +225,7 @@ class S3FaultProxy:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _draw(self, request: "_Request") -> str | None:
+    def _draw(self, request: _Request) -> str | None:
         with self._lock:
             self._requests += 1
             self._seen.append((request.method.decode(), urlsplit(request.target.decode()).path))

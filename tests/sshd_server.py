@@ -89,9 +89,7 @@ def start_sshd(workdir: Path, *, sftp_only: bool = False, timeout_s: float = 15.
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
     log_path = workdir / "sshd.log"
     with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [str(SSHD), "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
     server = SshServer(
         host=LOOPBACK,
         port=port,
@@ -136,7 +134,9 @@ def _wait_for_banner(server: SshServer, timeout_s: float) -> None:
                     return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"sshd did not answer on {server.host}:{server.port} in {timeout_s} s:\n{_tail(server.log_path)}")
+    raise RuntimeError(
+        f"sshd did not answer on {server.host}:{server.port} in {timeout_s} s:\n{_tail(server.log_path)}"
+    )
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -60,7 +60,7 @@ def _bundled_ffmpeg() -> str:
     return bundled
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def has_libopus(ffmpeg: str) -> bool:
     """Whether `ffmpeg -encoders` lists libopus. Cached: the answer cannot change while the
     process runs, and the check costs a process start per call otherwise."""

@@ -49,9 +49,13 @@ class ConversionStream(Generic[Job, Converted, Outcome]):
             ThreadPoolExecutor(self.upload_workers, thread_name_prefix="upload") as uploaders,
         ):
             while True:
-                while not exhausted and len(in_flight) < self.max_in_flight and self._converting(in_flight) < 2 * self.workers:
-                    job = next(jobs, _END)
-                    if job is _END:
+                while (
+                    not exhausted
+                    and len(in_flight) < self.max_in_flight
+                    and self._converting(in_flight) < 2 * self.workers
+                ):
+                    job = next(jobs, None)
+                    if job is None:
                         exhausted = True
                     else:
                         in_flight[converters.submit(self.convert, job)] = "convert"
@@ -69,6 +73,3 @@ class ConversionStream(Generic[Job, Converted, Outcome]):
     @staticmethod
     def _converting(in_flight: dict[Future, str]) -> int:
         return sum(1 for stage in in_flight.values() if stage == "convert")
-
-
-_END = object()

@@ -54,7 +54,11 @@ _SHOWN_PREFIX_CHARS = 200
 # end in RecursionError (and hold every body in memory on the way).
 _MAX_CHAINED_HEADERS = 8
 _EXTENDED_TYPES = (
-    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
 )
 
 DUPLICATE = "duplicate member name (an earlier member has the same name)"
@@ -169,7 +173,7 @@ class ArchiveEntry:
         digest = hashlib.sha256()
         copied = 0
         try:
-            with self._tar.extractfile(self._info) as data:
+            with self._tar.extractfile(self._info) as data:  # type: ignore[union-attr]  # a file member: never None
                 while chunk := data.read(_CHUNK):
                     digest.update(chunk)
                     if sink is not None:
@@ -373,7 +377,7 @@ class CappedTarInfo(tarfile.TarInfo):
             return self._skip_oversized(tar, "global PAX header" if self.type == tarfile.XGLTYPE else "PAX header")
         records = _pax_records(tar.fileobj.read(self._block(self.size)))
         # A global header applies to every later member; an extended one to the next only.
-        pax_headers = tar.pax_headers if self.type == tarfile.XGLTYPE else tar.pax_headers.copy()
+        pax_headers: dict = tar.pax_headers if self.type == tarfile.XGLTYPE else dict(tar.pax_headers)  # type: ignore[assignment]
         self._decode_pax_records(records, pax_headers, tar)
         if self.type == tarfile.XGLTYPE and _pax_bytes(pax_headers) > self.max_header_bytes:
             # Each global header is under the cap, but they add up for the rest of the archive.
@@ -455,7 +459,7 @@ def _pax_records(buf: bytes) -> list[tuple[bytes, bytes]]:
         match = _PAX_LENGTH.match(buf, pos)
         length = int(match.group(1)) if match else 0
         end = pos + length  # just past the record's newline
-        if length < 5 or end > len(buf) or buf[end - 1] != 0x0A:  # shortest record: "5 x=\n"
+        if match is None or length < 5 or end > len(buf) or buf[end - 1] != 0x0A:  # shortest: "5 x=\n"
             raise tarfile.InvalidHeaderError("invalid header")
         keyword, equals, value = buf[match.end() : end - 1].partition(b"=")
         if not keyword or not equals:
@@ -500,9 +504,12 @@ def _skip_to_next_header(tar: tarfile.TarFile) -> None:
 def _open_tar(stream: _CheckedStream, max_header_bytes: int) -> tarfile.TarFile:
     try:
         # surrogateescape keeps undecodable name bytes so they can be rejected by name.
-        return tarfile.open(
-            fileobj=stream, mode="r|", tarinfo=CappedTarInfo.capped_at(max_header_bytes),
-            encoding="utf-8", errors="surrogateescape",
+        return tarfile.open(  # type: ignore[call-overload]  # a file-like object is what "r|" reads
+            fileobj=stream,
+            mode="r|",
+            tarinfo=CappedTarInfo.capped_at(max_header_bytes),
+            encoding="utf-8",
+            errors="surrogateescape",
         )
     except (tarfile.TarError, ValueError) as exc:
         raise ArchiveUnreadable(f"not a tar archive: {exc}") from None
@@ -556,7 +563,7 @@ def _decompressed(raw: BinaryIO, max_total_bytes: int) -> Iterator[_CheckedStrea
     if raw.read(2) == _GZIP_MAGIC:
         raw.seek(0)
         with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-            yield _CheckedStream(unzipped, "gzip", max_total_bytes)
+            yield _CheckedStream(unzipped, "gzip", max_total_bytes)  # type: ignore[arg-type]
     else:
         raw.seek(0)
         yield _CheckedStream(raw, "tar", max_total_bytes)

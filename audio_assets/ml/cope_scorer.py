@@ -182,7 +182,9 @@ class CopeScorer:
             return self._p1_padded_all(prompts)
         head = self.tokenizer(prompt_head(policy))["input_ids"]
         shared = max(0, len(head) - PREFIX_SLACK_TOKENS)
-        cached = [k for k, ids in enumerate(prompts) if shared > 0 and len(ids) > shared and ids[:shared] == head[:shared]]
+        cached = [
+            k for k, ids in enumerate(prompts) if shared > 0 and len(ids) > shared and ids[:shared] == head[:shared]
+        ]
         probs: list[float | None] = [None] * len(prompts)
         if cached:
             prefix = self.decoder(input_ids=self._tensor([head[:shared]]), use_cache=True).past_key_values
@@ -427,7 +429,9 @@ def prepare_model(model: Any, settings: CopeSettings) -> Any:
     if model.config._attn_implementation != attention:
         model.set_attn_implementation(attention)
     device = next(model.parameters()).device
-    compile_layer_parts(model, settings.compile_layers == "on" or (settings.compile_layers == "auto" and device.type == "cuda"))
+    compile_layer_parts(
+        model, settings.compile_layers == "on" or (settings.compile_layers == "auto" and device.type == "cuda")
+    )
     return model.eval()
 
 
@@ -528,9 +532,9 @@ def _load(settings: CopeSettings) -> CopeScorer:
         device_map={"": str(device)} if device.type == "cuda" else None,
     )
     if settings.adapter:
-        model = PeftModel.from_pretrained(model, resolve_model_path(settings.adapter, settings.models_root))
+        model = PeftModel.from_pretrained(model, resolve_model_path(settings.adapter, settings.models_root))  # type: ignore[assignment]
     if device.type != "cuda":
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
     return CopeScorer(prepare_model(model, settings), tokenizer, settings, cope_model_name(settings))
 
 
@@ -543,7 +547,12 @@ def _check_settings(settings: CopeSettings) -> None:
         raise ValueError(f"attn_implementation must be one of {', '.join(ATTENTION_CHOICES)}")
     if settings.compile_layers not in ("auto", "on", "off"):
         raise ValueError(f"compile_layers must be auto, on or off, not {settings.compile_layers!r}")
-    if settings.max_batch_rows < 1 or settings.max_tokens < 1 or settings.batch_tokens < 0 or settings.bucket_tokens < 1:
+    if (
+        settings.max_batch_rows < 1
+        or settings.max_tokens < 1
+        or settings.batch_tokens < 0
+        or settings.bucket_tokens < 1
+    ):
         raise ValueError("max_batch_rows, max_tokens and bucket_tokens must be positive, batch_tokens >= 0")
 
 
@@ -564,6 +573,4 @@ def _quantization_config(quantization: str, device: torch.device) -> Any:
 
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-    )
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)

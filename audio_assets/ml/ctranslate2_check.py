@@ -123,7 +123,9 @@ def run_tiny_generator(model_dir: Path, device: str, device_index: int, compute_
     import ctranslate2
     import numpy as np
 
-    generator = ctranslate2.Generator(str(model_dir), device=device, device_index=device_index, compute_type=compute_type)
+    generator = ctranslate2.Generator(
+        str(model_dir), device=device, device_index=device_index, compute_type=compute_type
+    )
     out = generator.forward_batch([["<s>", "t1", "t2", "t3", "t4"]])
     return np.asarray(out.to_device(ctranslate2.Device.cpu)).astype(np.float32)
 

@@ -205,7 +205,7 @@ class Transcriber:
         self._decode(clips)
         for clip in clips:
             results[clip.index] = self._finish(clip)
-        return results
+        return results  # type: ignore[return-value]  # every index was filled above
 
     def _prepare(self, index: int, path: Path) -> _Clip:
         audio = decode_audio_file(path)
@@ -307,9 +307,7 @@ class Transcriber:
         from whisperx.audio import log_mel_spectrogram
 
         n_mels = self._whisper.feat_kwargs.get("feature_size") or 80
-        mels = [
-            log_mel_spectrogram(w, n_mels=n_mels, padding=WINDOW_SAMPLES - w.shape[0]).numpy() for w in windows
-        ]
+        mels = [log_mel_spectrogram(w, n_mels=n_mels, padding=WINDOW_SAMPLES - w.shape[0]).numpy() for w in windows]
         return np.stack(mels)
 
     def _tokenizer(self, language: str):

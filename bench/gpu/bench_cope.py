@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import sys
@@ -32,16 +31,34 @@ import torch
 from audio_assets.ml.cope_scorer import CopeScorer, CopeSettings, prepare_model
 
 GEMMA2_9B = dict(
-    vocab_size=256000, hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
-    num_attention_heads=16, num_key_value_heads=8, head_dim=256, query_pre_attn_scalar=256,
-    sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
-    max_position_embeddings=8192, hidden_activation="gelu_pytorch_tanh",
+    vocab_size=256000,
+    hidden_size=3584,
+    intermediate_size=14336,
+    num_hidden_layers=42,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=256,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    max_position_embeddings=8192,
+    hidden_activation="gelu_pytorch_tanh",
 )
 TINY = dict(
-    vocab_size=8192, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
-    sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
-    max_position_embeddings=8192, hidden_activation="gelu_pytorch_tanh",
+    vocab_size=8192,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    query_pre_attn_scalar=16,
+    sliding_window=4096,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    max_position_embeddings=8192,
+    hidden_activation="gelu_pytorch_tanh",
 )
 POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"
 
@@ -72,20 +89,31 @@ def main() -> None:
     long = make_contents(tokenizer, max(8, args.items // 4), 600, 1000)
     peak = measure_peak(device)
     model = build_model(shape, device, args.lora_rank)
-    say(f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters on {device} "
-        f"({time.monotonic() - started:.0f} s); bf16 matrix peak measured {peak / 1e12:.0f} TFLOP/s")
+    say(
+        f"built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters on {device} "
+        f"({time.monotonic() - started:.0f} s); bf16 matrix peak measured {peak / 1e12:.0f} TFLOP/s"
+    )
 
     rows: list[Row] = []
     base = CopeSettings(device=args.device, max_tokens=8192)
     tuned = replace(base, compile_layers="on" if args.device == "cuda" else "off")
     # What the scorer did before this bench existed: batches of 4 items, eager attention,
     # adapter not merged, no width buckets, nothing compiled.
-    defaults = replace(base, max_batch_rows=4, batch_tokens=1 << 30, stable_shapes=False,
-                       merge_adapter=False, attn_implementation="eager", compile_layers="off")
+    defaults = replace(
+        base,
+        max_batch_rows=4,
+        batch_tokens=1 << 30,
+        stable_shapes=False,
+        merge_adapter=False,
+        attn_implementation="eager",
+        compile_layers="off",
+    )
     reference = {}
     scorer = CopeScorer(prepare_model(model, defaults), tokenizer, defaults, "bench")
     for name, contents in (("short", short), ("long", long)):
-        reference[name] = timed(scorer, policy, contents, peak, shape, rows, name, "defaults (4 rows, eager, unmerged)")[1]
+        reference[name] = timed(
+            scorer, policy, contents, peak, shape, rows, name, "defaults (4 rows, eager, unmerged)"
+        )[1]
     tokenizing(scorer, policy, short, long)
 
     merged_model = prepare_model(model, replace(base, compile_layers="off"))  # merges in place
@@ -145,13 +173,16 @@ def timed(scorer, policy, contents, peak, shape, rows, name, label, reference=No
     elapsed = time.perf_counter() - start
     stats = scorer.last_call
     flops = useful_flops(shape, scorer, policy, contents)
-    row = Row(name, label, len(contents) / elapsed, flops / elapsed / peak,
-              1 - stats.tokens_real / max(1, stats.tokens_run))
+    row = Row(
+        name, label, len(contents) / elapsed, flops / elapsed / peak, 1 - stats.tokens_real / max(1, stats.tokens_run)
+    )
     if reference is not None:
         row.vs_reference = max(abs(a - b) for a, b in zip(scores, reference))
     rows.append(row)
-    say(f"{name:5s} {label}: {row.items_per_s:.1f} items/s, {100 * row.peak_share:.0f} % of peak, "
-        f"{100 * row.padding_waste:.0f} % padding" + (f", vs reference {row.vs_reference:.2g}" if reference else ""))
+    say(
+        f"{name:5s} {label}: {row.items_per_s:.1f} items/s, {100 * row.peak_share:.0f} % of peak, "
+        f"{100 * row.padding_waste:.0f} % padding" + (f", vs reference {row.vs_reference:.2g}" if reference else "")
+    )
     return row, scores
 
 
@@ -169,8 +200,10 @@ def stability(scorer, policy, contents, row: Row, n: int) -> None:
     row.vs_alone = max(abs(a - b) for a, b in zip(together, alone))
     row.vs_shuffled = max(abs(a - b) for a, b in zip(together, shuffled))
     row.flag_flips = sum((a >= 0.5) != (b >= 0.5) for a, b in zip(together, alone + shuffled))
-    say(f"      stability over {n} items: vs alone {row.vs_alone:.2g}, vs shuffled {row.vs_shuffled:.2g}, "
-        f"flag flips {row.flag_flips}")
+    say(
+        f"      stability over {n} items: vs alone {row.vs_alone:.2g}, vs shuffled {row.vs_shuffled:.2g}, "
+        f"flag flips {row.flag_flips}"
+    )
 
 
 def useful_flops(shape: dict, scorer: CopeScorer, policy: str, contents: list[str]) -> float:
@@ -201,8 +234,10 @@ def build_model(shape: dict, device: torch.device, rank: int):
     try:
         with torch.device(device):
             model = Gemma2ForCausalLM(config).eval()
-            model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear",
-                                                     init_lora_weights="gaussian"))
+            model = get_peft_model(
+                model,
+                LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", init_lora_weights="gaussian"),
+            )
     finally:
         torch.set_default_dtype(previous)
     with torch.no_grad():  # B = 0 would make the adapter a no-op; merged vs unmerged must differ in work
@@ -227,9 +262,15 @@ def train_tokenizer(vocab_size: int):
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=min(vocab_size, 8000), special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    corpus = [p.read_text() for p in sorted(POLICIES_DIR.glob("*.md"))] + [" ".join(_words(2000, seed=s)) for s in range(20)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(vocab_size, 8000),
+        special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [p.read_text() for p in sorted(POLICIES_DIR.glob("*.md"))] + [
+        " ".join(_words(2000, seed=s)) for s in range(20)
+    ]
     tok.train_from_iterator(corpus, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
@@ -295,15 +336,26 @@ def report(rows: list[Row], args, peak: float) -> None:
     }
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "cope_gpu.json").write_text(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1))
+        (Path(args.out) / "cope_gpu.json").write_text(
+            json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1)
+        )
     print()
-    print(f"{info['device']}, torch {info['torch']}, transformers {info['transformers']}, peak {peak / 1e12:.0f} TFLOP/s")
+    print(
+        f"{info['device']}, torch {info['torch']}, transformers {info['transformers']}, peak {peak / 1e12:.0f} TFLOP/s"
+    )
     print("| contents | configuration | items/s | peak | padding | vs alone | vs shuffled | vs reference | flips |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        cells = [_fmt(r.vs_alone), _fmt(r.vs_shuffled), _fmt(r.vs_reference), "" if r.flag_flips is None else str(r.flag_flips)]
-        print(f"| {r.contents} | {r.config} | {r.items_per_s:.1f} | {100 * r.peak_share:.0f} % | "
-              f"{100 * r.padding_waste:.0f} % | " + " | ".join(cells) + " |")
+        cells = [
+            _fmt(r.vs_alone),
+            _fmt(r.vs_shuffled),
+            _fmt(r.vs_reference),
+            "" if r.flag_flips is None else str(r.flag_flips),
+        ]
+        print(
+            f"| {r.contents} | {r.config} | {r.items_per_s:.1f} | {100 * r.peak_share:.0f} % | "
+            f"{100 * r.padding_waste:.0f} % | " + " | ".join(cells) + " |"
+        )
 
 
 def _fmt(value: float | None) -> str:

@@ -37,20 +37,62 @@ HUMAN_VOICE_TEXT = "go forward ten meters"  # pocketsphinx test data, see parts/
 
 # (meta_id, text, handle, followers, hashtags, like_ratio, posted "YYYY-MM-DD HH:MM" UTC)
 BATCH_1_CLIPS = [
-    ("clip_0001", "Just finished my morning run by the river, the weather was perfect.",
-     "@maya.runs", 1840, ["running", "morning"], "0.9412", "2026-10-31 06:12"),
-    ("clip_0002", "Check out my new sourdough recipe, the link is in my bio.",
-     "@breadbytom", 25310, ["baking", "sourdough"], "0.8875", "2026-10-31 09:47"),
-    ("clip_0003", "You are a stupid idiot and nobody wants to watch your videos.",
-     "@anon_4821", 12, [], "0.1200", "2026-10-31 13:05"),
-    ("clip_0004", "Thank you all for ten thousand followers, you are amazing.",
-     "@lena.draws", 10004, ["milestone", "art"], "0.9730", "2026-10-31 18:30"),
+    (
+        "clip_0001",
+        "Just finished my morning run by the river, the weather was perfect.",
+        "@maya.runs",
+        1840,
+        ["running", "morning"],
+        "0.9412",
+        "2026-10-31 06:12",
+    ),
+    (
+        "clip_0002",
+        "Check out my new sourdough recipe, the link is in my bio.",
+        "@breadbytom",
+        25310,
+        ["baking", "sourdough"],
+        "0.8875",
+        "2026-10-31 09:47",
+    ),
+    (
+        "clip_0003",
+        "You are a stupid idiot and nobody wants to watch your videos.",
+        "@anon_4821",
+        12,
+        [],
+        "0.1200",
+        "2026-10-31 13:05",
+    ),
+    (
+        "clip_0004",
+        "Thank you all for ten thousand followers, you are amazing.",
+        "@lena.draws",
+        10004,
+        ["milestone", "art"],
+        "0.9730",
+        "2026-10-31 18:30",
+    ),
 ]
 BATCH_2_CLIPS = [
-    ("clip_0101", "Our cat just learned how to open the fridge, please send help.",
-     "@catdad", 560, ["cats", "funny"], "0.9650", "2026-11-01 08:15"),
-    ("clip_0102", "Here are three quick tips for studying before your exams.",
-     "@study.with.sam", 4410, ["studytips"], "0.9021", "2026-11-01 10:02"),
+    (
+        "clip_0101",
+        "Our cat just learned how to open the fridge, please send help.",
+        "@catdad",
+        560,
+        ["cats", "funny"],
+        "0.9650",
+        "2026-11-01 08:15",
+    ),
+    (
+        "clip_0102",
+        "Here are three quick tips for studying before your exams.",
+        "@study.with.sam",
+        4410,
+        ["studytips"],
+        "0.9021",
+        "2026-11-01 10:02",
+    ),
 ]
 HUMAN_VOICE_ROW = ("goforward", "@robot.lab", 302, ["robotics"], "0.7500", "2026-10-31 20:41")
 ORPHAN_ROW = ("clip_0099", "@deleted.account", 0, ["removed"], "0.0000", "2026-10-31 23:59")  # no MP3
@@ -119,7 +161,7 @@ def metadata_parquet(rows: list[tuple]) -> bytes:
     records = [
         {
             "meta_id": meta_id,
-            "posted_at": dt.datetime.strptime(posted, "%Y-%m-%d %H:%M").replace(tzinfo=dt.timezone.utc),
+            "posted_at": dt.datetime.strptime(posted, "%Y-%m-%d %H:%M").replace(tzinfo=dt.UTC),
             "creator": {"handle": handle, "followers": followers},
             "hashtags": hashtags,
             "like_ratio": Decimal(like_ratio),

@@ -73,8 +73,9 @@ def plan_member_changes(
         row = existing.get(name)
         if row is None or row.status != "failed" or row.failed_stage != "archive":
             changes.append(
-                RowChange(name, "failed", error=reason, failed_stage="archive", clear_opus=True,
-                          drop_model_outputs=True)
+                RowChange(
+                    name, "failed", error=reason, failed_stage="archive", clear_opus=True, drop_model_outputs=True
+                )
             )
     for name, row in existing.items():
         if name not in accepted and name not in rejected and row.status != "removed":
@@ -136,15 +137,14 @@ class AudioFiles:
                 )
                 for r in cur.fetchall()
             }
-            changes = plan_member_changes(
-                existing, {name: sha for name, (_, sha) in accepted.items()}, rejected
-            )
+            changes = plan_member_changes(existing, {name: sha for name, (_, sha) in accepted.items()}, rejected)
             identities = [
                 (archive.key, archive.partition_key, archive.etag, name, size, sha)
                 for name, (size, sha) in accepted.items()
             ] + [
                 (archive.key, archive.partition_key, archive.etag, name, None, None)
-                for name in rejected if name not in accepted
+                for name in rejected
+                if name not in accepted
             ]
             ids = {}
             if identities:
@@ -153,7 +153,8 @@ class AudioFiles:
             ids |= {name: row.id for name, row in existing.items() if name not in ids}
             _apply_changes(cur, archive, ids, existing, changes)
             member_failures = [
-                FileFailure(ids[name], name, "archive", reason) for name, reason in rejected.items()
+                FileFailure(ids[name], name, "archive", reason)
+                for name, reason in rejected.items()
                 if name not in accepted
             ]
             dead_letter.record_in(cur, archive, [*member_failures, *other_failures], run_id)
@@ -190,17 +191,21 @@ class AudioFiles:
             previous = {row["id"]: row["opus_path"] for row in cur.fetchall()}
             new_keys = {c.audio_file_id: c.opus_key for c in converted}
             enqueue_in(
-                cur, archive.key,
+                cur,
+                archive.key,
                 [old for file_id, old in previous.items() if old and new_keys.get(file_id) != old],
                 "replaced by a conversion of another version, or the file failed",
             )
             rows = [
                 (c.audio_file_id, c.opus_key, c.s3_uri, c.opus_etag, c.duration_seconds, c.file_size_bytes)
-                for c in converted if c.audio_file_id in previous
+                for c in converted
+                if c.audio_file_id in previous
             ]
             if rows:
                 psycopg2.extras.execute_values(
-                    cur, Q.mark_converted, rows,
+                    cur,
+                    Q.mark_converted,
+                    rows,
                     template="(%s::bigint, %s, %s, %s, %s::double precision, %s::bigint)",
                 )
                 dead_letter.resolve_files_in(cur, [r[0] for r in rows], STAGES_BEFORE_UPLOAD)
@@ -231,9 +236,12 @@ class AudioFiles:
             if not assignments:
                 return 0
             psycopg2.extras.execute_values(
-                cur, Q.store_metadata,
-                [(archive.key, m.original_filename, m.metadata_source, psycopg2.extras.Json(m.values))
-                 for m in assignments],
+                cur,
+                Q.store_metadata,
+                [
+                    (archive.key, m.original_filename, m.metadata_source, psycopg2.extras.Json(m.values))
+                    for m in assignments
+                ],
                 template="(%s, %s, %s, %s::jsonb)",
                 page_size=len(assignments),  # one statement, so rowcount covers every row
             )
@@ -257,12 +265,14 @@ class AudioFiles:
         return self.db.rows(Q.files_of_archive, {"archive_key": archive_key})
 
 
-def _apply_changes(cur, archive: ArchiveVersion, ids: dict[str, int], existing: Mapping[str, ExistingRow],
-                   changes: Sequence[RowChange]) -> None:
+def _apply_changes(
+    cur, archive: ArchiveVersion, ids: dict[str, int], existing: Mapping[str, ExistingRow], changes: Sequence[RowChange]
+) -> None:
     if not changes:
         return
     psycopg2.extras.execute_values(
-        cur, Q.apply_row_changes,
+        cur,
+        Q.apply_row_changes,
         [(ids[c.name], archive.etag, c.status, c.error, c.failed_stage, c.clear_opus) for c in changes],
         template="(%s::bigint, %s, %s, %s, %s, %s::boolean)",
     )
@@ -270,7 +280,8 @@ def _apply_changes(cur, archive: ArchiveVersion, ids: dict[str, int], existing: 
     if dropped:
         cur.execute(Q.delete_model_outputs, {"ids": dropped})
     enqueue_in(
-        cur, archive.key,
+        cur,
+        archive.key,
         [existing[c.name].opus_path for c in changes if c.clear_opus and c.name in existing],
         f"member removed, changed or rejected in version {archive.etag}",
     )
@@ -280,8 +291,11 @@ def _mark_failed(cur, archive: ArchiveVersion, failures: Sequence[FileFailure]) 
     """Rows -> failed; failures before upload also give up the Opus object (queued by the caller)."""
     if failures:
         psycopg2.extras.execute_values(
-            cur, Q.apply_row_changes,
-            [(f.audio_file_id, archive.etag, "failed", f.error, f.stage, f.stage in STAGES_BEFORE_UPLOAD)
-             for f in failures],
+            cur,
+            Q.apply_row_changes,
+            [
+                (f.audio_file_id, archive.etag, "failed", f.error, f.stage, f.stage in STAGES_BEFORE_UPLOAD)
+                for f in failures
+            ],
             template="(%s::bigint, %s, %s, %s, %s, %s::boolean)",
         )

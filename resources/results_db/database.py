@@ -143,9 +143,7 @@ class Database(dg.ConfigurableResource):
                 if not is_transient_db_error(error) or remaining <= 0:
                     raise
                 delay = min(remaining, random.uniform(0, min(8.0, 0.25 * 2**attempt)))
-                log.warning(
-                    "%s: %s (attempt %d); retrying in %.1f s", what, str(error).strip(), attempt, delay
-                )
+                log.warning("%s: %s (attempt %d); retrying in %.1f s", what, str(error).strip(), attempt, delay)
                 time.sleep(delay)
 
     def rows(self, query: NamedQuery, params: dict | None = None, *, what: str = "read") -> list[dict[str, Any]]:

@@ -43,8 +43,16 @@ def record_in(cur, archive: ArchiveVersion, failures: Sequence[FileFailure], run
         cur,
         Q.record_failures,
         [
-            (archive.key, archive.partition_key, f.original_filename, f.audio_file_id, f.stage, f.error,
-             run_id, f.retryable)
+            (
+                archive.key,
+                archive.partition_key,
+                f.original_filename,
+                f.audio_file_id,
+                f.stage,
+                f.error,
+                run_id,
+                f.retryable,
+            )
             for f in failures
         ],
     )
@@ -65,13 +73,23 @@ class DeadLetter:
         self.db.transaction(lambda cur: record_in(cur, archive, failures, run_id), what="record failures")
 
     def record_archive_failure(
-        self, archive_key: str, partition_key: str | None, *, stage: str, error: str, run_id: str | None,
+        self,
+        archive_key: str,
+        partition_key: str | None,
+        *,
+        stage: str,
+        error: str,
+        run_id: str | None,
         retryable: bool = False,
     ) -> None:
         """A failure of the archive as a whole (unreadable, refused, a failed run)."""
         params = {
-            "archive_key": archive_key, "partition_key": partition_key, "stage": stage, "error": error,
-            "run_id": run_id, "retryable": retryable,
+            "archive_key": archive_key,
+            "partition_key": partition_key,
+            "stage": stage,
+            "error": error,
+            "run_id": run_id,
+            "retryable": retryable,
         }
         self.db.transaction(lambda cur: cur.execute(Q.record_run_failure, params), what="record archive failure")
 

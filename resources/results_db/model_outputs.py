@@ -60,9 +60,12 @@ class ModelOutputs:
 
         def store(cur) -> None:
             psycopg2.extras.execute_values(
-                cur, Q.upsert_transcripts,
-                [(t.audio_file_id, t.model, t.text, t.language, t.confidence, psycopg2.extras.Json(t.segments))
-                 for t in transcripts],
+                cur,
+                Q.upsert_transcripts,
+                [
+                    (t.audio_file_id, t.model, t.text, t.language, t.confidence, psycopg2.extras.Json(t.segments))
+                    for t in transcripts
+                ],
             )
             cur.execute(Q.advance_to_transcribed, {"ids": ids, "etag": archive.etag})
             dead_letter.resolve_files_in(cur, ids, ["transcription"])
@@ -81,9 +84,7 @@ class ModelOutputs:
     def scored(self, file_ids: Sequence[int], model: str) -> set[tuple[int, str, str, float]]:
         """(file, policy, policy version, threshold) already scored by `model`."""
         rows = self.db.rows(Q.scored_policies, {"ids": list(file_ids), "model": model})
-        return {
-            (row["audio_file_id"], row["flag_category"], row["policy_version"], row["threshold"]) for row in rows
-        }
+        return {(row["audio_file_id"], row["flag_category"], row["policy_version"], row["threshold"]) for row in rows}
 
     def policy_thresholds(self, model: str) -> dict[str, float]:
         """{policy: threshold} chosen per policy for `model`; policies absent use the default."""
@@ -94,8 +95,9 @@ class ModelOutputs:
         """Store {policy: (policy_version, text)} once per version, for reviewers."""
         rows = [(policy, version, text) for policy, (version, text) in texts.items()]
         if rows:
-            self.db.transaction(lambda cur: psycopg2.extras.execute_values(cur, Q.keep_policy_texts, rows),
-                                what="keep the policy texts")
+            self.db.transaction(
+                lambda cur: psycopg2.extras.execute_values(cur, Q.keep_policy_texts, rows), what="keep the policy texts"
+            )
 
     def store_classifications(
         self, archive: ArchiveVersion, rows: Sequence[ClassificationRow], classified_ids: Sequence[int]
@@ -106,9 +108,22 @@ class ModelOutputs:
         def store(cur) -> None:
             if rows:
                 psycopg2.extras.execute_values(
-                    cur, Q.upsert_classifications,
-                    [(r.audio_file_id, r.flag_category, r.model, r.flag_score, r.flagged, r.threshold,
-                      r.content_truncated, r.reason, r.policy_version) for r in rows],
+                    cur,
+                    Q.upsert_classifications,
+                    [
+                        (
+                            r.audio_file_id,
+                            r.flag_category,
+                            r.model,
+                            r.flag_score,
+                            r.flagged,
+                            r.threshold,
+                            r.content_truncated,
+                            r.reason,
+                            r.policy_version,
+                        )
+                        for r in rows
+                    ],
                 )
             if classified_ids:
                 cur.execute(Q.advance_to_classified, {"ids": list(classified_ids), "etag": archive.etag})

@@ -41,6 +41,7 @@ class ObjectDeletions:
         """Delete this archive's queued objects that no row points to; returns how many."""
         deleted = 0
         while True:
+
             def take(cur) -> list[str]:
                 cur.execute(Q.forget_referenced, {"archive_key": archive_key})
                 cur.execute(Q.queued_for_archive, {"archive_key": archive_key, "limit": _BATCH})
@@ -50,5 +51,5 @@ class ObjectDeletions:
             if not keys:
                 return deleted
             object_store.delete_many(keys)  # deleting a missing key is not an error
-            self.db.transaction(lambda cur: cur.execute(Q.forget, {"keys": keys}), what="forget deleted objects")
+            self.db.transaction(lambda cur: cur.execute(Q.forget, {"keys": keys}), what="forget deleted objects")  # noqa: B023 - runs now
             deleted += len(keys)

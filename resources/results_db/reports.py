@@ -11,8 +11,13 @@ from sql.named_queries import queries
 
 Q = queries("reports")
 _JSON_COLUMNS = (
-    "failed_by_stage", "top_errors", "flagged_by_category",
-    "review_precision", "review_agreement", "review_decisions_by_ra", "review_recall",
+    "failed_by_stage",
+    "top_errors",
+    "flagged_by_category",
+    "review_precision",
+    "review_agreement",
+    "review_decisions_by_ra",
+    "review_recall",
 )
 
 

@@ -29,10 +29,10 @@ from celery_cluster import CeleryCluster
 from daemon_harness import BIN, DaemonHarness, PipelineEnvironment
 from pipeline_support import rows
 
-from operations.run_submission import archive_job_submitter
 from audio_assets.workers.settings import CPU_QUEUE, GPU_QUEUE
 from embedded_services.postgres import create_database
 from embedded_services.redis import start_redis, stop_redis
+from operations.run_submission import archive_job_submitter
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 
@@ -51,13 +51,16 @@ ARCHIVES = {
     "batch_w2": ["the train to the city leaves at nine", "you are a stupid idiot"],
     "batch_w3": ["please close the window before you leave", "the library opens at ten"],
 }
-KILL_ARCHIVE = ("batch_wkill", [
-    "the first clip talks about the sea and the boats that sail on it every summer",
-    "the second clip talks about the mountains and the snow that covers them in winter",
-    "the third clip talks about the river that runs through the old town to the sea",
-    "the fourth clip talks about the forest where the deer and the foxes live",
-    "the fifth clip talks about the desert where it hardly ever rains at all",
-])
+KILL_ARCHIVE = (
+    "batch_wkill",
+    [
+        "the first clip talks about the sea and the boats that sail on it every summer",
+        "the second clip talks about the mountains and the snow that covers them in winter",
+        "the third clip talks about the river that runs through the old town to the sea",
+        "the fourth clip talks about the forest where the deer and the foxes live",
+        "the fifth clip talks about the desert where it hardly ever rains at all",
+    ],
+)
 
 
 @dataclass(frozen=True)
@@ -84,14 +87,23 @@ class Cluster:
 def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("celery-cluster")
     redis_server = start_redis(root / "redis")
-    object_store = ObjectStore(endpoint_url=s3_server.endpoint_url, bucket=f"test-{uuid.uuid4().hex[:16]}",
-                               access_key=s3_server.access_key, secret_key=s3_server.secret_key)
+    object_store = ObjectStore(
+        endpoint_url=s3_server.endpoint_url,
+        bucket=f"test-{uuid.uuid4().hex[:16]}",
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+    )
     object_store.ensure_bucket()
     results_db = ResultsDatabase(dsn=create_database(postgres_server, f"test_{uuid.uuid4().hex[:16]}"))
     results_db.migrate()
     pipeline = PipelineEnvironment(
-        object_store.endpoint_url, object_store.bucket, object_store.access_key, object_store.secret_key,
-        results_db.dsn, root / "control" / "scratch", root / "control" / "models",
+        object_store.endpoint_url,
+        object_store.bucket,
+        object_store.access_key,
+        object_store.secret_key,
+        results_db.dsn,
+        root / "control" / "scratch",
+        root / "control" / "models",
         extra=(
             ("AUDIO_PIPELINE_ENV", "production"),
             ("DAGSTER_CELERY_BROKER_URL", redis_server.url(0)),
@@ -108,8 +120,12 @@ def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
             for name in GPU_WORKERS:
                 workers.start_worker(name, GPU_QUEUE)
             # The documented command: at most one GPU step at a time, instance-wide.
-            subprocess.run([str(BIN / "dagster"), "instance", "concurrency", "set", "gpu", "1"],
-                           env=harness.env, check=True, capture_output=True)
+            subprocess.run(
+                [str(BIN / "dagster"), "instance", "concurrency", "set", "gpu", "1"],
+                env=harness.env,
+                check=True,
+                capture_output=True,
+            )
             workers.wait_until_ready()
             harness.start_daemon()
             try:
@@ -126,11 +142,17 @@ def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
 def upload_archive(cluster: Cluster, workdir: Path, name: str, sentences: list[str]) -> str:
     parts = workdir / name
     members = [(f"clips/{name}_{i}.mp3", make_speech_mp3(parts / f"{i}.mp3", text)) for i, text in enumerate(sentences)]
-    members.append(("meta.parquet", make_parquet(parts / "meta.parquet", [
-        {"meta_id": Path(member).stem, "creator": f"@{name}"} for member, _ in members
-    ])))
-    return cluster.object_store.upload_file(build_tar(workdir / f"{name}.tar.gz", members, gzip=True),
-                                            f"archives/{name}.tar.gz").key
+    members.append(
+        (
+            "meta.parquet",
+            make_parquet(
+                parts / "meta.parquet", [{"meta_id": Path(member).stem, "creator": f"@{name}"} for member, _ in members]
+            ),
+        )
+    )
+    return cluster.object_store.upload_file(
+        build_tar(workdir / f"{name}.tar.gz", members, gzip=True), f"archives/{name}.tar.gz"
+    ).key
 
 
 def step_records(instance: dg.DagsterInstance, run_id: str) -> list[StepRecord]:
@@ -154,7 +176,8 @@ def step_records(instance: dg.DagsterInstance, run_id: str) -> list[StepRecord]:
             attempts[-1]["metadata"] = {k: v.value for k, v in entry.asset_materialization.metadata.items()}
     return [
         StepRecord(run_id, step, a["worker"].split("@")[0], a["started"], a["ended"], a["metadata"])
-        for step, attempts in executions.items() for a in attempts
+        for step, attempts in executions.items()
+        for a in attempts
     ]
 
 
@@ -162,10 +185,14 @@ def assert_classified_once(results_db: ResultsDatabase, key: str, members: int) 
     files = rows(results_db, "SELECT id, status FROM audio_files WHERE archive_source = %s", (key,))
     assert len(files) == members and {f["status"] for f in files} == {"classified"}, files
     ids = [f["id"] for f in files]
-    per_file = rows(results_db, """
+    per_file = rows(
+        results_db,
+        """
         SELECT a.id, (SELECT count(*) FROM transcripts t WHERE t.audio_file_id = a.id) AS transcripts,
                (SELECT count(*) FROM classifications c WHERE c.audio_file_id = a.id) AS scores
-        FROM audio_files a WHERE a.id = ANY(%s)""", (ids,))
+        FROM audio_files a WHERE a.id = ANY(%s)""",
+        (ids,),
+    )
     assert all(r["transcripts"] == 1 and r["scores"] == 1 for r in per_file), per_file  # 0 duplicates
 
 
@@ -181,9 +208,14 @@ def test_steps_run_on_their_queues_one_gpu_step_at_a_time(cluster, tmp_path, rec
     runs = {name: harness.wait_for_partition_success(name, timeout_s=600)[-1] for name in ARCHIVES}
     elapsed = time.monotonic() - started
     records = [r for run in runs.values() for r in step_records(harness.instance, run.run_id)]
-    print(*(f"{r.run_id[:8]} {r.step:40} {r.celery_worker:6} pid={r.metadata.get('worker_pid')} "
+    print(
+        *(
+            f"{r.run_id[:8]} {r.step:40} {r.celery_worker:6} pid={r.metadata.get('worker_pid')} "
             f"{r.started:.1f}-{r.ended:.1f} whisper_loads={r.metadata.get('whisper_loads_in_process')}"
-            for r in sorted(records, key=lambda r: r.started)), sep="\n")
+            for r in sorted(records, key=lambda r: r.started)
+        ),
+        sep="\n",
+    )
 
     # 1. Routing: CPU steps only on the CPU worker, GPU steps only on GPU workers, and the
     #    step's own metadata (written by the process that ran it) agrees with Celery's.
@@ -201,7 +233,9 @@ def test_steps_run_on_their_queues_one_gpu_step_at_a_time(cluster, tmp_path, rec
     transcribed = [r for r in records if r.step == "transcripts"]
     by_process: dict[tuple[str, int], list[int]] = {}
     for r in transcribed:
-        by_process.setdefault((r.celery_worker, r.metadata["worker_pid"]), []).append(r.metadata["whisper_loads_in_process"])
+        by_process.setdefault((r.celery_worker, r.metadata["worker_pid"]), []).append(
+            r.metadata["whisper_loads_in_process"]
+        )
     assert len(transcribed) == len(ARCHIVES) and len(by_process) <= len(GPU_WORKERS), by_process
     assert all(loads == [1] * len(loads) for loads in by_process.values()), by_process
     assert max(len(v) for v in by_process.values()) >= 2  # three partitions, two processes: one load served several
@@ -211,14 +245,22 @@ def test_steps_run_on_their_queues_one_gpu_step_at_a_time(cluster, tmp_path, rec
     windows = [(r.started, r.ended, f"{r.step}@{r.celery_worker}") for r in records if r.step in GPU_STEPS]
     assert len(windows) == 2 * len(ARCHIVES) and all(s and e for s, e, _ in windows)
     assert overlapping(windows) == []
-    run_spans = [(min(r.started for r in records if r.run_id == run.run_id),
-                  max(r.ended for r in records if r.run_id == run.run_id), run.run_id) for run in runs.values()]
+    run_spans = [
+        (
+            min(r.started for r in records if r.run_id == run.run_id),
+            max(r.ended for r in records if r.run_id == run.run_id),
+            run.run_id,
+        )
+        for run in runs.values()
+    ]
     assert overlapping(run_spans), "the runs never overlapped: the pool limit was not exercised"
 
     for name, key in keys.items():
         assert_classified_once(cluster.results_db, key, members=len(ARCHIVES[name]))
     table = ", ".join(sorted({f"{r.step}->{r.celery_worker}" for r in records}))
-    loads = ", ".join(f"{w} pid {pid}: {len(v)} partition(s), {max(v)} load" for (w, pid), v in sorted(by_process.items()))
+    loads = ", ".join(
+        f"{w} pid {pid}: {len(v)} partition(s), {max(v)} load" for (w, pid), v in sorted(by_process.items())
+    )
     longest = max(r.ended - r.started for r in records)
     record_outcome(
         f"3 archives on Celery: 1 CPU worker, 2 GPU workers, pool gpu=1 ({elapsed:.0f} s)",
@@ -233,18 +275,27 @@ def test_gpu_worker_killed_during_transcripts_step_is_redelivered(cluster, tmp_p
     # is submitted by hand, like `audio-pipeline requeue`: the sensor must not launch its own.
     stop_sensor(harness.instance, "archive_sensor")
     name, sentences = KILL_ARCHIVE
-    run = _submit_archive(cluster, tmp_path, name, sentences, {"ops": {"transcripts": {"config": {"files_per_chunk": 1}}}})
+    run = _submit_archive(
+        cluster, tmp_path, name, sentences, {"ops": {"transcripts": {"config": {"files_per_chunk": 1}}}}
+    )
     key, partition = f"archives/{name}.tar.gz", run.tags["dagster/partition"]
-    harness.wait_until(lambda: any("transcribed 1/" in m for m in harness.log_messages(run.run_id)), 600,
-                       "a first transcript committed", 0.2)
+    harness.wait_until(
+        lambda: any("transcribed 1/" in m for m in harness.log_messages(run.run_id)),
+        600,
+        "a first transcript committed",
+        0.2,
+    )
 
     (attempt,) = [r for r in step_records(harness.instance, run.run_id) if r.step == "transcripts"]
     victim = cluster.workers.workers[attempt.celery_worker]
     victim.kill_host()
     killed_at = time.time()
     time.sleep(1)  # a commit the worker sent just before dying lands (or not) before we count
-    committed = {r["audio_file_id"] for r in rows(results_db, "SELECT audio_file_id FROM transcripts")
-                 if r["audio_file_id"] in _file_ids(results_db, key)}
+    committed = {
+        r["audio_file_id"]
+        for r in rows(results_db, "SELECT audio_file_id FROM transcripts")
+        if r["audio_file_id"] in _file_ids(results_db, key)
+    }
     runs = harness.wait_for_partition_success(partition, timeout_s=600)
 
     attempts = [r for r in step_records(harness.instance, run.run_id) if r.step == "transcripts"]
@@ -269,7 +320,9 @@ def test_gpu_worker_killed_during_transcripts_step_is_redelivered(cluster, tmp_p
     harness.wait_for_partition_success(next_run.tags["dagster/partition"], timeout_s=600)
     (following,) = [r for r in step_records(harness.instance, next_run.run_id) if r.step == "transcripts"]
     assert following.celery_worker == survivor.celery_worker
-    assert following.metadata["worker_pid"] == meta["worker_pid"] and following.metadata["whisper_loads_in_process"] == 1
+    assert (
+        following.metadata["worker_pid"] == meta["worker_pid"] and following.metadata["whisper_loads_in_process"] == 1
+    )
     loads = _whisper_loads_by_process(harness)
     assert all(set(v) == {1} for v in loads.values()), loads  # across the whole module: one load per process
 
@@ -298,7 +351,9 @@ def _whisper_loads_by_process(harness: DaemonHarness) -> dict[tuple[str, int], l
     for run in harness.runs():
         for r in step_records(harness.instance, run.run_id):
             if r.step == "transcripts" and r.metadata:
-                loads.setdefault((r.celery_worker, r.metadata["worker_pid"]), []).append(r.metadata["whisper_loads_in_process"])
+                loads.setdefault((r.celery_worker, r.metadata["worker_pid"]), []).append(
+                    r.metadata["whisper_loads_in_process"]
+                )
     return loads
 
 
@@ -320,7 +375,10 @@ def _files_transcribed_before(harness: DaemonHarness, survivor: StepRecord) -> i
         r.metadata["whisper_files_in_process"]
         for run in harness.runs()
         for r in step_records(harness.instance, run.run_id)
-        if r.step == "transcripts" and r.metadata and r is not survivor and r.run_id != survivor.run_id
+        if r.step == "transcripts"
+        and r.metadata
+        and r is not survivor
+        and r.run_id != survivor.run_id
         and r.metadata["worker_pid"] == survivor.metadata["worker_pid"]
     ]
     return max(earlier, default=0)

@@ -221,8 +221,13 @@ def get_bytes_retrying_cut_bodies(store: ObjectStore, key: str, attempts: int = 
 def test_retrying_clients_move_the_right_bytes_through_30_percent_faults(object_store, fault_proxy, tmp_path):
     proxy = fault_proxy(fault_rate=0.3, delay_s=1.5, seed=3)
     store = proxied_store(
-        object_store, proxy.endpoint_url, multipart_threshold_mb=8, multipart_chunk_mb=8,
-        read_timeout_s=1, connect_timeout_s=1, max_attempts=10,
+        object_store,
+        proxy.endpoint_url,
+        multipart_threshold_mb=8,
+        multipart_chunk_mb=8,
+        read_timeout_s=1,
+        connect_timeout_s=1,
+        max_attempts=10,
     )
 
     def round_trip(i: int) -> bool:
@@ -240,7 +245,9 @@ def test_retrying_clients_move_the_right_bytes_through_30_percent_faults(object_
     assert sha256(tmp_path / "back.bin") == sha256(big)
 
     stats = proxy.stats
-    print(f"fault proxy: {stats.injected} of {stats.requests} requests failed "
-          f"({stats.fault_fraction:.0%}): {stats.faults}, truncate as reset {stats.truncate_as_reset}")
+    print(
+        f"fault proxy: {stats.injected} of {stats.requests} requests failed "
+        f"({stats.fault_fraction:.0%}): {stats.faults}, truncate as reset {stats.truncate_as_reset}"
+    )
     assert all(stats.faults[kind] > 0 for kind in FAULT_KINDS), stats
     assert stats.fault_fraction >= 0.2, stats

@@ -41,9 +41,15 @@ def archive_parts(tmp_path_factory) -> list[tuple[str, Path]]:
     parts = tmp_path_factory.mktemp("fault-archive")
     members = [(name, make_speech_mp3(parts / Path(name).name, text)) for name, text in SPEECH.items()]
     members.append(("clips/tone.mp3", make_tone_mp3(parts / "tone.mp3", seconds=3)))
-    members.append(("meta.parquet", make_parquet(parts / "meta.parquet", [
-        {"meta_id": Path(name).stem, "creator": f"@{Path(name).stem}"} for name, _ in members
-    ])))
+    members.append(
+        (
+            "meta.parquet",
+            make_parquet(
+                parts / "meta.parquet",
+                [{"meta_id": Path(name).stem, "creator": f"@{Path(name).stem}"} for name, _ in members],
+            ),
+        )
+    )
     return members
 
 
@@ -66,10 +72,16 @@ def pipeline_for(object_store, results_dsn: str, scratch: Path, models: Path, en
 
 def assert_nothing_lost(results_db: ResultsDatabase, object_store, key: str, *, members: int) -> dict:
     """0 files lost, 0 duplicate rows, no orphan objects, nothing left queued or open."""
-    files = rows(results_db, "SELECT id, original_filename, status, opus_path FROM audio_files WHERE archive_source = %s", (key,))
+    files = rows(
+        results_db, "SELECT id, original_filename, status, opus_path FROM audio_files WHERE archive_source = %s", (key,)
+    )
     assert len(files) == members and {f["status"] for f in files} == {"classified"}, files
     ids = [f["id"] for f in files]
-    transcripts = rows(results_db, "SELECT audio_file_id, count(*) AS n FROM transcripts WHERE audio_file_id = ANY(%s) GROUP BY 1", (ids,))
+    transcripts = rows(
+        results_db,
+        "SELECT audio_file_id, count(*) AS n FROM transcripts WHERE audio_file_id = ANY(%s) GROUP BY 1",
+        (ids,),
+    )
     assert sorted(t["audio_file_id"] for t in transcripts) == sorted(ids) and {t["n"] for t in transcripts} == {1}
     scores = rows(results_db, "SELECT count(*) AS n FROM classifications WHERE audio_file_id = ANY(%s)", (ids,))
     assert scores[0]["n"] == len(ids)  # the profanity backend scores one category
@@ -90,19 +102,27 @@ def test_s3_errors_and_timeouts_on_a_fifth_of_requests(
 ):
     from s3_fault_proxy import S3FaultProxy
 
-    key = object_store.upload_file(build_archive(archive_parts, tmp_path / "batch_s3_faults.tar.gz"),
-                                   "archives/batch_s3_faults.tar.gz").key
+    key = object_store.upload_file(
+        build_archive(archive_parts, tmp_path / "batch_s3_faults.tar.gz"), "archives/batch_s3_faults.tar.gz"
+    ).key
     with S3FaultProxy(object_store.endpoint_url, fault_rate=0.25, delay_s=3.0, seed=7) as proxy:
         pipeline = pipeline_for(
-            object_store, results_db.dsn, tmp_path / "scratch", models_dir, endpoint=proxy.endpoint_url,
-            S3_READ_TIMEOUT_S="2", S3_CONNECT_TIMEOUT_S="2",
+            object_store,
+            results_db.dsn,
+            tmp_path / "scratch",
+            models_dir,
+            endpoint=proxy.endpoint_url,
+            S3_READ_TIMEOUT_S="2",
+            S3_CONNECT_TIMEOUT_S="2",
         )
         with DaemonHarness(tmp_path, postgres_server, pipeline) as harness, running_daemon(harness):
             runs = harness.wait_for_partition_success("batch_s3_faults", timeout_s=900)
         stats = proxy.stats
     outcome = assert_nothing_lost(results_db, object_store, key, members=len(SPEECH) + 1)
     injected = sum(stats.faults.values())
-    assert injected / stats.requests >= 0.2 and all(stats.faults[k] for k in ("500", "503", "reset", "truncate", "delay"))
+    assert injected / stats.requests >= 0.2 and all(
+        stats.faults[k] for k in ("500", "503", "reset", "truncate", "delay")
+    )
     record_outcome(
         "S3 errors and timeouts (25 % of requests: 500, 503, reset, truncated body, 3 s delay vs 2 s timeout)",
         f"{len(runs)} run(s), {injected} of {stats.requests} requests failed; {outcome['files']} files classified, "
@@ -131,8 +151,9 @@ def test_results_database_down_for_20_seconds_mid_run(
 ):
     results_db = ResultsDatabase(dsn=create_database(own_results_server, "results"))
     results_db.migrate()
-    key = object_store.upload_file(build_archive(archive_parts, tmp_path / "batch_pg_restart.tar.gz"),
-                                   "archives/batch_pg_restart.tar.gz").key
+    key = object_store.upload_file(
+        build_archive(archive_parts, tmp_path / "batch_pg_restart.tar.gz"), "archives/batch_pg_restart.tar.gz"
+    ).key
     pipeline = pipeline_for(object_store, results_db.dsn, tmp_path / "scratch", models_dir)
     with DaemonHarness(tmp_path, postgres_server, pipeline) as harness, running_daemon(harness):
         run = harness.first_run("batch_pg_restart")
@@ -157,8 +178,9 @@ def test_run_worker_killed_during_transcripts_is_retried_and_resumes(
 ):
     from operations.run_submission import archive_job_submitter
 
-    key = object_store.upload_file(build_archive(archive_parts, tmp_path / "batch_sigkill.tar.gz"),
-                                   "archives/batch_sigkill.tar.gz").key
+    key = object_store.upload_file(
+        build_archive(archive_parts, tmp_path / "batch_sigkill.tar.gz"), "archives/batch_sigkill.tar.gz"
+    ).key
     partition = results_db.archives.partitions_for([key])[key]
     pipeline = pipeline_for(object_store, results_db.dsn, tmp_path / "scratch", models_dir)
     with DaemonHarness(tmp_path, postgres_server, pipeline) as harness:
@@ -167,24 +189,34 @@ def test_run_worker_killed_during_transcripts_is_retried_and_resumes(
             # Submitted like `audio-pipeline requeue` does, with one file per transcription chunk,
             # so that the kill lands after some transcripts are committed and before others.
             with archive_job_submitter(harness.instance) as submit:
-                first = submit({"dagster/partition": partition},
-                               {"ops": {"transcripts": {"config": {"files_per_chunk": 1}}}})
+                first = submit(
+                    {"dagster/partition": partition}, {"ops": {"transcripts": {"config": {"files_per_chunk": 1}}}}
+                )
             harness.wait_until(
-                lambda: any("transcribed 2/" in m for m in harness.log_messages(first.run_id)), 600,
-                "two files transcribed", 0.5,
+                lambda: any("transcribed 2/" in m for m in harness.log_messages(first.run_id)),
+                600,
+                "two files transcribed",
+                0.5,
             )
-            before = {r["audio_file_id"]: r["created_at"] for r in rows(results_db, "SELECT audio_file_id, created_at FROM transcripts")}
+            before = {
+                r["audio_file_id"]: r["created_at"]
+                for r in rows(results_db, "SELECT audio_file_id, created_at FROM transcripts")
+            }
             os.kill(harness.run_worker_pid(first.run_id), signal.SIGKILL)
             killed_at = time.monotonic()
             harness.wait_until(
                 lambda: harness.instance.get_run_by_id(first.run_id).status == dg.DagsterRunStatus.FAILURE,
-                120, "the killed run to be marked failed",
+                120,
+                "the killed run to be marked failed",
             )
             detected_s = time.monotonic() - killed_at
             runs = harness.wait_for_partition_success(partition, timeout_s=600)
     retry = runs[-1]
     assert retry.run_id != first.run_id and retry.tags.get("dagster/parent_run_id") == first.run_id
-    after = {r["audio_file_id"]: r["created_at"] for r in rows(results_db, "SELECT audio_file_id, created_at FROM transcripts")}
+    after = {
+        r["audio_file_id"]: r["created_at"]
+        for r in rows(results_db, "SELECT audio_file_id, created_at FROM transcripts")
+    }
     redone = [file_id for file_id, created in before.items() if after[file_id] != created]
     assert len(before) >= 2 and redone == []
     outcome = assert_nothing_lost(results_db, object_store, key, members=len(SPEECH) + 1)
@@ -203,7 +235,9 @@ def small_scratch(tmp_path):
     """A 9 MiB tmpfs for scratch; unmounted afterwards."""
     mount_point = tmp_path / "small-scratch"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=9m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=9m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         if os.environ.get("CI"):
             pytest.fail(f"cannot mount a tmpfs for scratch in CI: {mounted.stderr}")
@@ -221,7 +255,10 @@ def test_scratch_smaller_than_the_archive_and_full_at_first(
     extracting them all before converting (what the seed did) cannot work; and at the start
     another process has filled the disk, so the first attempt finds no room at all."""
     parts = tmp_path / "parts"
-    members = [(f"clips/tone_{i:02d}.mp3", make_tone_mp3(parts / f"t{i}.mp3", seconds=40, freq=300 + 20 * i)) for i in range(16)]
+    members = [
+        (f"clips/tone_{i:02d}.mp3", make_tone_mp3(parts / f"t{i}.mp3", seconds=40, freq=300 + 20 * i))
+        for i in range(16)
+    ]
     members.append(("clips/hello.mp3", make_speech_mp3(parts / "hello.mp3", "hello from a small disk")))
     archive = build_tar(tmp_path / "batch_small_scratch.tar", members)  # uncompressed: ~5 MB on disk
     mp3_bytes = sum(p.stat().st_size for _, p in members)
@@ -236,7 +273,8 @@ def test_scratch_smaller_than_the_archive_and_full_at_first(
         run = harness.first_run("batch_small_scratch")
         harness.wait_until(
             lambda: list(harness.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)),
-            300, "the first attempt to give up for lack of scratch space",
+            300,
+            "the first attempt to give up for lack of scratch space",
         )
         filler.unlink()  # the other process finishes and frees the disk
         peak.start()
@@ -291,8 +329,9 @@ def test_daemon_restart_during_a_run_lets_the_run_finish(
 ):
     unit = (REPO / "deploy" / "audio-pipeline-daemon.service").read_text()
     assert "\nKillMode=process\n" in unit  # the stop this drill performs is the one systemd does
-    key = object_store.upload_file(build_archive(archive_parts, tmp_path / "batch_daemon_restart.tar.gz"),
-                                   "archives/batch_daemon_restart.tar.gz").key
+    key = object_store.upload_file(
+        build_archive(archive_parts, tmp_path / "batch_daemon_restart.tar.gz"), "archives/batch_daemon_restart.tar.gz"
+    ).key
     pipeline = pipeline_for(object_store, results_db.dsn, tmp_path / "scratch", models_dir)
     with DaemonHarness(tmp_path, postgres_server, pipeline) as harness, running_daemon(harness):
         run = harness.first_run("batch_daemon_restart")

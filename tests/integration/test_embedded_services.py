@@ -209,8 +209,7 @@ def _tables(dsn: str) -> list[str]:
     try:
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT table_name FROM information_schema.tables "
-                "WHERE table_schema = 'public' ORDER BY table_name"
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name"
             )
             return [row[0] for row in cursor.fetchall()]
     finally:

@@ -99,8 +99,13 @@ def test_client_is_shared_per_configuration(object_store: ObjectStore):
 
 
 def test_the_console_gets_the_pipelines_client_with_the_same_defaults(object_store: ObjectStore):
-    settings = ReviewSettings(database_dsn="unused", s3_endpoint=object_store.endpoint_url, s3_bucket=object_store.bucket,
-                              s3_access_key=object_store.access_key, s3_secret_key=object_store.secret_key)
+    settings = ReviewSettings(
+        database_dsn="unused",
+        s3_endpoint=object_store.endpoint_url,
+        s3_bucket=object_store.bucket,
+        s3_access_key=object_store.access_key,
+        s3_secret_key=object_store.secret_key,
+    )
     assert s3_client_for(settings) is object_store.client()  # one factory (s3_client.py), one set of defaults
     config = object_store.client().meta.config
     assert (config.connect_timeout, config.read_timeout) == (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S)
@@ -302,9 +307,7 @@ def _server_closing_connections() -> Iterator[tuple[str, list[str]]]:
 @pytest.mark.parametrize("operation", ["put_bytes", "head"])
 def test_a_failing_request_is_sent_max_attempts_times_in_all(failing_server, operation: str):
     with failing_server() as (endpoint_url, requests):
-        store = ObjectStore(
-            endpoint_url=endpoint_url, bucket="b", access_key="k", secret_key="s", max_attempts=3
-        )
+        store = ObjectStore(endpoint_url=endpoint_url, bucket="b", access_key="k", secret_key="s", max_attempts=3)
         with pytest.raises((botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)):
             if operation == "put_bytes":
                 store.put_bytes("clip.opus", b"OggS")
@@ -365,9 +368,7 @@ def test_integrity_failures_are_attempted_integrity_attempts_times_at_most(
     assert not list(tmp_path.iterdir()), "a failed download must leave no file behind"
 
 
-def test_request_errors_are_not_repeated_by_the_integrity_loop(
-    object_store: ObjectStore, tmp_path: Path, monkeypatch
-):
+def test_request_errors_are_not_repeated_by_the_integrity_loop(object_store: ObjectStore, tmp_path: Path, monkeypatch):
     object_store.put_bytes("incoming/a.bin", b"x")
     calls = _fake_downloads(monkeypatch, object_store, [_client_error("InternalError", 500)] * 10)
 

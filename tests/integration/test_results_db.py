@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import pytest
+from pipeline_support import rows
 
 from archive_identity import ArchiveVersion
-from pipeline_support import rows
 from resources.results_db import (
     ClassificationRow,
     ConvertedFile,
@@ -20,7 +20,7 @@ from resources.results_db import (
     TranscriptRow,
 )
 
-T0 = datetime(2026, 11, 30, 12, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 
 def version(etag: str, minutes: int = 0, key: str = "archives/a.tar", partition: str = "a") -> ArchiveVersion:
@@ -31,8 +31,11 @@ def register(db: ResultsDatabase, archive: ArchiveVersion, members: dict[str, st
     db.archives.partitions_for([archive.key])
     db.archives.claim(archive, run_id=f"run-{archive.etag}")
     return db.audio_files.register_version(
-        archive, accepted={n: (10, sha) for n, sha in members.items()}, rejected=rejected or {},
-        other_failures=[], run_id=f"run-{archive.etag}",
+        archive,
+        accepted={n: (10, sha) for n, sha in members.items()},
+        rejected=rejected or {},
+        other_failures=[],
+        run_id=f"run-{archive.etag}",
     )
 
 
@@ -40,7 +43,8 @@ def convert(db: ResultsDatabase, archive: ArchiveVersion, ids: dict[str, int], n
     db.audio_files.record_conversions(
         archive,
         [ConvertedFile(ids[n], f"processed/{archive.date}/{ids[n]}.opus", "s3://b/k", "etag", 2.0, 100) for n in names],
-        [], run_id="r",
+        [],
+        run_id="r",
     )
 
 
@@ -69,7 +73,9 @@ def test_an_older_version_can_never_write_over_a_newer_one(results_db):
     with pytest.raises(StaleArchiveVersion):
         results_db.archives.claim(v1, run_id="late retry of v1")
     with pytest.raises(StaleArchiveVersion):
-        results_db.model_outputs.store_transcripts(v1, [TranscriptRow(registered.ids["a.mp3"], "m", "x", "en", 1.0, [])])
+        results_db.model_outputs.store_transcripts(
+            v1, [TranscriptRow(registered.ids["a.mp3"], "m", "x", "en", 1.0, [])]
+        )
     assert statuses(results_db) == {"a.mp3": "pending"}
     assert rows(results_db, "SELECT archive_etag FROM audio_files")[0]["archive_etag"] == "e2"
 
@@ -125,7 +131,8 @@ def test_rescoring_an_unchanged_flag_keeps_its_first_flagged_time(results_db):
 
     def score(value: float, policy_version: str = "pv1"):
         results_db.model_outputs.store_classifications(
-            v1, [ClassificationRow(ids["a.mp3"], "hate", "cope", value, value >= 0.5, 0.5, False, None, policy_version)],
+            v1,
+            [ClassificationRow(ids["a.mp3"], "hate", "cope", value, value >= 0.5, 0.5, False, None, policy_version)],
             [ids["a.mp3"]],
         )
         return rows(results_db, "SELECT created_at, scored_at FROM classifications")[0]
@@ -145,7 +152,9 @@ def test_a_unit_of_work_waits_out_a_database_restart(postgres_server, results_db
     from embedded_services.postgres import restart_postgres
 
     results_db = ResultsDatabase(dsn=results_db.dsn, retry_window_s=60)
-    restarter = threading.Thread(target=restart_postgres, args=(postgres_server,), kwargs={"down_s": 3, "durable": False})
+    restarter = threading.Thread(
+        target=restart_postgres, args=(postgres_server,), kwargs={"down_s": 3, "durable": False}
+    )
     restarter.start()
     time.sleep(0.5)  # the server is going down or down
     started = time.monotonic()
@@ -158,8 +167,8 @@ def test_a_unit_of_work_waits_out_a_database_restart(postgres_server, results_db
 
 @pytest.mark.integration
 def test_sessions_carry_statement_and_lock_timeouts(results_db):
-    settings = rows(results_db,
-        "SELECT current_setting('statement_timeout') AS statement, current_setting('lock_timeout') AS lock"
+    settings = rows(
+        results_db, "SELECT current_setting('statement_timeout') AS statement, current_setting('lock_timeout') AS lock"
     )[0]
     assert settings == {"statement": "5min", "lock": "30s"}
     quick = ResultsDatabase(dsn=results_db.dsn, statement_timeout_s=0.2)

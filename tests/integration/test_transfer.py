@@ -191,7 +191,9 @@ def test_sensor_requests_a_run_per_new_archive_and_skips_once_requested(instance
     request = by_name["batch_a.tar"]
     assert request.run_key == f"batch_a.tar@100@{AN_HOUR_AGO}"
     assert request.run_config["ops"]["transfer_remote_archive"]["config"] == {
-        "name": "batch_a.tar", "size": 100, "mtime": AN_HOUR_AGO,
+        "name": "batch_a.tar",
+        "size": 100,
+        "mtime": AN_HOUR_AGO,
     }
     assert len(cursor) < 100  # two 12-hex fingerprints
 
@@ -293,9 +295,7 @@ def test_rerun_does_not_upload_again(remote_host, remote_dir, store, results_db)
     assert len(transfer_rows(results_db)) == 1
 
 
-def test_without_done_dir_the_file_stays_and_postgres_records_it(
-    instance, sshd, remote_dir, store, results_db
-):
+def test_without_done_dir_the_file_stays_and_postgres_records_it(instance, sshd, remote_dir, store, results_db):
     host = host_for(sshd, remote_dir, done_dir=None)
     data = os.urandom(2 * MIB)
     put_remote(remote_dir, "kept.tar", data)
@@ -442,7 +442,11 @@ def test_a_file_changed_since_it_was_listed_is_not_transferred(remote_host, remo
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("../escape.tar", "not a plain file name"), ("sub/dir.tar", "not a plain file name"), ("notes.txt", "matches none")],
+    [
+        ("../escape.tar", "not a plain file name"),
+        ("sub/dir.tar", "not a plain file name"),
+        ("notes.txt", "matches none"),
+    ],
 )
 def test_names_outside_remote_dir_or_the_patterns_are_refused(name, reason, remote_host, store, results_db):
     run = run_transfer(transfer_archive, name, remote_host, store, results_db, raise_on_error=False)
@@ -531,9 +535,7 @@ def test_sftp_only_account_hashes_by_streaming(tmp_path, store, results_db):
 
 
 def archive_sensor_tick(instance, store, results_db):
-    context = dg.build_sensor_context(
-        instance=instance, resources={"object_store": store, "results_db": results_db}
-    )
+    context = dg.build_sensor_context(instance=instance, resources={"object_store": store, "results_db": results_db})
     result = archive_sensor(context)
     return result, context.cursor
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from psycopg2.extensions import make_dsn, parse_dsn
 from pipeline_support import ArchiveRunner, pipeline_resources
+from psycopg2.extensions import make_dsn, parse_dsn
 
 from audio_assets.definitions import build_definitions
 from resources.classifier import PolicyClassifier

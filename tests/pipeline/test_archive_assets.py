@@ -10,8 +10,6 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 import pytest
-from pipeline_support import ArchiveRunner, pipeline_resources, rows
-from s3_fault_proxy import S3FaultProxy
 from archive_factory import (
     RegularEntry,
     SymlinkEntry,
@@ -22,6 +20,8 @@ from archive_factory import (
     make_tone_mp3,
     truncate_file,
 )
+from pipeline_support import ArchiveRunner, pipeline_resources, rows
+from s3_fault_proxy import S3FaultProxy
 
 from audio_assets.definitions import build_definitions
 from resources.object_store import ObjectStore
@@ -36,7 +36,8 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
 
 
 def open_failures(results_db, archive_key):
-    return rows(results_db, 
+    return rows(
+        results_db,
         "SELECT original_filename, stage, error FROM processing_failures "
         "WHERE archive_source = %s AND resolved_at IS NULL ORDER BY original_filename, stage",
         (archive_key,),
@@ -45,24 +46,42 @@ def open_failures(results_db, archive_key):
 
 @pytest.fixture
 def good_archive(tmp_path) -> Path:
-    metadata_schema = pa.schema([
-        ("meta_id", pa.string()),
-        ("posted_at", pa.timestamp("us", tz="UTC")),
-        ("creator", pa.struct([("handle", pa.string()), ("followers", pa.int64())])),
-        ("like_ratio", pa.decimal128(6, 4)),
-    ])
-    parquet = make_parquet(tmp_path / "parts" / "meta.parquet", [
-        {"meta_id": "hello", "posted_at": dt.datetime(2026, 11, 1, 12, tzinfo=dt.timezone.utc),
-         "creator": {"handle": "@a", "followers": 10}, "like_ratio": decimal.Decimal("0.1234")},
-        {"meta_id": "tone", "posted_at": dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc),
-         "creator": {"handle": "@b", "followers": 20}, "like_ratio": decimal.Decimal("0.5000")},
-        {"meta_id": "no_such_clip", "posted_at": None, "creator": None, "like_ratio": None},
-    ], schema=metadata_schema)
-    return build_tar(tmp_path / "batch_good.tar.gz", [
-        ("clips/hello.mp3", make_speech_mp3(tmp_path / "parts" / "hello.mp3", "hello from the test archive")),
-        ("clips/tone.mp3", make_tone_mp3(tmp_path / "parts" / "tone.mp3", seconds=1.5)),
-        ("meta.parquet", parquet),
-    ], gzip=True)
+    metadata_schema = pa.schema(
+        [
+            ("meta_id", pa.string()),
+            ("posted_at", pa.timestamp("us", tz="UTC")),
+            ("creator", pa.struct([("handle", pa.string()), ("followers", pa.int64())])),
+            ("like_ratio", pa.decimal128(6, 4)),
+        ]
+    )
+    parquet = make_parquet(
+        tmp_path / "parts" / "meta.parquet",
+        [
+            {
+                "meta_id": "hello",
+                "posted_at": dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC),
+                "creator": {"handle": "@a", "followers": 10},
+                "like_ratio": decimal.Decimal("0.1234"),
+            },
+            {
+                "meta_id": "tone",
+                "posted_at": dt.datetime(2026, 11, 2, tzinfo=dt.UTC),
+                "creator": {"handle": "@b", "followers": 20},
+                "like_ratio": decimal.Decimal("0.5000"),
+            },
+            {"meta_id": "no_such_clip", "posted_at": None, "creator": None, "like_ratio": None},
+        ],
+        schema=metadata_schema,
+    )
+    return build_tar(
+        tmp_path / "batch_good.tar.gz",
+        [
+            ("clips/hello.mp3", make_speech_mp3(tmp_path / "parts" / "hello.mp3", "hello from the test archive")),
+            ("clips/tone.mp3", make_tone_mp3(tmp_path / "parts" / "tone.mp3", seconds=1.5)),
+            ("meta.parquet", parquet),
+        ],
+        gzip=True,
+    )
 
 
 @pytest.mark.integration
@@ -76,7 +95,7 @@ def test_good_archive_becomes_converted_rows_with_metadata(archive_runner, resul
     assert set(rows) == {"clips/hello.mp3", "clips/tone.mp3"}
     for row in rows.values():
         assert row["status"] == "converted"
-        upload_day = dt.datetime.now(dt.timezone.utc).date().isoformat()  # archive LastModified
+        upload_day = dt.datetime.now(dt.UTC).date().isoformat()  # archive LastModified
         assert row["opus_path"] == f"processed/{upload_day}/{row['id']}.opus"
         assert row["s3_opus_path"] == f"s3://{object_store.bucket}/{row['opus_path']}"
         assert object_store.head(row["opus_path"]).size == row["file_size_bytes"]
@@ -93,13 +112,18 @@ def test_good_archive_becomes_converted_rows_with_metadata(archive_runner, resul
 
 
 @pytest.mark.integration
-def test_the_archive_is_read_from_s3_once_per_run(s3_server, object_store, results_db, instance, transcriber,
-                                                  classifier, scratch_root, good_archive):
+def test_the_archive_is_read_from_s3_once_per_run(
+    s3_server, object_store, results_db, instance, transcriber, classifier, scratch_root, good_archive
+):
     """raw_archive, opus_files and parquet_metadata all read the archive's bytes; the run
     downloads it once (GET requests counted by a proxy in front of the real SeaweedFS)."""
     with S3FaultProxy(s3_server.endpoint_url, fault_rate=0.0) as proxy:
-        through_proxy = ObjectStore(endpoint_url=proxy.endpoint_url, bucket=object_store.bucket,
-                                    access_key=object_store.access_key, secret_key=object_store.secret_key)
+        through_proxy = ObjectStore(
+            endpoint_url=proxy.endpoint_url,
+            bucket=object_store.bucket,
+            access_key=object_store.access_key,
+            secret_key=object_store.secret_key,
+        )
         defs = build_definitions(pipeline_resources(through_proxy, results_db, scratch_root, transcriber, classifier))
         runner = ArchiveRunner(defs, instance, object_store, results_db)
         key = runner.upload(good_archive)
@@ -134,22 +158,32 @@ def test_rematerializing_gives_the_same_rows_and_objects(archive_runner, results
 @pytest.mark.integration
 def test_bad_files_in_a_good_archive_fail_alone_with_reasons(archive_runner, results_db, tmp_path):
     good = make_tone_mp3(tmp_path / "good.mp3")
-    archive = build_tar(tmp_path / "batch_mixed.tar", [
-        ("good.mp3", good),
-        ("empty.mp3", b""),
-        ("noise.mp3", os.urandom(4096)),
-        ("notes.mp3", b"this is a text file, not audio\n" * 20),
-        ("../escape.mp3", good),
-        ("/abs/path.mp3", good),
-        SymlinkEntry("link.mp3", "/etc/passwd"),
-        RegularEntry(b"caf\xe9.mp3", good.read_bytes()),
-        ("no_meta_id.parquet", make_parquet(tmp_path / "p1.parquet", [{"id": "good"}])),
-        ("broken.parquet", b"PAR1 but not really parquet"),
-        ("dup.parquet", make_parquet(tmp_path / "p2.parquet", [
-            {"meta_id": "good", "source": "first"}, {"meta_id": "good", "source": "second"},
-        ])),
-        ("good.mp3", b"a second member with the same name"),
-    ])
+    archive = build_tar(
+        tmp_path / "batch_mixed.tar",
+        [
+            ("good.mp3", good),
+            ("empty.mp3", b""),
+            ("noise.mp3", os.urandom(4096)),
+            ("notes.mp3", b"this is a text file, not audio\n" * 20),
+            ("../escape.mp3", good),
+            ("/abs/path.mp3", good),
+            SymlinkEntry("link.mp3", "/etc/passwd"),
+            RegularEntry(b"caf\xe9.mp3", good.read_bytes()),
+            ("no_meta_id.parquet", make_parquet(tmp_path / "p1.parquet", [{"id": "good"}])),
+            ("broken.parquet", b"PAR1 but not really parquet"),
+            (
+                "dup.parquet",
+                make_parquet(
+                    tmp_path / "p2.parquet",
+                    [
+                        {"meta_id": "good", "source": "first"},
+                        {"meta_id": "good", "source": "second"},
+                    ],
+                ),
+            ),
+            ("good.mp3", b"a second member with the same name"),
+        ],
+    )
     key = archive_runner.upload(archive)
     result = archive_runner.run(key)
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
 from audio_assets.partitions import archives_partitions
-from sensors.archive_cursor import ArchiveCursor
 from sensors import archive_sensor as archive_sensor_module
+from sensors.archive_cursor import ArchiveCursor
 from sensors.archive_sensor import archive_sensor
 
 
@@ -98,8 +98,13 @@ def test_an_archive_arriving_during_a_backlog_is_not_missed(instance, object_sto
     second, cursor = tick(instance, object_store, results_db, cursor)
     third, cursor = tick(instance, object_store, results_db, cursor)
     keys = [r.tags[ARCHIVE_KEY_TAG] for result in (first, second, third) for r in result.run_requests]
-    assert sorted(keys) == ["archives/late.tar", "archives/old_0.tar", "archives/old_0.tar", "archives/old_1.tar",
-                            "archives/old_2.tar"]
+    assert sorted(keys) == [
+        "archives/late.tar",
+        "archives/old_0.tar",
+        "archives/old_0.tar",
+        "archives/old_1.tar",
+        "archives/old_2.tar",
+    ]
     assert isinstance(tick(instance, object_store, results_db, cursor)[0], dg.SkipReason)
 
 
@@ -119,7 +124,7 @@ def test_two_archives_with_one_batch_id_get_two_partitions(instance, object_stor
 
 
 def test_cursor_watermark_stops_at_the_oldest_archive_left_for_later():
-    now = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 25, 12, tzinfo=UTC)
     lookback = timedelta(hours=1)
     listed = [now - timedelta(hours=3), now - timedelta(minutes=5), now]
     cursor = ArchiveCursor().advance(listed, left_for_later=[now - timedelta(minutes=5), now])

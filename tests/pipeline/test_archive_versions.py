@@ -42,17 +42,26 @@ def clips(tmp_path_factory):
 def test_overwritten_archive_marks_missing_members_removed_and_deletes_their_objects(
     archive_runner, results_db, object_store, instance, clips, tmp_path
 ):
-    v1 = build_tar(tmp_path / "v1" / "batch_versions.tar", [
-        ("insult.mp3", clips["insult"]), ("weather.mp3", clips["weather"]), ("tone.mp3", clips["tone"]),
-    ])
+    v1 = build_tar(
+        tmp_path / "v1" / "batch_versions.tar",
+        [
+            ("insult.mp3", clips["insult"]),
+            ("weather.mp3", clips["weather"]),
+            ("tone.mp3", clips["tone"]),
+        ],
+    )
     key = archive_runner.upload(v1)
     assert archive_runner.run(key, assets=FULL_JOB).success
     before = files(results_db, key)
     assert {f["status"] for f in before.values()} == {"classified"}
 
-    v2 = build_tar(tmp_path / "v2" / "batch_versions.tar", [
-        ("insult.mp3", clips["insult"]), ("tone.mp3", clips["other_tone"]),  # weather.mp3 gone, tone.mp3 changed
-    ])
+    v2 = build_tar(
+        tmp_path / "v2" / "batch_versions.tar",
+        [
+            ("insult.mp3", clips["insult"]),
+            ("tone.mp3", clips["other_tone"]),  # weather.mp3 gone, tone.mp3 changed
+        ],
+    )
     archive_runner.upload(v2)
     result = archive_runner.run(key, assets=FULL_JOB)
 
@@ -75,9 +84,15 @@ def test_overwritten_archive_marks_missing_members_removed_and_deletes_their_obj
 
 
 def test_a_rerun_moves_nothing_backwards_and_keeps_first_flagged_times(archive_runner, results_db, clips, tmp_path):
-    key = archive_runner.upload(build_tar(tmp_path / "batch_rerun.tar", [
-        ("insult.mp3", clips["insult"]), ("tone.mp3", clips["tone"]),
-    ]))
+    key = archive_runner.upload(
+        build_tar(
+            tmp_path / "batch_rerun.tar",
+            [
+                ("insult.mp3", clips["insult"]),
+                ("tone.mp3", clips["tone"]),
+            ],
+        )
+    )
     assert archive_runner.run(key, assets=FULL_JOB).success
     before = files(results_db, key)
     # A backfill of the CPU half alone, without the sensor's tags, forcing a new conversion.
@@ -103,8 +118,11 @@ def test_a_failed_upload_keeps_the_good_object_and_row(
     uploads = lambda method, path: method == "PUT" and "/processed/" in path  # noqa: E731
     with S3FaultProxy(object_store.endpoint_url, fault_rate=1.0, kinds=("500",), only=uploads) as proxy:
         broken_store = ObjectStore(
-            endpoint_url=proxy.endpoint_url, bucket=object_store.bucket, access_key=object_store.access_key,
-            secret_key=object_store.secret_key, max_attempts=2,
+            endpoint_url=proxy.endpoint_url,
+            bucket=object_store.bucket,
+            access_key=object_store.access_key,
+            secret_key=object_store.secret_key,
+            max_attempts=2,
         )
         defs = build_definitions(pipeline_resources(broken_store, results_db, scratch_root, transcriber, classifier))
         broken = ArchiveRunner(defs, instance, broken_store, results_db)
@@ -114,8 +132,12 @@ def test_a_failed_upload_keeps_the_good_object_and_row(
     [after] = files(results_db, key).values()
     assert (after["status"], after["opus_path"]) == ("classified", before["opus_path"])
     assert object_store.head(before["opus_path"]) is not None
-    [failure] = rows(results_db, "SELECT stage, retryable, error FROM processing_failures "
-                                 "WHERE archive_source = %s AND resolved_at IS NULL AND original_filename = 'tone.mp3'", (key,))
+    [failure] = rows(
+        results_db,
+        "SELECT stage, retryable, error FROM processing_failures "
+        "WHERE archive_source = %s AND resolved_at IS NULL AND original_filename = 'tone.mp3'",
+        (key,),
+    )
     assert failure["stage"] == "upload" and failure["retryable"] and "InternalError" in failure["error"]
 
 
@@ -126,7 +148,9 @@ def test_a_run_of_an_overwritten_version_writes_nothing(archive_runner, results_
     assert archive_runner.run(key).success  # the new version's run
     # A late run still tagged with the old version (a retry, a queued request) is refused.
     stale = archive_runner.defs.resolve_job_def("archive_job").execute_in_process(
-        partition_key=archive_runner.partition_of(key), instance=archive_runner.instance, raise_on_error=False,
+        partition_key=archive_runner.partition_of(key),
+        instance=archive_runner.instance,
+        raise_on_error=False,
         tags={"audio/archive_key": key, "audio/archive_etag": old_etag},
     )
     assert not stale.success

@@ -54,8 +54,12 @@ def test_retries_exhausted_records_the_error_that_exhausted_them(instance, resul
         raise ConnectionError("s3.example.org refused the connection")
 
     job = dg.define_asset_job("archive_job", selection=[flaky])
-    result = dg.Definitions(assets=[flaky], jobs=[job]).resolve_job_def("archive_job").execute_in_process(
-        partition_key="p", instance=instance, raise_on_error=False, tags={"audio/archive_key": "archives/p.tar"}
+    result = (
+        dg.Definitions(assets=[flaky], jobs=[job])
+        .resolve_job_def("archive_job")
+        .execute_in_process(
+            partition_key="p", instance=instance, raise_on_error=False, tags={"audio/archive_key": "archives/p.tar"}
+        )
     )
     failure = result.failure_data_for_node("flaky").error
     assert failure.message.startswith("Exceeded max_retries")  # what Dagster shows first
@@ -70,16 +74,23 @@ def test_nothing_is_dropped_while_postgresql_is_down(broken_archive_run, instanc
     impatient = ResultsDatabase(dsn=results_db.dsn, retry_window_s=1, connect_timeout_s=2)
     stop_postgres(postgres_server)
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - which error depends on where the connection fails
             evaluate(instance, impatient)  # the tick fails, and its cursor is not saved
     finally:
-        start_postgres(postgres_server.data_dir, port=postgres_server.port, user=postgres_server.user,
-                       password=postgres_server.password, durable=False)
+        start_postgres(
+            postgres_server.data_dir,
+            port=postgres_server.port,
+            user=postgres_server.user,
+            password=postgres_server.password,
+            durable=False,
+        )
     evaluate(instance, results_db, cursor=None)  # the next tick starts from the same cursor
     assert [r["stage"] for r in open_failures(results_db, key)] == ["archive"]
 
 
-def test_a_failure_already_followed_by_a_success_is_not_recorded(broken_archive_run, archive_runner, instance, results_db, tmp_path):
+def test_a_failure_already_followed_by_a_success_is_not_recorded(
+    broken_archive_run, archive_runner, instance, results_db, tmp_path
+):
     key, _ = broken_archive_run
     results_db.failures.resolve_stages(key, ["archive"])  # as if nothing had been recorded yet
     fixed = build_tar(tmp_path / "fixed.tar.gz", [("a.mp3", make_tone_mp3(tmp_path / "b.mp3", 2))], gzip=True)

@@ -76,7 +76,11 @@ def test_dagster_cli_validates_the_definitions(tmp_path):
     env = dict(os.environ, DAGSTER_HOME=str(tmp_path))
     completed = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", str(REPO / "workspace.yaml")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
@@ -85,14 +89,20 @@ def test_production_environment_reads_connections_from_environment_variables(mon
     from resources.environments import resources_for
 
     for name, value in {
-        "S3_ENDPOINT": "https://s3.example.org", "S3_BUCKET": "prod-bucket", "S3_ACCESS_KEY": "AK",
-        "S3_SECRET_KEY": "SK", "POSTGRES_DSN": "host=db.example.org dbname=audio", "SCRATCH_ROOT": "/scratch",
+        "S3_ENDPOINT": "https://s3.example.org",
+        "S3_BUCKET": "prod-bucket",
+        "S3_ACCESS_KEY": "AK",
+        "S3_SECRET_KEY": "SK",
+        "POSTGRES_DSN": "host=db.example.org dbname=audio",
+        "SCRATCH_ROOT": "/scratch",
     }.items():
         monkeypatch.setenv(name, value)
     resources = resources_for("production")
     object_store = resources["object_store"].process_config_and_initialize()
     assert (object_store.endpoint_url, object_store.bucket, object_store.secret_key) == (
-        "https://s3.example.org", "prod-bucket", "SK",
+        "https://s3.example.org",
+        "prod-bucket",
+        "SK",
     )
     connection = parse_dsn(resources["results_db"].process_config_and_initialize().connection_string())
     assert (connection["host"], connection["dbname"]) == ("db.example.org", "audio")

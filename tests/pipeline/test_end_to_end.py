@@ -32,7 +32,9 @@ def test_sensor_launched_runs_fill_the_tables_and_views(defs, instance, object_s
     archives = upload_samples(object_store)
     assert len(archives) >= 2
 
-    context = dg.build_sensor_context(instance=instance, resources={"object_store": object_store, "results_db": results_db})
+    context = dg.build_sensor_context(
+        instance=instance, resources={"object_store": object_store, "results_db": results_db}
+    )
     result = defs.resolve_sensor_def("archive_sensor")(context)
     assert isinstance(result, dg.SensorResult)
     for request in result.dynamic_partitions_requests:
@@ -45,9 +47,7 @@ def test_sensor_launched_runs_fill_the_tables_and_views(defs, instance, object_s
         assert run.success
         assert all(e.passed for e in run.get_asset_check_evaluations())
 
-    expected = {
-        (f"archives/{archive}", member) for archive, members in sample_members().items() for member in members
-    }
+    expected = {(f"archives/{archive}", member) for archive, members in sample_members().items() for member in members}
     files = rows(results_db, "SELECT archive_source, original_filename, status, parquet_metadata FROM audio_files")
     assert {(r["archive_source"], r["original_filename"]) for r in files} == expected
     assert all(r["status"] == "classified" for r in files)
@@ -93,8 +93,15 @@ def test_demo_command_runs_twice_through_the_daemon():
 
 def _run_demo_twice(state: Path) -> None:
     command = [
-        str(Path(sys.executable).parent / "audio-pipeline"), "demo", "--state-dir", str(state),
-        "--s3-port", str(_free_port()), "--postgres-port", str(_free_port()), "--stop-services",
+        str(Path(sys.executable).parent / "audio-pipeline"),
+        "demo",
+        "--state-dir",
+        str(state),
+        "--s3-port",
+        str(_free_port()),
+        "--postgres-port",
+        str(_free_port()),
+        "--stop-services",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "POSTGRES_", "DAGSTER_"))}
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -27,7 +27,9 @@ def good_mp3(tmp_path_factory):
 def statuses(results_db, key) -> dict[str, tuple[str, str | None]]:
     return {
         r["original_filename"]: (r["status"], r["error"])
-        for r in rows(results_db, "SELECT original_filename, status, error FROM audio_files WHERE archive_source = %s", (key,))
+        for r in rows(
+            results_db, "SELECT original_filename, status, error FROM audio_files WHERE archive_source = %s", (key,)
+        )
     }
 
 
@@ -42,12 +44,15 @@ def open_failures(results_db, key) -> dict[tuple[str, str], str]:
 
 def test_unholdable_member_names_are_rejected_and_the_good_file_goes_on(archive_runner, results_db, good_mp3, tmp_path):
     long_component = "x" * 300 + ".mp3"
-    archive = write_raw_tar(tmp_path / "batch_names.tar", [
-        entry_blocks((f"clips/{long_component}", good_mp3)),
-        pax_header_blocks({"path": b"clips/nul\x00byte.mp3"}) + entry_blocks(("placeholder.mp3", good_mp3)),
-        entry_blocks((".mp3", good_mp3)),
-        entry_blocks(("clips/good.mp3", good_mp3)),
-    ])
+    archive = write_raw_tar(
+        tmp_path / "batch_names.tar",
+        [
+            entry_blocks((f"clips/{long_component}", good_mp3)),
+            pax_header_blocks({"path": b"clips/nul\x00byte.mp3"}) + entry_blocks(("placeholder.mp3", good_mp3)),
+            entry_blocks((".mp3", good_mp3)),
+            entry_blocks(("clips/good.mp3", good_mp3)),
+        ],
+    )
     key = archive_runner.upload(archive)
     result = archive_runner.run(key)
 
@@ -78,10 +83,15 @@ def test_a_long_name_header_bomb_costs_one_member_not_the_archive(archive_runner
 
 
 def test_a_parquet_value_with_a_nul_is_stored_escaped(archive_runner, results_db, good_mp3, tmp_path):
-    parquet = make_parquet(tmp_path / "meta.parquet", [
-        {"meta_id": "good", "caption": "before\x00after"},
-    ])
-    key = archive_runner.upload(build_tar(tmp_path / "batch_nul_meta.tar", [("good.mp3", good_mp3), ("meta.parquet", parquet)]))
+    parquet = make_parquet(
+        tmp_path / "meta.parquet",
+        [
+            {"meta_id": "good", "caption": "before\x00after"},
+        ],
+    )
+    key = archive_runner.upload(
+        build_tar(tmp_path / "batch_nul_meta.tar", [("good.mp3", good_mp3), ("meta.parquet", parquet)])
+    )
     result = archive_runner.run(key)
 
     assert result.success

@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 def test_production_instance_config(postgres_server, tmp_path, monkeypatch):
     create_database(postgres_server, "dagster_config_test")
     for name, value in {
-        "DAGSTER_PG_HOST": postgres_server.host, "DAGSTER_PG_PORT": str(postgres_server.port),
-        "DAGSTER_PG_USER": postgres_server.user, "DAGSTER_PG_PASSWORD": postgres_server.password,
+        "DAGSTER_PG_HOST": postgres_server.host,
+        "DAGSTER_PG_PORT": str(postgres_server.port),
+        "DAGSTER_PG_USER": postgres_server.user,
+        "DAGSTER_PG_PASSWORD": postgres_server.password,
         "DAGSTER_PG_DB": "dagster_config_test",
     }.items():
         monkeypatch.setenv(name, value)

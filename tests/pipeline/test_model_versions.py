@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import shutil
-
 import dagster as dg
 import pytest
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
-from tiny_cope import build_tiny_cope
-
 from pipeline_support import FULL_JOB, ArchiveRunner
 from pipeline_support import rows as db_rows
+from tiny_cope import build_tiny_cope
 
 from audio_assets.ml.cope_scorer import CopeScorer
 from audio_assets.ml.transcriber import Transcriber
@@ -65,12 +62,16 @@ def test_code_versions_follow_what_changes_the_output(tmp_path):
     before = classifications_code_version(classifier)
     (policies_dir / "self_harm.md").write_text("revised")
     assert classifications_code_version(classifier) != before
-    assert classifications_code_version(classifier.model_copy(update={"threshold": 0.7})) != classifications_code_version(classifier)
+    assert classifications_code_version(
+        classifier.model_copy(update={"threshold": 0.7})
+    ) != classifications_code_version(classifier)
 
     whisper = WhisperTranscriber(model="base-bundled")
     assert transcripts_code_version(whisper) == transcripts_code_version(whisper.model_copy(update={"batch_size": 32}))
     assert transcripts_code_version(whisper) != transcripts_code_version(whisper.model_copy(update={"language": "en"}))
-    assert transcripts_code_version(whisper) != transcripts_code_version(whisper.model_copy(update={"model": "large-v2"}))
+    assert transcripts_code_version(whisper) != transcripts_code_version(
+        whisper.model_copy(update={"model": "large-v2"})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,12 @@ def test_editing_one_policy_rescored_only_that_policy(
         (policies_dir / f"{name}.md").write_text(text)
     base_dir, adapter_dir = tiny_cope
     classifier = PolicyClassifier(
-        backend="cope-a", base_model=str(base_dir), adapter=str(adapter_dir), threshold=0.0,
-        policies=POLICIES, policies_dir=str(policies_dir),
+        backend="cope-a",
+        base_model=str(base_dir),
+        adapter=str(adapter_dir),
+        threshold=0.0,
+        policies=POLICIES,
+        policies_dir=str(policies_dir),
     )
     defs = build_defs(classifier=classifier)
     runner = ArchiveRunner(defs, instance, object_store, results_db)
@@ -143,11 +148,14 @@ def _scores(results_db, key) -> dict:
 
 @pytest.fixture
 def speech_archive(tmp_path):
-    from archive_factory import build_tar, make_speech_mp3, make_tone_mp3
+    from archive_factory import build_tar, make_speech_mp3
 
     parts = tmp_path / "parts"
-    return build_tar(tmp_path / "batch_policy.tar", [
-        ("threat.mp3", make_speech_mp3(parts / "threat.mp3", "i will not eat anything this week")),
-        ("weather.mp3", make_speech_mp3(parts / "weather.mp3", "the weather is lovely today in the park")),
-        ("hello.mp3", make_speech_mp3(parts / "hello.mp3", "hello and welcome to my channel")),
-    ])
+    return build_tar(
+        tmp_path / "batch_policy.tar",
+        [
+            ("threat.mp3", make_speech_mp3(parts / "threat.mp3", "i will not eat anything this week")),
+            ("weather.mp3", make_speech_mp3(parts / "weather.mp3", "the weather is lovely today in the park")),
+            ("hello.mp3", make_speech_mp3(parts / "hello.mp3", "hello and welcome to my channel")),
+        ],
+    )

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 from archive_factory import build_tar, make_speech_mp3, make_tone_mp3
-from tiny_cope import build_tiny_cope
-
 from pipeline_support import FULL_JOB, ArchiveRunner
 from pipeline_support import rows as db_rows
+from tiny_cope import build_tiny_cope
 
 from audio_assets.ml import transcriber as transcriber_module
 from resources.classifier import PolicyClassifier
@@ -19,18 +18,22 @@ from resources.transcriber import WhisperTranscriber
 @pytest.fixture
 def speech_archive(tmp_path) -> Path:
     parts = tmp_path / "parts"
-    return build_tar(tmp_path / "batch_speech.tar.gz", [
-        ("insult.mp3", make_speech_mp3(parts / "insult.mp3", "you are a stupid idiot and everyone hates you")),
-        ("weather.mp3", make_speech_mp3(parts / "weather.mp3", "the weather is lovely today in the park")),
-        ("silence.mp3", make_tone_mp3(parts / "silence.mp3", seconds=2.0, freq=0)),
-    ], gzip=True)
+    return build_tar(
+        tmp_path / "batch_speech.tar.gz",
+        [
+            ("insult.mp3", make_speech_mp3(parts / "insult.mp3", "you are a stupid idiot and everyone hates you")),
+            ("weather.mp3", make_speech_mp3(parts / "weather.mp3", "the weather is lovely today in the park")),
+            ("silence.mp3", make_tone_mp3(parts / "silence.mp3", seconds=2.0, freq=0)),
+        ],
+        gzip=True,
+    )
 
 
 def _db_rows(results_db, key):
     return {
         r["original_filename"]: r
         for r in db_rows(
-        results_db,
+            results_db,
             """
             SELECT a.original_filename, a.status, t.transcript_text, t.model AS transcript_model, t.confidence,
                    t.segments, c.flag_category, c.flag_score, c.flagged, c.model AS classifier_model, c.reason
@@ -62,20 +65,25 @@ def test_archive_ends_transcribed_classified_and_in_ra_queue(archive_runner, res
     assert rows["silence.mp3"]["transcript_text"] == ""
     assert rows["silence.mp3"]["flag_score"] is None and not rows["silence.mp3"]["flagged"]
     assert rows["silence.mp3"]["reason"]
-    queue = db_rows(results_db, "SELECT original_filename, flag_category FROM ra_queue WHERE archive_source = %s", (key,))
+    queue = db_rows(
+        results_db, "SELECT original_filename, flag_category FROM ra_queue WHERE archive_source = %s", (key,)
+    )
     assert queue == [{"original_filename": "insult.mp3", "flag_category": "profanity"}]
 
 
 @pytest.mark.integration
-def test_two_partitions_in_one_process_load_the_model_once(build_defs, models_root, instance, object_store, results_db, tmp_path):
+def test_two_partitions_in_one_process_load_the_model_once(
+    build_defs, models_root, instance, object_store, results_db, tmp_path
+):
     # batch_size=3: settings no other test uses, so this test's first load is a real load.
     transcriber = WhisperTranscriber(model="base-bundled", models_root=str(models_root), language="en", batch_size=3)
     runner = ArchiveRunner(build_defs(transcriber=transcriber), instance, object_store, results_db)
     loads_before = transcriber_module.load_count()
     for name in ("batch_one", "batch_two"):
-        archive = build_tar(tmp_path / f"{name}.tar", [
-            (f"{name}.mp3", make_speech_mp3(tmp_path / f"{name}.mp3", f"this is {name.replace('_', ' ')}"))
-        ])
+        archive = build_tar(
+            tmp_path / f"{name}.tar",
+            [(f"{name}.mp3", make_speech_mp3(tmp_path / f"{name}.mp3", f"this is {name.replace('_', ' ')}"))],
+        )
         assert runner.run(runner.upload(archive), assets=FULL_JOB).success
     assert transcriber_module.load_count() - loads_before == 1
 

@@ -6,24 +6,22 @@ import io
 import os
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pandas as pd
 import psycopg2
 import pytest
-from archive_factory import build_tar, make_tone_mp3, truncate_file
-from pipeline_support import rows as pipeline_rows
 
+from archive_identity import ArchiveVersion
 from audio_assets.daily import daily_summary
 from audio_assets.scratch_sweep import scratch_sweep_job
-from archive_identity import ArchiveVersion
 from resources.results_db import ClassificationRow, ConvertedFile, FileFailure, TranscriptRow
 from resources.scratch import ScratchSpace
 from sensors.schedules import archive_catchup_schedule, partitions_to_catch_up
 
-NOW = datetime.now(timezone.utc)
-YESTERDAY = (datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat()
+NOW = datetime.now(UTC)
+YESTERDAY = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
 
 
 def _seed_yesterday(results_db) -> None:
@@ -39,16 +37,26 @@ def _seed_yesterday(results_db) -> None:
         [FileFailure(ids["c.mp3"], "c.mp3", "conversion", "not decodable audio")],
         "r1",
     )
-    results_db.model_outputs.store_transcripts(archive, [TranscriptRow(ids["a.mp3"], "whisper", "you idiot", "en", 0.8, []),
-                                                         TranscriptRow(ids["b.mp3"], "whisper", "hello", "en", 0.6, [])])
+    results_db.model_outputs.store_transcripts(
+        archive,
+        [
+            TranscriptRow(ids["a.mp3"], "whisper", "you idiot", "en", 0.8, []),
+            TranscriptRow(ids["b.mp3"], "whisper", "hello", "en", 0.6, []),
+        ],
+    )
     results_db.model_outputs.store_classifications(
-        archive, [ClassificationRow(ids["a.mp3"], "harassment_threats", "cope", 0.9, True, 0.5, False, None)],
+        archive,
+        [ClassificationRow(ids["a.mp3"], "harassment_threats", "cope", 0.9, True, 0.5, False, None)],
         classified_ids=[ids["a.mp3"]],
     )
 
     def move_to_yesterday(cur) -> None:
-        for table, column in (("audio_files", "processed_at"), ("transcripts", "created_at"),
-                              ("classifications", "created_at"), ("processing_failures", "failed_at")):
+        for table, column in (
+            ("audio_files", "processed_at"),
+            ("transcripts", "created_at"),
+            ("classifications", "created_at"),
+            ("processing_failures", "failed_at"),
+        ):
             cur.execute(f"UPDATE {table} SET {column} = %s::date + interval '13 hours'", (YESTERDAY,))
 
     results_db.transaction(move_to_yesterday)
@@ -61,8 +69,11 @@ def test_daily_summary_lands_in_postgres_view_and_parquet(results_db, object_sto
     )
     assert result.success
     with psycopg2.connect(ra_login) as conn, conn.cursor() as cur:
-        cur.execute("SELECT files_processed, files_failed, failed_by_stage, flagged_by_category, "
-                    "mean_confidence, audio_hours FROM daily_report WHERE day = %s", (YESTERDAY,))
+        cur.execute(
+            "SELECT files_processed, files_failed, failed_by_stage, flagged_by_category, "
+            "mean_confidence, audio_hours FROM daily_report WHERE day = %s",
+            (YESTERDAY,),
+        )
         processed, failed, by_stage, flagged, confidence, hours = cur.fetchone()
     assert (processed, failed) == (2, 1)
     assert by_stage == {"conversion": 1}
@@ -76,8 +87,9 @@ def test_daily_summary_lands_in_postgres_view_and_parquet(results_db, object_sto
 
 
 def _add_run(instance, partition: str, status: dg.DagsterRunStatus) -> None:
-    run = dg.DagsterRun(job_name="archive_job", run_id=str(uuid.uuid4()), status=status,
-                     tags={"dagster/partition": partition})
+    run = dg.DagsterRun(
+        job_name="archive_job", run_id=str(uuid.uuid4()), status=status, tags={"dagster/partition": partition}
+    )
     instance.add_run(run)
 
 
@@ -93,7 +105,9 @@ def test_catch_up_requests_unfinished_and_failed_partitions_only(instance, resul
     _add_run(instance, "recovered", dg.DagsterRunStatus.FAILURE)
     _add_run(instance, "recovered", dg.DagsterRunStatus.SUCCESS)
 
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW, resources={"results_db": results_db})
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=NOW, resources={"results_db": results_db}
+    )
     requests = archive_catchup_schedule(context)
     assert partitions_to_catch_up(instance) == ["failed_last", "never_ran"]
     assert sorted(r.partition_key for r in requests) == ["failed_last", "never_ran"]
@@ -121,7 +135,9 @@ def test_scratch_sweep_removes_only_old_folders_of_runs_that_are_gone(instance, 
             for path in (step / "archive.tar", step, step.parent):
                 os.utime(path, (old, old))
 
-    result = scratch_sweep_job.execute_in_process(instance=instance, resources={"scratch": ScratchSpace(root=str(root))})
+    result = scratch_sweep_job.execute_in_process(
+        instance=instance, resources={"scratch": ScratchSpace(root=str(root))}
+    )
 
     assert result.success
     assert not (root / killed_id).exists()

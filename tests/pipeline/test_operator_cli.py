@@ -17,11 +17,11 @@ import pytest
 from archive_factory import build_tar, make_tone_mp3, truncate_file
 from pipeline_support import ArchiveRunner, rows
 
+from archive_identity import ARCHIVE_ETAG_TAG
+from embedded_services.postgres import create_database
 from operations.cli import main
 from operations.requeue import REQUEUED_TAG, failed_archives
 from operations.status import ArchiveProgress, render_bars
-from archive_identity import ARCHIVE_ETAG_TAG
-from embedded_services.postgres import create_database
 
 BIN = Path(sys.executable).parent
 QUEUED_INSTANCE = {"run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}}
@@ -237,8 +237,9 @@ def test_requeue_reruns_failed_files_through_the_daemon(pipeline_env, defs, obje
         # One transcript per file: good.mp3's from the first run was kept, not made again.
         assert [r["original_filename"] for r in transcribed] == ["bad.mp3", "good.mp3"], transcribed
         assert (
-            rows(results_db, 
-                "SELECT count(*) AS n FROM processing_failures WHERE resolved_at IS NULL AND original_filename = 'bad.mp3'"
+            rows(
+                results_db,
+                "SELECT count(*) AS n FROM processing_failures WHERE resolved_at IS NULL AND original_filename = 'bad.mp3'",
             )[0]["n"]
             == 0
         )

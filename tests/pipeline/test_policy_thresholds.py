@@ -18,15 +18,25 @@ RESCORE = {"ops": {"classifications": {"config": {"rescore": True}}}}
 
 @pytest.mark.integration
 def test_a_per_policy_threshold_reflags_without_model_calls(archive_runner, results_db, tmp_path, monkeypatch):
-    archive = build_tar(tmp_path / "batch_threshold.tar", [
-        ("insult.mp3", make_speech_mp3(tmp_path / "insult.mp3", "you are a stupid idiot and everyone hates you")),
-        ("weather.mp3", make_speech_mp3(tmp_path / "weather.mp3", "the weather is lovely today in the park")),
-    ])
+    archive = build_tar(
+        tmp_path / "batch_threshold.tar",
+        [
+            ("insult.mp3", make_speech_mp3(tmp_path / "insult.mp3", "you are a stupid idiot and everyone hates you")),
+            ("weather.mp3", make_speech_mp3(tmp_path / "weather.mp3", "the weather is lovely today in the park")),
+        ],
+    )
     key = archive_runner.upload(archive)
     assert archive_runner.run(key, assets=FULL_JOB).success
-    scores = {r["original_filename"]: r for r in db_rows(results_db, (
-        "SELECT a.original_filename, c.flag_category, c.model, c.flag_score, c.flagged, c.threshold, c.policy_version,"
-        " c.scored_at FROM classifications c JOIN audio_files a ON a.id = c.audio_file_id"))}
+    scores = {
+        r["original_filename"]: r
+        for r in db_rows(
+            results_db,
+            (
+                "SELECT a.original_filename, c.flag_category, c.model, c.flag_score, c.flagged, c.threshold, c.policy_version,"
+                " c.scored_at FROM classifications c JOIN audio_files a ON a.id = c.audio_file_id"
+            ),
+        )
+    }
     insult = scores["insult.mp3"]
     assert insult["flagged"] and insult["threshold"] == 0.5
     (kept,) = db_rows(results_db, "SELECT policy, policy_version FROM policy_texts")
@@ -36,8 +46,11 @@ def test_a_per_policy_threshold_reflags_without_model_calls(archive_runner, resu
     threshold = (1 + insult["flag_score"]) / 2
     calls = []
     real_score = profanity_scorer.ProfanityScorer.score
-    monkeypatch.setattr(profanity_scorer.ProfanityScorer, "score",
-                        lambda self, policy, contents: calls.append(len(contents)) or real_score(self, policy, contents))
+    monkeypatch.setattr(
+        profanity_scorer.ProfanityScorer,
+        "score",
+        lambda self, policy, contents: calls.append(len(contents)) or real_score(self, policy, contents),
+    )
     counts = apply_threshold(results_db, "profanity", insult["model"], threshold, target=0.9)
     assert counts["no_longer_flagged"] == 1 and counts["flagged"] == 0
 

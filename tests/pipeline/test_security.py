@@ -4,15 +4,16 @@ configuration, and what a launchpad user can point the pipeline at."""
 from __future__ import annotations
 
 import json
+from datetime import UTC
 
 import dagster as dg
 import psycopg2
 import pytest
+from db_privileges import assert_each_refused
+from pipeline_support import rows
 
 from archive_identity import ArchiveVersion
 from audio_assets.definitions import build_definitions
-from pipeline_support import rows
-from db_privileges import assert_each_refused
 from resources.environments import resources_for
 from resources.results_db import ClassificationRow, ConvertedFile, TranscriptRow
 
@@ -29,14 +30,17 @@ def test_every_view_readers_use_is_a_security_barrier(results_db):
 
 
 def _seed_flagged_and_hidden(results_db) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    archive = ArchiveVersion("archives/s.tar", "e1", 1, datetime.now(timezone.utc), "s")
+    archive = ArchiveVersion("archives/s.tar", "e1", 1, datetime.now(UTC), "s")
     results_db.archives.partitions_for([archive.key])
     results_db.archives.claim(archive, "r")
     ids = results_db.audio_files.register_version(
-        archive, accepted={"visible.mp3": (1, "a"), "hidden-secret.mp3": (1, "b")}, rejected={},
-        other_failures=[], run_id="r",
+        archive,
+        accepted={"visible.mp3": (1, "a"), "hidden-secret.mp3": (1, "b")},
+        rejected={},
+        other_failures=[],
+        run_id="r",
     ).ids
     results_db.audio_files.record_conversions(
         archive, [ConvertedFile(i, f"processed/x/{i}.opus", "s3://b/x", "e", 1.0, 10) for i in ids.values()], [], "r"
@@ -46,19 +50,24 @@ def _seed_flagged_and_hidden(results_db) -> None:
     )
     results_db.model_outputs.store_classifications(
         archive,
-        [ClassificationRow(ids["visible.mp3"], "p", "c", 0.9, True, 0.5, False, None),
-         ClassificationRow(ids["hidden-secret.mp3"], "p", "c", 0.1, False, 0.5, False, None)],
+        [
+            ClassificationRow(ids["visible.mp3"], "p", "c", 0.9, True, 0.5, False, None),
+            ClassificationRow(ids["hidden-secret.mp3"], "p", "c", 0.1, False, 0.5, False, None),
+        ],
         list(ids.values()),
     )
 
 
 def test_ra_reader_cannot_create_objects_or_temporary_functions(results_db, ra_login):
-    assert_each_refused(ra_login, [
-        "CREATE TABLE public.stolen (x text)",
-        "CREATE TEMP TABLE stolen (x text)",
-        "CREATE FUNCTION pg_temp.leak(text) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
-        "CREATE FUNCTION public.leak(text) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
-    ])
+    assert_each_refused(
+        ra_login,
+        [
+            "CREATE TABLE public.stolen (x text)",
+            "CREATE TEMP TABLE stolen (x text)",
+            "CREATE FUNCTION pg_temp.leak(text) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
+            "CREATE FUNCTION public.leak(text) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
+        ],
+    )
 
 
 def test_a_leaky_function_sees_only_what_the_view_shows(results_db, ra_login):
@@ -93,8 +102,15 @@ SECRETS = {"S3_SECRET_KEY": "s3-secret-value-1", "POSTGRES_PASSWORD": "pg-secret
 @pytest.mark.parametrize("environment", ["local", "production"])
 def test_resource_configuration_the_ui_shows_holds_no_secret(monkeypatch, environment):
     for name, value in {
-        "S3_ENDPOINT": "http://127.0.0.1:9", "S3_BUCKET": "b", "S3_ACCESS_KEY": "ak", "POSTGRES_HOST": "db",
-        "POSTGRES_PORT": "5432", "POSTGRES_DB": "d", "POSTGRES_USER": "u", "SCRATCH_ROOT": "/tmp/s", **SECRETS,
+        "S3_ENDPOINT": "http://127.0.0.1:9",
+        "S3_BUCKET": "b",
+        "S3_ACCESS_KEY": "ak",
+        "POSTGRES_HOST": "db",
+        "POSTGRES_PORT": "5432",
+        "POSTGRES_DB": "d",
+        "POSTGRES_USER": "u",
+        "SCRATCH_ROOT": "/tmp/s",
+        **SECRETS,
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("POSTGRES_DSN", raising=False)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg2
-import pytest
-from pipeline_support import rows
 from db_privileges import assert_each_refused
+from pipeline_support import rows
 
 from archive_identity import ArchiveVersion
 from resources.results_db import ClassificationRow, ConvertedFile, ResultsDatabase, TranscriptRow
 from sql.migrate import bundled_migrations
 
-ARCHIVE = ArchiveVersion("archives/a.tar", "e1", 100, datetime.now(timezone.utc), "a")
+ARCHIVE = ArchiveVersion("archives/a.tar", "e1", 100, datetime.now(UTC), "a")
 
 
 def test_migrate_is_idempotent_and_records_versions(postgres_dsn):
@@ -45,14 +44,20 @@ def test_audio_files_unique_per_archive_member(results_db):
 def _seed_flagged_item(results_db: ResultsDatabase) -> int:
     file_id = register(results_db, ["clip.mp3"])["clip.mp3"]
     results_db.audio_files.record_conversions(
-        ARCHIVE, [ConvertedFile(file_id, "processed/2026-11-25/1.opus", "s3://b/processed/2026-11-25/1.opus", "e", 2.5, 900)],
-        [], "r",
+        ARCHIVE,
+        [ConvertedFile(file_id, "processed/2026-11-25/1.opus", "s3://b/processed/2026-11-25/1.opus", "e", 2.5, 900)],
+        [],
+        "r",
     )
-    results_db.model_outputs.store_transcripts(ARCHIVE, [TranscriptRow(file_id, "whisper-base", "you are an idiot", "en", 0.9, [])])
+    results_db.model_outputs.store_transcripts(
+        ARCHIVE, [TranscriptRow(file_id, "whisper-base", "you are an idiot", "en", 0.9, [])]
+    )
     results_db.model_outputs.store_classifications(
         ARCHIVE,
-        [ClassificationRow(file_id, "harassment", "cope-a", 0.93, True, 0.5, False, None, "pv1"),
-         ClassificationRow(file_id, "hate_speech", "cope-a", 0.1, False, 0.5, False, None, "pv2")],
+        [
+            ClassificationRow(file_id, "harassment", "cope-a", 0.93, True, 0.5, False, None, "pv1"),
+            ClassificationRow(file_id, "hate_speech", "cope-a", 0.1, False, 0.5, False, None, "pv2"),
+        ],
         [file_id],
     )
     return file_id
@@ -73,7 +78,9 @@ def test_ra_queue_leaves_out_files_removed_from_their_archive(results_db):
     _seed_flagged_item(results_db)
     newer = ArchiveVersion(ARCHIVE.key, "e2", 100, ARCHIVE.last_modified.replace(year=2027), "a")
     results_db.archives.claim(newer, "r2")
-    results_db.audio_files.register_version(newer, accepted={"other.mp3": (1, "s")}, rejected={}, other_failures=[], run_id="r2")
+    results_db.audio_files.register_version(
+        newer, accepted={"other.mp3": (1, "s")}, rejected={}, other_failures=[], run_id="r2"
+    )
     assert rows(results_db, "SELECT * FROM ra_queue") == []
 
 
@@ -91,10 +98,13 @@ def test_ra_reader_reads_views_and_nothing_else(results_db, ra_login):
         assert cur.fetchone()[0] == 1
         cur.execute("SELECT count(*) FROM daily_stats")
         assert cur.fetchone()[0] >= 1
-    assert_each_refused(ra_login, [
-        "SELECT * FROM audio_files",
-        "SELECT * FROM transcripts",
-        "SELECT * FROM archives",
-        "INSERT INTO classifications (audio_file_id, flag_category, model, flagged) VALUES (1, 'x', 'y', true)",
-        "UPDATE audio_files SET status = 'failed'",
-    ])
+    assert_each_refused(
+        ra_login,
+        [
+            "SELECT * FROM audio_files",
+            "SELECT * FROM transcripts",
+            "SELECT * FROM archives",
+            "INSERT INTO classifications (audio_file_id, flag_category, model, flagged) VALUES (1, 'x', 'y', true)",
+            "UPDATE audio_files SET status = 'failed'",
+        ],
+    )

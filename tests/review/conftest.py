@@ -71,8 +71,11 @@ def start_console(console_dsn, object_store):
 
     def start(**overrides) -> ConsoleServer:
         settings = ReviewSettings(
-            database_dsn=console_dsn, s3_endpoint=object_store.endpoint_url, s3_bucket=object_store.bucket,
-            s3_access_key=object_store.access_key, s3_secret_key=object_store.secret_key,
+            database_dsn=console_dsn,
+            s3_endpoint=object_store.endpoint_url,
+            s3_bucket=object_store.bucket,
+            s3_access_key=object_store.access_key,
+            s3_secret_key=object_store.secret_key,
             **({"secure_cookies": False} | overrides),
         )
         limiter = SignInLimiter(delay_s=0.2)
@@ -87,9 +90,14 @@ def start_console(console_dsn, object_store):
 
 @pytest.fixture
 def cli_env(monkeypatch, results_db, object_store) -> dict[str, str]:
-    env = {"AUDIO_PIPELINE_ENV": "local", "POSTGRES_DSN": results_db.dsn, "S3_ENDPOINT": object_store.endpoint_url,
-           "S3_BUCKET": object_store.bucket, "S3_ACCESS_KEY": object_store.access_key,
-           "S3_SECRET_KEY": object_store.secret_key}
+    env = {
+        "AUDIO_PIPELINE_ENV": "local",
+        "POSTGRES_DSN": results_db.dsn,
+        "S3_ENDPOINT": object_store.endpoint_url,
+        "S3_BUCKET": object_store.bucket,
+        "S3_ACCESS_KEY": object_store.access_key,
+        "S3_SECRET_KEY": object_store.secret_key,
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("REVIEW_DATABASE_DSN", raising=False)

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from pathlib import Path
 
@@ -20,8 +20,8 @@ from archive_factory import ffmpeg_exe
 from pipeline_support import rows as db_rows
 
 from archive_identity import ArchiveVersion
-from policies import load_policies, policy_names
 from embedded_services.ports import free_tcp_ports
+from policies import load_policies, policy_names
 from resources.results_db import ClassificationRow, ConvertedFile, TranscriptRow
 from review.server import server_config
 
@@ -39,9 +39,24 @@ SEGMENTS = [
 def make_opus(path: Path, seconds: float = 7.0) -> bytes:
     """A real Ogg Opus file (libopus, like the pipeline's output) with a tone."""
     subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-         "-i", f"sine=frequency=330:duration={seconds}:sample_rate=48000",
-         "-c:a", "libopus", "-b:a", "32k", "-ac", "1", str(path)],
+        [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=330:duration={seconds}:sample_rate=48000",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "32k",
+            "-ac",
+            "1",
+            str(path),
+        ],
         check=True,
     )
     return path.read_bytes()
@@ -68,21 +83,32 @@ class FlaggedItem:
     flagged: bool = True
 
 
-def seed_flagged(results_db, object_store, opus: bytes, items: list[FlaggedItem],
-                 archive_key: str = "archives/review.tar", model: str = "cope-a-test") -> dict[str, SeededItem]:
+def seed_flagged(
+    results_db,
+    object_store,
+    opus: bytes,
+    items: list[FlaggedItem],
+    archive_key: str = "archives/review.tar",
+    model: str = "cope-a-test",
+) -> dict[str, SeededItem]:
     """Flagged, classified files through the pipeline's own writers, with their Opus objects."""
-    archive = ArchiveVersion(archive_key, "etag-1", 1, datetime.now(timezone.utc), "review")
+    archive = ArchiveVersion(archive_key, "etag-1", 1, datetime.now(UTC), "review")
     results_db.archives.partitions_for([archive.key])
     results_db.archives.claim(archive, "run-1")
     ids = results_db.audio_files.register_version(
-        archive, accepted={i.name: (len(opus), f"sha-{n}") for n, i in enumerate(items)}, rejected={},
-        other_failures=[], run_id="run-1",
+        archive,
+        accepted={i.name: (len(opus), f"sha-{n}") for n, i in enumerate(items)},
+        rejected={},
+        other_failures=[],
+        run_id="run-1",
     ).ids
     converted = []
     for item in items:
         key = f"processed/2026-12-01/{ids[item.name]}.opus"
         info = object_store.put_bytes(key, opus, content_type="audio/ogg")
-        converted.append(ConvertedFile(ids[item.name], key, f"s3://{object_store.bucket}/{key}", info.etag, 7.0, len(opus)))
+        converted.append(
+            ConvertedFile(ids[item.name], key, f"s3://{object_store.bucket}/{key}", info.etag, 7.0, len(opus))
+        )
     results_db.audio_files.record_conversions(archive, converted, [], "run-1")
     results_db.model_outputs.store_transcripts(
         archive, [TranscriptRow(ids[i.name], "whisper-test", i.transcript, "en", 0.9, i.segments) for i in items]
@@ -99,8 +125,10 @@ def seed_flagged(results_db, object_store, opus: bytes, items: list[FlaggedItem]
 
         def set_metadata(cur) -> None:
             for item in with_metadata:
-                cur.execute("UPDATE audio_files SET parquet_metadata = %s::jsonb WHERE id = %s",
-                            (json.dumps(item.metadata), ids[item.name]))
+                cur.execute(
+                    "UPDATE audio_files SET parquet_metadata = %s::jsonb WHERE id = %s",
+                    (json.dumps(item.metadata), ids[item.name]),
+                )
 
         results_db.transaction(set_metadata)
     rows = db_rows(results_db, "SELECT id, audio_file_id FROM classifications")
@@ -123,7 +151,7 @@ class ConsoleServer:
         self._server = uvicorn.Server(server_config(app, "127.0.0.1", self.port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    def __enter__(self) -> "ConsoleServer":
+    def __enter__(self) -> ConsoleServer:
         self._thread.start()
         deadline = time.monotonic() + 15
         while not self._server.started:
@@ -201,16 +229,24 @@ class RAClient:
 
     def post(self, path: str, fields: dict | None = None, *, with_token: bool = True, headers: dict | None = None):
         fields = {"csrf_token": self.csrf_token, **(fields or {})} if with_token else dict(fields or {})
-        status, response_headers, body = http(self.url + path, method="POST", data=form_body(fields),
-                                              headers={**FORM, **self._cookie_header(), **(headers or {})})
+        status, response_headers, body = http(
+            self.url + path,
+            method="POST",
+            data=form_body(fields),
+            headers={**FORM, **self._cookie_header(), **(headers or {})},
+        )
         self._keep(response_headers)
         return status, response_headers, body
 
     def sign_in(self, username: str, password: str = RA_PASSWORD, headers: dict | None = None) -> int:
         status, _, body = self.get("/sign-in")
         token = CSRF_FIELD.search(body).group(1).decode()
-        status, _, _ = self.post("/sign-in", {"csrf_token": token, "username": username, "password": password},
-                                 with_token=False, headers=headers)
+        status, _, _ = self.post(
+            "/sign-in",
+            {"csrf_token": token, "username": username, "password": password},
+            with_token=False,
+            headers=headers,
+        )
         if status == 303:
             _, _, page = self.get("/queue")  # every page carries the token (the sign-out form)
             self.csrf_token = CSRF_FIELD.search(page).group(1).decode()

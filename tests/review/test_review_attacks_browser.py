@@ -54,8 +54,11 @@ def _cookie_names(context) -> set[str]:
     return {c["name"] for c in context.cookies()}
 
 
-@pytest.mark.parametrize(("attacker_host", "secure"), [("127.0.0.1", False), ("127.0.0.1", True), ("localhost", False)],
-                         ids=["same-site", "same-site-secure-cookies", "cross-site"])
+@pytest.mark.parametrize(
+    ("attacker_host", "secure"),
+    [("127.0.0.1", False), ("127.0.0.1", True), ("localhost", False)],
+    ids=["same-site", "same-site-secure-cookies", "cross-site"],
+)
 def test_a_page_on_another_port_cannot_claim_items_or_sign_the_ra_out(
     browser, start_console, results_db, object_store, opus_bytes, ras, attacker_host, secure
 ):
@@ -67,12 +70,15 @@ def test_a_page_on_another_port_cannot_claim_items_or_sign_the_ra_out(
     page = context.new_page()
     _sign_in(page, server.url, "alice")
     session_cookie = "__Host-ra_session" if secure else "ra_session"
-    attacker = AttackerSite(f"""<!doctype html><html><body>
+    attacker = AttackerSite(
+        f"""<!doctype html><html><body>
       <img src="{server.url}/items/{item}" onerror="document.title='img done'">
       <form id="out" method="post" action="{server.url}/sign-out"><input name="csrf_token" value="guess"></form>
       <script>
         setTimeout(() => document.getElementById('out').submit(), 300);
-      </script></body></html>""", host=attacker_host)
+      </script></body></html>""",
+        host=attacker_host,
+    )
     try:
         page.goto(attacker.url)
         page.wait_for_url(f"{server.url}/**", timeout=10_000)  # the forged sign-out was sent
@@ -89,9 +95,7 @@ def test_a_page_on_another_port_cannot_claim_items_or_sign_the_ra_out(
     context.close()
 
 
-def test_login_csrf_from_another_port_does_not_sign_the_victim_in(
-    browser, start_console, results_db, ras
-):
+def test_login_csrf_from_another_port_does_not_sign_the_victim_in(browser, start_console, results_db, ras):
     """Issue 17: the sign-in double-submit cookie had no __Host- prefix, so a page on another
     port set its own value and posted the attacker's credentials with it."""
     accounts.add_user(results_db, "mallory", RA_PASSWORD)

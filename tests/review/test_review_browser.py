@@ -22,15 +22,19 @@ def lead(results_db) -> str:
 
 def queue_item_ids(page, server) -> list[int]:
     page.goto(f"{server.url}/queue")
-    return [int(x) for x in page.locator("table.queue tbody tr[data-item-id]").evaluate_all(
-        "rows => rows.map(r => r.dataset.itemId)")]
+    return [
+        int(x)
+        for x in page.locator("table.queue tbody tr[data-item-id]").evaluate_all(
+            "rows => rows.map(r => r.dataset.itemId)"
+        )
+    ]
 
 
 def decisions(results_db) -> list[dict]:
     return db_rows(
         results_db,
         "SELECT d.item_id, d.decision, d.reason, d.policy, d.classifier_model, d.policy_version, u.username "
-        "FROM ra_decisions AS d JOIN ra_users AS u ON u.id = d.ra_user_id ORDER BY d.id"
+        "FROM ra_decisions AS d JOIN ra_users AS u ON u.id = d.ra_user_id ORDER BY d.id",
     )
 
 
@@ -95,9 +99,15 @@ def test_ra_reviews_an_item_with_player_transcript_and_keys(
     page.keyboard.press("1")
     page.wait_for_url(f"**/items/{second}**")  # the next item loads
     (row,) = decisions(results_db)
-    assert row == {"item_id": first, "decision": "violates", "reason": "threatens the viewer by name",
-                   "policy": "harassment_threats", "classifier_model": "cope-a-test", "policy_version": "v1",
-                   "username": "alice"}
+    assert row == {
+        "item_id": first,
+        "decision": "violates",
+        "reason": "threatens the viewer by name",
+        "policy": "harassment_threats",
+        "classifier_model": "cope-a-test",
+        "policy_version": "v1",
+        "username": "alice",
+    }
 
     # 2 needs no reason; with nothing after it, n and the decision lead back to the queue.
     page.wait_for_function("() => document.getElementById('player') !== null")
@@ -122,9 +132,11 @@ def test_ra_reviews_an_item_with_player_transcript_and_keys(
 def test_claims_and_the_blind_double_coding_sample_across_ras(
     browser, start_console, results_db, object_store, opus_bytes, ras, lead, output_dir
 ):
-    items = seed_flagged(results_db, object_store, opus_bytes, [FlaggedItem(f"c{n}.mp3") for n in range(4)])
-    buckets = sorted((r["double_coding_bucket"], r["item_id"]) for r in
-                     db_rows(results_db, "SELECT item_id, double_coding_bucket FROM ra_review_items"))
+    seed_flagged(results_db, object_store, opus_bytes, [FlaggedItem(f"c{n}.mp3") for n in range(4)])
+    buckets = sorted(
+        (r["double_coding_bucket"], r["item_id"])
+        for r in db_rows(results_db, "SELECT item_id, double_coding_bucket FROM ra_review_items")
+    )
     assert buckets[1][0] < buckets[2][0], "precondition: the item hashes split two and two"
     sampled, single = [i for _, i in buckets[:2]], [i for _, i in buckets[2:]]
     server = start_console(double_coding_percent=buckets[1][0] + 1)
@@ -150,7 +162,8 @@ def test_claims_and_the_blind_double_coding_sample_across_ras(
         assert item_id not in queue_item_ids(carol, server)
         assert carol.goto(f"{server.url}/items/{item_id}").status == 409
     assert sorted((r["item_id"], r["username"]) for r in decisions(results_db)) == sorted(
-        (i, name) for i in sampled for name in ("alice", "bob"))
+        (i, name) for i in sampled for name in ("alice", "bob")
+    )
 
     # Both coders agreed on items with different answers: kappa = 1 on the lead's stats page.
     carol.goto(f"{server.url}/stats")
@@ -176,13 +189,29 @@ XSS = {
 def test_script_payloads_in_archive_text_stay_inert(
     browser, start_console, results_db, object_store, opus_bytes, ras, lead, output_dir
 ):
-    payload_segments = [{"start": 0.0, "end": 3.0, "text": "<script>window.__xss=6</script>"},
-                        {"start": 3.0, "end": 7.0, "text": '"><svg onload="window.__xss=7"></svg>'}]
-    items = seed_flagged(results_db, object_store, opus_bytes, [FlaggedItem(
-        XSS["name"], policy=XSS["policy"], transcript=XSS["transcript"], segments=payload_segments,
-        metadata={"title": "<img src=x onerror=alert(1)>", "<script>alert(2)</script>": "key payload",
-                  "nested": {"html": "</td><script>window.__xss=8</script>"}},
-    )], archive_key=XSS["archive"])
+    payload_segments = [
+        {"start": 0.0, "end": 3.0, "text": "<script>window.__xss=6</script>"},
+        {"start": 3.0, "end": 7.0, "text": '"><svg onload="window.__xss=7"></svg>'},
+    ]
+    items = seed_flagged(
+        results_db,
+        object_store,
+        opus_bytes,
+        [
+            FlaggedItem(
+                XSS["name"],
+                policy=XSS["policy"],
+                transcript=XSS["transcript"],
+                segments=payload_segments,
+                metadata={
+                    "title": "<img src=x onerror=alert(1)>",
+                    "<script>alert(2)</script>": "key payload",
+                    "nested": {"html": "</td><script>window.__xss=8</script>"},
+                },
+            )
+        ],
+        archive_key=XSS["archive"],
+    )
     item_id = items[XSS["name"]].item_id
     server = start_console()
     page = signed_in_page(browser, server, "alice")

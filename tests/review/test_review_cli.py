@@ -11,8 +11,8 @@ import time
 import pytest
 from review_support import db_rows, http
 
-from operations.cli import main
 from embedded_services.ports import free_tcp_ports
+from operations.cli import main
 from review.passwords import verify_password
 from review.store import ReviewStore
 from sql.migrate import bundled_migrations
@@ -85,7 +85,7 @@ def test_a_login_the_old_review_db_login_made_is_adopted_by_the_migration(cli_en
     """Roles made before review-db-login marked its roles (LOGIN, in ra_app and nothing else)
     are marked by migration 015, so re-running the command (or the demo) keeps working."""
     role = f"old_console_{os.getpid()}_{int(time.time())}"
-    results_db.transaction(lambda cur: cur.execute(f'CREATE ROLE "{role}" LOGIN PASSWORD \'x\' IN ROLE ra_app'))
+    results_db.transaction(lambda cur: cur.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD 'x' IN ROLE ra_app"))
     try:
         assert main(["review-db-login", role]) == 1  # unmarked: refused
         capsys.readouterr()
@@ -114,8 +114,13 @@ def test_review_db_login_resets_its_own_role(cli_env, results_db, capsys):
 
 
 def _run_review(env: dict, port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "operations.cli", "review", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "operations.cli", "review", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_review_command_serves_on_loopback(cli_env, console_dsn):
@@ -136,7 +141,6 @@ def test_review_command_serves_on_loopback(cli_env, console_dsn):
     finally:
         process.terminate()
         process.wait(timeout=15)
-
 
 
 def test_review_command_refuses_to_run_as_an_owner_role(cli_env, results_db, monkeypatch, capsys):

@@ -11,8 +11,17 @@ from review_support import FlaggedItem, db_rows, seed_flagged
 
 from review.store import QueueFilter, ReviewStore, UnsafeDatabaseRole
 
-BASE_TABLES = ["audio_files", "transcripts", "classifications", "ra_users", "ra_sessions", "ra_claims",
-               "ra_decisions", "daily_summaries", "processing_failures"]
+BASE_TABLES = [
+    "audio_files",
+    "transcripts",
+    "classifications",
+    "ra_users",
+    "ra_sessions",
+    "ra_claims",
+    "ra_decisions",
+    "daily_summaries",
+    "processing_failures",
+]
 
 
 def _user_ids(results_db) -> dict[str, int]:
@@ -39,14 +48,17 @@ def test_ra_app_cannot_change_decisions_accounts_or_schema(console_dsn, results_
     item = seeded["clip0.mp3"].item_id
     assert store.claim(alice, item)
     assert store.record_decision(alice, item, "v1", "violates", "threat")
-    assert_each_refused(console_dsn, [
-        "UPDATE ra_decisions SET decision = 'does_not_violate'",
-        "DELETE FROM ra_decisions",
-        "TRUNCATE ra_decisions",
-        "INSERT INTO ra_users (username, password_hash) VALUES ('mallory', 'x')",
-        "UPDATE ra_claims SET expires_at = now()",
-        "CREATE TABLE public.stolen (x text)",
-    ])
+    assert_each_refused(
+        console_dsn,
+        [
+            "UPDATE ra_decisions SET decision = 'does_not_violate'",
+            "DELETE FROM ra_decisions",
+            "TRUNCATE ra_decisions",
+            "INSERT INTO ra_users (username, password_hash) VALUES ('mallory', 'x')",
+            "UPDATE ra_claims SET expires_at = now()",
+            "CREATE TABLE public.stolen (x text)",
+        ],
+    )
     store.close()
 
 
@@ -59,9 +71,11 @@ def test_decision_log_is_append_only_even_for_its_owner(console_dsn, results_db,
     store.record_decision(alice, item, "v1", "does_not_violate", "")  # supersedes, adds a row
     for statement in ("UPDATE ra_decisions SET reason = 'edited'", "DELETE FROM ra_decisions", "TRUNCATE ra_decisions"):
         with pytest.raises(psycopg2.errors.InsufficientPrivilege, match="append-only"):
-            results_db.transaction(lambda cur: cur.execute(statement))
-    log = db_rows(results_db, "SELECT decision, reason, policy_version, classifier_model, flag_score "
-                               "FROM ra_decisions ORDER BY id")
+            results_db.transaction(lambda cur: cur.execute(statement))  # noqa: B023 - runs now
+    log = db_rows(
+        results_db,
+        "SELECT decision, reason, policy_version, classifier_model, flag_score FROM ra_decisions ORDER BY id",
+    )
     assert [(r["decision"], r["reason"]) for r in log] == [("violates", "first"), ("does_not_violate", "")]
     assert {(r["policy_version"], r["classifier_model"], r["flag_score"]) for r in log} == {("v1", "cope-a-test", 0.9)}
     assert store.my_decision(alice, item)["decision"] == "does_not_violate"
@@ -111,9 +125,15 @@ def test_double_coded_items_go_to_exactly_two_ras(console_dsn, results_db, seede
 
 
 def test_queue_filters(console_dsn, results_db, object_store, opus_bytes, ras):
-    seeded = seed_flagged(results_db, object_store, opus_bytes, [
-        FlaggedItem("low.mp3", score=0.55), FlaggedItem("high.mp3", score=0.95, policy="hate_speech"),
-    ])
+    seeded = seed_flagged(
+        results_db,
+        object_store,
+        opus_bytes,
+        [
+            FlaggedItem("low.mp3", score=0.55),
+            FlaggedItem("high.mp3", score=0.95, policy="hate_speech"),
+        ],
+    )
     store = _store(console_dsn)
     alice = _user_ids(results_db)["alice"]
     names = {i.item_id: n for n, i in seeded.items()}
@@ -128,21 +148,30 @@ def test_queue_filters(console_dsn, results_db, object_store, opus_bytes, ras):
 
 
 def test_search_finds_words_through_the_gin_index(console_dsn, results_db, object_store, opus_bytes, ras):
-    seed_flagged(results_db, object_store, opus_bytes, [
-        FlaggedItem("a.mp3", transcript="meet me behind the station tonight"),
-        FlaggedItem("b.mp3", transcript="nothing to see here"),
-    ])
+    seed_flagged(
+        results_db,
+        object_store,
+        opus_bytes,
+        [
+            FlaggedItem("a.mp3", transcript="meet me behind the station tonight"),
+            FlaggedItem("b.mp3", transcript="nothing to see here"),
+        ],
+    )
     store = _store(console_dsn)
     hits = store.search("station")
     assert [h["original_filename"] for h in hits] == ["a.mp3"] and hits[0]["review_items"]
     assert "\x01station\x02" in hits[0]["snippet"]
     store.close()
-    plan = results_db.transaction(lambda cur: (
-        cur.execute("SET LOCAL enable_seqscan = off"),
-        cur.execute("EXPLAIN SELECT audio_file_id FROM ra_transcript_search "
-                    "WHERE document @@ websearch_to_tsquery('simple', 'station')"),
-        cur.fetchall(),
-    )[-1])
+    plan = results_db.transaction(
+        lambda cur: (
+            cur.execute("SET LOCAL enable_seqscan = off"),
+            cur.execute(
+                "EXPLAIN SELECT audio_file_id FROM ra_transcript_search "
+                "WHERE document @@ websearch_to_tsquery('simple', 'station')"
+            ),
+            cur.fetchall(),
+        )[-1]
+    )
     assert "transcripts_text_search_idx" in " ".join(row["QUERY PLAN"] for row in plan)
 
 
@@ -159,8 +188,13 @@ def test_kappa_precision_and_per_ra_views(console_dsn, results_db, object_store,
     seeded = seed_flagged(results_db, object_store, opus_bytes, [FlaggedItem(f"k{n}.mp3") for n in range(5)])
     store = _store(console_dsn, percent=100)
     users = _user_ids(results_db)
-    pairs = [("violates", "violates"), ("violates", "does_not_violate"), ("does_not_violate", "does_not_violate"),
-             ("unsure", "violates"), ("violates", "violates")]
+    pairs = [
+        ("violates", "violates"),
+        ("violates", "does_not_violate"),
+        ("does_not_violate", "does_not_violate"),
+        ("unsure", "violates"),
+        ("violates", "violates"),
+    ]
     for (first, second), item in zip(pairs, [seeded[f"k{n}.mp3"].item_id for n in range(5)]):
         for ra, decision in (("alice", first), ("bob", second)):
             assert store.claim(users[ra], item)
@@ -180,29 +214,44 @@ def test_kappa_precision_and_per_ra_views(console_dsn, results_db, object_store,
     day = str(precision["day"])
     summary = results_db.reports.daily_summary(day)
     results_db.reports.store_daily_summary(summary)
-    (report,) = db_rows(results_db, "SELECT review_precision, review_agreement, review_decisions_by_ra "
-                                     "FROM daily_report WHERE day = %s", (day,))
+    (report,) = db_rows(
+        results_db,
+        "SELECT review_precision, review_agreement, review_decisions_by_ra FROM daily_report WHERE day = %s",
+        (day,),
+    )
     assert report["review_precision"][0]["precision"] == pytest.approx(6 / 9, abs=1e-4)
     assert report["review_agreement"][0]["kappa"] == pytest.approx(_kappa(pairs), abs=1e-4)
     assert {r["username"] for r in report["review_decisions_by_ra"]} == {"alice", "bob"}
 
 
-BARRIER_VIEWS = ["ra_review_items", "ra_latest_decisions", "ra_active_claims", "ra_accounts", "ra_live_sessions",
-                 "ra_flag_precision", "ra_double_coded_pairs", "ra_agreement", "ra_decisions_per_ra", "ra_recall",
-                 "ra_calibration"]
+BARRIER_VIEWS = [
+    "ra_review_items",
+    "ra_latest_decisions",
+    "ra_active_claims",
+    "ra_accounts",
+    "ra_live_sessions",
+    "ra_flag_precision",
+    "ra_double_coded_pairs",
+    "ra_agreement",
+    "ra_decisions_per_ra",
+    "ra_recall",
+    "ra_calibration",
+]
 
 
 def test_console_views_are_security_barriers_except_search(results_db):
     found = db_rows(
-        results_db,
-        "SELECT relname, reloptions FROM pg_class WHERE relkind = 'v' AND relname LIKE 'ra\\_%%'"
+        results_db, "SELECT relname, reloptions FROM pg_class WHERE relkind = 'v' AND relname LIKE 'ra\\_%%'"
     )
     options = {r["relname"]: r["reloptions"] for r in found}
     assert {name: options.get(name) for name in BARRIER_VIEWS} == {n: ["security_barrier=true"] for n in BARRIER_VIEWS}
     # Search is a plain view so the GIN index is usable (see sql/views/review_console.sql);
     # the estimation helpers are read by no role, only by the barrier views above.
     assert {name for name, value in options.items() if value is None} == {
-        "ra_transcript_search", "ra_estimation_decisions", "ra_item_population"}
+        "ra_transcript_search",
+        "ra_estimation_decisions",
+        "ra_item_population",
+    }
 
 
 def test_ra_reader_sees_figures_but_not_accounts_or_sessions(results_db, ra_login_for_review):

@@ -12,8 +12,9 @@ from review.passwords import verify_password
 from review.server import load_env_file
 
 
-def test_demo_console_is_ready_and_stable_across_runs(results_db, object_store, opus_bytes, postgres_server,
-                                                      s3_server, tmp_path):
+def test_demo_console_is_ready_and_stable_across_runs(
+    results_db, object_store, opus_bytes, postgres_server, s3_server, tmp_path
+):
     seed_flagged(results_db, object_store, opus_bytes, [FlaggedItem("a.mp3"), FlaggedItem("b.mp3")])
     state = tmp_path / "state"
     first = prepare_demo_console(results_db, postgres_server, s3_server, object_store.bucket, state)

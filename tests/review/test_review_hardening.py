@@ -29,6 +29,7 @@ def lead(results_db) -> str:
 
 # --- sessions -------------------------------------------------------------------------------------
 
+
 def test_a_new_password_ends_every_session(start_console, results_db, ras):
     server = start_console()
     first, second = RAClient(server.url), RAClient(server.url)
@@ -70,6 +71,7 @@ def test_a_sign_in_elsewhere_is_listed_and_can_be_ended(start_console, ras):
 
 # --- sign-in throttling ---------------------------------------------------------------------------
 
+
 def test_a_burst_of_wrong_passwords_gets_five_argon2_checks(start_console, ras, monkeypatch):
     """Issue 17: of 40 concurrent wrong passwords, 25-26 reached argon2 against a cap of 5."""
     checks, running, most = [], [0], [0]
@@ -95,9 +97,16 @@ def test_a_burst_of_wrong_passwords_gets_five_argon2_checks(start_console, ras, 
         _, _, body = client.get("/sign-in")
         tokens.append(body.split(b'name="csrf_token" value="')[1].split(b'"')[0].decode())
     with concurrent.futures.ThreadPoolExecutor(40) as pool:
-        statuses = list(pool.map(lambda ct: ct[0].post("/sign-in", {"csrf_token": ct[1], "username": "alice",
-                                                                    "password": "wrong password!"}, with_token=False)[0],
-                                 zip(clients, tokens)))
+        statuses = list(
+            pool.map(
+                lambda ct: ct[0].post(
+                    "/sign-in",
+                    {"csrf_token": ct[1], "username": "alice", "password": "wrong password!"},
+                    with_token=False,
+                )[0],
+                zip(clients, tokens),
+            )
+        )
     assert len(checks) <= 5, f"{len(checks)} argon2 verifications"
     assert most[0] <= 2
     assert sorted(set(statuses)) == [401, 429] and statuses.count(401) == len(checks)
@@ -138,6 +147,7 @@ def test_the_client_address_behind_a_trusted_proxy_is_the_last_untrusted_hop(sta
 
 # --- GET changes nothing; claims by POST ----------------------------------------------------------
 
+
 def test_opening_an_item_does_not_claim_it(start_console, items, results_db):
     """Issue 17: a GET (a link, an <img>, a cross-site navigation) claimed items."""
     server = start_console(double_coding_percent=0)
@@ -170,7 +180,9 @@ def test_deciding_claims_and_opens_the_next_item(start_console, items, results_d
     alice.sign_in("alice")
     first, second = items["h0.mp3"].item_id, items["h1.mp3"].item_id
     alice.post(f"/items/{first}/claim")
-    status, headers, _ = alice.post(f"/items/{first}/decision", {"decision": "does_not_violate", "policy_version": "v1"})
+    status, headers, _ = alice.post(
+        f"/items/{first}/decision", {"decision": "does_not_violate", "policy_version": "v1"}
+    )
     assert status == 303 and headers["Location"].startswith(f"/items/{second}")
     claims = db_rows(results_db, "SELECT item_id FROM ra_claims ORDER BY id")
     assert [c["item_id"] for c in claims] == [first, second]
@@ -178,17 +190,23 @@ def test_deciding_claims_and_opens_the_next_item(start_console, items, results_d
 
 # --- sign-out -------------------------------------------------------------------------------------
 
+
 def test_sign_out_without_the_token_changes_nothing(start_console, ras):
     """Issue 17: a cross-site form POST deleted the cookie and left the server session alive."""
     server = start_console()
     alice = RAClient(server.url)
     alice.sign_in("alice")
     cookie = {"Cookie": f"ra_session={alice.cookies['ra_session']}"}
-    status, headers, _ = http(f"{server.url}/sign-out", method="POST", data=b"",
-                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, headers, _ = http(
+        f"{server.url}/sign-out", method="POST", data=b"", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert status == 403 and "Set-Cookie" not in headers  # no session sent: nothing to delete
-    status, headers, _ = http(f"{server.url}/sign-out", method="POST", data=b"csrf_token=forged",
-                              headers={**cookie, "Content-Type": "application/x-www-form-urlencoded"})
+    status, headers, _ = http(
+        f"{server.url}/sign-out",
+        method="POST",
+        data=b"csrf_token=forged",
+        headers={**cookie, "Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert status == 403 and "Set-Cookie" not in headers
     assert alice.get("/queue")[0] == 200
 
@@ -225,6 +243,7 @@ def test_posts_a_browser_marks_as_from_another_site_are_refused(start_console, r
 
 
 # --- blindness on /stats -------------------------------------------------------------------------
+
 
 def test_stats_keep_double_coding_blind(start_console, results_db, object_store, opus_bytes, ras, lead):
     """Issue 17: bob's stats showed alice's decision on an item he had still to code, and
@@ -267,8 +286,9 @@ def test_production_refuses_insecure_cookies_and_the_pipelines_s3_key():
     with pytest.raises(SettingsError, match="REVIEW_S3_ACCESS_KEY"):
         ReviewSettings.from_environment(production)  # falls back to the pipeline's key
     with pytest.raises(SettingsError, match="pipeline's S3_ACCESS_KEY"):
-        ReviewSettings.from_environment({**production, "REVIEW_S3_ACCESS_KEY": "pipeline-key",
-                                         "REVIEW_S3_SECRET_KEY": "pipeline-secret"})
+        ReviewSettings.from_environment(
+            {**production, "REVIEW_S3_ACCESS_KEY": "pipeline-key", "REVIEW_S3_SECRET_KEY": "pipeline-secret"}
+        )
     read_only = {**production, "REVIEW_S3_ACCESS_KEY": "reader", "REVIEW_S3_SECRET_KEY": "reader-secret"}
     with pytest.raises(SettingsError, match="REVIEW_SECURE_COOKIES"):
         ReviewSettings.from_environment({**read_only, "REVIEW_SECURE_COOKIES": "false"})

@@ -34,8 +34,12 @@ def sign_in(url: str, username: str, password: str):
     status, headers, body = http(f"{url}/sign-in")
     token = re.search(rb'name="csrf_token" value="([^"]+)"', body).group(1).decode()
     cookie = f"ra_sign_in_csrf={_cookies(headers)['ra_sign_in_csrf']}"
-    status, headers, _ = http(f"{url}/sign-in", method="POST", headers={"Cookie": cookie},
-                              data=_form({"csrf_token": token, "username": username, "password": password}))
+    status, headers, _ = http(
+        f"{url}/sign-in",
+        method="POST",
+        headers={"Cookie": cookie},
+        data=_form({"csrf_token": token, "username": username, "password": password}),
+    )
     session = _cookies(headers).get("ra_session")
     return status, (f"ra_session={session}" if session else None), headers
 
@@ -47,8 +51,11 @@ def test_nothing_is_served_without_a_session(console):
         assert (status, headers["Location"]) == (303, "/sign-in"), path
     status, _, body = http(f"{server.url}/audio/{item.audio_file_id}", headers={"Range": "bytes=0-99"})
     assert status == 401 and b"OggS" not in body
-    status, headers, _ = http(f"{server.url}/items/{item.item_id}/decision", method="POST",
-                              data=_form({"decision": "violates", "reason": "x"}))
+    status, headers, _ = http(
+        f"{server.url}/items/{item.item_id}/decision",
+        method="POST",
+        data=_form({"decision": "violates", "reason": "x"}),
+    )
     assert status == 303 and headers["Location"] == "/sign-in"
 
 
@@ -70,8 +77,12 @@ def test_secure_cookies_use_the_host_prefix(start_console, ras):
     token = re.search(rb'name="csrf_token" value="([^"]+)"', body).group(1).decode()
     assert "Secure" in headers["Set-Cookie"]
     csrf_cookie = f"__Host-ra_sign_in_csrf={_cookies(headers)['__Host-ra_sign_in_csrf']}"
-    status, headers, _ = http(f"{server.url}/sign-in", method="POST", headers={"Cookie": csrf_cookie},
-                              data=_form({"csrf_token": token, "username": "alice", "password": RA_PASSWORD}))
+    status, headers, _ = http(
+        f"{server.url}/sign-in",
+        method="POST",
+        headers={"Cookie": csrf_cookie},
+        data=_form({"csrf_token": token, "username": "alice", "password": RA_PASSWORD}),
+    )
     session_cookie = [h for h in headers.get_all("Set-Cookie") if h.startswith("__Host-ra_session=")]
     assert status == 303 and session_cookie and "Secure" in session_cookie[0]
 
@@ -81,15 +92,23 @@ def test_posts_without_the_csrf_token_are_refused(console, results_db):
     _, cookie, _ = sign_in(server.url, "alice", RA_PASSWORD)
     http(f"{server.url}/items/{item.item_id}", headers={"Cookie": cookie})  # open it (read-only)
     for token in ("", "forged"):
-        status, _, _ = http(f"{server.url}/items/{item.item_id}/decision", method="POST", headers={"Cookie": cookie},
-                            data=_form({"decision": "violates", "reason": "x", "policy_version": "v1", "csrf_token": token}))
+        status, _, _ = http(
+            f"{server.url}/items/{item.item_id}/decision",
+            method="POST",
+            headers={"Cookie": cookie},
+            data=_form({"decision": "violates", "reason": "x", "policy_version": "v1", "csrf_token": token}),
+        )
         assert status == 403
     status, _, _ = http(f"{server.url}/sign-out", method="POST", headers={"Cookie": cookie}, data=_form({}))
     assert status == 403
     assert db_rows(results_db, "SELECT count(*) AS n FROM ra_decisions")[0]["n"] == 0
     # The sign-in form's own token: a forged one is refused before any password check.
-    status, _, _ = http(f"{server.url}/sign-in", method="POST", headers={"Cookie": "ra_sign_in_csrf=a"},
-                        data=_form({"csrf_token": "b", "username": "alice", "password": RA_PASSWORD}))
+    status, _, _ = http(
+        f"{server.url}/sign-in",
+        method="POST",
+        headers={"Cookie": "ra_sign_in_csrf=a"},
+        data=_form({"csrf_token": "b", "username": "alice", "password": RA_PASSWORD}),
+    )
     assert status == 403
 
 
@@ -98,8 +117,9 @@ def test_sign_out_ends_the_session_server_side(console):
     _, cookie, _ = sign_in(server.url, "alice", RA_PASSWORD)
     _, _, body = http(f"{server.url}/queue", headers={"Cookie": cookie})
     token = re.search(rb'name="csrf_token" value="([^"]+)"', body).group(1).decode()
-    status, headers, _ = http(f"{server.url}/sign-out", method="POST", headers={"Cookie": cookie},
-                              data=_form({"csrf_token": token}))
+    status, headers, _ = http(
+        f"{server.url}/sign-out", method="POST", headers={"Cookie": cookie}, data=_form({"csrf_token": token})
+    )
     assert (status, headers["Location"]) == (303, "/sign-in")
     # The old cookie, replayed, signs nobody in.
     status, headers, _ = http(f"{server.url}/queue", headers={"Cookie": cookie})

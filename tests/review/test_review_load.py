@@ -6,13 +6,13 @@ must hold on any machine: no 5xx but 503, and every signed-in RA served."""
 
 from __future__ import annotations
 
-from http.client import HTTPConnection
 import json
 import secrets
 import statistics
 import threading
 import time
 from collections import Counter
+from http.client import HTTPConnection
 
 from review_support import RA_PASSWORD, FlaggedItem, RAClient, http, seed_flagged
 
@@ -65,8 +65,14 @@ def test_a_burst_of_mixed_requests_gets_no_500_and_every_ra_is_served(
     requests = []  # (kind, who, path, headers)
     for n in range(40):
         start = (n * 997) % (len(opus_bytes) - 200)
-        requests.append(("audio range", names[n % 5], f"/audio/{audio}",
-                         {"Cookie": ras_cookies[names[n % 5]], "Range": f"bytes={start}-{start + 199}"}))
+        requests.append(
+            (
+                "audio range",
+                names[n % 5],
+                f"/audio/{audio}",
+                {"Cookie": ras_cookies[names[n % 5]], "Range": f"bytes={start}-{start + 199}"},
+            )
+        )
     pages = ["/queue", "/stats", f"/items/{item}", "/search?q=words", "/sessions"]
     for n in range(30):
         requests.append(("page", names[n % 5], pages[n % len(pages)], {"Cookie": ras_cookies[names[n % 5]]}))
@@ -104,8 +110,10 @@ def test_a_burst_of_mixed_requests_gets_no_500_and_every_ra_is_served(
         "p95_latency_s": round(latencies[int(0.95 * REQUESTS) - 1], 3),
         "max_latency_s": round(latencies[-1], 3),
         "wall_s": round(wall, 3),
-        "settings": {name: getattr(server.app.state.console.settings, name, None)
-                     for name in ("worker_threads", "db_connections", "db_wait_s")},
+        "settings": {
+            name: getattr(server.app.state.console.settings, name, None)
+            for name in ("worker_threads", "db_connections", "db_wait_s")
+        },
     }
     (output_dir / "load-test.json").write_text(json.dumps(report, indent=2))
     print(f"\nload test: {json.dumps(report)}")

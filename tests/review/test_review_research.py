@@ -13,7 +13,16 @@ import re
 import pyarrow.parquet as pq
 import pytest
 from review_support import (
-    AUDIT_DECISIONS, FLAG_DECISIONS, FLAGGED, MODEL, POLICY, RA_PASSWORD, UNFLAGGED, FlaggedItem, RAClient, db_rows,
+    AUDIT_DECISIONS,
+    FLAG_DECISIONS,
+    FLAGGED,
+    MODEL,
+    POLICY,
+    RA_PASSWORD,
+    UNFLAGGED,
+    FlaggedItem,
+    RAClient,
+    db_rows,
     seed_flagged,
 )
 
@@ -33,8 +42,9 @@ def wilson(successes: int, n: float) -> tuple[float, float]:
 
 def test_wilson_functions_match_the_formula(results_db):
     for k, n in [(0, 1), (1, 1), (3, 10), (45, 50), (0, 200), (999, 1000)]:
-        (row,) = db_rows(results_db, "SELECT wilson_lower(%s, %s) AS low, wilson_upper(%s, %s) AS high",
-                         (k / n, n, k / n, n))
+        (row,) = db_rows(
+            results_db, "SELECT wilson_lower(%s, %s) AS low, wilson_upper(%s, %s) AS high", (k / n, n, k / n, n)
+        )
         assert (row["low"], row["high"]) == pytest.approx(wilson(k, n), abs=1e-6)
     assert db_rows(results_db, "SELECT wilson_lower(0.5, 0) AS low")[0]["low"] is None
 
@@ -49,8 +59,9 @@ def _ids(results_db) -> dict[str, int]:
     return {r["username"]: r["id"] for r in db_rows(results_db, "SELECT id, username FROM ra_users")}
 
 
-def _decide(console_dsn, results_db, population, decisions: dict[str, str], ra: str = "alice",
-            reason: str = "because") -> None:
+def _decide(
+    console_dsn, results_db, population, decisions: dict[str, str], ra: str = "alice", reason: str = "because"
+) -> None:
     store = ReviewStore(console_dsn, double_coding_percent=0, claim_minutes=15)
     user = _ids(results_db)[ra]
     for name, decision in decisions.items():
@@ -60,8 +71,9 @@ def _decide(console_dsn, results_db, population, decisions: dict[str, str], ra: 
     store.close()
 
 
-def test_the_audit_sample_is_drawn_by_hash_and_shown_blind(console_dsn, start_console, results_db, object_store,
-                                                          opus_bytes, ras):
+def test_the_audit_sample_is_drawn_by_hash_and_shown_blind(
+    console_dsn, start_console, results_db, object_store, opus_bytes, ras
+):
     seeded = seed_flagged(results_db, object_store, opus_bytes, FLAGGED[:2] + UNFLAGGED)
     store = ReviewStore(console_dsn, double_coding_percent=0, claim_minutes=15)
     alice = _ids(results_db)["alice"]
@@ -69,8 +81,13 @@ def test_the_audit_sample_is_drawn_by_hash_and_shown_blind(console_dsn, start_co
     flagged = {seeded[i.name].item_id for i in FLAGGED[:2]}
     unflagged = {seeded[i.name].item_id: i for i in UNFLAGGED}
     # The default 2 %: exactly the unflagged items whose hash bucket (0..9,999) is below 200.
-    buckets = {r["item_id"]: r["bucket"] for r in db_rows(
-        results_db, "SELECT id AS item_id, ra_hash_bucket('ra-recall-audit', id, 10000) AS bucket FROM classifications")}
+    buckets = {
+        r["item_id"]: r["bucket"]
+        for r in db_rows(
+            results_db,
+            "SELECT id AS item_id, ra_hash_bucket('ra-recall-audit', id, 10000) AS bucket FROM classifications",
+        )
+    }
     assert queued() == flagged | {i for i in unflagged if buckets[i] < 200}
     recall_audit.set_audit_share(results_db, 100)
     assert queued() == flagged | set(unflagged)
@@ -104,19 +121,33 @@ def test_recall_and_false_negative_rate_match_a_reference(console_dsn, results_d
     def recall(p_: float, q_: float) -> float:
         return p_ * 10 / (p_ * 10 + q_ * 40)
 
-    assert (row["flagged_items"], row["unflagged_items"], row["flag_decisions"], row["audit_decisions"]) == (10, 40, 8, 20)
+    assert (row["flagged_items"], row["unflagged_items"], row["flag_decisions"], row["audit_decisions"]) == (
+        10,
+        40,
+        8,
+        20,
+    )
     expected = {
-        "precision": p, "precision_low": p_low, "precision_high": p_high,
-        "miss_rate": q, "miss_rate_low": q_low, "miss_rate_high": q_high,
-        "recall": recall(p, q), "recall_low": recall(p_low, q_high), "recall_high": recall(p_high, q_low),
-        "false_negative_rate": 1 - recall(p, q), "false_negative_rate_low": 1 - recall(p_high, q_low),
+        "precision": p,
+        "precision_low": p_low,
+        "precision_high": p_high,
+        "miss_rate": q,
+        "miss_rate_low": q_low,
+        "miss_rate_high": q_high,
+        "recall": recall(p, q),
+        "recall_low": recall(p_low, q_high),
+        "recall_high": recall(p_high, q_low),
+        "false_negative_rate": 1 - recall(p, q),
+        "false_negative_rate_low": 1 - recall(p_high, q_low),
         "false_negative_rate_high": 1 - recall(p_low, q_high),
     }
     assert {k: float(row[k]) for k in expected} == pytest.approx(expected, abs=1e-4)
     # Precision of flags leaves the audit decisions out.
     (precision,) = db_rows(results_db, "SELECT * FROM ra_flag_precision")
     assert (precision["decisions"], precision["violates"]) == (8, 6)
-    assert (float(precision["precision_low"]), float(precision["precision_high"])) == pytest.approx((p_low, p_high), abs=1e-4)
+    assert (float(precision["precision_low"]), float(precision["precision_high"])) == pytest.approx(
+        (p_low, p_high), abs=1e-4
+    )
 
 
 def _reference_calibration(threshold: float) -> dict:
@@ -130,8 +161,13 @@ def _reference_calibration(threshold: float) -> dict:
     n_eff = weight**2 / sum(w * w for _, w in above) if above else 0
     precision = violating / weight if weight else None
     low, high = wilson(violating / weight * n_eff, n_eff) if weight else (None, None)
-    return {"decisions": len(above), "precision": precision, "precision_low": low, "precision_high": high,
-            "recall": violating / all_violating}
+    return {
+        "decisions": len(above),
+        "precision": precision,
+        "precision_low": low,
+        "precision_high": high,
+        "recall": violating / all_violating,
+    }
 
 
 def test_calibration_matches_a_reference_and_finds_the_lowest_threshold(console_dsn, results_db, population):
@@ -146,8 +182,7 @@ def test_calibration_matches_a_reference_and_finds_the_lowest_threshold(console_
         got = {k: (float(row[k]) if k != "decisions" else row[k]) for k in expected}
         assert got == pytest.approx(expected, abs=1e-4), row["threshold"]
     # Target 0.9: the lowest grid threshold whose precision reaches it.
-    reference = min(n / 100 for n in range(1, 100)
-                    if (_reference_calibration(n / 100)["precision"] or 0) >= 0.9)
+    reference = min(n / 100 for n in range(1, 100) if (_reference_calibration(n / 100)["precision"] or 0) >= 0.9)
     store = ReviewStore(console_dsn, double_coding_percent=0, claim_minutes=15)
     (pick,) = store.recommended_thresholds(0.9)
     store.close()
@@ -156,12 +191,18 @@ def test_calibration_matches_a_reference_and_finds_the_lowest_threshold(console_
 
 
 def test_applying_a_threshold_reflags_stored_scores_only(cli_env, console_dsn, results_db, population, capsys):
-    before = {r["id"]: r for r in db_rows(results_db, "SELECT id, flag_score, flagged, created_at, scored_at "
-                                                      "FROM classifications")}
+    before = {
+        r["id"]: r
+        for r in db_rows(results_db, "SELECT id, flag_score, flagged, created_at, scored_at FROM classifications")
+    }
     assert main(["review-thresholds", "--policy", POLICY, "--model", MODEL, "--apply", "0.7"]) == 0
     assert "re-flagged without a model call" in capsys.readouterr().out
-    after = {r["id"]: r for r in db_rows(results_db, "SELECT id, flag_score, flagged, threshold, created_at, scored_at "
-                                                     "FROM classifications")}
+    after = {
+        r["id"]: r
+        for r in db_rows(
+            results_db, "SELECT id, flag_score, flagged, threshold, created_at, scored_at FROM classifications"
+        )
+    }
     for item_id, row in after.items():
         assert row["flagged"] == (row["flag_score"] >= 0.7) and row["threshold"] == 0.7
         assert row["scored_at"] == before[item_id]["scored_at"]  # not scored again
@@ -169,15 +210,18 @@ def test_applying_a_threshold_reflags_stored_scores_only(cli_env, console_dsn, r
         assert (row["created_at"] != before[item_id]["created_at"]) == changed
     # What the pipeline's next run reads: this threshold, and every score already current under it.
     assert results_db.model_outputs.policy_thresholds(MODEL) == {POLICY: 0.7}
-    scored = results_db.model_outputs.scored([r["audio_file_id"] for r in db_rows(
-        results_db, "SELECT audio_file_id FROM classifications")], MODEL)
+    scored = results_db.model_outputs.scored(
+        [r["audio_file_id"] for r in db_rows(results_db, "SELECT audio_file_id FROM classifications")], MODEL
+    )
     assert {t for *_, t in scored} == {0.7}
     # Recommended: from the calibration, with what it rests on recorded.
     _decide(console_dsn, results_db, population, {f"flag{n:02d}.mp3": "violates" for n in range(4, 10)})
     assert main(["review-thresholds", "--target", "0.9"]) == 0
     assert POLICY in capsys.readouterr().out
-    assert main(["review-thresholds", "--policy", POLICY, "--model", MODEL, "--apply", "recommended",
-                 "--target", "0.9"]) == 0
+    assert (
+        main(["review-thresholds", "--policy", POLICY, "--model", MODEL, "--apply", "recommended", "--target", "0.9"])
+        == 0
+    )
     (latest,) = db_rows(results_db, "SELECT threshold, basis FROM current_policy_thresholds")
     assert "lowest to reach precision 0.9" in latest["basis"] and "decisions" in latest["basis"]
     assert main(["review-thresholds", "--policy", "nope", "--model", MODEL, "--apply", "0.5"]) == 1
@@ -186,8 +230,14 @@ def test_applying_a_threshold_reflags_stored_scores_only(cli_env, console_dsn, r
 
 def test_export_pseudonymises_ras_unless_asked(cli_env, console_dsn, results_db, population, tmp_path, capsys):
     _decide(console_dsn, results_db, population, dict(list(FLAG_DECISIONS.items())[:3]))
-    _decide(console_dsn, results_db, population, dict(list(AUDIT_DECISIONS.items())[:2]), ra="bob",
-            reason='=HYPERLINK("http://attacker.example/","see")')
+    _decide(
+        console_dsn,
+        results_db,
+        population,
+        dict(list(AUDIT_DECISIONS.items())[:2]),
+        ra="bob",
+        reason='=HYPERLINK("http://attacker.example/","see")',
+    )
     assert main(["review-export", "--output", str(tmp_path / "d.parquet")]) == 0
     table = pq.read_table(tmp_path / "d.parquet").to_pylist()
     assert len(table) == 5 and "ra_username" not in table[0]
@@ -196,14 +246,23 @@ def test_export_pseudonymises_ras_unless_asked(cli_env, console_dsn, results_db,
     raw = (tmp_path / "d.parquet").read_bytes()
     assert b"alice" not in raw and b"bob" not in raw
     assert {r["flagged"] for r in table} == {True, False} and {r["threshold"] for r in table} == {0.5}
-    assert set(table[0]) >= {"item_id", "policy", "classifier_model", "policy_version", "flag_score", "threshold",
-                             "decision", "ra", "standing"}
+    assert set(table[0]) >= {
+        "item_id",
+        "policy",
+        "classifier_model",
+        "policy_version",
+        "flag_score",
+        "threshold",
+        "decision",
+        "ra",
+        "standing",
+    }
     assert main(["review-export", "--output", str(tmp_path / "d.csv"), "--with-ra-names"]) == 0
     with (tmp_path / "d.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {r["ra_username"] for r in rows} == {"alice", "bob"} and {r["ra"] for r in rows} == pseudonyms
     # A reason (or a file name) a spreadsheet would run as a formula is made inert in CSV only.
-    assert {r["reason"] for r in rows} == {"because", "'=HYPERLINK(\"http://attacker.example/\",\"see\")"}
+    assert {r["reason"] for r in rows} == {"because", '\'=HYPERLINK("http://attacker.example/","see")'}
     assert '=HYPERLINK("http://attacker.example/","see")' in {r["reason"] for r in table}
     assert main(["review-export", "--output", str(tmp_path / "d.xlsx")]) == 1
 
@@ -220,8 +279,7 @@ def test_the_daily_report_carries_recall_with_intervals(console_dsn, results_db,
     assert precision["precision_low"] < precision["precision"] < precision["precision_high"]
 
 
-def test_the_item_shows_the_policy_text_it_was_scored_with(start_console, results_db, object_store, opus_bytes,
-                                                          ras):
+def test_the_item_shows_the_policy_text_it_was_scored_with(start_console, results_db, object_store, opus_bytes, ras):
     """Issue 15 item 5: the console showed the packaged text even when POLICIES_DIR scored the
     item with another one. The text is kept by version and shown from there."""
     results_db.model_outputs.keep_policy_texts({POLICY: ("v1", "OUR OWN <b>revised</b> policy text")})

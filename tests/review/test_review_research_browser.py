@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 from review_support import (
-    AUDIT_DECISIONS, FLAG_DECISIONS, FLAGGED, POLICY, RA_PASSWORD, UNFLAGGED, db_rows, seed_flagged, signed_in_page,
+    AUDIT_DECISIONS,
+    FLAG_DECISIONS,
+    FLAGGED,
+    POLICY,
+    RA_PASSWORD,
+    UNFLAGGED,
+    db_rows,
+    seed_flagged,
+    signed_in_page,
 )
 
 from review import accounts, recall_audit

@@ -18,14 +18,22 @@ HEAVY = ("dagster", "torch", "whisperx", "transformers", "pandas")
 
 def test_review_starts_and_serves_without_dagster_or_torch(console_dsn, object_store, tmp_path: Path):
     port = free_tcp_ports(1)[0]
-    env = {**os.environ, "REVIEW_DATABASE_DSN": console_dsn, "REVIEW_SECURE_COOKIES": "false",
-           "S3_ENDPOINT": object_store.endpoint_url, "S3_BUCKET": object_store.bucket,
-           "S3_ACCESS_KEY": object_store.access_key, "S3_SECRET_KEY": object_store.secret_key}
+    env = {
+        **os.environ,
+        "REVIEW_DATABASE_DSN": console_dsn,
+        "REVIEW_SECURE_COOKIES": "false",
+        "S3_ENDPOINT": object_store.endpoint_url,
+        "S3_BUCKET": object_store.bucket,
+        "S3_ACCESS_KEY": object_store.access_key,
+        "S3_SECRET_KEY": object_store.secret_key,
+    }
     imports = tmp_path / "importtime.log"  # -X importtime: every module the process imported
     with imports.open("w") as log:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "audio-pipeline"), "review", "--port", str(port)],
-            env=env | {"PYTHONPROFILEIMPORTTIME": "1"}, stdout=subprocess.DEVNULL, stderr=log,
+            env=env | {"PYTHONPROFILEIMPORTTIME": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
     try:
         deadline = time.monotonic() + 60

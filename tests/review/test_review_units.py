@@ -12,15 +12,18 @@ from review.settings import ReviewSettings, SettingsError
 from review.sign_in_limiter import SignInLimiter
 
 
-@pytest.mark.parametrize(("header", "expected"), [
-    (None, None),
-    ("bytes=0-99", ByteRange(0, 99)),
-    ("bytes=100-", ByteRange(100, 999)),
-    ("bytes=-10", ByteRange(990, 999)),
-    ("bytes=900-5000", ByteRange(900, 999)),  # clipped to the file
-    ("bytes=0-1,5-6", None),  # several ranges: the whole file
-    ("items=0-1", None),
-])
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("bytes=0-99", ByteRange(0, 99)),
+        ("bytes=100-", ByteRange(100, 999)),
+        ("bytes=-10", ByteRange(990, 999)),
+        ("bytes=900-5000", ByteRange(900, 999)),  # clipped to the file
+        ("bytes=0-1,5-6", None),  # several ranges: the whole file
+        ("items=0-1", None),
+    ],
+)
 def test_parse_range(header, expected):
     assert parse_range(header, 1000) == expected
 
@@ -61,7 +64,12 @@ def test_limiter_forgets_after_the_window_and_stays_bounded():
 
 def test_marked_parts_split_matches_without_markup():
     assert _marked_parts("say \x01hello\x02 to <b>\x01them\x02</b>") == [
-        ("say ", False), ("hello", True), (" to <b>", False), ("them", True), ("</b>", False)]
+        ("say ", False),
+        ("hello", True),
+        (" to <b>", False),
+        ("them", True),
+        ("</b>", False),
+    ]
 
 
 def test_settings_need_the_console_login_and_check_values():
@@ -69,8 +77,9 @@ def test_settings_need_the_console_login_and_check_values():
         ReviewSettings.from_environment({})
     with pytest.raises(SettingsError, match="REVIEW_REASON_REQUIRED"):
         ReviewSettings.from_environment({"REVIEW_DATABASE_DSN": "x", "REVIEW_REASON_REQUIRED": "maybe"})
-    settings = ReviewSettings.from_environment({"REVIEW_DATABASE_DSN": "x", "S3_ACCESS_KEY": "pipeline-key",
-                                                "REVIEW_S3_ACCESS_KEY": "read-only-key"})
+    settings = ReviewSettings.from_environment(
+        {"REVIEW_DATABASE_DSN": "x", "S3_ACCESS_KEY": "pipeline-key", "REVIEW_S3_ACCESS_KEY": "read-only-key"}
+    )
     assert settings.secure_cookies and settings.double_coding_percent == 10 and settings.blind
     assert settings.s3_access_key == "read-only-key"
     assert settings.reason_required_for == {"violates", "unsure"}

@@ -149,7 +149,13 @@ def test_reference_is_the_models_own_last_logits(tiny_cope, tokenizer, one_at_a_
 @pytest.mark.parametrize("stable_shapes", [False, True], ids=["sorted", "stable-shapes"])
 def test_batched_scores_equal_one_at_a_time(settings, one_at_a_time, padding_side, prefix_cache, stable_shapes):
     scorer = load_cope_scorer(
-        replace(settings, max_batch_rows=4, padding_side=padding_side, prefix_cache=prefix_cache, stable_shapes=stable_shapes)
+        replace(
+            settings,
+            max_batch_rows=4,
+            padding_side=padding_side,
+            prefix_cache=prefix_cache,
+            stable_shapes=stable_shapes,
+        )
     )
     batched = [s.score for s in scorer.score(POLICY, CONTENTS)]
     assert batched == pytest.approx(one_at_a_time, abs=1e-5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,8 +10,19 @@ from archive_identity import ArchiveVersion, is_archive_key, partition_key_candi
 from resources.results_db.audio_files import ExistingRow, RowChange, plan_member_changes
 from sql.named_queries import parse_named_queries, queries
 
-SQL_CONCERNS = ["archives", "archive_lock", "audio_files", "failures", "model_outputs", "object_deletions",
-                "reports", "transfers", "review_accounts", "review_items", "review_stats"]
+SQL_CONCERNS = [
+    "archives",
+    "archive_lock",
+    "audio_files",
+    "failures",
+    "model_outputs",
+    "object_deletions",
+    "reports",
+    "transfers",
+    "review_accounts",
+    "review_items",
+    "review_stats",
+]
 
 
 def test_named_queries_are_split_by_name_and_unknown_names_say_where():
@@ -48,7 +59,7 @@ def test_partition_keys_keep_clean_names_and_tell_objects_apart():
 
 
 def test_archive_version_round_trips_through_json_and_run_tags():
-    version = ArchiveVersion("archives/a.tar", "abc-2", 123, datetime(2026, 11, 30, 23, 59, 59, tzinfo=timezone.utc), "a")
+    version = ArchiveVersion("archives/a.tar", "abc-2", 123, datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC), "a")
     assert ArchiveVersion.from_json(version.to_json()) == version
     assert version.date == "2026-11-30" and str(version) == "archives/a.tar@abc-2"
     assert tagged_version(version.run_tags() | {"dagster/partition": "a"}) == ("archives/a.tar", "abc-2")
@@ -79,8 +90,9 @@ def test_rejected_members_fail_once_and_duplicates_of_accepted_names_are_not_row
     existing = {"bad.mp3": _row("bad.mp3")}
     changes = plan_member_changes(existing, {"a.mp3": "s1"}, {"bad.mp3": "symbolic link", "a.mp3": "duplicate"})
     assert changes == [
-        RowChange("bad.mp3", "failed", error="symbolic link", failed_stage="archive", clear_opus=True,
-                  drop_model_outputs=True)
+        RowChange(
+            "bad.mp3", "failed", error="symbolic link", failed_stage="archive", clear_opus=True, drop_model_outputs=True
+        )
     ]
     already = {"bad.mp3": _row("bad.mp3", status="failed", stage="archive", opus=None)}
     assert plan_member_changes(already, {}, {"bad.mp3": "symbolic link"}) == []

@@ -14,9 +14,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_gpu_bench_runs_on_cpu_with_a_tiny_shape(tmp_path):
     command = [
-        sys.executable, str(ROOT / "bench" / "gpu" / "bench_cope.py"), "--shape", "tiny", "--device", "cpu",
-        "--items", "12", "--policy-tokens", "150", "--stability-items", "2", "--time-budget-s", "0",
-        "--out", str(tmp_path),
+        sys.executable,
+        str(ROOT / "bench" / "gpu" / "bench_cope.py"),
+        "--shape",
+        "tiny",
+        "--device",
+        "cpu",
+        "--items",
+        "12",
+        "--policy-tokens",
+        "150",
+        "--stability-items",
+        "2",
+        "--time-budget-s",
+        "0",
+        "--out",
+        str(tmp_path),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -18,8 +18,19 @@ SCRIPT_DIRS = ["tests", "bench"]  # their modules import each other by file name
 # Lowest first: a module may import its own layer and the layers below it, never above.
 # The longest matching prefix decides a module's layer.
 LAYERS = [
-    ("pure", ["archive_identity", "s3_client", "sql", "policies", "embedded_services",
-              "audio_assets.audio", "audio_assets.ml", "audio_assets.file_batches"]),
+    (
+        "pure",
+        [
+            "archive_identity",
+            "s3_client",
+            "sql",
+            "policies",
+            "embedded_services",
+            "audio_assets.audio",
+            "audio_assets.ml",
+            "audio_assets.file_batches",
+        ],
+    ),
     ("resources", ["resources"]),
     ("assets", ["audio_assets"]),  # assets, checks, ops and their jobs, partitions, the step helper
     ("sensors", ["sensors"]),  # sensors and schedules: they request runs of jobs
@@ -134,7 +145,8 @@ def test_pure_code_and_the_console_import_no_dagster():
         if module == CONSOLE or module.startswith(CONSOLE + "."):
             offenders += [(module, name) for name in third_party_imports(module) & set(HEAVY_FOR_CONSOLE)]
             offenders += [
-                (module, target) for target in import_graph()[module]
+                (module, target)
+                for target in import_graph()[module]
                 if not target.startswith(CONSOLE) and layer_of(target) != 0
             ]
     assert offenders == []
@@ -219,8 +231,13 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
     return components
 
 
-ARCHIVE_ASSETS = {"archive.py": "raw_archive", "opus.py": "opus_files", "metadata.py": "parquet_metadata",
-                  "transcripts.py": "transcripts", "classifications.py": "classifications"}
+ARCHIVE_ASSETS = {
+    "archive.py": "raw_archive",
+    "opus.py": "opus_files",
+    "metadata.py": "parquet_metadata",
+    "transcripts.py": "transcripts",
+    "classifications.py": "classifications",
+}
 
 
 def test_archive_asset_bodies_read_in_one_screen():
@@ -238,7 +255,9 @@ def test_archive_asset_bodies_read_in_one_screen():
 # --- SQL lives in sql/ and the data layer ---------------------------------------------------
 
 # Statements as they would appear in a Python string: a verb, then what it acts on.
-SQL = re.compile(r"\b(SELECT\s+[\w*(]|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|VIEW|INDEX))", re.I)
+SQL = re.compile(
+    r"\b(SELECT\s+[\w*(]|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|VIEW|INDEX))", re.I
+)
 # Allowed: the data-access package, the migrate runner, the embedded server launcher (CREATE
 # DATABASE for tests and the demo).
 ALLOWED = {"resources/results_db", "sql", "embedded_services"}
@@ -256,7 +275,9 @@ def sql_strings(path: Path) -> list[str]:
     return [
         f"{path.name}:{node.lineno}: {node.value.strip()[:80]}"
         for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in prose
         and SQL.search(node.value)
     ]
 

@@ -155,10 +155,20 @@ def test_to_json_safe_converts_numpy_and_pandas_values():
     }
     safe = to_json_safe(value)
     assert safe == {
-        "i": 3, "f": 0.5, "nan": None, "b": True, "arr": [1, 2],
-        "when": "2026-11-01T08:00:00.000000001", "took": 1.5, "nat": None, "na": None,
-        "aware": "2026-11-01T08:00:00+00:00", "[1, 2]": "tuple key", "5": {"x": [None, "1E+2", None]},
-        "set": ["only"], "raw": "AA==",
+        "i": 3,
+        "f": 0.5,
+        "nan": None,
+        "b": True,
+        "arr": [1, 2],
+        "when": "2026-11-01T08:00:00.000000001",
+        "took": 1.5,
+        "nat": None,
+        "na": None,
+        "aware": "2026-11-01T08:00:00+00:00",
+        "[1, 2]": "tuple key",
+        "5": {"x": [None, "1E+2", None]},
+        "set": ["only"],
+        "raw": "AA==",
     }
     assert type(safe["i"]) is int and type(safe["f"]) is float and type(safe["when"]) is str
     json.dumps(safe, allow_nan=False)

@@ -58,7 +58,13 @@ def test_all_policies_ship():
 def test_policy_is_a_full_cope_policy(name):
     text = load_policies([name])[name]
     assert 300 <= len(text.split()) <= 800
-    for section in ("## Overview", "## Definition of Terms", "## Definition of Labels", "#### Includes", "#### Excludes"):
+    for section in (
+        "## Overview",
+        "## Definition of Terms",
+        "## Definition of Labels",
+        "#### Includes",
+        "#### Excludes",
+    ):
         assert section in text, f"{name} lacks {section}"
     assert text.count("\n- **") >= 12  # named criteria and terms, not a one-liner
     # Rough count (English is ~4 characters a token; 3 is pessimistic for Markdown): the

@@ -99,7 +99,9 @@ def test_hash_kinds_choose_which_bytes_are_read(tmp_path):
     assert [m.sha256 for m in scan(archive, hash_kinds=frozenset()).members] == [None, None, None]
     everything = frozenset({"mp3", "parquet", "other"})
     assert [m.sha256 for m in scan(archive, hash_kinds=everything).members] == [
-        sha256(b"mp3"), sha256(b"par"), sha256(b"x"),
+        sha256(b"mp3"),
+        sha256(b"par"),
+        sha256(b"x"),
     ]
 
 
@@ -126,7 +128,10 @@ def test_copy_to_writes_at_the_callers_path_only(tmp_path, tone, monkeypatch):
     ]
     assert (out / "0.bin").read_bytes() == tone.read_bytes() and (out / "2.bin").read_bytes() == b"PAR1"
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
-        "batch.tar.gz", "out", "out/0.bin", "out/2.bin",
+        "batch.tar.gz",
+        "out",
+        "out/0.bin",
+        "out/2.bin",
     ]
 
 
@@ -202,9 +207,18 @@ def test_gzip_is_recognised_by_content_not_name(tmp_path, tone):
 @pytest.mark.parametrize(
     ("name", "kind"),
     [
-        ("c.mp3", "mp3"), ("X.MP3", "mp3"), (".mp3", "mp3"), ("dir/.mp3", "mp3"), ("dir/.MP3", "mp3"),
-        ("A/B.PARQUET", "parquet"), (".parquet", "parquet"), ("a.mp3.txt", "other"), ("mp3", "other"),
-        ("clips/._b.mp3", "other"), ("._.mp3", "other"), ("__MACOSX/clips/._a.mp3", "other"),
+        ("c.mp3", "mp3"),
+        ("X.MP3", "mp3"),
+        (".mp3", "mp3"),
+        ("dir/.mp3", "mp3"),
+        ("dir/.MP3", "mp3"),
+        ("A/B.PARQUET", "parquet"),
+        (".parquet", "parquet"),
+        ("a.mp3.txt", "other"),
+        ("mp3", "other"),
+        ("clips/._b.mp3", "other"),
+        ("._.mp3", "other"),
+        ("__MACOSX/clips/._a.mp3", "other"),
         ("__MACOSX/a.mp3", "other"),
     ],
 )
@@ -216,7 +230,10 @@ def test_a_member_named_dot_mp3_is_an_mp3(tmp_path):
     names = [".mp3", "dir/.mp3", "X.MP3", "__MACOSX/clips/._a.mp3", "clips/._b.mp3"]
     listing = scan(build_tar(tmp_path / "batch.tar", [(name, b"x") for name in names]))
     assert [(m.name, m.kind) for m in listing.members] == [
-        (".mp3", "mp3"), ("dir/.mp3", "mp3"), ("X.MP3", "mp3"), ("__MACOSX/clips/._a.mp3", "other"),
+        (".mp3", "mp3"),
+        ("dir/.mp3", "mp3"),
+        ("X.MP3", "mp3"),
+        ("__MACOSX/clips/._a.mp3", "other"),
         ("clips/._b.mp3", "other"),
     ]
 
@@ -240,24 +257,44 @@ def test_a_member_named_dot_mp3_is_an_mp3(tmp_path):
         (RegularEntry("ok.mp3", b"second"), "ok.mp3", "mp3", DUPLICATE),
         (RegularEntry("./ok.mp3", b"second"), "ok.mp3", "mp3", DUPLICATE),
         (
-            RegularEntry("esc\x1b[2J.mp3", b"x"), "esc\\x1b[2J.mp3", "mp3",
+            RegularEntry("esc\x1b[2J.mp3", b"x"),
+            "esc\\x1b[2J.mp3",
+            "mp3",
             "member name contains a control character (\\x1b)",
         ),
         (RegularEntry("del\x7f.mp3", b"x"), "del\\x7f.mp3", "mp3", "member name contains a control character (\\x7f)"),
         (RegularEntry("tab\t.mp3", b"x"), "tab\\x09.mp3", "mp3", "member name contains a control character (\\x09)"),
         (
-            RegularEntry("d/" + "c" * 252 + ".mp3", b"x"), "d/" + "c" * 252 + ".mp3", "mp3",
+            RegularEntry("d/" + "c" * 252 + ".mp3", b"x"),
+            "d/" + "c" * 252 + ".mp3",
+            "mp3",
             "a path component is longer than 255 bytes (256 bytes)",
         ),
         (
-            RegularEntry("d/" + "é" * 126 + ".mp3", b"x"), "d/" + "é" * 126 + ".mp3", "mp3",
+            RegularEntry("d/" + "é" * 126 + ".mp3", b"x"),
+            "d/" + "é" * 126 + ".mp3",
+            "mp3",
             "a path component is longer than 255 bytes (256 bytes)",  # 130 characters, 256 bytes
         ),
     ],
     ids=[
-        "dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "char-device", "block-device", "fifo",
-        "oversized", "non-utf8-name", "duplicate", "duplicate-after-normalizing", "escape", "del", "tab",
-        "long-component", "long-component-in-utf8",
+        "dotdot",
+        "nested-dotdot",
+        "absolute",
+        "symlink",
+        "hardlink",
+        "char-device",
+        "block-device",
+        "fifo",
+        "oversized",
+        "non-utf8-name",
+        "duplicate",
+        "duplicate-after-normalizing",
+        "escape",
+        "del",
+        "tab",
+        "long-component",
+        "long-component-in-utf8",
     ],
 )
 def test_unsafe_member_is_rejected(tmp_path, entry, name, kind, reason):
@@ -278,8 +315,10 @@ def test_a_nul_byte_in_a_pax_path_is_rejected(tmp_path):
     archive = write_raw_tar(
         tmp_path / "batch.tar",
         [
-            pax_header_blocks({"path": b"evil\x00.mp3"}), entry_blocks(("placeholder", b"x")),
-            pax_header_blocks({"path": b"bell\x07.mp3"}), entry_blocks(("placeholder", b"x")),
+            pax_header_blocks({"path": b"evil\x00.mp3"}),
+            entry_blocks(("placeholder", b"x")),
+            pax_header_blocks({"path": b"bell\x07.mp3"}),
+            entry_blocks(("placeholder", b"x")),
             entry_blocks(("good.mp3", b"good")),
         ],
     )
@@ -317,7 +356,8 @@ def test_rejected_names_are_storable_text(tmp_path):
         tmp_path / "batch.tar",
         [
             entry_blocks(RegularEntry(b"\xff\xfe/\x80clip.mp3", b"x")),
-            pax_header_blocks({"path": long_bad, "hdrcharset": "BINARY"}), entry_blocks(("p", b"x")),
+            pax_header_blocks({"path": long_bad, "hdrcharset": "BINARY"}),
+            entry_blocks(("p", b"x")),
         ],
     )
     first, second = scan(archive).rejected
@@ -386,7 +426,8 @@ def test_headers_under_the_cap_are_applied(tmp_path):
     archive = write_raw_tar(
         tmp_path / "batch.tar",
         [
-            pax_header_blocks({"comment": "c" * 60_000, "path": "clips/from-pax.mp3"}), entry_blocks(("x", b"1")),
+            pax_header_blocks({"comment": "c" * 60_000, "path": "clips/from-pax.mp3"}),
+            entry_blocks(("x", b"1")),
             entry_blocks(("clips/" + "n" * 200 + ".mp3", b"2")),  # build_tar's GNU 'L' header
         ],
     )
@@ -568,10 +609,14 @@ def test_damaged_headers_give_a_listing_or_archive_unreadable_never_another_erro
     # PAX records: whatever tarfile makes of it, callers see a listing or ArchiveUnreadable. A
     # crash would be a retried step, not a recorded bad archive; a hang would hold a worker.
     pieces = [
-        pax_header_blocks({"path": "clips/p.mp3", "size": "5", "mtime": "1.5"}), entry_blocks(("x", b"12345")),
-        pax_header_blocks({"GNU.sparse.major": "1", "GNU.sparse.realsize": "9"}), entry_blocks(("s.mp3", b"1\n")),
-        entry_blocks(("clips/" + "l" * 150 + ".mp3", b"long")), entry_blocks(SymlinkEntry("s.mp3", "t" * 120)),
-        raw_header("sparse.mp3", tarfile.GNUTYPE_SPARSE, 0), entry_blocks(("ok.mp3", b"ok" * 300)),
+        pax_header_blocks({"path": "clips/p.mp3", "size": "5", "mtime": "1.5"}),
+        entry_blocks(("x", b"12345")),
+        pax_header_blocks({"GNU.sparse.major": "1", "GNU.sparse.realsize": "9"}),
+        entry_blocks(("s.mp3", b"1\n")),
+        entry_blocks(("clips/" + "l" * 150 + ".mp3", b"long")),
+        entry_blocks(SymlinkEntry("s.mp3", "t" * 120)),
+        raw_header("sparse.mp3", tarfile.GNUTYPE_SPARSE, 0),
+        entry_blocks(("ok.mp3", b"ok" * 300)),
     ]
     original = write_raw_tar(tmp_path / "original.tar", pieces).read_bytes()
     headers = [start for start in range(0, len(original), 512) if original[start + 257 : start + 262] == b"ustar"]
@@ -627,7 +672,11 @@ def _peak_rss(archive: Path, limits: dict) -> tuple[float, str]:
     path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(archive), json.dumps(limits)],
-        env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=120, check=True,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     report = json.loads(result.stdout)
     return report["peak_kib"] / 1024, report["outcome"]

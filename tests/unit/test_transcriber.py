@@ -15,20 +15,19 @@ import tarfile
 from dataclasses import replace
 from pathlib import Path
 
-
 import pytest  # noqa: E402
 from archive_factory import ffmpeg_exe, make_speech_mp3, make_tone_mp3  # noqa: E402
+from wer import corpus_word_error_rate, normalize_words, word_error_rate  # noqa: E402
 
 from audio_assets.ml.transcriber import (  # noqa: E402
     ModelLoadError,
-    Transcript,
     TranscriberSettings,
+    Transcript,
     TranscriptionError,
     load_count,
     load_transcriber,
     load_word_aligner,
 )
-from wer import corpus_word_error_rate, normalize_words, word_error_rate  # noqa: E402
 from audio_assets.ml.whisper_models import bundled_whisper_base, resolve_whisper_model  # noqa: E402
 
 # pyannote warns at length that torchcodec has no FFmpeg libraries; audio arrives as arrays here.
@@ -180,7 +179,10 @@ def test_bundled_model_is_assembled_once_and_repaired(tmp_path):
     model_bin = model_dir / "model.bin"
     size, stamp = model_bin.stat().st_size, model_bin.stat().st_mtime_ns
     assert size > 140_000_000 and {p.name for p in model_dir.iterdir()} == {
-        "model.bin", "config.json", "tokenizer.json", "vocabulary.json"
+        "model.bin",
+        "config.json",
+        "tokenizer.json",
+        "vocabulary.json",
     }
     assert bundled_whisper_base(tmp_path) == model_dir and model_bin.stat().st_mtime_ns == stamp
     with model_bin.open("r+b") as half_written:  # as an interrupted earlier copy would leave it
