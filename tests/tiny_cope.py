@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from audio_assets.ml.cope_prompt import COPE_TEMPLATE
 
@@ -32,7 +32,14 @@ _CORPUS = [
 ]
 
 
-def _train_tokenizer() -> PreTrainedTokenizerFast:
+def train_tokenizer(corpus: list[str], vocab_size: int):
+    """A byte-level BPE trained on `corpus`, wrapped as transformers' fast tokenizer (what
+    AutoTokenizer loads). Also builds the GPU bench's tokenizer (bench/gpu/bench_cope.py)."""
+    try:
+        from transformers import PreTrainedTokenizerFast as Fast
+    except ImportError:  # transformers 5 renamed the class
+        from transformers import TokenizersBackend as Fast
+
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     # Digits split one by one (as in Gemma's vocabulary), so "0" and "1" stay single tokens.
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -40,22 +47,20 @@ def _train_tokenizer() -> PreTrainedTokenizerFast:
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=500,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
     # Gemma's tokenizer starts every sequence with <bos>; so does this one.
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
-    )
+    return Fast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>")
 
 
-def _tiny_config(tokenizer: PreTrainedTokenizerFast) -> Gemma2Config:
+def _tiny_config(tokenizer) -> Gemma2Config:
     return Gemma2Config(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -76,7 +81,7 @@ def _tiny_config(tokenizer: PreTrainedTokenizerFast) -> Gemma2Config:
 def build_tiny_cope(root: Path) -> tuple[Path, Path]:
     """Write a tiny base model (+ tokenizer) and a LoRA adapter under root; return (base, adapter)."""
     base_dir, adapter_dir = Path(root) / "tiny-gemma2", Path(root) / "tiny-cope-adapter"
-    tokenizer = _train_tokenizer()
+    tokenizer = train_tokenizer(_CORPUS * 4, vocab_size=500)
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(_tiny_config(tokenizer)).eval()
     model.save_pretrained(base_dir)

@@ -31,7 +31,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +80,11 @@ class CopeSettings:
 
 @dataclass
 class CallStats:
-    """What the last score() call ran: rows and tail tokens, real and padded (the bench reads it)."""
+    """Tokens the last score() call ran: its items' own, and in all with padding and filler
+    rows (the bench reports the difference as waste)."""
 
-    items: int = 0
-    rows_run: int = 0
     tokens_real: int = 0
     tokens_run: int = 0
-    batches: int = 0
-    widths: dict[int, int] = field(default_factory=dict)  # width -> batches
 
 
 @dataclass(frozen=True)
@@ -156,11 +153,8 @@ class CopeScorer:
         self.last_call = CallStats()
 
     def score(self, policy: str, contents: Sequence[str]) -> list[PolicyScore]:
-        results: list[PolicyScore | None] = [None] * len(contents)
-        wanted = [i for i, content in enumerate(contents) if not is_empty(content)]
-        for i, content in enumerate(contents):
-            if is_empty(content):
-                results[i] = EMPTY_TRANSCRIPT
+        results: list[PolicyScore | None] = [EMPTY_TRANSCRIPT if is_empty(c) else None for c in contents]
+        wanted = [i for i, result in enumerate(results) if result is None]
         self.last_call = CallStats()
         if not wanted:
             return results  # type: ignore[return-value]
@@ -171,7 +165,6 @@ class CopeScorer:
             if len(prompts[k]) > self.settings.max_tokens:
                 fitted, truncated[k] = fit_content(self.tokenizer, policy, contents[i], self.settings.max_tokens)
                 prompts[k] = self.tokenizer(build_prompt(policy, fitted))["input_ids"]
-        self.last_call = CallStats(items=len(prompts))
         for k, p in enumerate(self._p1_all(policy, prompts)):
             results[wanted[k]] = PolicyScore(score=p, truncated=truncated[k])
         return results  # type: ignore[return-value]
@@ -220,7 +213,7 @@ class CopeScorer:
             ids, tail_mask = self._pad(filled, "right", width)
             mask = torch.cat([torch.ones(n_rows, shared, dtype=tail_mask.dtype, device=self.device), tail_mask], 1)
             positions = shared + torch.arange(width, device=self.device).expand_as(ids)
-            self._count(len(rows), filled, n_rows * width, width)
+            self._count(rows, n_rows * width)
             return self._p1_at(ids, mask, positions, tail_mask.sum(1) - 1, _expanded_cache(prefix, n_rows))[: len(rows)]
         except torch.cuda.OutOfMemoryError:
             if n_rows == 1:
@@ -250,7 +243,7 @@ class CopeScorer:
         # Positions count real tokens only, so a left-padded row sees the positions it would alone.
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # last real token of each row
-        self._count(len(batch), batch, ids.numel(), ids.shape[1])
+        self._count(batch, ids.numel())
         return self._p1_at(ids, mask, positions, last, past_key_values=None)
 
     def _p1_at(self, ids, mask, positions, last, past_key_values) -> list[float]:
@@ -276,13 +269,9 @@ class CopeScorer:
         by_memory = self.memory_budget // max(1, self._row_cost(shared, width))
         return max(1, min(self.settings.max_batch_rows, self.batch_tokens // width, by_memory))
 
-    def _count(self, real_rows: int, rows: list[list[int]], tokens_run: int, width: int) -> None:
-        stats = self.last_call
-        stats.rows_run += len(rows)
-        stats.tokens_real += sum(len(r) for r in rows[:real_rows])
-        stats.tokens_run += tokens_run
-        stats.batches += 1
-        stats.widths[width] = stats.widths.get(width, 0) + 1
+    def _count(self, real_rows: list[list[int]], tokens_run: int) -> None:
+        self.last_call.tokens_real += sum(len(r) for r in real_rows)
+        self.last_call.tokens_run += tokens_run
 
     def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
         return torch.tensor(rows, dtype=torch.long, device=self.device)

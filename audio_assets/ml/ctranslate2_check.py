@@ -131,20 +131,16 @@ def run_tiny_generator(model_dir: Path, device: str, device_index: int, compute_
 
 
 def _run_product(model_dir: Path, index: int, compute_type: str, missing: list[str]) -> GpuCheck:
+    import numpy as np
+
     try:
         logits = run_tiny_generator(model_dir, "cuda", index, compute_type)
     except Exception as error:  # the loader's message names the library; add how to get it
         detail = f"{compute_type} product failed: {str(error).strip() or type(error).__name__}"
         return GpuCheck(index, False, detail + (f"; {install_hint(missing)}" if missing else ""))
-    if not np_isfinite(logits):
+    if not np.isfinite(logits).all():
         return GpuCheck(index, False, f"{compute_type} product gave non-finite values")
     return GpuCheck(index, True, f"{compute_type} product ok")
-
-
-def np_isfinite(values) -> bool:
-    import numpy as np
-
-    return bool(np.isfinite(values).all())
 
 
 def _pip_library_dir(package: str) -> Path | None:

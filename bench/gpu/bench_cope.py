@@ -28,7 +28,10 @@ from pathlib import Path
 
 import torch
 
-from audio_assets.ml.cope_scorer import CopeScorer, CopeSettings, prepare_model
+from audio_assets.ml.cope_scorer import PREFIX_SLACK_TOKENS, CopeScorer, CopeSettings, prepare_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from tiny_cope import train_tokenizer  # noqa: E402 (tests/ is not a package)
 
 GEMMA2_9B = dict(
     vocab_size=256000,
@@ -45,7 +48,8 @@ GEMMA2_9B = dict(
     max_position_embeddings=8192,
     hidden_activation="gelu_pytorch_tanh",
 )
-TINY = dict(
+# The same layout in two layers of width 64: the CPU smoke run of the same code.
+TINY = GEMMA2_9B | dict(
     vocab_size=8192,
     hidden_size=64,
     intermediate_size=128,
@@ -54,11 +58,6 @@ TINY = dict(
     num_key_value_heads=2,
     head_dim=16,
     query_pre_attn_scalar=16,
-    sliding_window=4096,
-    attn_logit_softcapping=50.0,
-    final_logit_softcapping=30.0,
-    max_position_embeddings=8192,
-    hidden_activation="gelu_pytorch_tanh",
 )
 POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"
 
@@ -83,7 +82,7 @@ def main() -> None:
     torch.manual_seed(0)
     random.seed(0)
     shape = GEMMA2_9B if args.shape == "9b" else TINY
-    tokenizer = train_tokenizer(shape["vocab_size"])
+    tokenizer = bench_tokenizer(shape["vocab_size"])
     policy = make_policy(tokenizer, args.policy_tokens)
     short = make_contents(tokenizer, args.items, 50, 300)
     long = make_contents(tokenizer, max(8, args.items // 4), 600, 1000)
@@ -214,7 +213,7 @@ def useful_flops(shape: dict, scorer: CopeScorer, policy: str, contents: list[st
     linear = layers * (h * q + 2 * h * kv + q * h + 3 * h * inter)
     from audio_assets.ml.cope_prompt import build_prompt, prompt_head
 
-    prefix = len(scorer.tokenizer(prompt_head(policy))["input_ids"]) - 4
+    prefix = len(scorer.tokenizer(prompt_head(policy))["input_ids"]) - PREFIX_SLACK_TOKENS
     total = 0.0
     for ids in scorer.tokenizer([build_prompt(policy, c) for c in contents])["input_ids"]:
         tail = len(ids) - prefix
@@ -247,35 +246,12 @@ def build_model(shape: dict, device: torch.device, rank: int):
     return model
 
 
-def train_tokenizer(vocab_size: int):
-    """A byte-level BPE with digits as single tokens (so "0" and "1" are one token each, as in
+def bench_tokenizer(vocab_size: int):
+    """tests/tiny_cope's byte-level BPE (digits single, so "0" and "1" are one token each, as in
     Gemma's vocabulary), trained on the policies and pseudo-words in a second or two."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    try:
-        from transformers import PreTrainedTokenizerFast as Fast
-    except ImportError:  # transformers 5 renamed the class
-        from transformers import TokenizersBackend as Fast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=min(vocab_size, 8000),
-        special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    corpus = [p.read_text() for p in sorted(POLICIES_DIR.glob("*.md"))] + [
-        " ".join(_words(2000, seed=s)) for s in range(20)
-    ]
-    tok.train_from_iterator(corpus, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
-    )
-    return Fast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>")
+    corpus = [p.read_text() for p in sorted(POLICIES_DIR.glob("*.md"))]
+    corpus += [" ".join(_words(2000, seed=s)) for s in range(20)]
+    return train_tokenizer(corpus, vocab_size=min(vocab_size, 8000))
 
 
 def make_policy(tokenizer, tokens: int) -> str:
