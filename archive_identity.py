@@ -75,13 +75,16 @@ def tagged_version(tags: Mapping[str, str]) -> tuple[str | None, str | None]:
 @dataclass(frozen=True)
 class ArchiveVersion:
     """One version of one archive object: what a run reads and what every row it writes
-    belongs to. `etag` tells versions apart; `last_modified` orders them."""
+    belongs to. `etag` tells versions apart; `last_modified` orders them. `epoch`: the run's
+    claim on the archive (table `archives`), set once raw_archive has claimed it; every write
+    the run makes is fenced by version and epoch."""
 
     key: str
     etag: str
     size: int
     last_modified: datetime
     partition_key: str
+    epoch: int | None = None
 
     @property
     def date(self) -> str:
@@ -103,6 +106,7 @@ class ArchiveVersion:
                 "size": self.size,
                 "last_modified": self.last_modified.isoformat(),
                 "partition_key": self.partition_key,
+                "epoch": self.epoch,
             },
             sort_keys=True,
         )
@@ -116,4 +120,5 @@ class ArchiveVersion:
             size=int(data["size"]),
             last_modified=datetime.fromisoformat(data["last_modified"]),
             partition_key=data["partition_key"],
+            epoch=data.get("epoch"),
         )

@@ -7,7 +7,7 @@ from archive_identity import ArchiveVersion
 from audio_assets.archive_step import archive_asset, archive_step
 from audio_assets.audio.tar_safety import ArchiveListing, scan_archive
 from audio_assets.settings import ArchiveScanConfig
-from resources.archive_lock import ArchiveLock
+from resources.archive_claim import ArchiveClaim
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
 from resources.results_db import FileFailure, ResultsDatabase
@@ -24,16 +24,16 @@ def raw_archive(
     object_store: ObjectStore,
     results_db: ResultsDatabase,
     scratch: ScratchSpace,
-    archive_lock: ArchiveLock,
+    archive_claim: ArchiveClaim,
 ) -> dg.Output[ArchiveTable]:
     """The archive's members, checked for unsafe entries, with one audio_files row per MP3."""
-    with archive_step(context, ["archive"], archive_lock=archive_lock, results_db=results_db, scratch=scratch) as step:
+    with archive_step(context, ["archive"], archive_claim, results_db, scratch=scratch) as step:
         archive = step.claim(object_store)
         listing = scan_archive(step.local_archive(object_store), config.limits)
         if not listing.mp3s and not listing.rejected_mp3s:
             step.fail("archive has no MP3 members")
         registered = register_members(results_db, archive, listing, context.run.run_id)
-        deleted = results_db.object_deletions.drain(archive.key, object_store)
+        deleted = results_db.object_deletions.drain(archive, object_store)
         return step.output(
             build_manifest(listing, registered.ids),
             {

@@ -2,9 +2,12 @@
 
 - `archive_asset`: @dg.asset with the archives partitions, the I/O retry policy, the manifest
   IO manager and, for the GPU steps, the GPU routing (queue, k8s request, pool).
-- `archive_step`: opened by every step around its work. It holds the run's lock on the
-  archive; raw_archive resolves and claims the run's version through it (the sensor's tags,
-  else the registry: the one partition -> key resolver, never a bucket listing). It hands out
+- `archive_step`: opened by every step around its work. raw_archive resolves the run's
+  version (the sensor's tags, else the registry: the one partition -> key resolver, never a
+  bucket listing) and takes the run's claim on the archive (resources/archive_claim.py),
+  waiting while another run holds it; every later step resumes that claim without waiting
+  and renews it while it works. `step.archive` is the version with the claim's epoch: pass
+  it to every write, which is fenced by both. It hands out
   the run's local copy of the archive, downloaded once per run and host, its ETag checked
   against the claimed version that once. It records an unreadable or refused archive in the
   dead letter and fails without retries. On success it closes the stage's open failures and
@@ -25,7 +28,7 @@ from audio_assets.audio.tar_safety import ArchiveRefused, ArchiveUnreadable
 from audio_assets.gpu_routing import GPU_OP_TAGS, GPU_POOL
 from audio_assets.partitions import archives_partitions
 from audio_assets.workers.identity import gpu_worker_metadata, worker_metadata
-from resources.archive_lock import ArchiveLock
+from resources.archive_claim import ArchiveClaim
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
@@ -59,12 +62,14 @@ class ArchiveStep:
         context: dg.AssetExecutionContext,
         stages: list[str],
         results_db: ResultsDatabase,
-        archive: ArchiveVersion | None,
+        archive_claim: ArchiveClaim,
         scratch: ScratchSpace | None,
         gpu: bool,
+        renewals: contextlib.ExitStack,
     ):
         self.context, self.stages, self.results_db, self.scratch, self.gpu = context, stages, results_db, scratch, gpu
-        self._archive = archive
+        self.archive_claim, self._renewals = archive_claim, renewals
+        self._archive: ArchiveVersion | None = None
         self.run_id = context.run.run_id
         self._local: Path | None = None
 
@@ -76,10 +81,15 @@ class ArchiveStep:
 
     def claim(self, object_store: ObjectStore) -> ArchiveVersion:
         """raw_archive: the run's version (the sensor's tags, else the registry's key as it is
-        now), made the one its results belong to."""
-        self._archive = resolve_version(self.context, object_store, self.results_db)
-        self.results_db.archives.claim(self._archive, self.run_id)
-        return self._archive
+        now), claimed for this run and made the one its results belong to."""
+        return self._hold(
+            self.archive_claim.take(self.context, resolve_version(self.context, object_store, self.results_db))
+        )
+
+    def _hold(self, claimed: ArchiveVersion) -> ArchiveVersion:
+        self._archive = claimed
+        self._renewals.enter_context(self.archive_claim.renewed(self.context, claimed))
+        return claimed
 
     def local_archive(self, object_store: ObjectStore) -> Path:
         """The run's copy of the archive on this host: downloaded by the first step that needs
@@ -126,9 +136,9 @@ class ArchiveStep:
 def archive_step(
     context: dg.AssetExecutionContext,
     stages: list[str],
-    *,
-    archive_lock: ArchiveLock,
+    archive_claim: ArchiveClaim,
     results_db: ResultsDatabase,
+    *,
     archive: ArchiveVersion | None = None,
     scratch: ScratchSpace | None = None,
     gpu: bool = False,
@@ -136,11 +146,14 @@ def archive_step(
     """The step's work on `archive` (None for raw_archive, which claims it): see the module
     docstring. `stages`: the dead-letter stages a success closes, the first one the step's own;
     `scratch`: for the steps that read the archive's bytes."""
-    archive_lock.hold(context)
-    step = ArchiveStep(context, stages, results_db, archive, scratch, gpu)
+    renewals = contextlib.ExitStack()
+    step = ArchiveStep(context, stages, results_db, archive_claim, scratch, gpu, renewals)
     failed = True
     try:
-        yield step
+        with renewals:
+            if archive is not None:
+                step._hold(archive_claim.resume(context, archive))
+            yield step
         failed = False
     except ArchiveUnreadable as exc:
         reason = f"archive {'refused' if isinstance(exc, ArchiveRefused) else 'unreadable'}: {exc}"

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from audio_assets.archive_step import archive_asset, archive_step
 from audio_assets.file_batches import batches
-from resources.archive_lock import ArchiveLock
+from resources.archive_claim import ArchiveClaim
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ArchiveTable
 from resources.results_db import ClassificationRow, ResultsDatabase
@@ -29,14 +29,14 @@ def classifications(
     transcripts: ArchiveTable,
     classifier: PolicyClassifier,
     results_db: ResultsDatabase,
-    archive_lock: ArchiveLock,
+    archive_claim: ArchiveClaim,
 ) -> dg.MaterializeResult:
     """p("1") per policy for every transcript; flagged items reach RAs through ra_queue."""
-    archive = transcripts.archive
     # The last step: its success also closes what is left of the run's failures.
     with archive_step(
-        context, ["classification", "run"], archive_lock=archive_lock, results_db=results_db, archive=archive, gpu=True
+        context, ["classification", "run"], archive_claim, results_db, archive=transcripts.archive, gpu=True
     ) as step:
+        archive = step.archive  # with the run's claim epoch, which fences every write
         file_ids = [int(i) for i in transcripts.rows.loc[transcripts.rows["status"] == "transcribed", "audio_file_id"]]
         model_name, versions, policies = classifier.model_name(), classifier.policy_versions(), classifier.categories()
         thresholds = _thresholds(classifier, results_db, model_name, policies, versions)

@@ -8,7 +8,7 @@ from audio_assets.archive_step import archive_asset, archive_step
 from audio_assets.audio.metadata_rows import MetadataFileError, MetadataTable, join_metadata, read_metadata_table
 from audio_assets.audio.tar_safety import ArchiveLimits, iter_archive
 from audio_assets.settings import ArchiveScanConfig
-from resources.archive_lock import ArchiveLock
+from resources.archive_claim import ArchiveClaim
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
 from resources.results_db import FileFailure, MetadataAssignment, ResultsDatabase
@@ -23,13 +23,14 @@ def parquet_metadata(
     object_store: ObjectStore,
     results_db: ResultsDatabase,
     scratch: ScratchSpace,
-    archive_lock: ArchiveLock,
+    archive_claim: ArchiveClaim,
 ) -> dg.MaterializeResult:
     """Each MP3's parquet row (meta_id = file stem) on audio_files.parquet_metadata."""
-    archive, manifest = raw_archive.archive, raw_archive.rows
+    manifest = raw_archive.rows
     with archive_step(
-        context, ["metadata"], archive_lock=archive_lock, results_db=results_db, archive=archive, scratch=scratch
+        context, ["metadata"], archive_claim, results_db, archive=raw_archive.archive, scratch=scratch
     ) as step:
+        archive = step.archive  # with the run's claim epoch, which fences every write
         accepted = manifest[manifest["accepted"]]
         mp3_names = accepted.loc[accepted["kind"] == "mp3", "member"].tolist()
         parquet_names = set(accepted.loc[accepted["kind"] == "parquet", "member"])

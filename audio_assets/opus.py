@@ -17,7 +17,7 @@ from audio_assets.audio.streaming_conversion import ConversionStream
 from audio_assets.audio.tar_safety import iter_archive
 from audio_assets.file_batches import commit_in_batches, raise_for_retryable, split_done
 from audio_assets.settings import OpusConversionConfig
-from resources.archive_lock import ArchiveLock
+from resources.archive_claim import ArchiveClaim
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
 from resources.results_db import ConvertedFile, FileFailure, ResultsDatabase
@@ -36,9 +36,11 @@ RESULT_COLUMNS = [
 ]
 
 
-def opus_key(archive_date: str, audio_file_id: int) -> str:
-    """Stable per file: a re-run rewrites the same object instead of leaving an orphan."""
-    return f"processed/{archive_date}/{audio_file_id}.opus"
+def opus_key(archive: ArchiveVersion, audio_file_id: int) -> str:
+    """Written once, by the run holding the archive's claim at `archive.epoch`: a run that was
+    taken over can never overwrite the object a row of the new holder points to. A retry
+    writes new keys; what no row came to point to is deleted through the outbox."""
+    return f"processed/{archive.date}/{audio_file_id}-{archive.epoch}.opus"
 
 
 @dataclass(frozen=True)
@@ -64,27 +66,27 @@ def opus_files(
     object_store: ObjectStore,
     results_db: ResultsDatabase,
     scratch: ScratchSpace,
-    archive_lock: ArchiveLock,
+    archive_claim: ArchiveClaim,
 ) -> dg.Output[ArchiveTable]:
-    """MP3 members as Opus objects in processed/{date}/{id}.opus; a bad file fails alone."""
-    archive = raw_archive.archive
+    """MP3 members as Opus objects in processed/{date}/{id}-{epoch}.opus; a bad file fails alone."""
     with archive_step(
-        context, ["conversion"], archive_lock=archive_lock, results_db=results_db, archive=archive, scratch=scratch
+        context, ["conversion"], archive_claim, results_db, archive=raw_archive.archive, scratch=scratch
     ) as step:
-        results_db.object_deletions.drain(archive.key, object_store)  # before any upload of this run
+        archive = step.archive  # with the run's claim epoch, which fences every write
+        results_db.object_deletions.drain(archive, object_store)  # before any upload of this run
         members = accepted_mp3s(raw_archive.rows)
         already, todo = _split_converted(results_db, archive, members, config.reconvert)
         started, outcomes = time.monotonic(), []
         if todo:
             with scratch.step_dir(context.run.run_id, "opus_files") as workdir:
-                stream = _conversion_stream(config, resolve_ffmpeg(), workdir / "opus", archive, object_store)
+                stream = _conversion_stream(config, workdir / "opus", archive, object_store, results_db)
                 jobs = _extract(step.local_archive(object_store), todo, workdir / "mp3", config)
                 outcomes = commit_in_batches(
                     stream.run(jobs),
                     config.files_per_commit,
                     lambda chunk: _commit(results_db, archive, chunk, context),
                 )
-        results_db.object_deletions.drain(archive.key, object_store)
+        results_db.object_deletions.drain(archive, object_store)
         failed = [o for o in outcomes if isinstance(o, FileFailure)]
         raise_for_retryable(failed, len(todo), lambda f: f"{f.original_filename}: {f.error}")
         converted = [o for o in outcomes if isinstance(o, ConvertedFile)]
@@ -103,15 +105,15 @@ def accepted_mp3s(manifest: pd.DataFrame) -> dict[str, int]:
 def _split_converted(
     results_db: ResultsDatabase, archive: ArchiveVersion, members: dict[str, int], reconvert: bool
 ) -> tuple[list[dict], dict[str, int]]:
-    """(rows of files already converted from this version, {member: file id} still to do).
-    Done means: the row is converted or further along and its object is this version's key."""
+    """(rows of files already converted, {member: file id} still to do). Done means: the row
+    is converted or further along and has its Opus object. raw_archive started over every row
+    whose member's bytes (SHA-256) changed, so an unchanged member of an archive uploaded
+    again on another day is never converted again."""
     state = {} if reconvert else results_db.audio_files.conversion_state(archive)
 
     def is_converted(item: tuple[str, int]) -> bool:
         row = state.get(item[0])
-        return bool(
-            row and row["status"] in FINISHED_CONVERSION and row["opus_path"] == opus_key(archive.date, item[1])
-        )
+        return bool(row and row["status"] in FINISHED_CONVERSION and row["opus_path"])
 
     done, todo = split_done(members.items(), is_converted)
     return [state[member] for member, _ in done], dict(todo)
@@ -157,7 +159,10 @@ def _extract(
         yield _Job(file_id, entry.name, target)
 
 
-def _conversion_stream(config, ffmpeg: str, out_dir: Path, archive: ArchiveVersion, object_store: ObjectStore):
+def _conversion_stream(
+    config, out_dir: Path, archive: ArchiveVersion, object_store: ObjectStore, results_db: ResultsDatabase
+):
+    ffmpeg = resolve_ffmpeg()
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def convert(job: _Job | FileFailure) -> _Encoded | FileFailure:
@@ -181,8 +186,9 @@ def _conversion_stream(config, ffmpeg: str, out_dir: Path, archive: ArchiveVersi
         return _Encoded(job.audio_file_id, job.member, target, result.opus_duration_s)
 
     def upload(encoded: _Encoded) -> ConvertedFile | FileFailure:
-        key = opus_key(archive.date, encoded.audio_file_id)
+        key = opus_key(archive, encoded.audio_file_id)
         try:
+            results_db.object_deletions.intend_upload(archive, key)  # deleted unless a row commits it
             stored = object_store.upload_file(encoded.target, key, content_type="audio/ogg")
         except Exception as exc:  # after the store's own retries: transient, the row stays as it was
             return FileFailure(

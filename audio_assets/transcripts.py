@@ -13,7 +13,7 @@ from archive_identity import ArchiveVersion
 from audio_assets.archive_step import archive_asset, archive_step
 from audio_assets.file_batches import batches, raise_for_retryable, split_done
 from audio_assets.ml.transcriber import Transcript
-from resources.archive_lock import ArchiveLock
+from resources.archive_claim import ArchiveClaim
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
 from resources.results_db import FileFailure, ResultsDatabase, TranscriptRow
@@ -52,13 +52,13 @@ def transcripts(
     object_store: ObjectStore,
     results_db: ResultsDatabase,
     scratch: ScratchSpace,
-    archive_lock: ArchiveLock,
+    archive_claim: ArchiveClaim,
 ) -> dg.Output[ArchiveTable]:
     """WhisperX transcripts (text, language, confidence, timed segments) of the Opus files."""
-    archive = opus_files.archive
     with archive_step(
-        context, ["transcription"], archive_lock=archive_lock, results_db=results_db, archive=archive, gpu=True
+        context, ["transcription"], archive_claim, results_db, archive=opus_files.archive, gpu=True
     ) as step:
+        archive = step.archive  # with the run's claim epoch, which fences every write
         converted = opus_files.rows[opus_files.rows["status"] == "converted"].reset_index(drop=True)
         model_name = transcriber.model_name()
         ids = [int(i) for i in converted["audio_file_id"]]

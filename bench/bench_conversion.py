@@ -62,7 +62,7 @@ from audio_assets.opus import opus_files  # noqa: E402
 from audio_assets.partitions import archives_partitions  # noqa: E402
 from embedded_services.postgres import create_database, start_postgres, stop_postgres  # noqa: E402
 from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs  # noqa: E402
-from resources.archive_lock import ArchiveLock  # noqa: E402
+from resources.archive_claim import ArchiveClaim  # noqa: E402
 from resources.manifest_io import ArchiveTableIOManager  # noqa: E402
 from resources.object_store import ObjectStore  # noqa: E402
 from resources.results_db import ResultsDatabase  # noqa: E402
@@ -578,7 +578,7 @@ def timed_calls(targets: list[tuple[object, str, str]]) -> Iterator[dict[str, li
 
 PROFILED = [
     (manifest_io_module.ArchiveTableIOManager, "load_input", "load manifest (S3 GET + parquet)"),
-    (ArchiveLock, "hold", "archive lock (PostgreSQL advisory lock)"),
+    (ArchiveClaim, "resume", "archive claim (row in archives, fenced)"),
     (ObjectDeletions, "drain", "DB: object deletions outbox drain"),
     (AudioFiles, "conversion_state", "DB: conversion state query"),
     (archive_step_module.ArchiveStep, "local_archive", "download archive (S3)"),
@@ -737,7 +737,7 @@ def bench_definitions(services: Services, workdir: Path) -> dg.Definitions:
             "results_db": services.results_db,
             "scratch": ScratchSpace(root=str(workdir / "scratch")),
             "manifest_io": ArchiveTableIOManager(object_store=services.store),
-            "archive_lock": ArchiveLock(results_db=services.results_db),
+            "archive_claim": ArchiveClaim(results_db=services.results_db),
         },
         executor=dg.in_process_executor,  # as the local environment runs it
     )

@@ -59,7 +59,7 @@ from audio_assets.ml.transcriber import TranscriberSettings, decode_audio_file, 
 from wer import corpus_word_error_rate, normalize_words
 from audio_assets.ml.whisper_models import bundled_whisper_base, default_models_root, resolve_whisper_model
 from pipeline_support import ArchiveRunner, pipeline_resources
-from resources.archive_lock import ArchiveLock
+from resources.archive_claim import ArchiveClaim
 from resources.classifier import PolicyClassifier
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
@@ -220,7 +220,7 @@ def profiled_targets() -> list[tuple[object, str, str]]:
 
     return [
         (manifest_io_module.ArchiveTableIOManager, "load_input", "load manifest (S3 GET + parquet)"),
-        (ArchiveLock, "hold", "archive lock (PostgreSQL advisory lock)"),
+        (ArchiveClaim, "resume", "archive claim (row in archives, fenced)"),
         (ObjectStore, "download_file", "download Opus file (HEAD + GET + HEAD)"),
         (transcriber_module, "decode_audio_file", "decode audio (PyAV, resample to 16 kHz)"),
         (Pyannote, "__call__", "VAD (pyannote segmentation)"),

@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 
 from embedded_services.ports import LOCAL_POSTGRES_PORT, LOCAL_S3_PORT
-from resources.archive_lock import ArchiveLock
+from resources.archive_claim import ArchiveClaim
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ArchiveTableIOManager
 from resources.object_store import ObjectStore
@@ -149,7 +149,9 @@ def _wire(
         "results_db": results_db,
         "scratch": scratch,
         "manifest_io": ArchiveTableIOManager(object_store=object_store),
-        "archive_lock": ArchiveLock(results_db=results_db),
+        "archive_claim": ArchiveClaim(
+            results_db=results_db, ttl_s=float(os.environ.get("ARCHIVE_CLAIM_TTL_S", "1800"))
+        ),
         **models,
     }
 

@@ -8,7 +8,7 @@ import dagster as dg
 
 from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
 from audio_assets.partitions import archives_partitions
-from resources.archive_lock import ArchiveLock
+from resources.archive_claim import ArchiveClaim
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ArchiveTableIOManager
 from resources.object_store import ObjectStore
@@ -34,7 +34,7 @@ def pipeline_resources(
         "results_db": results_db,
         "scratch": ScratchSpace(root=str(scratch_root)),
         "manifest_io": ArchiveTableIOManager(object_store=object_store),
-        "archive_lock": ArchiveLock(results_db=results_db, poll_interval_s=0.2),
+        "archive_claim": ArchiveClaim(results_db=results_db, poll_interval_s=0.2),
         "transcriber": transcriber,
         "classifier": classifier,
         "remote_host": RemoteArchiveHost(),  # unconfigured: no SFTP host in these tests

@@ -15,7 +15,7 @@ the modules form no circle. The SQL each module runs lives in sql/queries/{conce
 
 from resources.results_db.archives import ArchiveRegistry
 from resources.results_db.audio_files import AudioFiles, ConvertedFile, MetadataAssignment
-from resources.results_db.database import Database, StaleArchiveVersion, is_transient_db_error
+from resources.results_db.database import ClaimLost, Database, StaleArchiveVersion, is_transient_db_error
 from resources.results_db.failures import STAGE_OF_STEP, DeadLetter, FileFailure
 from resources.results_db.model_outputs import ClassificationRow, ModelOutputs, TranscriptRow
 from resources.results_db.object_deletions import ObjectDeletions
@@ -57,6 +57,7 @@ class ResultsDatabase(Database):
 
 
 __all__ = [
+    "ClaimLost",
     "ClassificationRow",
     "ConvertedFile",
     "FileFailure",

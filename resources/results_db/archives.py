@@ -1,14 +1,15 @@
-"""The archive registry (table `archives`): one partition per object, and which version of
-each archive the result rows belong to."""
+"""The archive registry (table `archives`): one partition per object, which version of each
+archive the result rows belong to, and which run holds the archive (its claim and epoch)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
 import psycopg2.extras
 
 from archive_identity import ArchiveVersion, partition_key_candidates
-from resources.results_db.database import Database, StaleArchiveVersion
+from resources.results_db.database import ClaimLost, Database, StaleArchiveVersion
 from sql.named_queries import queries
 
 Q = queries("archives")
@@ -55,31 +56,70 @@ class ArchiveRegistry:
         rows = self.db.rows(Q.key_of_partition, {"partition_key": partition_key})
         return rows[0]["archive_source"] if rows else None
 
-    def claim(self, archive: ArchiveVersion, run_id: str) -> None:
-        """Make `archive` the version results belong to; StaleArchiveVersion if a newer
-        version already is (this run is then obsolete and must write nothing)."""
-        params = {
-            "archive_key": archive.key,
-            "partition_key": archive.partition_key,
-            "etag": archive.etag,
-            "size": archive.size,
-            "last_modified": archive.last_modified,
-            "run_id": run_id,
-        }
+    def claim(
+        self, archive: ArchiveVersion, run_id: str, holder_ended: Callable[[ClaimHolder], bool], *, resume: bool
+    ) -> ArchiveVersion | ClaimHolder:
+        """The run's claim on `archive`, in one transaction: `archive` with its claim's epoch,
+        or the other run that holds the archive and has not ended (the caller waits or gives up).
 
-        def claim(cur) -> str | None:
-            cur.execute(Q.claim_version, params)
-            if cur.fetchone() is not None:
-                return None
-            cur.execute(Q.current_version, params)
+        raw_archive takes a claim (`resume=False`): its version becomes the one results belong
+        to, unless a newer one (later LastModified) already is (StaleArchiveVersion; ties go to
+        the later claim, which read the object later). Every later step resumes it: the run's
+        own claim keeps its epoch; one left by a run that ended (a retry of a failed run takes
+        over from its parent) gets a new epoch; one another live run holds is lost (ClaimLost:
+        later steps never wait for an archive, so a GPU step holds no GPU while waiting).
+        """
+
+        def claim(cur) -> ArchiveVersion | ClaimHolder:
+            cur.execute(Q.claim_state, {"archive_key": archive.key})
             row = cur.fetchone()
             if row is None:  # every run's archive comes from the registry, so this is a bug
                 raise LookupError(f"{archive.key} is not in the archives registry")
-            return row["current_etag"]
+            newer = (
+                row["current_etag"] is not None
+                and row["current_etag"] != archive.etag
+                and row["current_last_modified"] is not None
+                and row["current_last_modified"] > archive.last_modified
+            )
+            if newer or (resume and row["current_etag"] != archive.etag):
+                raise StaleArchiveVersion(archive, row["current_etag"])
+            holder = ClaimHolder(row["claimed_by_run"], row["heartbeat_age_s"]) if row["claimed_by_run"] else None
+            if resume and holder is not None and holder.run_id == run_id:
+                cur.execute(Q.renew_claim, {"archive_key": archive.key, "epoch": row["claim_epoch"], "run_id": run_id})
+                return replace(archive, epoch=row["claim_epoch"])
+            if holder is not None and holder.run_id != run_id and not holder_ended(holder):
+                if resume:
+                    raise ClaimLost(archive, row["claim_epoch"], holder.run_id)
+                return holder
+            cur.execute(Q.take_claim, _claim_params(archive, run_id))
+            return replace(archive, epoch=cur.fetchone()["claim_epoch"])
 
-        newer = self.db.transaction(claim, what=f"claim {archive}")
-        if newer is not None:
-            raise StaleArchiveVersion(archive, newer)
+        return self.db.transaction(claim, what=f"claim {archive}")
+
+    def renew_claim(self, archive: ArchiveVersion, run_id: str) -> bool:
+        """Renew the heartbeat of the run's claim; False once another run has taken it over."""
+        rows = self.db.rows(
+            Q.renew_claim, {"archive_key": archive.key, "epoch": archive.epoch, "run_id": run_id}, what="renew claim"
+        )
+        return bool(rows)
+
+
+@dataclass(frozen=True)
+class ClaimHolder:
+    """The run that holds an archive's claim, and how long ago a step of it last said so."""
+
+    run_id: str
+    heartbeat_age_s: float | None  # None: never renewed (a claim from before heartbeats)
+
+
+def _claim_params(archive: ArchiveVersion, run_id: str) -> dict:
+    return {
+        "archive_key": archive.key,
+        "etag": archive.etag,
+        "size": archive.size,
+        "last_modified": archive.last_modified,
+        "run_id": run_id,
+    }
 
 
 def _register(cur, wanted: list[str]) -> dict[str, str]:

@@ -181,20 +181,28 @@ class AudioFiles:
         failed: Sequence[FileFailure],
         run_id: str,
     ) -> None:
-        """One chunk of opus_files' work, committed together: converted files, definite
-        failures (row -> failed) and transient ones (row untouched, failure retryable)."""
+        """One chunk of opus_files' work, committed together: converted files (the object a
+        row pointed to before is queued for deletion only now, after the new one is stored),
+        definite failures (row -> failed, unless it was already converted) and transient ones
+        (row untouched, failure retryable)."""
         definite = [f for f in failed if not f.retryable and f.audio_file_id is not None]
         touched = [c.audio_file_id for c in converted] + [f.audio_file_id for f in definite]
 
         def record(cur) -> None:
             cur.execute(Q.lock_rows_by_id, {"ids": touched, "etag": archive.etag})
-            previous = {row["id"]: row["opus_path"] for row in cur.fetchall()}
+            locked = cur.fetchall()
+            previous = {row["id"]: row["opus_path"] for row in locked}
+            finished = {row["id"] for row in locked if row["status"] in FINISHED_CONVERSION}
             new_keys = {c.audio_file_id: c.opus_key for c in converted}
+            # A file converted before keeps its status and object when converting it again
+            # fails (reconvert): the failure is recorded, the good result is not undone.
+            failing = [f for f in definite if f.audio_file_id in previous.keys() - finished]
             enqueue_in(
                 cur,
                 archive.key,
-                [old for file_id, old in previous.items() if old and new_keys.get(file_id) != old],
-                "replaced by a conversion of another version, or the file failed",
+                [old for file_id, old in previous.items() if old and new_keys.get(file_id, old) != old]
+                + [previous[f.audio_file_id] for f in failing if f.stage in STAGES_BEFORE_UPLOAD],
+                "replaced by a newer conversion, or the file failed",
             )
             rows = [
                 (c.audio_file_id, c.opus_key, c.s3_uri, c.opus_etag, c.duration_seconds, c.file_size_bytes)
@@ -209,7 +217,7 @@ class AudioFiles:
                     template="(%s::bigint, %s, %s, %s, %s::double precision, %s::bigint)",
                 )
                 dead_letter.resolve_files_in(cur, [r[0] for r in rows], STAGES_BEFORE_UPLOAD)
-            _mark_failed(cur, archive, [f for f in definite if f.audio_file_id in previous])
+            _mark_failed(cur, archive, failing)
             dead_letter.record_in(cur, archive, failed, run_id)
 
         if converted or failed:

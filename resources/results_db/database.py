@@ -7,9 +7,10 @@ failed step. That is safe because every unit only touches the database and every
 upserts on natural keys: running one twice changes nothing the first run did not.
 
 A write for an archive passes `fence=`: the transaction first takes a share lock on the
-archive's row in `archives` and refuses (StaleArchiveVersion) unless the run's version is the
-one results belong to. A run for an older version can therefore never overwrite results of a
-newer one, even if two runs of one archive slip past the run queue and the archive lock.
+archive's row in `archives` and refuses unless the run's version is the one results belong to
+(StaleArchiveVersion) and the run still holds the archive's claim, by epoch (ClaimLost). A run
+for an older version, or one another run has taken over from, can therefore never overwrite
+results, even if two runs of one archive slip past the run queue.
 
 Sessions carry a statement and a lock timeout, so a stuck query or a lock held by a dead
 client fails (and is retried) instead of hanging a step, and TCP keepalives, so a server that
@@ -56,6 +57,22 @@ class StaleArchiveVersion(dg.Failure):
                 f"{archive.key}: this run read version {archive.etag}, but the results now belong to "
                 f"version {current_etag or '(none registered)'}; nothing was written "
                 "(the newer version's own run writes its results)"
+            ),
+            allow_retries=False,
+        )
+
+
+class ClaimLost(dg.Failure):
+    """Another run took the archive over (this run's claim had ended or gone silent): this
+    run's writes are refused. Nothing was written; retrying cannot help."""
+
+    def __init__(self, archive: ArchiveVersion, current_epoch: int | None, holder: str | None = None):
+        self.archive, self.current_epoch = archive, current_epoch
+        by = f" by run {holder}" if holder else ""
+        super().__init__(
+            description=(
+                f"{archive.key}: this run's claim (epoch {archive.epoch}) was taken over{by} "
+                f"(epoch {current_epoch}); nothing was written"
             ),
             allow_retries=False,
         )
@@ -183,3 +200,5 @@ def _check_fence(cur, archive: ArchiveVersion) -> None:
     current = row["current_etag"] if row else None
     if current != archive.etag:
         raise StaleArchiveVersion(archive, current)
+    if archive.epoch is not None and row["claim_epoch"] != archive.epoch:
+        raise ClaimLost(archive, row["claim_epoch"])

@@ -1,11 +1,16 @@
 """The outbox of Opus objects to delete (table `object_deletions`).
 
-A row stops pointing at an object (member removed, bytes changed, moved to another date
-folder) in a transaction that also queues the object's key here; the object is deleted only
-after that commits. A worker killed in between leaves the key queued, not an orphan object:
-the next run of the same archive deletes it. Runs drain only their own archive's keys, at
-moments when none of its uploads is in flight, so a key about to be reused is never deleted
-under a run that is writing it.
+A row stops pointing at an object (member removed, bytes changed, converted again) in a
+transaction that also queues the object's key here; the object is deleted only after that
+commits. Every upload is queued too, before it starts, as an intent: once a row commits
+pointing at the key it is forgotten, and otherwise (the writer was killed, or fenced out
+because another run took its archive over) the object is deleted like any queued one. A
+worker killed at any point leaves a queued key, never an orphan object: the next run of the
+same archive deletes it.
+
+Only the run holding the archive's claim drains, at moments when none of its uploads is in
+flight, and never an intent of a later epoch than its own (a run that has been taken over
+cannot delete what the new holder is uploading).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Protocol
 
 import psycopg2.extras
 
+from archive_identity import ArchiveVersion
 from resources.results_db.database import Database
 from sql.named_queries import queries
 
@@ -37,14 +43,22 @@ class ObjectDeletions:
     def __init__(self, db: Database):
         self.db = db
 
-    def drain(self, archive_key: str, object_store: DeletesObjects) -> int:
-        """Delete this archive's queued objects that no row points to; returns how many."""
+    def intend_upload(self, archive: ArchiveVersion, key: str) -> None:
+        """Queue `key` before uploading it: deleted unless a row commits pointing at it."""
+        self.db.transaction(
+            lambda cur: cur.execute(Q.intend_upload, {"key": key, "archive_key": archive.key, "epoch": archive.epoch}),
+            what=f"queue the upload of {key}",
+        )
+
+    def drain(self, archive: ArchiveVersion, object_store: DeletesObjects) -> int:
+        """Delete this archive's queued objects that no row points to, up to the run's own
+        epoch; returns how many."""
         deleted = 0
         while True:
 
             def take(cur) -> list[str]:
-                cur.execute(Q.forget_referenced, {"archive_key": archive_key})
-                cur.execute(Q.queued_for_archive, {"archive_key": archive_key, "limit": _BATCH})
+                cur.execute(Q.forget_referenced, {"archive_key": archive.key})
+                cur.execute(Q.queued_for_archive, {"archive_key": archive.key, "epoch": archive.epoch, "limit": _BATCH})
                 return [row["object_key"] for row in cur.fetchall()]
 
             keys = self.db.transaction(take, what="read queued object deletions")

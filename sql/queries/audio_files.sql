@@ -55,7 +55,7 @@ FROM audio_files
 WHERE archive_source = %(archive_key)s AND archive_etag = %(etag)s
 
 -- name: lock_rows_by_id
-SELECT id, opus_path
+SELECT id, opus_path, status
 FROM audio_files
 WHERE id = ANY(%(ids)s) AND archive_etag = %(etag)s
 ORDER BY id

@@ -9,6 +9,12 @@ INSERT INTO object_deletions (object_key, archive_source, reason)
 VALUES %s
 ON CONFLICT (object_key) DO NOTHING
 
+-- name: intend_upload
+-- An upload about to start; a row committing the key makes forget_referenced drop it.
+INSERT INTO object_deletions (object_key, archive_source, reason, upload_epoch)
+VALUES (%(key)s, %(archive_key)s, 'upload not committed by a row (writer killed or taken over)', %(epoch)s)
+ON CONFLICT (object_key) DO NOTHING
+
 -- name: forget_referenced
 -- A queued key that a row points to again (the same file converted again) must stay.
 DELETE FROM object_deletions AS d
@@ -16,9 +22,11 @@ WHERE d.archive_source = %(archive_key)s
   AND EXISTS (SELECT 1 FROM audio_files AS a WHERE a.opus_path = d.object_key)
 
 -- name: queued_for_archive
+-- Never an intent of a later claim than the draining run's: that one may be uploading it.
 SELECT object_key
 FROM object_deletions
 WHERE archive_source = %(archive_key)s
+  AND (upload_epoch IS NULL OR upload_epoch <= %(epoch)s)
 ORDER BY queued_at, object_key
 LIMIT %(limit)s
 

@@ -361,7 +361,11 @@ def stop_sensor(instance: dg.DagsterInstance, name: str) -> None:
     """What the UI's toggle does: the daemon's stored state of the sensor, set to STOPPED."""
     from dagster._core.scheduler.instigation import InstigatorStatus
 
-    (state,) = [s for s in instance.all_instigator_state() if s.instigator_name == name]
+    deadline = time.monotonic() + 120
+    while not (states := [s for s in instance.all_instigator_state() if s.instigator_name == name]):
+        assert time.monotonic() < deadline, f"{name} never ticked"
+        time.sleep(0.5)  # the daemon stores the state at the sensor's first tick
+    (state,) = states
     instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))
 
 
@@ -382,3 +386,123 @@ def _files_transcribed_before(harness: DaemonHarness, survivor: StepRecord) -> i
         and r.metadata["worker_pid"] == survivor.metadata["worker_pid"]
     ]
     return max(earlier, default=0)
+
+
+CLAIM_ARCHIVE = [
+    "the first clip is about the harbour and the ships that come in every morning",
+    "the second clip is about the orchard and the apples that ripen in the autumn",
+    "the third clip is about the bridge that the town built over the river last year",
+    "the fourth clip is about the market where farmers sell bread and cheese on saturday",
+]
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["same-version", "overwritten-mid-run"])
+def test_the_claim_spans_the_run_when_its_sessions_die_and_a_materialize_starts(
+    cluster, tmp_path, record_outcome, overwrite
+):
+    """Every session of the results database is terminated while `opus_files` of a queued run
+    works on a CPU worker (the advisory lock this replaced lived on one of them), and `dagster
+    asset materialize` of the same partition starts at once, outside the run queue, on the
+    same Celery workers. The materialize waits for the run's claim, so no write interleaves,
+    and every row's Opus object is the one it names (HEAD each)."""
+    harness, results_db, store = cluster.harness, cluster.results_db, cluster.object_store
+    stop_sensor(harness.instance, "archive_sensor")
+    name = f"batch_wclaim_{'over' if overwrite else 'same'}"
+    run = _submit_archive(
+        cluster,
+        tmp_path,
+        name,
+        CLAIM_ARCHIVE,
+        {"ops": {"opus_files": {"config": {"workers": 1, "files_per_commit": 1}}}},
+    )
+    key, partition = f"archives/{name}.tar.gz", run.tags["dagster/partition"]
+    harness.wait_until(lambda: harness.step_started(run.run_id, "opus_files"), 600, "opus_files started", 0.1)
+    # The run keeps no session open (each unit of work opens its own): for 3 s, end every
+    # session of the results database but ours, catching the step's transactions in flight.
+    terminated, until = 0, time.monotonic() + 3
+    while time.monotonic() < until:
+        terminated += rows(
+            results_db,
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )[0]["n"]
+        time.sleep(0.05)
+    opus_running = not any(
+        e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS
+        for e in harness.instance.all_logs(run.run_id)
+        if e.step_key == "opus_files"
+    )
+    if overwrite:  # the second clip says something else in the new version; the others are the same bytes
+        parts = tmp_path / name
+        members = [(f"clips/{name}_{i}.mp3", parts / f"{i}.mp3") for i in range(len(CLAIM_ARCHIVE))]
+        members[1] = (members[1][0], make_speech_mp3(tmp_path / "v2" / "1.mp3", "a new second clip"))
+        members.append(("meta.parquet", parts / "meta.parquet"))
+        store.upload_file(build_tar(tmp_path / "v2" / f"{name}.tar.gz", members, gzip=True), key)
+    log = (tmp_path / "materialize.log").open("wb")
+    materialize = subprocess.Popen(
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "audio_assets.definitions",
+            "--select",
+            "raw_archive,opus_files,parquet_metadata,transcripts,classifications",
+            "--partition",
+            partition,
+        ],
+        cwd=harness.workdir,
+        env=harness.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert materialize.wait(timeout=900) == 0, (tmp_path / "materialize.log").read_text()[-4000:]
+    finally:
+        if materialize.poll() is None:
+            materialize.kill()
+    # The queued run, the materialize, and any run the sensor had requested before it was stopped.
+    runs = harness.runs(tags={"dagster/partition": partition})
+    assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}, [(r.run_id, r.status, r.tags) for r in runs]
+    (second,) = [r for r in runs if r.run_id != run.run_id and "dagster/sensor_name" not in r.tags]
+
+    def claimed_at(run_id: str) -> float:
+        return min(
+            e.timestamp for e in harness.instance.all_logs(run_id) if "holding the claim on" in (e.user_message or "")
+        )
+
+    def ended_at(run_id: str) -> float:
+        return max(e.timestamp for e in harness.instance.all_logs(run_id))
+
+    # No interleaving: each run held the claim from its raw_archive to its end, one after another.
+    spans = sorted((claimed_at(r.run_id), ended_at(r.run_id), r.run_id) for r in runs)
+    assert overlapping(spans) == [], spans
+    assert spans[0][2] == run.run_id and claimed_at(second.run_id) >= ended_at(run.run_id)
+    (archive,) = rows(
+        results_db, "SELECT current_etag, claim_epoch, claimed_by_run FROM archives WHERE archive_source = %s", (key,)
+    )
+    assert archive["claimed_by_run"] == spans[-1][2] and archive["claim_epoch"] == len(runs)
+    assert archive["current_etag"] == store.head(key).etag
+
+    files = rows(results_db, "SELECT * FROM audio_files WHERE archive_source = %s ORDER BY original_filename", (key,))
+    assert {f["status"] for f in files} == {"classified"} and len(files) == len(CLAIM_ARCHIVE)
+    assert {f["archive_etag"] for f in files} == {archive["current_etag"]}
+    disagree = [f["opus_path"] for f in files if store.head(f["opus_path"]).etag != f["opus_etag"]]
+    assert disagree == []
+    stored = {o.key for o in store.iter_objects("processed/")}
+    referenced = {
+        r["opus_path"] for r in rows(results_db, "SELECT opus_path FROM audio_files WHERE opus_path IS NOT NULL")
+    }
+    assert stored == referenced  # 0 orphans, across the module's archives
+    assert rows(results_db, "SELECT count(*) AS n FROM object_deletions WHERE archive_source = %s", (key,))[0]["n"] == 0
+    assert_classified_once(results_db, key, members=len(CLAIM_ARCHIVE))
+    changed = [f for f in files if not f["opus_path"].endswith("-1.opus")]
+    assert len(changed) == (1 if overwrite else 0)  # only the changed member was converted again
+    record_outcome(
+        f"{terminated} results-DB sessions terminated over 3 s as `opus_files` started "
+        f"({'still running' if opus_running else 'already done'}), `dagster asset materialize` of the same "
+        f"partition started{' after the archive was overwritten' if overwrite else ''}",
+        f"the materialize took the claim {claimed_at(second.run_id) - ended_at(run.run_id):.1f} s after the run ended "
+        f"for the claim (epochs 1 -> 2); both SUCCESS; rows whose object disagrees: 0 of {len(files)}; "
+        f"orphan objects 0; files converted again: {len(changed)}",
+    )

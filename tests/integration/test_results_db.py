@@ -1,5 +1,5 @@
-"""The data layer on a real PostgreSQL: fencing by archive version, monotonic statuses,
-removed members, first-flagged times, and units of work that survive a server restart."""
+"""The data layer on a real PostgreSQL: fencing by archive version and claim epoch, monotonic
+statuses, removed members, first-flagged times, and units of work that survive a server restart."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from pipeline_support import rows
 
 from archive_identity import ArchiveVersion
 from resources.results_db import (
+    ClaimLost,
     ClassificationRow,
     ConvertedFile,
+    FileFailure,
     ResultsDatabase,
     StaleArchiveVersion,
     TranscriptRow,
@@ -29,7 +31,7 @@ def version(etag: str, minutes: int = 0, key: str = "archives/a.tar", partition:
 
 def register(db: ResultsDatabase, archive: ArchiveVersion, members: dict[str, str], rejected=None):
     db.archives.partitions_for([archive.key])
-    db.archives.claim(archive, run_id=f"run-{archive.etag}")
+    db.archives.claim(archive, f"run-{archive.etag}", lambda holder: True, resume=False)
     return db.audio_files.register_version(
         archive,
         accepted={n: (10, sha) for n, sha in members.items()},
@@ -71,13 +73,91 @@ def test_an_older_version_can_never_write_over_a_newer_one(results_db):
     with pytest.raises(StaleArchiveVersion, match="version e2"):
         convert(results_db, v1, registered.ids, ["a.mp3"])
     with pytest.raises(StaleArchiveVersion):
-        results_db.archives.claim(v1, run_id="late retry of v1")
+        results_db.archives.claim(v1, "late retry of v1", lambda holder: True, resume=False)
     with pytest.raises(StaleArchiveVersion):
         results_db.model_outputs.store_transcripts(
             v1, [TranscriptRow(registered.ids["a.mp3"], "m", "x", "en", 1.0, [])]
         )
     assert statuses(results_db) == {"a.mp3": "pending"}
     assert rows(results_db, "SELECT archive_etag FROM audio_files")[0]["archive_etag"] == "e2"
+
+
+@pytest.mark.integration
+def test_a_run_taken_over_writes_nothing_more_and_later_steps_never_wait(results_db):
+    archive = version("e1")
+    results_db.archives.partitions_for([archive.key])
+    live, ended = (lambda holder: False), (lambda holder: True)
+    first = results_db.archives.claim(archive, "run-a", live, resume=False)
+    assert first.epoch == 1
+    # Another run's raw_archive is told who holds it (and waits); its later steps never wait.
+    holder = results_db.archives.claim(archive, "run-b", live, resume=False)
+    assert holder.run_id == "run-a" and holder.heartbeat_age_s < 60
+    with pytest.raises(ClaimLost, match="run-a"):
+        results_db.archives.claim(archive, "run-b", live, resume=True)
+    # The holder's later steps resume its claim, same epoch.
+    assert results_db.archives.claim(archive, "run-a", live, resume=True).epoch == 1
+    ids = results_db.audio_files.register_version(
+        first, accepted={"a.mp3": (10, "s1")}, rejected={}, other_failures=[], run_id="run-a"
+    ).ids
+
+    # run-a ended (or went silent): run-b takes over under a new epoch.
+    second = results_db.archives.claim(archive, "run-b", ended, resume=False)
+    assert second.epoch == 2
+    assert results_db.archives.renew_claim(second, "run-b") and not results_db.archives.renew_claim(first, "run-a")
+    with pytest.raises(ClaimLost, match="epoch 1"):
+        convert(results_db, first, ids, ["a.mp3"])  # a stale writer of the same version
+    with pytest.raises(ClaimLost):
+        results_db.archives.claim(first, "run-a", live, resume=True)
+    assert statuses(results_db) == {"a.mp3": "pending"}
+    convert(results_db, second, ids, ["a.mp3"])
+    assert statuses(results_db) == {"a.mp3": "converted"}
+    # A retry of a failed run resumes, under a new epoch, from a parent that ended.
+    assert results_db.archives.claim(second, "run-b-retry", ended, resume=True).epoch == 3
+
+
+@pytest.mark.integration
+def test_uploads_no_row_committed_are_deleted_but_never_a_later_claims(results_db):
+    v1 = version("e1")
+    results_db.archives.partitions_for([v1.key])
+    first = results_db.archives.claim(v1, "run-a", lambda holder: True, resume=False)
+    ids = results_db.audio_files.register_version(
+        first, accepted={"a.mp3": (10, "s1")}, rejected={}, other_failures=[], run_id="run-a"
+    ).ids
+    committed, lost = f"processed/d/{ids['a.mp3']}-1.opus", "processed/d/99-1.opus"
+    for key in (committed, lost):
+        results_db.object_deletions.intend_upload(first, key)
+    results_db.audio_files.record_conversions(
+        first, [ConvertedFile(ids["a.mp3"], committed, "s3://b/k", "etag", 2.0, 100)], [], "run-a"
+    )
+    second = results_db.archives.claim(v1, "run-b", lambda holder: True, resume=False)
+    in_flight = "processed/d/98-2.opus"
+    results_db.object_deletions.intend_upload(second, in_flight)
+
+    deleted = []
+
+    class Store:
+        def delete_many(self, keys):
+            deleted.extend(keys)
+
+    # run-a, taken over, drains: its own lost upload goes, run-b's upload in flight stays.
+    assert results_db.object_deletions.drain(first, Store()) == 1
+    assert deleted == [lost]
+    queued = [r["object_key"] for r in rows(results_db, "SELECT object_key FROM object_deletions")]
+    assert queued == [in_flight]  # the committed key was forgotten, not deleted
+    assert results_db.object_deletions.drain(second, Store()) == 1 and deleted == [lost, in_flight]
+
+
+@pytest.mark.integration
+def test_a_definite_failure_never_undoes_a_file_converted_before(results_db):
+    v1 = version("e1")
+    ids = register(results_db, v1, {"a.mp3": "s1"}).ids
+    convert(results_db, v1, ids, ["a.mp3"])
+    results_db.audio_files.record_conversions(
+        v1, [], [FileFailure(ids["a.mp3"], "a.mp3", "conversion", "not decodable audio")], "r"
+    )
+    (row,) = rows(results_db, "SELECT status, opus_path FROM audio_files")
+    assert row["status"] == "converted" and row["opus_path"]
+    assert rows(results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"] == 0
 
 
 @pytest.mark.integration
@@ -118,7 +198,7 @@ def test_members_missing_from_a_new_version_are_removed_and_their_objects_queued
         def delete_many(self, keys):
             deleted.extend(keys)
 
-    assert results_db.object_deletions.drain(v2.key, Store()) == 1
+    assert results_db.object_deletions.drain(v2, Store()) == 1
     assert deleted == [queued[0]["object_key"]]
     assert rows(results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"] == 0
 

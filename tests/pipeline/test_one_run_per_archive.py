@@ -13,11 +13,11 @@ from archive_factory import build_tar, make_speech_mp3, make_tone_mp3
 from daemon_harness import BIN, DaemonHarness, PipelineEnvironment, running_daemon
 from pipeline_support import rows
 
-LOCK_MESSAGE = "holding the archive lock of partition"
+LOCK_MESSAGE = "holding the claim on "
 
 
 def exclusive_interval(harness: DaemonHarness, run_id: str) -> tuple[float, float]:
-    """From the moment the run held the archive lock to its end."""
+    """From the moment the run held the archive's claim to its end."""
     logs = harness.instance.all_logs(run_id)
     held = min(e.timestamp for e in logs if LOCK_MESSAGE in (e.user_message or ""))
     ended = max(

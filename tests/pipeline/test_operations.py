@@ -27,7 +27,7 @@ YESTERDAY = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
 def _seed_yesterday(results_db) -> None:
     archive = ArchiveVersion("archives/day.tar", "e", 1, NOW, "day")
     results_db.archives.partitions_for([archive.key])
-    results_db.archives.claim(archive, "r1")
+    results_db.archives.claim(archive, "r1", lambda holder: True, resume=False)
     ids = results_db.audio_files.register_version(
         archive, accepted={n: (1, n) for n in ("a.mp3", "b.mp3", "c.mp3")}, rejected={}, other_failures=[], run_id="r1"
     ).ids

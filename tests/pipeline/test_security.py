@@ -34,7 +34,7 @@ def _seed_flagged_and_hidden(results_db) -> None:
 
     archive = ArchiveVersion("archives/s.tar", "e1", 1, datetime.now(UTC), "s")
     results_db.archives.partitions_for([archive.key])
-    results_db.archives.claim(archive, "r")
+    results_db.archives.claim(archive, "r", lambda holder: True, resume=False)
     ids = results_db.audio_files.register_version(
         archive,
         accepted={"visible.mp3": (1, "a"), "hidden-secret.mp3": (1, "b")},

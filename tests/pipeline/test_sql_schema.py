@@ -28,7 +28,7 @@ def test_migrate_is_idempotent_and_records_versions(postgres_dsn):
 
 def register(db: ResultsDatabase, names: list[str]) -> dict[str, int]:
     db.archives.partitions_for([ARCHIVE.key])
-    db.archives.claim(ARCHIVE, "r")
+    db.archives.claim(ARCHIVE, "r", lambda holder: True, resume=False)
     return db.audio_files.register_version(
         ARCHIVE, accepted={n: (10, f"sha-{n}") for n in names}, rejected={}, other_failures=[], run_id="r"
     ).ids
@@ -77,7 +77,7 @@ def test_ra_queue_shows_flagged_items_with_transcript_and_metadata(results_db):
 def test_ra_queue_leaves_out_files_removed_from_their_archive(results_db):
     _seed_flagged_item(results_db)
     newer = ArchiveVersion(ARCHIVE.key, "e2", 100, ARCHIVE.last_modified.replace(year=2027), "a")
-    results_db.archives.claim(newer, "r2")
+    results_db.archives.claim(newer, "r2", lambda holder: True, resume=False)
     results_db.audio_files.register_version(
         newer, accepted={"other.mp3": (1, "s")}, rejected={}, other_failures=[], run_id="r2"
     )

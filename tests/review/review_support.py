@@ -94,7 +94,7 @@ def seed_flagged(
     """Flagged, classified files through the pipeline's own writers, with their Opus objects."""
     archive = ArchiveVersion(archive_key, "etag-1", 1, datetime.now(UTC), "review")
     results_db.archives.partitions_for([archive.key])
-    results_db.archives.claim(archive, "run-1")
+    results_db.archives.claim(archive, "run-1", lambda holder: True, resume=False)
     ids = results_db.audio_files.register_version(
         archive,
         accepted={i.name: (len(opus), f"sha-{n}") for n, i in enumerate(items)},

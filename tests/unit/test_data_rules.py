@@ -12,7 +12,6 @@ from sql.named_queries import parse_named_queries, queries
 
 SQL_CONCERNS = [
     "archives",
-    "archive_lock",
     "audio_files",
     "failures",
     "model_outputs",
