@@ -112,6 +112,13 @@ def audit(results_db, object_store, key: str) -> dict[str, int]:
 NOTHING_WRONG = {"lost": 0, "duplicates": 0, "orphans": 0, "disagree": 0}
 
 
+def summary(measured: dict[str, int]) -> str:
+    return (
+        f"files lost {measured['lost']}, duplicate rows {measured['duplicates']}, orphan objects "
+        f"{measured['orphans']}, rows whose object disagrees {measured['disagree']}"
+    )
+
+
 def registry(results_db, key: str) -> dict:
     return rows(
         results_db,
@@ -164,8 +171,7 @@ def test_an_overwrite_whose_tick_was_lost_is_requested_again_and_runs(
         "no runs, partitions or cursor stored)",
         "the next tick within the grace period skipped it (the old defect); after the grace period the tick "
         "found no run for the remembered version and requested it again; the run converted the new version's "
-        f"2 files; files lost {measured['lost']}, duplicates {measured['duplicates']}, "
-        f"orphans {measured['orphans']}, rows whose object disagrees {measured['disagree']}",
+        f"2 files; {summary(measured)}",
     )
 
 
@@ -206,8 +212,7 @@ def test_catch_up_runs_an_archive_whose_last_successful_run_processed_an_older_v
     record_outcome(
         "archive overwritten while the sensor could not see it (its last successful run processed the older ETag)",
         "the catch-up schedule compared the listed ETag with the processed one and requested one run pinned "
-        "to the new version; after it, catch-up skipped; files lost 0, duplicates 0, orphans 0, "
-        "rows whose object disagrees 0",
+        f"to the new version; after it, catch-up skipped; {summary(measured)}",
     )
 
 
@@ -302,13 +307,13 @@ def test_a_whisper_change_rescores_the_new_transcripts_only(
     assert last["weather.mp3"]["scored_at"] > unchanged["weather.mp3"]["scored_at"]
     assert all(last[n]["scored_at"] == unchanged[n]["scored_at"] for n in ("insult.mp3", "tone.mp3"))
     measured = audit(results_db, object_store, key)
-    assert measured["duplicates"] == 0 and measured["lost"] == 0
+    assert measured == NOTHING_WRONG
     record_outcome(
         "Whisper setting switched (fixed language `en` -> detect), transcripts + classifications materialized",
         "3 new transcripts, 3 items re-scored (each score records its transcript), first-flagged times kept where "
         "the score did not change; a second materialization scored 0; one transcript re-made with new text -> "
         "1 item re-scored, the other 2 kept scored_at; the RA views show the transcript each score was computed "
-        "from; files lost 0, duplicates 0",
+        f"from; {summary(measured)}",
     )
 
 
@@ -343,8 +348,10 @@ def test_a_failed_asset_check_step_is_closed_when_the_check_later_passes(
     dead_letter_sensor(dg.build_sensor_context(instance=instance, resources={"results_db": results_db}))
     assert rows(results_db, open_stages, (key,)) == []
     assert instance.get_dynamic_partitions(archives_partitions.name) == [request.partition_key]
+    measured = audit(results_db, object_store, key)
+    assert measured == NOTHING_WRONG
     record_outcome(
         "asset check step failed (`opus_files_every_mp3_has_one_row` run before the archive was read)",
         f"the dead letter recorded `{step}`; the check's pass in the archive's next run closed it, and the "
-        "dead letter reading the failed run again left it closed; files lost 0, duplicates 0, orphans 0",
+        f"dead letter reading the failed run again left it closed; {summary(measured)}",
     )
