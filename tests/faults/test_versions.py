@@ -25,7 +25,7 @@ from resources.results_db import TranscriptRow
 from resources.transcriber import WhisperTranscriber
 from sensors import archive_sensor as archive_sensor_module
 from sensors.archive_sensor import archive_sensor
-from sensors.dead_letter_sensor import dead_letter_sensor
+from sensors.dead_letter_sensor import _step_succeeded_later, dead_letter_sensor
 from sensors.schedules import archive_catchup_schedule
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -344,6 +344,11 @@ def test_a_failed_asset_check_step_is_closed_when_the_check_later_passes(
 
     assert launch(defs, instance, request).success  # the check passes in the archive's run
     assert rows(results_db, open_stages, (key,)) == []
+    # Had the dead letter read the failed run only now, while the later run was still going,
+    # it would see that run's success of the step and not record it.
+    failed_run = instance.get_run_by_id(failed.run_id)
+    assert _step_succeeded_later(instance, failed_run, "opus_files_every_mp3_has_one_row")
+    assert not _step_succeeded_later(instance, failed_run, "transcripts")  # not in the later run
     # The dead letter reading the failed run again (a fresh cursor) does not reopen it.
     dead_letter_sensor(dg.build_sensor_context(instance=instance, resources={"results_db": results_db}))
     assert rows(results_db, open_stages, (key,)) == []
