@@ -1,4 +1,7 @@
-"""Asset checks on each archive partition: nothing lost, objects match rows, sane durations."""
+"""Asset checks on each archive partition: nothing lost, objects match rows, sane durations.
+
+A check that fails (or raises) is recorded by the dead-letter sensor under stage
+`step:<its step key>`; the check's next pass for the archive closes that row."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,8 +16,19 @@ from resources.results_db import ResultsDatabase
 _MANIFEST = {"raw_archive": dg.AssetIn("raw_archive")}
 
 
+def _checked(
+    context: dg.AssetCheckExecutionContext, results_db: ResultsDatabase, archive_key: str, passed: bool, metadata: dict
+) -> dg.AssetCheckResult:
+    """The check's result; a pass closes the archive's open failure of this step."""
+    if passed:
+        results_db.failures.resolve_stages(archive_key, [f"step:{context.op_execution_context.op_handle}"])
+    return dg.AssetCheckResult(passed=passed, metadata=metadata)
+
+
 @dg.asset_check(asset=opus_files, partitions_def=archives_partitions, additional_ins=_MANIFEST, blocking=True)
-def every_mp3_has_one_row(raw_archive: ArchiveTable, results_db: ResultsDatabase) -> dg.AssetCheckResult:
+def every_mp3_has_one_row(
+    context: dg.AssetCheckExecutionContext, raw_archive: ArchiveTable, results_db: ResultsDatabase
+) -> dg.AssetCheckResult:
     """Every MP3 member of the archive version (accepted or rejected) has exactly one finished
     row; rows of members the version no longer has are marked removed, never left pending."""
     manifest = raw_archive.rows
@@ -23,9 +37,12 @@ def every_mp3_has_one_row(raw_archive: ArchiveTable, results_db: ResultsDatabase
     missing = sorted(members - set(statuses))
     unfinished = sorted(name for name, status in statuses.items() if status == "pending")
     stale = sorted(name for name, status in statuses.items() if name not in members and status != "removed")
-    return dg.AssetCheckResult(
-        passed=not (missing or unfinished or stale),
-        metadata={
+    return _checked(
+        context,
+        results_db,
+        raw_archive.archive.key,
+        not (missing or unfinished or stale),
+        {
             "mp3_members": len(members),
             "rows": len(statuses),
             "removed_rows": sum(1 for s in statuses.values() if s == "removed"),
@@ -38,7 +55,10 @@ def every_mp3_has_one_row(raw_archive: ArchiveTable, results_db: ResultsDatabase
 
 @dg.asset_check(asset=opus_files, partitions_def=archives_partitions, additional_ins=_MANIFEST)
 def opus_objects_match_rows(
-    raw_archive: ArchiveTable, results_db: ResultsDatabase, object_store: ObjectStore
+    context: dg.AssetCheckExecutionContext,
+    raw_archive: ArchiveTable,
+    results_db: ResultsDatabase,
+    object_store: ObjectStore,
 ) -> dg.AssetCheckResult:
     """Every converted row's Opus object exists with the size recorded on the row."""
     rows = results_db.audio_files.opus_objects(raw_archive.archive.key)
@@ -49,19 +69,27 @@ def opus_objects_match_rows(
         for row, head in zip(rows, heads)
         if head is None or head.size != row["file_size_bytes"]
     ]
-    return dg.AssetCheckResult(
-        passed=not bad,
-        metadata={"objects_checked": len(rows), "mismatches": len(bad), "examples": "; ".join(bad[:10]) or "none"},
+    return _checked(
+        context,
+        results_db,
+        raw_archive.archive.key,
+        not bad,
+        {"objects_checked": len(rows), "mismatches": len(bad), "examples": "; ".join(bad[:10]) or "none"},
     )
 
 
 @dg.asset_check(asset=opus_files, partitions_def=archives_partitions, additional_ins=_MANIFEST)
-def durations_are_positive(raw_archive: ArchiveTable, results_db: ResultsDatabase) -> dg.AssetCheckResult:
+def durations_are_positive(
+    context: dg.AssetCheckExecutionContext, raw_archive: ArchiveTable, results_db: ResultsDatabase
+) -> dg.AssetCheckResult:
     """A converted file always has a positive recorded duration."""
     rows = results_db.audio_files.bad_durations(raw_archive.archive.key)
-    return dg.AssetCheckResult(
-        passed=not rows,
-        metadata={
+    return _checked(
+        context,
+        results_db,
+        raw_archive.archive.key,
+        not rows,
+        {
             "bad_durations": len(rows),
             "examples": ", ".join(r["original_filename"] for r in rows[:10]) or "none",
         },

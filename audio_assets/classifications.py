@@ -1,6 +1,6 @@
 """classifications: each transcript scored against each content policy (CoPE-A), chunk by
-chunk; a (file, policy) already scored under this policy version, model and threshold is not
-scored again."""
+chunk; a (file, policy) already scored from the file's current transcript under this policy
+version, model and threshold is not scored again."""
 
 import time
 
@@ -40,11 +40,11 @@ def classifications(
         file_ids = [int(i) for i in transcripts.rows.loc[transcripts.rows["status"] == "transcribed", "audio_file_id"]]
         model_name, versions, policies = classifier.model_name(), classifier.policy_versions(), classifier.categories()
         thresholds = _thresholds(classifier, results_db, model_name, policies, versions)
-        done = set() if config.rescore else results_db.model_outputs.scored(file_ids, model_name)
-        todo = {
-            category: {i for i in file_ids if (i, category, versions[category], thresholds[category]) not in done}
-            for category in policies
-        }
+        todo = (
+            {category: set(file_ids) for category in policies}
+            if config.rescore
+            else _todo(results_db, file_ids, transcripts.rows, model_name, versions, thresholds)
+        )
         started, scored = time.monotonic(), []
         for chunk in batches(file_ids, config.files_per_chunk):
             wanted = {category: [i for i in chunk if i in todo[category]] for category in policies}
@@ -53,9 +53,28 @@ def classifications(
             )
             results_db.model_outputs.store_classifications(archive, rows, classified_ids=chunk)
             scored += rows
+        # Catch-up compares the archive's object with this: the run's version is processed.
+        results_db.archives.record_processed(archive)
         return step.result(
             _metadata(thresholds, model_name, versions, len(file_ids), scored, time.monotonic() - started)
         )
+
+
+def _todo(results_db, file_ids, table, model_name, versions, thresholds) -> dict[str, set[int]]:
+    """{policy: files to score}: those without a score under this policy version and threshold
+    for the transcript the file has now (its row and text), so a new transcript is re-scored."""
+    if not file_ids:
+        return {category: set() for category in versions}
+    current = results_db.model_outputs.transcript_identities(file_ids, _transcript_model(table))
+    done = results_db.model_outputs.scored(file_ids, model_name)
+    return {
+        category: {
+            i
+            for i in file_ids
+            if (i, category, versions[category], *current.get(i, (None, None)), thresholds[category]) not in done
+        }
+        for category in versions
+    }
 
 
 def _thresholds(classifier, results_db, model_name: str, policies: dict[str, str], versions: dict[str, str]):
@@ -103,8 +122,9 @@ def _score_chunk(
     for category, ids in wanted.items():
         if not ids:
             continue
-        scores = scorer.score(policies[category], [str(texts.get(i) or "") for i in ids])
+        scores = scorer.score(policies[category], [texts[i].text if i in texts else "" for i in ids])
         for file_id, result in zip(ids, scores):
+            transcript = texts.get(file_id)
             rows.append(
                 ClassificationRow(
                     audio_file_id=file_id,
@@ -116,6 +136,8 @@ def _score_chunk(
                     content_truncated=result.truncated,
                     reason=result.reason,
                     policy_version=versions[category],
+                    transcript_id=transcript.transcript_id if transcript else None,
+                    transcript_md5=transcript.md5 if transcript else None,
                 )
             )
     return rows

@@ -4,14 +4,20 @@ Each tick requests at most ARCHIVE_SENSOR_MAX_RUNS_PER_TICK runs, oldest archive
 leaves the rest for the next ticks: a bucket that already holds 100,000 archives is taken up
 over many short ticks (each far below the daemon's 60 s sensor timeout, after which a tick's
 cursor is not saved) instead of one tick that never finishes.
+
+The registry remembers a version as requested before the daemon stores the tick's runs. A
+daemon killed (or a tick timed out) in between would leave that version remembered and never
+run, so each tick reconciles: a request older than ARCHIVE_SENSOR_REQUEST_GRACE_S with no
+Dagster run for its version is offered again (one batched run query per tick, however many).
 """
 
 import os
+from collections.abc import Iterable
 from datetime import timedelta
 
 import dagster as dg
 
-from archive_identity import ARCHIVE_PREFIX, ArchiveVersion, is_archive_key
+from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, ARCHIVE_PREFIX, ArchiveVersion, is_archive_key
 from audio_assets.jobs import archive_job
 from audio_assets.partitions import archives_partitions
 from resources.object_store import ObjectStore
@@ -20,6 +26,9 @@ from sensors.archive_cursor import ArchiveCursor
 
 LOOKBACK = timedelta(hours=int(os.environ.get("ARCHIVE_SENSOR_LOOKBACK_HOURS", "6")))
 MAX_RUNS_PER_TICK = int(os.environ.get("ARCHIVE_SENSOR_MAX_RUNS_PER_TICK", "500"))
+REQUEST_GRACE_S = float(os.environ.get("ARCHIVE_SENSOR_REQUEST_GRACE_S", "300"))
+MAX_RECONCILED_PER_TICK = 1000  # unconfirmed requests checked per tick, oldest first
+NAMED_SKIPS = 5  # skipped keys named in a tick's log
 
 
 @dg.sensor(
@@ -32,20 +41,21 @@ def archive_sensor(
     context: dg.SensorEvaluationContext, object_store: ObjectStore, results_db: ResultsDatabase
 ) -> dg.SensorResult | dg.SkipReason:
     cursor = ArchiveCursor.parse(context.cursor)
-    candidates = [
-        obj
-        for obj in object_store.iter_objects(ARCHIVE_PREFIX)
-        if is_archive_key(obj.key) and cursor.is_candidate(obj.last_modified, LOOKBACK)
-    ]
+    archives, skipped = _split_listing(object_store.iter_objects(ARCHIVE_PREFIX), cursor)
+    candidates = [obj for obj in archives if cursor.is_candidate(obj.last_modified, LOOKBACK)]
     unrequested = results_db.archives.not_yet_requested([(obj.key, obj.etag) for obj in candidates])
+    unrequested |= requests_without_runs(context, results_db, {(obj.key, obj.etag) for obj in archives})
     new = sorted(
-        (obj for obj in candidates if (obj.key, obj.etag) in unrequested), key=lambda o: (o.last_modified, o.key)
+        (obj for obj in archives if (obj.key, obj.etag) in unrequested), key=lambda o: (o.last_modified, o.key)
     )
     now, later = new[:MAX_RUNS_PER_TICK], new[MAX_RUNS_PER_TICK:]
     next_cursor = cursor.advance([obj.last_modified for obj in candidates], [obj.last_modified for obj in later])
+    skip_note = _log_skipped(context, skipped)
     if not now:
         context.update_cursor(next_cursor.serialize())
-        return dg.SkipReason(f"no new or changed archives under {ARCHIVE_PREFIX} ({len(candidates)} checked)")
+        return dg.SkipReason(
+            f"no new or changed archives under {ARCHIVE_PREFIX} ({len(candidates)} checked){skip_note}"
+        )
 
     # Each object keeps the partition it got when first seen; b.tar and b.tar.gz get two.
     partition_of = results_db.archives.record_requests([(obj.key, obj.etag) for obj in now])
@@ -67,3 +77,55 @@ def archive_sensor(
         dynamic_partitions_requests=[archives_partitions.build_add_request(missing)] if missing else [],
         cursor=next_cursor.serialize(),
     )
+
+
+def requests_without_runs(
+    context: dg.SensorEvaluationContext, results_db: ResultsDatabase, listed: set[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """(archive key, ETag) requests older than the grace period that have no Dagster run and
+    are still the object's version: to be requested again. Requests with a run are confirmed;
+    those whose version is gone (overwritten, deleted) are forgotten."""
+    pending = results_db.archives.unconfirmed_requests(REQUEST_GRACE_S, MAX_RECONCILED_PER_TICK)
+    if not pending:
+        return set()
+    records = context.instance.get_run_records(
+        filters=dg.RunsFilter(job_name=archive_job.name, tags={ARCHIVE_ETAG_TAG: sorted({r["etag"] for r in pending})})
+    )
+    have_runs = {(r.dagster_run.tags.get(ARCHIVE_KEY_TAG), r.dagster_run.tags.get(ARCHIVE_ETAG_TAG)) for r in records}
+    versions = [((r["archive_source"], r["etag"]), r) for r in pending]
+    results_db.archives.confirm_requests([v for v, _ in versions if v in have_runs])
+    results_db.archives.forget_requests([r for v, r in versions if v not in have_runs and v not in listed])
+    again = {v for v, _ in versions if v not in have_runs and v in listed}
+    if again:
+        context.log.warning(
+            f"{len(again)} requested archive version(s) have no run after {REQUEST_GRACE_S:.0f} s "
+            f"(the daemon stopped before storing the tick?), requesting again: "
+            + ", ".join(f"{key}@{etag}" for key, etag in sorted(again)[:NAMED_SKIPS])
+        )
+    return again
+
+
+def _split_listing(objects: Iterable, cursor: ArchiveCursor) -> tuple[list, list[str]]:
+    """(archives, keys skipped) of a listing of archives/; skipped keys are those that are not
+    archives (nested under a folder, another suffix), counted among the recent ones only so a
+    key is reported while it is new, not on every tick for ever."""
+    archives, skipped = [], []
+    for obj in objects:
+        if is_archive_key(obj.key):
+            archives.append(obj)
+        elif cursor.is_candidate(obj.last_modified, LOOKBACK) and not obj.key.endswith("/"):
+            skipped.append(obj.key)
+    return archives, skipped
+
+
+def _log_skipped(context: dg.SensorEvaluationContext, skipped: list[str]) -> str:
+    """Names the first skipped keys in the tick's log; returns a note for the skip reason."""
+    if not skipped:
+        return ""
+    named = ", ".join(sorted(skipped)[:NAMED_SKIPS]) + (", ..." if len(skipped) > NAMED_SKIPS else "")
+    note = (
+        f"; {len(skipped)} key(s) skipped: not an archive directly under {ARCHIVE_PREFIX} "
+        f"ending in .tar, .tar.gz or .tgz: {named}"
+    )
+    context.log.warning(note[2:])
+    return note

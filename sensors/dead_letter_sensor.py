@@ -90,7 +90,7 @@ def record_failed_run(instance: dg.DagsterInstance, results_db: ResultsDatabase,
     """One dead-letter row per failed step (or one for the run); returns how many."""
     partition_key = run.tags.get(PARTITION_TAG)
     archive_key = tagged_version(run.tags)[0] or _archive_of(results_db, partition_key)
-    failures = [
+    found = [
         (
             STAGE_OF_STEP.get(event.step_key, f"step:{event.step_key}"),
             underlying_error(event.dagster_event.step_failure_data.error),
@@ -101,8 +101,15 @@ def record_failed_run(instance: dg.DagsterInstance, results_db: ResultsDatabase,
         )
         if event.dagster_event and event.dagster_event.step_failure_data.error
     ]
+    # A step without a stage of its own (an asset check) that a later run of the partition ran
+    # to success already closed its row (audio_assets/checks.py): recording it now would reopen it.
+    failures = [
+        (stage, error)
+        for stage, error in found
+        if not (stage.startswith("step:") and _step_succeeded_later(instance, run, stage.removeprefix("step:")))
+    ]
     retryable = False
-    if not failures:  # the run failed outside any step: a lost worker, a failed launch
+    if not found:  # the run failed outside any step: a lost worker, a failed launch
         failures = [("run", _run_failure_message(instance, run))]
         retryable = True
     for stage, error in failures:
@@ -133,6 +140,27 @@ def _run_failure_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> st
     records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
     messages = [r.event_log_entry.message for r in records if r.event_log_entry.message]
     return (messages[-1] if messages else "run failed").strip()
+
+
+def _step_succeeded_later(instance: dg.DagsterInstance, run: dg.DagsterRun, step_key: str) -> bool:
+    """A run of the same partition started after `run` has a success of `step_key`."""
+    partition_key = run.tags.get(PARTITION_TAG)
+    created = instance.get_run_record_by_id(run.run_id)
+    if partition_key is None or created is None:
+        return False
+    later = instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=archive_job.name, tags={PARTITION_TAG: partition_key}, created_after=created.create_timestamp
+        ),
+        limit=20,
+    )
+    return any(
+        record.event_log_entry.step_key == step_key
+        for other in later
+        for record in instance.get_records_for_run(
+            other.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS
+        ).records
+    )
 
 
 def _superseded(instance: dg.DagsterInstance, record) -> bool:

@@ -1,49 +1,40 @@
 """Schedules that keep the platform running without a person: catch-up and scratch sweep."""
 
-from datetime import UTC, datetime, timedelta
+import os
 
 import dagster as dg
 
-from archive_identity import PARTITION_TAG
+from archive_identity import ARCHIVE_PREFIX, PARTITION_TAG, ArchiveVersion, is_archive_key
 from audio_assets.jobs import archive_job
 from audio_assets.partitions import archives_partitions
 from audio_assets.scratch_sweep import ACTIVE_RUN_STATUSES, scratch_sweep_job
+from resources.object_store import ObjectInfo, ObjectStore
 from resources.results_db import ResultsDatabase
 
-FAILED_LOOKBACK = timedelta(days=7)
+CATCHUP_MAX_RUNS = int(os.environ.get("ARCHIVE_CATCHUP_MAX_RUNS", "1000"))
 
 
-def partitions_to_catch_up(instance: dg.DagsterInstance) -> list[str]:
-    """Archive partitions never fully processed (classifications missing) or whose latest run
-    failed, minus those with a run in progress. Complete partitions are never re-run."""
-    partitions = instance.get_dynamic_partitions(archives_partitions.name)
-    complete = instance.get_materialized_partitions(dg.AssetKey("classifications"))
-    in_flight = _partitions_of(instance, dg.RunsFilter(job_name=archive_job.name, statuses=ACTIVE_RUN_STATUSES))
-    recently_failed = _partitions_of(
-        instance,
-        dg.RunsFilter(
-            job_name=archive_job.name,
-            statuses=[dg.DagsterRunStatus.FAILURE],
-            updated_after=datetime.now(UTC) - FAILED_LOOKBACK,
-        ),
-    )
-    failed_last = {pk for pk in recently_failed if _latest_run_status(instance, pk) == dg.DagsterRunStatus.FAILURE}
-    return sorted(pk for pk in partitions if (pk not in complete or pk in failed_last) and pk not in in_flight)
-
-
-def _partitions_of(instance: dg.DagsterInstance, filters: dg.RunsFilter) -> set[str]:
-    return {
-        record.dagster_run.tags[PARTITION_TAG]
-        for record in instance.get_run_records(filters=filters)
-        if PARTITION_TAG in record.dagster_run.tags
+def versions_to_catch_up(
+    instance: dg.DagsterInstance, object_store: ObjectStore, results_db: ResultsDatabase
+) -> list[ObjectInfo]:
+    """The listed objects of the archives whose object, as listed now, is not the version their
+    last successful run processed (`archives.processed_etag`): never run, failed, or overwritten
+    while the sensor could not see it. Archives with a run in progress are left to it. Oldest
+    first, at most ARCHIVE_CATCHUP_MAX_RUNS. One listing, one registry query and one run query
+    however many archives the bucket holds."""
+    listed = {(o.key, o.etag): o for o in object_store.iter_objects(ARCHIVE_PREFIX) if is_archive_key(o.key)}
+    behind = results_db.archives.not_yet_processed(list(listed))
+    in_flight = {
+        record.dagster_run.tags.get(PARTITION_TAG)
+        for record in instance.get_run_records(
+            filters=dg.RunsFilter(job_name=archive_job.name, statuses=ACTIVE_RUN_STATUSES)
+        )
     }
-
-
-def _latest_run_status(instance: dg.DagsterInstance, partition_key: str):
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=archive_job.name, tags={PARTITION_TAG: partition_key}), limit=1
+    chosen = sorted(
+        (listed[v] for v, partition_key in behind.items() if partition_key is None or partition_key not in in_flight),
+        key=lambda o: (o.last_modified, o.key),
     )
-    return records[0].dagster_run.status if records else None
+    return chosen[:CATCHUP_MAX_RUNS]
 
 
 @dg.schedule(
@@ -51,27 +42,29 @@ def _latest_run_status(instance: dg.DagsterInstance, partition_key: str):
     cron_schedule="15 1 * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily: re-request archives left unfinished or failed (e.g. after an outage)",
+    description="Daily: request a run for every archive whose current version no run has processed",
 )
-def archive_catchup_schedule(context: dg.ScheduleEvaluationContext, results_db: ResultsDatabase):
-    _add_registered_partitions(context.instance, results_db)
-    keys = partitions_to_catch_up(context.instance)
-    if not keys:
-        return dg.SkipReason("every archive partition is complete or in progress")
+def archive_catchup_schedule(
+    context: dg.ScheduleEvaluationContext, object_store: ObjectStore, results_db: ResultsDatabase
+):
+    behind = versions_to_catch_up(context.instance, object_store, results_db)
+    if not behind:
+        return dg.SkipReason("every archive's current version is processed or in progress")
+    # Registers new keys and marks the versions requested, as the sensor does.
+    partition_of = results_db.archives.record_requests([(o.key, o.etag) for o in behind])
+    versions = [ArchiveVersion(o.key, o.etag, o.size, o.last_modified, partition_of[o.key]) for o in behind]
+    known = set(context.instance.get_dynamic_partitions(archives_partitions.name))
+    missing = sorted({v.partition_key for v in versions} - known)
+    if missing:  # registered by a sensor tick the daemon never stored, or never seen by it
+        context.instance.add_dynamic_partitions(archives_partitions.name, missing)
     day = context.scheduled_execution_time.date().isoformat()
+    context.log.info(f"catching up {len(versions)} archive version(s) (at most {CATCHUP_MAX_RUNS} a day)")
     return [
-        dg.RunRequest(run_key=f"catchup:{day}:{key}", partition_key=key, tags={"audio/catchup": day}) for key in keys
+        dg.RunRequest(
+            run_key=f"catchup:{day}:{v}", partition_key=v.partition_key, tags={"audio/catchup": day} | v.run_tags()
+        )
+        for v in versions
     ]
-
-
-def _add_registered_partitions(instance: dg.DagsterInstance, results_db: ResultsDatabase) -> None:
-    """The sensor registers an archive's partition and marks it requested before the daemon
-    stores the tick; if the daemon dies in between, the partition exists only in the registry.
-    Adding it here makes it one to catch up."""
-    known = set(instance.get_dynamic_partitions(archives_partitions.name))
-    missing = sorted(set(results_db.archives.all_partition_keys()) - known)
-    if missing:
-        instance.add_dynamic_partitions(archives_partitions.name, missing)
 
 
 scratch_sweep_schedule = dg.ScheduleDefinition(

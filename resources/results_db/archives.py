@@ -48,8 +48,40 @@ class ArchiveRegistry:
 
         return self.db.transaction(record, what=f"record {len(versions)} requested archive version(s)")
 
-    def all_partition_keys(self) -> list[str]:
-        return [row["partition_key"] for row in self.db.rows(Q.all_partition_keys)]
+    def unconfirmed_requests(self, grace_s: float, limit: int) -> list[dict]:
+        """Requests older than `grace_s` with no run seen yet: archive_source, etag, requested_at."""
+        return self.db.rows(Q.unconfirmed_requests, {"grace_s": grace_s, "limit": limit})
+
+    def confirm_requests(self, versions: list[tuple[str, str]]) -> None:
+        """A run exists for each (archive key, ETag) request."""
+        if versions:
+            self.db.transaction(
+                lambda cur: psycopg2.extras.execute_values(cur, Q.confirm_requests, versions),
+                what=f"confirm {len(versions)} requested archive version(s)",
+            )
+
+    def forget_requests(self, requests: list[dict]) -> None:
+        """Drop requests (rows of unconfirmed_requests) that never got a run and never can."""
+        values = [(r["archive_source"], r["etag"], r["requested_at"]) for r in requests]
+        if values:
+            self.db.transaction(
+                lambda cur: psycopg2.extras.execute_values(cur, Q.forget_requests, values),
+                what=f"forget {len(values)} requested archive version(s)",
+            )
+
+    def record_processed(self, archive: ArchiveVersion) -> None:
+        """The archive's last step succeeded for `archive` (if it is still the current version)."""
+        params = {"archive_key": archive.key, "etag": archive.etag}
+        self.db.transaction(
+            lambda cur: cur.execute(Q.record_processed, params), fence=archive, what=f"record {archive} processed"
+        )
+
+    def not_yet_processed(self, versions: list[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        """{(archive key, ETag): partition key or None} of the listed versions no successful
+        run processed."""
+        keys, etags = zip(*versions) if versions else ((), ())
+        rows = self.db.rows(Q.not_yet_processed, {"archive_keys": list(keys), "etags": list(etags)})
+        return {(row["archive_source"], row["etag"]): row["partition_key"] for row in rows}
 
     def key_of_partition(self, partition_key: str) -> str | None:
         """The one partition -> archive key resolver (never a bucket listing)."""

@@ -7,6 +7,7 @@ version and model).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,21 @@ class ClassificationRow:
     content_truncated: bool
     reason: str | None
     policy_version: str = ""
+    transcript_id: int | None = None  # the transcript row scored
+    transcript_md5: str | None = None  # md5 of the text scored (a re-transcription to new text changes it)
+
+
+@dataclass(frozen=True)
+class ScoredTranscript:
+    """The transcript a classification is computed from: its row, its text and the text's md5."""
+
+    transcript_id: int
+    text: str
+
+    @property
+    def md5(self) -> str:
+        # The same digest as PostgreSQL's md5(text) over the UTF-8 database encoding.
+        return hashlib.md5(self.text.encode("utf-8")).hexdigest()
 
 
 class ModelOutputs:
@@ -72,19 +88,35 @@ class ModelOutputs:
 
         self.db.transaction(store, fence=archive, what=f"store transcripts of {archive}")
 
-    def transcripts(self, file_ids: Sequence[int], model: str) -> dict[int, str]:
+    def transcripts(self, file_ids: Sequence[int], model: str) -> dict[int, ScoredTranscript]:
         rows = self.db.rows(Q.transcripts_of_files, {"ids": list(file_ids), "model": model})
-        return {row["audio_file_id"]: row["transcript_text"] for row in rows}
+        return {row["audio_file_id"]: ScoredTranscript(row["id"], row["transcript_text"]) for row in rows}
+
+    def transcript_identities(self, file_ids: Sequence[int], model: str) -> dict[int, tuple[int, str]]:
+        """{file: (transcript id, md5 of its text)} of `model`'s transcripts, without the texts."""
+        rows = self.db.rows(Q.transcript_identities, {"ids": list(file_ids), "model": model})
+        return {row["audio_file_id"]: (row["id"], row["transcript_md5"]) for row in rows}
 
     def transcripts_of_archive(self, archive_key: str) -> dict[str, str]:
         """{member name: transcript text} of the archive's files, any model."""
         rows = self.db.rows(Q.transcripts_of_archive, {"archive_key": archive_key})
         return {row["original_filename"]: row["transcript_text"] for row in rows}
 
-    def scored(self, file_ids: Sequence[int], model: str) -> set[tuple[int, str, str, float]]:
-        """(file, policy, policy version, threshold) already scored by `model`."""
+    def scored(self, file_ids: Sequence[int], model: str) -> set[tuple[int, str, str, int | None, str | None, float]]:
+        """(file, policy, policy version, transcript id, transcript md5, threshold) already
+        scored by `model`: a score is current only for the transcript it was computed from."""
         rows = self.db.rows(Q.scored_policies, {"ids": list(file_ids), "model": model})
-        return {(row["audio_file_id"], row["flag_category"], row["policy_version"], row["threshold"]) for row in rows}
+        return {
+            (
+                row["audio_file_id"],
+                row["flag_category"],
+                row["policy_version"],
+                row["transcript_id"],
+                row["transcript_md5"],
+                row["threshold"],
+            )
+            for row in rows
+        }
 
     def policy_thresholds(self, model: str) -> dict[str, float]:
         """{policy: threshold} chosen per policy for `model`; policies absent use the default."""
@@ -121,6 +153,8 @@ class ModelOutputs:
                             r.content_truncated,
                             r.reason,
                             r.policy_version,
+                            r.transcript_id,
+                            r.transcript_md5,
                         )
                         for r in rows
                     ],

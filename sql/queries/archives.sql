@@ -66,13 +66,60 @@ LEFT JOIN archives a USING (archive_source)
 WHERE a.requested_etag IS DISTINCT FROM listed.etag
 
 -- name: mark_requested
--- Rows: (archive_source, etag), each already registered in the same transaction.
+-- Rows: (archive_source, etag), each already registered in the same transaction. No run is
+-- known for the request yet: the daemon stores the tick's runs after the sensor returns.
 UPDATE archives AS a
 SET requested_etag = v.etag,
-    requested_at = now()
+    requested_at = now(),
+    requested_run_seen_at = NULL
 FROM (VALUES %s) AS v (archive_source, etag)
 WHERE a.archive_source = v.archive_source
 
--- name: all_partition_keys
-SELECT partition_key
+-- name: unconfirmed_requests
+-- Requests older than the grace period for which no run has been seen yet, oldest first.
+SELECT archive_source, requested_etag AS etag, requested_at
 FROM archives
+WHERE requested_etag IS NOT NULL
+  AND requested_run_seen_at IS NULL
+  AND requested_at < now() - make_interval(secs => %(grace_s)s)
+ORDER BY requested_at
+LIMIT %(limit)s
+
+-- name: confirm_requests
+-- Rows: (archive_source, etag): a Dagster run exists for the requested version.
+UPDATE archives AS a
+SET requested_run_seen_at = now()
+FROM (VALUES %s) AS v (archive_source, etag)
+WHERE a.archive_source = v.archive_source
+  AND a.requested_etag = v.etag
+  AND a.requested_run_seen_at IS NULL
+
+-- name: forget_requests
+-- Rows: (archive_source, etag, requested_at): requests with no run whose version is no longer
+-- the object's (overwritten or deleted): nothing can run them any more. The requested_at match
+-- leaves a request made again since (by catch-up) alone.
+UPDATE archives AS a
+SET requested_etag = NULL,
+    requested_at = NULL
+FROM (VALUES %s) AS v (archive_source, etag, requested_at)
+WHERE a.archive_source = v.archive_source
+  AND a.requested_etag = v.etag
+  AND a.requested_at = v.requested_at::timestamptz
+  AND a.requested_run_seen_at IS NULL
+
+-- name: record_processed
+-- The archive's run finished its last step for this version. Only the version results belong
+-- to can be processed: a run of an older one changes nothing.
+UPDATE archives
+SET processed_etag = %(etag)s,
+    processed_at = now()
+WHERE archive_source = %(archive_key)s
+  AND current_etag = %(etag)s
+
+-- name: not_yet_processed
+-- Of the listed (key, ETag) pairs, those whose version no successful run processed (for the
+-- catch-up schedule), with their partition when registered.
+SELECT listed.archive_source, listed.etag, a.partition_key
+FROM unnest(%(archive_keys)s::text[], %(etags)s::text[]) AS listed (archive_source, etag)
+LEFT JOIN archives a USING (archive_source)
+WHERE a.processed_etag IS DISTINCT FROM listed.etag

@@ -27,7 +27,14 @@ WHERE id = ANY(%(ids)s)
   AND (status = 'converted' OR (status = 'failed' AND failed_stage = 'transcription'))
 
 -- name: transcripts_of_files
-SELECT t.audio_file_id, t.transcript_text
+SELECT t.audio_file_id, t.id, t.transcript_text
+FROM transcripts AS t
+WHERE t.audio_file_id = ANY(%(ids)s) AND t.model = %(model)s
+
+-- name: transcript_identities
+-- Which transcript of each file a score would be computed from now: its row and an md5 of its
+-- text (what a classification records; see scored_policies).
+SELECT t.audio_file_id, t.id, md5(t.transcript_text) AS transcript_md5
 FROM transcripts AS t
 WHERE t.audio_file_id = ANY(%(ids)s) AND t.model = %(model)s
 
@@ -39,19 +46,21 @@ JOIN audio_files AS a ON a.id = t.audio_file_id
 WHERE a.archive_source = %(archive_key)s
 
 -- name: scored_policies
--- What this model has scored, with the policy version and threshold it was scored under.
-SELECT audio_file_id, flag_category, policy_version, threshold
+-- What this model has scored, with the policy version, the transcript (row and md5 of its
+-- text) and the threshold it was scored under.
+SELECT audio_file_id, flag_category, policy_version, transcript_id, transcript_md5, threshold
 FROM classifications
 WHERE audio_file_id = ANY(%(ids)s) AND model = %(model)s
 
 -- name: upsert_classifications
 -- Rows: (audio_file_id, flag_category, model, flag_score, flagged, threshold, content_truncated,
--- reason, policy_version). created_at is when the item was first scored (and flagged) as it
--- stands: it moves only when the policy text, the flag or the score (by more than 0.001)
--- changed, so an unchanged flag never re-enters the RAs' 24-hour queue.
+-- reason, policy_version, transcript_id, transcript_md5). created_at is when the item was
+-- first scored (and flagged) as it stands: it moves only when the policy text, the flag or the
+-- score (by more than 0.001) changed, so an unchanged flag never re-enters the RAs' 24-hour
+-- queue, even when a new transcript was scored to the same result.
 INSERT INTO classifications AS c
     (audio_file_id, flag_category, model, flag_score, flagged, threshold, content_truncated, reason,
-     policy_version)
+     policy_version, transcript_id, transcript_md5)
 VALUES %s
 ON CONFLICT (audio_file_id, flag_category, model) DO UPDATE SET
     created_at = CASE
@@ -66,6 +75,8 @@ ON CONFLICT (audio_file_id, flag_category, model) DO UPDATE SET
     content_truncated = EXCLUDED.content_truncated,
     reason = EXCLUDED.reason,
     policy_version = EXCLUDED.policy_version,
+    transcript_id = EXCLUDED.transcript_id,
+    transcript_md5 = EXCLUDED.transcript_md5,
     scored_at = now()
 
 -- name: advance_to_classified

@@ -1,7 +1,8 @@
 -- One definition of an item: a classification (file x policy x model) of a file that is
 -- classified as its archive stands (so it has its Opus file). `reviewable_items` adds what a
--- reviewer needs: the latest transcript with its timed segments and the policy text the score
--- was computed with (policy_texts; NULL for scores stored before texts were kept);
+-- reviewer needs: the transcript the score was computed from (the latest one for scores that
+-- do not record it) with its timed segments, and the policy text the score was computed with
+-- (policy_texts; NULL for scores stored before texts were kept);
 -- `flagged_items` is their flagged subset. ra_queue (RAs' SQL) and the console's
 -- ra_review_items both read these, so they cannot drift apart again; the statistics count
 -- classified_items, without joining transcripts.
@@ -26,7 +27,8 @@ SELECT
     c.flagged,
     c.threshold,
     c.content_truncated,
-    c.created_at        AS classified_at    -- first scored as it stands (see upsert_classifications)
+    c.created_at        AS classified_at,   -- first scored as it stands (see upsert_classifications)
+    c.transcript_id     AS scored_transcript_id  -- the transcript the score was computed from
 FROM classifications AS c
 JOIN audio_files AS a ON a.id = c.audio_file_id
 WHERE a.status = 'classified'
@@ -47,7 +49,7 @@ LEFT JOIN LATERAL (
     SELECT tr.transcript_text, tr.segments, tr.language, tr.confidence
     FROM transcripts AS tr
     WHERE tr.audio_file_id = i.audio_file_id
-    ORDER BY tr.created_at DESC
+    ORDER BY tr.id IS NOT DISTINCT FROM i.scored_transcript_id DESC, tr.created_at DESC
     LIMIT 1
 ) AS t ON true
 LEFT JOIN policy_texts AS p ON p.policy = i.policy AND p.policy_version = i.policy_version;

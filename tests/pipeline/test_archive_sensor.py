@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+from pipeline_support import rows
 
 from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
 from audio_assets.partitions import archives_partitions
@@ -14,11 +15,13 @@ from sensors.archive_cursor import ArchiveCursor
 from sensors.archive_sensor import archive_sensor
 
 
-def tick(instance, object_store, results_db, cursor=None):
+def tick(instance, object_store, results_db, cursor=None, *, stored=True):
     context = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={"object_store": object_store, "results_db": results_db}
     )
     result = archive_sensor(context)
+    if not stored:  # dropped, as by a daemon killed before it stored the tick
+        return result, cursor
     if isinstance(result, dg.SensorResult):
         for request in result.dynamic_partitions_requests:
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -139,3 +142,29 @@ def test_cursor_watermark_stops_at_the_oldest_archive_left_for_later():
     # A cursor of the earlier format (watermark + fingerprints) is read without its fingerprints.
     old = ArchiveCursor.parse('{"watermark": "2026-11-25T12:00:00+00:00", "recent": {"abc": "x"}}')
     assert old == ArchiveCursor(now)
+
+
+def test_keys_that_are_not_archives_are_counted_and_named(instance, object_store, results_db):
+    object_store.put_bytes("archives/2026/12/x.tar", b"nested under a folder")
+    object_store.put_bytes("archives/batch_c.zip", b"another suffix")
+    result, _ = tick(instance, object_store, results_db)
+    assert isinstance(result, dg.SkipReason)
+    assert "2 key(s) skipped" in result.skip_message
+    assert "archives/2026/12/x.tar" in result.skip_message and "archives/batch_c.zip" in result.skip_message
+    object_store.put_bytes("archives/batch_c.tar", b"an archive")
+    with_runs, _ = tick(instance, object_store, results_db)
+    assert [r.tags[ARCHIVE_KEY_TAG] for r in with_runs.run_requests] == ["archives/batch_c.tar"]
+
+
+def test_a_request_without_a_run_is_offered_again_and_one_for_a_gone_version_forgotten(
+    instance, object_store, results_db, monkeypatch
+):
+    first = object_store.put_bytes("archives/kept.tar", b"v1")
+    object_store.put_bytes("archives/gone.tar", b"v1")
+    tick(instance, object_store, results_db, stored=False)  # the daemon died: no runs exist
+    object_store.delete("archives/gone.tar")
+    monkeypatch.setattr(archive_sensor_module, "REQUEST_GRACE_S", 0.0)
+    result, _ = tick(instance, object_store, results_db)
+    assert [r.run_key for r in result.run_requests] == [f"archives/kept.tar@{first.etag}"]
+    [gone] = rows(results_db, "SELECT requested_etag FROM archives WHERE archive_source = 'archives/gone.tar'")
+    assert gone["requested_etag"] is None  # nothing can run that version any more

@@ -18,7 +18,7 @@ from audio_assets.daily import daily_summary
 from audio_assets.scratch_sweep import scratch_sweep_job
 from resources.results_db import ClassificationRow, ConvertedFile, FileFailure, TranscriptRow
 from resources.scratch import ScratchSpace
-from sensors.schedules import archive_catchup_schedule, partitions_to_catch_up
+from sensors.schedules import archive_catchup_schedule, versions_to_catch_up
 
 NOW = datetime.now(UTC)
 YESTERDAY = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
@@ -93,30 +93,43 @@ def _add_run(instance, partition: str, status: dg.DagsterRunStatus) -> None:
     instance.add_run(run)
 
 
-def test_catch_up_requests_unfinished_and_failed_partitions_only(instance, results_db):
-    instance.add_dynamic_partitions("archives", ["done", "running", "failed_last", "recovered"])
-    # Registered and marked requested by a sensor tick the daemon never stored: not in Dagster yet.
-    results_db.archives.record_requests([("archives/never_ran.tar", "etag-1")])
-    for key in ("done", "failed_last", "recovered"):
-        instance.report_runless_asset_event(dg.AssetMaterialization("classifications", partition=key))
-    _add_run(instance, "running", dg.DagsterRunStatus.STARTED)
-    _add_run(instance, "failed_last", dg.DagsterRunStatus.SUCCESS)
-    _add_run(instance, "failed_last", dg.DagsterRunStatus.FAILURE)
-    _add_run(instance, "recovered", dg.DagsterRunStatus.FAILURE)
-    _add_run(instance, "recovered", dg.DagsterRunStatus.SUCCESS)
-
-    context = dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=NOW, resources={"results_db": results_db}
+def _processed(results_db, object_store, key: str) -> None:
+    """As if a run of the object's current version had finished its last step."""
+    info = object_store.head(key)
+    archive = ArchiveVersion(
+        key, info.etag, info.size, info.last_modified, results_db.archives.partitions_for([key])[key]
     )
-    requests = archive_catchup_schedule(context)
-    assert partitions_to_catch_up(instance) == ["failed_last", "never_ran"]
-    assert sorted(r.partition_key for r in requests) == ["failed_last", "never_ran"]
+    results_db.archives.claim(archive, "r")
+    results_db.archives.record_processed(archive)
 
-    for key in ("never_ran", "failed_last"):
-        instance.report_runless_asset_event(dg.AssetMaterialization("classifications", partition=key))
-        _add_run(instance, key, dg.DagsterRunStatus.SUCCESS)
+
+def test_catch_up_requests_every_archive_whose_current_version_was_not_processed(instance, results_db, object_store):
+    for name in ("done", "running", "failed_last", "never_ran", "overwritten"):
+        object_store.put_bytes(f"archives/{name}.tar", b"version one")
+    for name in ("done", "running", "failed_last", "overwritten"):
+        _processed(results_db, object_store, f"archives/{name}.tar")
+    object_store.put_bytes("archives/running.tar", b"version two, its run in progress")
+    object_store.put_bytes("archives/failed_last.tar", b"version two, its run failed")
+    object_store.put_bytes("archives/overwritten.tar", b"version two, never seen by the sensor")
+    instance.add_dynamic_partitions("archives", ["done", "running", "failed_last"])
+    _add_run(instance, "running", dg.DagsterRunStatus.STARTED)
+    _add_run(instance, "failed_last", dg.DagsterRunStatus.FAILURE)
+    resources = {"results_db": results_db, "object_store": object_store}
+
+    requests = archive_catchup_schedule(
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW, resources=resources)
+    )
+    assert sorted(r.partition_key for r in requests) == ["failed_last", "never_ran", "overwritten"]
+    for request in requests:  # pinned to the version listed now
+        key = request.tags["audio/archive_key"]
+        assert request.tags["audio/archive_etag"] == object_store.head(key).etag
+    assert {"never_ran", "overwritten"} <= set(instance.get_dynamic_partitions("archives"))
+
+    for name in ("failed_last", "never_ran", "overwritten"):
+        _processed(results_db, object_store, f"archives/{name}.tar")
+    assert [o.key for o in versions_to_catch_up(instance, object_store, results_db)] == []
     skipped = archive_catchup_schedule(
-        dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW, resources={"results_db": results_db})
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW, resources=resources)
     )
     assert isinstance(skipped, dg.SkipReason)
 
