@@ -99,8 +99,8 @@ def _processed(results_db, object_store, key: str) -> None:
     archive = ArchiveVersion(
         key, info.etag, info.size, info.last_modified, results_db.archives.partitions_for([key])[key]
     )
-    results_db.archives.claim(archive, "r")
-    results_db.archives.record_processed(archive)
+    claimed = results_db.archives.claim(archive, "r", lambda holder: True, resume=False)
+    results_db.archives.record_processed(claimed)
 
 
 def test_catch_up_requests_every_archive_whose_current_version_was_not_processed(instance, results_db, object_store):
