@@ -279,6 +279,71 @@ def test_ffmpeg_killed_mid_conversion_is_retried_and_the_row_never_fails(
     )
 
 
+# --- CUDA out of memory in a Whisper batch ------------------------------------------------------
+
+
+class _OutOfMemoryOnce:
+    """The real model, whose first batch fails as a GPU out of memory would (the one fake: this
+    machine has no GPU to exhaust)."""
+
+    def __init__(self, model, failures: list[str]):
+        self.model, self.failures = model, failures
+
+    def transcribe_files(self, paths):
+        if not self.failures:
+            self.failures.append("raised")
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.model.transcribe_files(paths)
+
+
+class OutOfMemoryOnceTranscriber(WhisperTranscriber):
+    def load(self):
+        return _OutOfMemoryOnce(super().load(), _OOM_RAISED)
+
+
+_OOM_RAISED: list[str] = []
+
+
+def test_cuda_out_of_memory_in_a_batch_is_retried_and_no_row_moves(
+    object_store, results_db, instance, tmp_path, models_dir, clips
+):
+    _OOM_RAISED.clear()
+    transcriber = OutOfMemoryOnceTranscriber(model="base-bundled", models_root=str(models_dir), language="en")
+    resources = pipeline_resources(
+        object_store, results_db, tmp_path / "scratch", transcriber, PolicyClassifier(backend="profanity")
+    )
+    runner = ArchiveRunner(build_definitions(resources), instance, object_store, results_db)
+    archive = build_tar(
+        tmp_path / "batch_cuda_oom.tar",
+        [("clips/insult.mp3", clips["insult"]), ("clips/weather.mp3", clips["weather"])],
+    )
+    key = runner.upload(archive)
+    result = runner.run(key, assets=FULL_JOB)
+    assert result.success and _OOM_RAISED == ["raised"]
+    restarts = [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED" and e.step_key == "transcripts"]
+    assert len(restarts) == 1
+    assert {f["status"] for f in files(results_db, key).values()} == {"classified"}
+    recorded = [f for f in failures(results_db, key, open_only=False).values() if f["stage"] == "transcription"]
+    assert len(recorded) == 2 and all(f["retryable"] and f["resolved_at"] is not None for f in recorded)
+    assert (
+        recorded[0]["error"]
+        == "transcription interrupted: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    )
+    transcripts = rows(
+        results_db,
+        "SELECT count(*) AS n FROM transcripts t JOIN audio_files a ON a.id = t.audio_file_id WHERE a.archive_source = %s",
+        (key,),
+    )
+    assert transcripts[0]["n"] == 2
+    objects = assert_objects_agree(results_db, object_store, key)
+    record_outcome(
+        "CUDA out of memory in a Whisper batch (first batch of a 2-file archive)",
+        'both files recorded retryable ("transcription interrupted: RuntimeError: CUDA out of memory ..."), rows '
+        f"left `converted`, 1 step retry transcribed them, the failures closed; both classified, 0 lost, "
+        f"0 duplicates (1 transcript each), {objects} objects, 0 orphans, 0 disagreeing",
+    )
+
+
 def step_seconds(runner: ArchiveRunner, result, step_key: str) -> float:
     """From the step's first event to its last, as the run's event log stamped them."""
     stamps = [e.timestamp for e in runner.instance.all_logs(result.run_id) if e.step_key == step_key]
