@@ -19,15 +19,16 @@ MIB = 1024 * 1024
 
 
 def env_default(name: str, default: float) -> float:
-    """A cap's default: the environment variable `name` when set (read when the definitions
-    load, so an operator can change a default without a launchpad edit), else `default`."""
+    """A cap's default: the environment variable `name` when set, else `default`. Read by the
+    process that runs the step when it builds the step's config (a Celery worker's own
+    environment), so an operator changes a default without a launchpad edit."""
     value = os.environ.get(name)
     return type(default)(value) if value else default
 
 
 # Short-form video: clips of seconds to a few minutes. 20 minutes is four times the longest
-# clip such platforms take and still costs one worker about a minute of ffmpeg and, on a GPU,
-# seconds of Whisper; a longer file is not a clip and would hold its archive's clips back.
+# clip such platforms take and costs one worker seconds of ffmpeg (5 s measured on 2 cores) and
+# of Whisper on a GPU; a longer file is not a clip and would hold its archive's clips back.
 DEFAULT_MAX_AUDIO_MINUTES = 20
 
 
