@@ -80,6 +80,7 @@ def read_metadata_table(path: Path, limits: MetadataLimits | None = None) -> Met
     """Rows of one parquet file. Raises MetadataFileError when it is not parquet, has no
     meta_id column, or is over a cap of `limits`: first as its footer states (nothing decoded
     yet), then as its batches really decode, one row group at a time."""
+    _check_footer_size(path)
     try:
         parquet = pq.ParquetFile(path)
     except pa.ArrowException as exc:  # a missing file is the caller's bug: FileNotFoundError
@@ -109,6 +110,26 @@ def read_metadata_table(path: Path, limits: MetadataLimits | None = None) -> Met
     except (pa.ArrowException, OSError) as exc:
         raise MetadataFileError(f"unreadable parquet data: {exc}") from None
     return MetadataTable(rows=tuple(rows), rows_without_meta_id=without_id)
+
+
+# The footer (schema, row groups, key-value metadata) is parsed whole before anything can be
+# checked; a real one of 100,000 rows is kilobytes, so 16 MiB is generous and bounds the parse.
+MAX_FOOTER_BYTES = 16 * 2**20
+
+
+def _check_footer_size(path: Path) -> None:
+    """The footer's length, from the file's last 8 bytes (length, then "PAR1"), before pyarrow
+    reads it."""
+    with path.open("rb") as handle:
+        if handle.seek(0, 2) < 12:
+            return  # too short to be parquet: pyarrow says so
+        handle.seek(-8, 2)
+        tail = handle.read(8)
+    if tail[4:] == b"PAR1" and int.from_bytes(tail[:4], "little") > MAX_FOOTER_BYTES:
+        length = int.from_bytes(tail[:4], "little")
+        raise MetadataFileError(
+            f"refused: a {length / 2**20:,.1f} MB footer, over the {MAX_FOOTER_BYTES // 2**20} MB cap"
+        )
 
 
 # Rows decoded at a time: small enough that one batch past a cap costs little memory.

@@ -305,3 +305,10 @@ def test_a_footer_that_understates_the_inflated_size_is_caught_while_decoding(tm
     path = make_parquet(tmp_path / "m.parquet", [{"meta_id": str(i), "note": "y" * 1000} for i in range(3000)])
     with pytest.raises(MetadataFileError, match=r"^refused: decoding reached .* MB of column data, over the 1 MB cap"):
         read_metadata_table(path, MetadataLimits(max_rows=100_000, max_inflated_bytes=2**20))
+
+
+def test_a_huge_footer_is_refused_before_it_is_parsed(tmp_path):
+    table = pa.table({"meta_id": ["a"]}).replace_schema_metadata({"padding": "x" * (17 * 2**20)})
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(MetadataFileError, match=r"^refused: a [0-9.]+ MB footer, over the 16 MB cap$"):
+        read_metadata_table(tmp_path / "m.parquet", LIMITS)
