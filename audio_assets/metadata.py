@@ -4,10 +4,18 @@ from pathlib import Path
 
 import dagster as dg
 
+from archive_identity import ArchiveVersion
 from audio_assets.archive_step import archive_asset, archive_step
-from audio_assets.audio.metadata_rows import MetadataFileError, MetadataTable, join_metadata, read_metadata_table
-from audio_assets.audio.tar_safety import ArchiveLimits, iter_archive
-from audio_assets.settings import ArchiveScanConfig
+from audio_assets.audio.metadata_rows import (
+    MetadataFileError,
+    MetadataJoin,
+    MetadataTable,
+    duplicate_reports,
+    join_metadata,
+    read_metadata_table,
+)
+from audio_assets.audio.tar_safety import iter_archive
+from audio_assets.settings import MetadataConfig
 from resources.archive_claim import ArchiveClaim
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -18,7 +26,7 @@ from resources.scratch import ScratchSpace
 @archive_asset(kinds={"parquet", "postgres"}, manifest=False)
 def parquet_metadata(
     context: dg.AssetExecutionContext,
-    config: ArchiveScanConfig,
+    config: MetadataConfig,
     raw_archive: ArchiveTable,
     object_store: ObjectStore,
     results_db: ResultsDatabase,
@@ -38,7 +46,7 @@ def parquet_metadata(
         if parquet_names:
             with scratch.step_dir(context.run.run_id, "parquet_metadata") as workdir:
                 local = step.local_archive(object_store)
-                for name, table in _read_parquet_members(local, parquet_names, workdir, config.limits):
+                for name, table in _read_parquet_members(local, parquet_names, workdir, config):
                     if isinstance(table, MetadataFileError):
                         unreadable.append(FileFailure(None, name, "metadata", str(table)))
                     else:
@@ -47,10 +55,25 @@ def parquet_metadata(
         results_db.audio_files.store_metadata(
             archive, [MetadataAssignment(name, m.source_member, m.values) for name, m in join.matched.items()]
         )
-        results_db.failures.record(archive, unreadable, context.run.run_id)
-        if unreadable:
-            context.log.warning(f"{len(unreadable)} parquet member(s) unreadable: {[f.error for f in unreadable]}")
+        _record_problems(context, results_db, archive, unreadable, join)
         return step.result(_metadata(parquet_names, tables, unreadable, join))
+
+
+def _record_problems(
+    context, results_db: ResultsDatabase, archive: ArchiveVersion, unreadable: list[FileFailure], join: MetadataJoin
+) -> None:
+    """Unreadable or refused parquet members, and members with rows a duplicate meta_id
+    displaced, as the dead letter's open metadata rows; rows of earlier runs that no longer
+    apply are closed. A duplicate is a warning: the file's other rows are stored."""
+    warnings = [
+        FileFailure(None, member, "metadata", text)
+        for member, text in duplicate_reports(join.duplicate_meta_ids).items()
+    ]
+    refused = {f.original_filename for f in unreadable}
+    problems = unreadable + [w for w in warnings if w.original_filename not in refused]
+    results_db.failures.replace_member_failures(archive, "metadata", problems, context.run.run_id)
+    for failure in problems:
+        context.log.warning(f"parquet member {failure.original_filename}: {failure.error}")
 
 
 def _metadata(parquet_names: set[str], tables: list, unreadable: list[FileFailure], join) -> dict:
@@ -69,17 +92,17 @@ def _metadata(parquet_names: set[str], tables: list, unreadable: list[FileFailur
 
 
 def _read_parquet_members(
-    local: Path, wanted: set[str], workdir: Path, limits: ArchiveLimits
+    local: Path, wanted: set[str], workdir: Path, config: MetadataConfig
 ) -> list[tuple[str, MetadataTable | MetadataFileError]]:
-    """Each wanted parquet member, copied out of the tar one at a time and read."""
+    """Each wanted parquet member, copied out of the tar one at a time and read within the caps."""
     tables = []
-    for entry in iter_archive(local, limits):
+    for entry in iter_archive(local, config.limits):
         if entry.name not in wanted or entry.rejection is not None:
             continue
         path = workdir / "member.parquet"
         entry.copy_to(path)
         try:
-            tables.append((entry.name, read_metadata_table(path)))
+            tables.append((entry.name, read_metadata_table(path, config.metadata_limits)))
         except MetadataFileError as exc:
             tables.append((entry.name, exc))
         finally:
@@ -92,8 +115,9 @@ def _problems_markdown(join, unreadable: list[FileFailure]) -> str:
     lines += [f"- row with no MP3: meta_id `{meta_id}` in `{src}`" for src, meta_id in join.rows_without_mp3[:20]]
     lines += [f"- MP3 with no row: `{name}`" for name in join.mp3s_without_row[:20]]
     lines += [
-        f"- duplicate meta_id `{meta_id}`: kept `{winner}`, ignored `{loser}`"
-        for meta_id, winner, loser in join.duplicate_meta_ids[:20]
+        f"- duplicate meta_id `{d.meta_id}`: kept row {d.kept_row} of `{d.kept_member}`, "
+        f"ignored row {d.ignored_row} of `{d.ignored_member}`"
+        for d in join.duplicate_meta_ids[:20]
     ]
     lines += [f"- ambiguous stem `{stem}` (several MP3s share it)" for stem in join.ambiguous_stems[:20]]
     return "\n".join(lines) or "none"

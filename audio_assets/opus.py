@@ -1,6 +1,5 @@
 """opus_files: every MP3 member converted to Opus, integrity-checked and uploaded."""
 
-import errno
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -176,11 +175,11 @@ def _conversion_stream(
                 ffmpeg=ffmpeg,
                 bitrate_kbps=config.bitrate_kbps,
                 duration_tolerance_s=config.duration_tolerance_s,
+                timeout_s=config.ffmpeg_timeout_s,
+                max_seconds=config.max_audio_minutes * 60,
             )
-        except ConversionError as exc:
-            return FileFailure(
-                job.audio_file_id, job.member, "conversion", str(exc), retryable=_out_of_space(exc, out_dir)
-            )
+        except ConversionError as exc:  # transient (killed, timed out, no space): the row stays as it was
+            return FileFailure(job.audio_file_id, job.member, "conversion", str(exc), retryable=exc.transient)
         finally:
             job.source.unlink(missing_ok=True)  # scratch holds only files still in flight
         return _Encoded(job.audio_file_id, job.member, target, result.opus_duration_s)
@@ -211,15 +210,6 @@ def _conversion_stream(
         lambda result: isinstance(result, _Encoded),
         workers=config.workers,
         upload_workers=config.upload_workers,
-    )
-
-
-def _out_of_space(error: ConversionError, out_dir: Path) -> bool:
-    """ffmpeg failed because scratch filled up (not because of the file): transient."""
-    return (
-        "No space left on device" in str(error)
-        or isinstance(error.__cause__, OSError)
-        and (error.__cause__.errno == errno.ENOSPC)
     )
 
 

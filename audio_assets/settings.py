@@ -12,9 +12,24 @@ import os
 import dagster as dg
 from pydantic import Field
 
+from audio_assets.audio.metadata_rows import MetadataLimits
 from audio_assets.audio.tar_safety import ArchiveLimits
 
 MIB = 1024 * 1024
+
+
+def env_default(name: str, default: float) -> float:
+    """A cap's default: the environment variable `name` when set, else `default`. Read by the
+    process that runs the step when it builds the step's config (a Celery worker's own
+    environment), so an operator changes a default without a launchpad edit."""
+    value = os.environ.get(name)
+    return type(default)(value) if value else default
+
+
+# Short-form video: clips of seconds to a few minutes. 20 minutes is four times the longest
+# clip such platforms take and costs one worker seconds of ffmpeg (5 s measured on 2 cores) and
+# of Whisper on a GPU; a longer file is not a clip and would hold its archive's clips back.
+DEFAULT_MAX_AUDIO_MINUTES = 20
 
 
 class ArchiveScanConfig(dg.Config):
@@ -40,6 +55,24 @@ class ArchiveScanConfig(dg.Config):
         )
 
 
+class MetadataConfig(ArchiveScanConfig):
+    """Caps on each parquet member; one over a cap is refused and recorded, the others go on."""
+
+    max_metadata_rows: int = Field(
+        default_factory=lambda: int(env_default("METADATA_MAX_ROWS", 100_000)),
+        description="Rows per parquet file (default $METADATA_MAX_ROWS or 100,000: one row per clip, "
+        "five times the member cap); more refuses the file from its footer, before decoding",
+    )
+    max_metadata_inflated_mb: int = Field(
+        default_factory=lambda: int(env_default("METADATA_MAX_INFLATED_MB", 256)),
+        description="Uncompressed column data per parquet file (default $METADATA_MAX_INFLATED_MB or 256)",
+    )
+
+    @property
+    def metadata_limits(self) -> MetadataLimits:
+        return MetadataLimits(max_rows=self.max_metadata_rows, max_inflated_bytes=self.max_metadata_inflated_mb * MIB)
+
+
 class OpusConversionConfig(ArchiveScanConfig):
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
@@ -52,6 +85,15 @@ class OpusConversionConfig(ArchiveScanConfig):
     )
     files_per_commit: int = Field(
         default=64, description="Results are committed every this many files: a lost worker redoes at most these"
+    )
+    max_audio_minutes: float = Field(
+        default_factory=lambda: env_default("AUDIO_MAX_MINUTES", float(DEFAULT_MAX_AUDIO_MINUTES)),
+        description="A longer file fails before it is decoded (default $AUDIO_MAX_MINUTES or 20)",
+    )
+    ffmpeg_timeout_s: float = Field(
+        default_factory=lambda: env_default("FFMPEG_TIMEOUT_S", 300.0),
+        description="Wall time of one file's ffmpeg (default $FFMPEG_TIMEOUT_S or 300); "
+        "past it the file is retried, its row left as it was",
     )
     reconvert: bool = Field(
         default=False,

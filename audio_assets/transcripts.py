@@ -11,8 +11,10 @@ from pydantic import Field
 
 from archive_identity import ArchiveVersion
 from audio_assets.archive_step import archive_asset, archive_step
+from audio_assets.audio.opus_convert import over_the_cap
 from audio_assets.file_batches import batches, raise_for_retryable, split_done
-from audio_assets.ml.transcriber import Transcript
+from audio_assets.ml.transcriber import Transcript, TranscriptionError
+from audio_assets.settings import DEFAULT_MAX_AUDIO_MINUTES, env_default
 from resources.archive_claim import ArchiveClaim
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -31,6 +33,11 @@ class TranscriptionConfig(dg.Config):
     )
     retranscribe: bool = Field(
         default=False, description="Transcribe again files that already have a transcript from this model"
+    )
+    max_audio_minutes: float = Field(
+        default_factory=lambda: env_default("AUDIO_MAX_MINUTES", float(DEFAULT_MAX_AUDIO_MINUTES)),
+        description="A file whose Opus is longer fails without being decoded (default $AUDIO_MAX_MINUTES or 20): "
+        "opus_files already refuses such files, this guards the GPU workers",
     )
 
 
@@ -70,7 +77,7 @@ def transcripts(
             load_s = time.monotonic() - started
             with scratch.step_dir(context.run.run_id, "transcripts") as workdir:
                 for chunk in batches(todo, config.files_per_chunk):
-                    outcomes = _transcribe_chunk(chunk, model, object_store, workdir)
+                    outcomes = _transcribe_chunk(chunk, model, object_store, workdir, config.max_audio_minutes * 60)
                     _commit(results_db, archive, outcomes, model_name, context.run.run_id)
                     done += outcomes
                     context.log.info(f"transcribed {len(done)}/{len(todo)} files ({len(already)} done before)")
@@ -99,9 +106,13 @@ def _metadata(
     }
 
 
-def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdir: Path) -> list:
+def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdir: Path, max_seconds: float) -> list:
     def fetch(row: dict) -> Path | FileFailure:
         path = workdir / f"{int(row['audio_file_id'])}.opus"
+        seconds = row.get("duration_seconds")
+        if seconds is not None and not pd.isna(seconds) and seconds > max_seconds:  # refused undecoded
+            reason = str(over_the_cap(float(seconds), max_seconds))
+            return FileFailure(int(row["audio_file_id"]), row["member"], "transcription", reason)
         try:
             stored = object_store.download_file(row["opus_key"], path)
         except Exception as exc:  # after the store's retries: transient, the row stays as it was
@@ -121,7 +132,7 @@ def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdi
     with ThreadPoolExecutor(max_workers=8) as pool:
         fetched = list(pool.map(fetch, rows))
     paths = [p for p in fetched if isinstance(p, Path)]
-    results = iter(model.transcribe_files(paths)) if paths else iter(())
+    results = iter(_transcribe_or_error(model, paths))
     outcomes = []
     for row, item in zip(rows, fetched):
         if isinstance(item, FileFailure):
@@ -129,10 +140,23 @@ def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdi
             continue
         result = next(results)
         item.unlink(missing_ok=True)
-        if isinstance(result, Exception):  # the model could not use this file: input-caused
-            result = FileFailure(int(row["audio_file_id"]), row["member"], "transcription", str(result))
+        if isinstance(result, Exception):  # definite only when the file's bytes do not decode
+            retryable = not isinstance(result, TranscriptionError) or result.transient
+            result = FileFailure(int(row["audio_file_id"]), row["member"], "transcription", str(result), retryable)
         outcomes.append((row, result))
     return outcomes
+
+
+def _transcribe_or_error(model, paths: list[Path]) -> list:
+    """The model's results for `paths`; when the batch itself fails (CUDA out of memory, a
+    CUDA error, anything that is not one file's fault) each file gets that transient error."""
+    if not paths:
+        return []
+    try:
+        return model.transcribe_files(paths)
+    except Exception as exc:
+        error = TranscriptionError(f"transcription interrupted: {type(exc).__name__}: {exc}", transient=True)
+        return [error] * len(paths)
 
 
 def _commit(results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, model_name: str, run_id: str) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,16 @@ META_ID_COLUMN = "meta_id"
 
 
 class MetadataFileError(Exception):
-    """A parquet member that cannot be used at all (not parquet, no meta_id column)."""
+    """A parquet member that cannot be used at all (not parquet, no meta_id column, over a cap)."""
+
+
+@dataclass(frozen=True)
+class MetadataLimits:
+    """Caps on one parquet file, checked from its footer before any data is decoded and again
+    while decoding (a footer can lie): a few KB of parquet can hold millions of rows."""
+
+    max_rows: int
+    max_inflated_bytes: int  # uncompressed column data, as the footer states and Arrow decodes it
 
 
 @dataclass(frozen=True)
@@ -47,18 +56,31 @@ class MatchedMetadata:
     values: dict[str, Any]
 
 
+class DuplicateMetaId(NamedTuple):
+    """A row whose meta_id an earlier row already has: the earlier one is kept, this one is not
+    stored. Rows count from 0 in file order."""
+
+    meta_id: str
+    kept_member: str
+    kept_row: int
+    ignored_member: str
+    ignored_row: int
+
+
 @dataclass
 class MetadataJoin:
     matched: dict[str, MatchedMetadata] = field(default_factory=dict)  # by MP3 member name
     rows_without_mp3: list[tuple[str, str]] = field(default_factory=list)  # (source_member, meta_id)
     mp3s_without_row: list[str] = field(default_factory=list)
-    duplicate_meta_ids: list[tuple[str, str, str]] = field(default_factory=list)  # (meta_id, winner, loser)
+    duplicate_meta_ids: list[DuplicateMetaId] = field(default_factory=list)
     ambiguous_stems: list[str] = field(default_factory=list)
 
 
-def read_metadata_table(path: Path) -> MetadataTable:
-    """Rows of one parquet file. Raises MetadataFileError when it is not parquet or has no
-    meta_id column."""
+def read_metadata_table(path: Path, limits: MetadataLimits | None = None) -> MetadataTable:
+    """Rows of one parquet file. Raises MetadataFileError when it is not parquet, has no
+    meta_id column, or is over a cap of `limits`: first as its footer states (nothing decoded
+    yet), then as its batches really decode, one row group at a time."""
+    _check_footer_size(path)
     try:
         parquet = pq.ParquetFile(path)
     except pa.ArrowException as exc:  # a missing file is the caller's bug: FileNotFoundError
@@ -66,20 +88,64 @@ def read_metadata_table(path: Path) -> MetadataTable:
     columns = parquet.schema_arrow.names
     if META_ID_COLUMN not in columns:
         raise MetadataFileError(f"no {META_ID_COLUMN!r} column (columns: {', '.join(columns) or 'none'})")
-    rows, without_id, index = [], 0, 0
+    if limits is not None:
+        footer = parquet.metadata
+        inflated = sum(footer.row_group(i).total_byte_size for i in range(footer.num_row_groups))
+        _check_caps(footer.num_rows, inflated, limits, "its footer states")
+    rows, without_id, index, decoded_bytes = [], 0, 0, 0
     try:
-        for batch in parquet.iter_batches():
-            # "lossy": a map with a repeated key keeps its last value, as a JSON object must.
-            for record in batch.to_pylist(maps_as_pydicts="lossy"):
-                meta_id = _meta_id_text(record[META_ID_COLUMN])
-                if meta_id is None:
-                    without_id += 1
-                else:
-                    rows.append(MetadataRow(meta_id, to_json_safe(record), index))
-                index += 1
+        for group in range(parquet.num_row_groups):
+            for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, row_groups=[group]):
+                decoded_bytes += batch.nbytes
+                if limits is not None:
+                    _check_caps(index + batch.num_rows, decoded_bytes, limits, "decoding reached")
+                # "lossy": a map with a repeated key keeps its last value, as a JSON object must.
+                for record in batch.to_pylist(maps_as_pydicts="lossy"):
+                    meta_id = _meta_id_text(record[META_ID_COLUMN])
+                    if meta_id is None:
+                        without_id += 1
+                    else:
+                        rows.append(MetadataRow(meta_id, to_json_safe(record), index))
+                    index += 1
     except (pa.ArrowException, OSError) as exc:
         raise MetadataFileError(f"unreadable parquet data: {exc}") from None
     return MetadataTable(rows=tuple(rows), rows_without_meta_id=without_id)
+
+
+# The footer (schema, row groups, key-value metadata) is parsed whole before anything can be
+# checked; a real one of 100,000 rows is kilobytes, so 16 MiB is generous and bounds the parse.
+MAX_FOOTER_BYTES = 16 * 2**20
+
+
+def _check_footer_size(path: Path) -> None:
+    """The footer's length, from the file's last 8 bytes (length, then "PAR1"), before pyarrow
+    reads it."""
+    with path.open("rb") as handle:
+        if handle.seek(0, 2) < 12:
+            return  # too short to be parquet: pyarrow says so
+        handle.seek(-8, 2)
+        tail = handle.read(8)
+    if tail[4:] == b"PAR1" and int.from_bytes(tail[:4], "little") > MAX_FOOTER_BYTES:
+        length = int.from_bytes(tail[:4], "little")
+        raise MetadataFileError(
+            f"refused: a {length / 2**20:,.1f} MB footer, over the {MAX_FOOTER_BYTES // 2**20} MB cap"
+        )
+
+
+# Rows decoded at a time: small enough that one batch past a cap costs little memory.
+_BATCH_ROWS = 4096
+
+
+def _check_caps(rows: int, inflated_bytes: int, limits: MetadataLimits, how: str) -> None:
+    if rows > limits.max_rows:
+        raise MetadataFileError(
+            f"refused: {how} {rows:,} rows, over the {limits.max_rows:,}-row cap (max_metadata_rows)"
+        )
+    if inflated_bytes > limits.max_inflated_bytes:
+        raise MetadataFileError(
+            f"refused: {how} {inflated_bytes / 2**20:,.1f} MB of column data, over the "
+            f"{limits.max_inflated_bytes / 2**20:,.0f} MB cap (max_metadata_inflated_mb)"
+        )
 
 
 def _meta_id_text(value: Any) -> str | None:
@@ -158,8 +224,8 @@ def join_metadata(mp3_names: Iterable[str], tables: Sequence[tuple[str, Metadata
     """Match rows to MP3 members by meta_id == file stem (`PurePosixPath(name).stem`).
 
     Duplicates: parquet members are read in sorted name order and rows in file order; the
-    FIRST row for a meta_id wins, every later one is reported in `duplicate_meta_ids` as
-    (meta_id, winning member, losing member) and not stored.
+    FIRST row for a meta_id wins, every later one is reported in `duplicate_meta_ids` (which
+    row was kept, which ignored) and not stored.
     Ambiguous stems: when two MP3s share a stem ("a/x.mp3", "b/x.mp3") no row can say which
     it describes, so neither is matched; the stem is reported in `ambiguous_stems`.
     Every MP3 ends up either in `matched` or in `mp3s_without_row`.
@@ -186,15 +252,35 @@ def join_metadata(mp3_names: Iterable[str], tables: Sequence[tuple[str, Metadata
 
 def _first_rows(
     tables: Sequence[tuple[str, MetadataTable]],
-) -> tuple[list[tuple[str, MetadataRow]], list[tuple[str, str, str]]]:
-    """([(source_member, row)] for each meta_id's first row, [(meta_id, winner, loser)])."""
-    winners: dict[str, str] = {}
+) -> tuple[list[tuple[str, MetadataRow]], list[DuplicateMetaId]]:
+    """([(source_member, row)] for each meta_id's first row, the later rows that repeat one)."""
+    winners: dict[str, tuple[str, int]] = {}
     first_rows, duplicates = [], []
     for source_member, table in sorted(tables, key=lambda pair: pair[0]):
         for row in table.rows:
             if row.meta_id in winners:
-                duplicates.append((row.meta_id, winners[row.meta_id], source_member))
+                duplicates.append(DuplicateMetaId(row.meta_id, *winners[row.meta_id], source_member, row.row_index))
             else:
-                winners[row.meta_id] = source_member
+                winners[row.meta_id] = (source_member, row.row_index)
                 first_rows.append((source_member, row))
     return first_rows, duplicates
+
+
+def duplicate_reports(duplicates: Sequence[DuplicateMetaId], shown: int = 5) -> dict[str, str]:
+    """{parquet member: one line saying which of its rows were ignored and which rows were
+    kept instead}, for the dead letter: one entry per member, a bounded text however many."""
+    by_member: dict[str, list[DuplicateMetaId]] = {}
+    for duplicate in duplicates:
+        by_member.setdefault(duplicate.ignored_member, []).append(duplicate)
+    reports = {}
+    for member, found in by_member.items():
+        examples = "; ".join(
+            f"meta_id {d.meta_id!r} row {d.ignored_row} ignored, row {d.kept_row} of {d.kept_member} kept"
+            for d in found[:shown]
+        )
+        more = f"; and {len(found) - shown} more" if len(found) > shown else ""
+        reports[member] = (
+            f"warning: {len(found)} row(s) repeat a meta_id an earlier row has; the first row wins "
+            f"(parquet members in name order, rows in file order): {examples}{more}"
+        )
+    return reports

@@ -45,11 +45,28 @@ MIN_AUDIO_SECONDS = 0.1
 _ESTIMATED_DURATION = "Estimating duration from bitrate"
 _LOG_PREFIX = re.compile(r"^\[[^\]]*\]\s*")  # "[in#0/mp3 @ 0x55...] "
 _NOT_A_REASON = ("Conversion failed!", "Exiting normally")
+_NO_MESSAGE = "ffmpeg failed without a message"
+# ffmpeg's words for a problem of the host (scratch full, output folder gone), not of the file.
+_HOST_PROBLEMS = ("No space left on device", "Error opening output")
+
+
+# ffmpeg may write this much past the duration cap (`-t`), so a file whose header understates
+# its length is still seen to be over the cap, while a lying header cannot make it decode hours.
+CAP_MARGIN_S = 5.0
 
 
 class ConversionError(Exception):
     """The file cannot become a trustworthy Opus file. str() is a short reason for a person
-    reading the `error` column, e.g. "empty file (0 bytes)"."""
+    reading the `error` column, e.g. "empty file (0 bytes)".
+
+    `transient`: the failure says nothing about the file's bytes (ffmpeg killed by a signal,
+    e.g. an OOM kill or a node drain; out of time; out of scratch space; ffmpeg could not
+    start), so the file is retried and its row left as it was. False: a property of the input
+    (not decodable, damaged, over the duration cap)."""
+
+    def __init__(self, reason: str, *, transient: bool = False):
+        super().__init__(reason)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -69,30 +86,51 @@ def convert_to_opus(
     channels: int = 1,
     duration_tolerance_s: float = DEFAULT_DURATION_TOLERANCE_S,
     timeout_s: float = 300,
+    max_seconds: float | None = None,
 ) -> OpusConversion:
     """Encode `source` to Ogg Opus at `target` and check the result; on any failure raise
-    ConversionError and leave no `target` behind."""
+    ConversionError and leave no `target` behind. `max_seconds`: longer audio is refused,
+    before decoding when its header says so, else once ffmpeg passes the cap (it is stopped
+    CAP_MARGIN_S later, whatever the header claimed)."""
     source, target = Path(source), Path(target)
+    job = _Job(ffmpeg, bitrate_kbps, channels, duration_tolerance_s, timeout_s, max_seconds)
     try:
-        return _convert_and_check(source, target, ffmpeg, bitrate_kbps, channels, duration_tolerance_s, timeout_s)
+        return _convert_and_check(source, target, job)
     except BaseException:
         target.unlink(missing_ok=True)
         raise
 
 
-def _convert_and_check(source, target, ffmpeg, bitrate_kbps, channels, tolerance_s, timeout_s) -> OpusConversion:
+@dataclass(frozen=True)
+class _Job:
+    ffmpeg: str
+    bitrate_kbps: int
+    channels: int
+    tolerance_s: float
+    timeout_s: float
+    max_seconds: float | None
+
+
+def _convert_and_check(source: Path, target: Path, job: _Job) -> OpusConversion:
     if source.stat().st_size == 0:
         raise ConversionError("empty file (0 bytes)")
     declared_s = _declared_duration(source)
-    ffmpeg_warnings = _run_ffmpeg(source, target, ffmpeg, bitrate_kbps, channels, timeout_s)
+    cap = job.max_seconds
+    if cap is not None and declared_s is not None and declared_s > cap and demuxed_seconds(source, cap) > cap:
+        raise over_the_cap(declared_s, cap)  # the frames agree with the header: refused undecoded
+    ffmpeg_warnings = _run_ffmpeg(source, target, job)
     try:
         opus_s = verified_opus_duration(target)
     except DamagedOggFile as exc:
         raise ConversionError(f"opus output is damaged: {exc}") from None
+    if cap is not None and opus_s > cap + job.tolerance_s:
+        # The header understated it; ffmpeg was stopped CAP_MARGIN_S past the cap, or nearly.
+        raise over_the_cap(opus_s, cap, at_least=opus_s >= cap + CAP_MARGIN_S - 1)
     if declared_s is None or _ESTIMATED_DURATION in ffmpeg_warnings:
-        source_s = decoded_duration_seconds(source)  # the header only guessed; measure instead
+        source_s = decoded_duration_seconds(source, stop_after_s=None if cap is None else cap + CAP_MARGIN_S)
     else:
         source_s = declared_s
+    tolerance_s = job.tolerance_s
     if min(source_s, opus_s) < MIN_AUDIO_SECONDS:
         raise ConversionError(f"no audio: decodes to {min(source_s, opus_s):.2f} s")
     if abs(opus_s - source_s) > tolerance_s:
@@ -121,23 +159,56 @@ def _declared_duration(source: Path) -> float | None:
         raise ConversionError(f"not decodable audio: {_av_reason(exc)}") from None
 
 
-def _run_ffmpeg(source, target, ffmpeg, bitrate_kbps, channels, timeout_s) -> str:
+def over_the_cap(seconds: float, cap_s: float, *, at_least: bool = False) -> ConversionError:
+    """The reason a file over the duration cap fails, e.g. "audio is 4 h 0 min, over the
+    20 min cap (max_audio_minutes)"."""
+    length = f"longer than {duration_text(seconds)}" if at_least else duration_text(seconds)
+    return ConversionError(f"audio is {length}, over the {duration_text(cap_s)} cap (max_audio_minutes)")
+
+
+def duration_text(seconds: float) -> str:
+    """4 h 0 min, 20 min, 20 min 5 s: how a person reads a length."""
+    whole = int(seconds)
+    hours, minutes, rest = whole // 3600, whole % 3600 // 60, whole % 60
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+
+
+def _run_ffmpeg(source: Path, target: Path, job: _Job) -> str:
     """Run the encode; returns ffmpeg's warnings (stderr). Warning level, not error level,
     because "Estimating duration from bitrate" is a warning and decides how to check."""
+    limit = {} if job.max_seconds is None else {"t": f"{job.max_seconds + CAP_MARGIN_S:g}"}
     command = (
         ffmpeg_cli.input(str(source))
-        .output(str(target), format="opus", acodec="libopus", audio_bitrate=f"{bitrate_kbps}k", ac=channels, vn=None)
+        .output(
+            str(target),
+            format="opus",
+            acodec="libopus",
+            audio_bitrate=f"{job.bitrate_kbps}k",
+            ac=job.channels,
+            vn=None,
+            **limit,
+        )
         .global_args("-nostdin", "-hide_banner", "-loglevel", "warning")
         .overwrite_output()
-        .compile(cmd=ffmpeg)
+        .compile(cmd=job.ffmpeg)
     )
     try:
-        run = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
+        run = subprocess.run(command, capture_output=True, timeout=job.timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        raise ConversionError(f"ffmpeg did not finish within {timeout_s:g} s") from None
+        raise ConversionError(f"ffmpeg did not finish within {job.timeout_s:g} s", transient=True) from None
+    except OSError as exc:  # cannot fork or exec (out of memory, too many processes): the host's state
+        raise ConversionError(f"cannot start ffmpeg: {exc}", transient=True) from None
     stderr = run.stderr.decode("utf-8", "replace")
+    if run.returncode < 0:  # killed by a signal: an OOM kill or a node drain, nothing the file did
+        raise ConversionError(f"ffmpeg was killed by signal {-run.returncode}", transient=True)
     if run.returncode != 0:
-        raise ConversionError(f"ffmpeg failed: {last_meaningful_line(stderr)}")
+        reason = last_meaningful_line(stderr)
+        # No reason at all is what ffmpeg leaves when it stops itself on SIGTERM (exit 255):
+        # nothing says the file is at fault, so it is tried again.
+        transient = reason == _NO_MESSAGE or any(problem in stderr for problem in _HOST_PROBLEMS)
+        raise ConversionError(f"ffmpeg failed: {reason}", transient=transient)
     return stderr
 
 
@@ -146,13 +217,35 @@ def last_meaningful_line(stderr: str) -> str:
     generic epilogue, without the "[codec @ 0x...]" prefix."""
     lines = [_LOG_PREFIX.sub("", line).strip() for line in stderr.splitlines()]
     reasons = [line for line in lines if line and not line.startswith(_NOT_A_REASON)]
-    return reasons[-1] if reasons else "ffmpeg failed without a message"
+    return reasons[-1] if reasons else _NO_MESSAGE
 
 
-def decoded_duration_seconds(path: Path) -> float:
-    """Seconds of audio `path` really holds: every packet decoded with PyAV, samples counted.
-    A packet that fails to decode is skipped, as ffmpeg itself does (a concatenated MP3 has
-    one at each seam); a file with no audio stream or nothing decodable raises ConversionError."""
+def demuxed_seconds(path: Path, stop_after_s: float) -> float:
+    """Seconds of audio the file's frames add up to, read from the frame headers without
+    decoding (a 4-hour MP3 in milliseconds); counting stops once past `stop_after_s`. Frames
+    without a duration make it fall back to decoding, bounded the same way."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            seconds = 0.0
+            for packet in container.demux(stream):
+                if packet.dts is None:  # the flush packet at the end
+                    continue
+                if not packet.duration or packet.time_base is None:
+                    return decoded_duration_seconds(path, stop_after_s=stop_after_s)
+                seconds += float(packet.duration * packet.time_base)
+                if seconds > stop_after_s:
+                    break
+            return seconds
+    except av.FFmpegError as exc:
+        raise ConversionError(f"not decodable audio: {_av_reason(exc)}") from None
+
+
+def decoded_duration_seconds(path: Path, stop_after_s: float | None = None) -> float:
+    """Seconds of audio `path` really holds: every packet decoded with PyAV, samples counted,
+    until past `stop_after_s` when given. A packet that fails to decode is skipped, as ffmpeg
+    itself does (a concatenated MP3 has one at each seam); a file with no audio stream or
+    nothing decodable raises ConversionError."""
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
@@ -166,6 +259,8 @@ def decoded_duration_seconds(path: Path) -> float:
                     failed += 1
                     continue
                 samples += sum((Fraction(f.samples, f.sample_rate) for f in frames), Fraction(0))
+                if stop_after_s is not None and samples > stop_after_s:
+                    break
     except av.FFmpegError as exc:
         raise ConversionError(f"not decodable audio: {_av_reason(exc)}") from None
     if failed and not samples:

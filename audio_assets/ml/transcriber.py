@@ -76,7 +76,13 @@ class Transcript:
 
 
 class TranscriptionError(Exception):
-    """One file could not be transcribed; str() is the reason stored in the database."""
+    """One file could not be transcribed; str() is the reason stored in the database.
+    `transient`: not a property of the file (VAD crashed, out of memory), so the file is
+    retried and its row left as it was; False only when its bytes do not decode."""
+
+    def __init__(self, reason: str, *, transient: bool = False):
+        super().__init__(reason)
+        self.transient = transient
 
 
 class ModelLoadError(RuntimeError):
@@ -212,7 +218,7 @@ class Transcriber:
         try:
             spans = self._speech_spans(audio)
         except Exception as exc:  # a VAD failure on one odd file must not stop the others
-            raise TranscriptionError(f"voice activity detection failed: {exc}") from exc
+            raise TranscriptionError(f"voice activity detection failed: {exc}", transient=True) from exc
         language = self.settings.language or (None if self._whisper.model.is_multilingual else "en")
         return _Clip(index, audio, spans, language)
 
@@ -338,6 +344,8 @@ def decode_audio_file(path: Path) -> np.ndarray:
 
     try:
         audio = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
+    except MemoryError:  # the worker's state, not the file's: retried, the row stays
+        raise TranscriptionError("out of memory decoding audio", transient=True) from None
     except Exception as exc:  # PyAV raises many types (InvalidDataError, IndexError for no stream)
         raise TranscriptionError(f"cannot decode audio: {exc}") from exc
     if audio.size == 0:

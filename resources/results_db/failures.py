@@ -72,6 +72,22 @@ class DeadLetter:
         Not fenced: a failure of an old version's run is still worth knowing about."""
         self.db.transaction(lambda cur: record_in(cur, archive, failures, run_id), what="record failures")
 
+    def replace_member_failures(
+        self, archive: ArchiveVersion, stage: str, failures: Sequence[FileFailure], run_id: str | None
+    ) -> None:
+        """`failures` are now all the open member rows of `stage` (a step that reads every
+        member each time, like parquet_metadata): the others are closed, in one transaction."""
+
+        def replace(cur) -> None:
+            still_open = [f.original_filename for f in failures]
+            cur.execute(
+                Q.resolve_other_members_of_stage,
+                {"archive_key": archive.key, "stage": stage, "still_open": still_open},
+            )
+            record_in(cur, archive, failures, run_id)
+
+        self.db.transaction(replace, what="replace member failures")
+
     def record_archive_failure(
         self,
         archive_key: str,

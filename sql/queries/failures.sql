@@ -45,6 +45,16 @@ WHERE resolved_at IS NULL
   AND audio_file_id = ANY(%(ids)s)
   AND stage = ANY(%(stages)s)
 
+-- name: resolve_other_members_of_stage
+-- A step re-read every member of a stage: member rows it did not record again are over.
+UPDATE processing_failures
+SET resolved_at = now()
+WHERE resolved_at IS NULL
+  AND archive_source = %(archive_key)s
+  AND stage = %(stage)s
+  AND original_filename <> ''
+  AND NOT (original_filename = ANY(%(still_open)s))
+
 -- name: resolve_members
 -- Members no longer in the archive: nothing about them is still to be fixed.
 UPDATE processing_failures

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, make_parquet, make_speech_mp3
+from archive_factory import build_tar, ffmpeg_exe, make_parquet, make_speech_mp3
 from celery_cluster import CeleryCluster
 from daemon_harness import BIN, DaemonHarness, PipelineEnvironment
 from pipeline_support import rows
@@ -506,3 +506,70 @@ def test_the_claim_spans_the_run_when_its_sessions_die_and_a_materialize_starts(
         f"for the claim (epochs 1 -> 2); both SUCCESS; rows whose object disagrees: 0 of {len(files)}; "
         f"orphan objects 0; files converted again: {len(changed)}",
     )
+
+
+def test_audio_over_the_cap_reaching_a_gpu_worker_is_refused_without_decoding(cluster, tmp_path, record_outcome):
+    # Converted on the CPU worker under the default 20-min cap; `transcripts` runs with a 1-min
+    # cap (as a GPU fleet configured tighter than the CPU one would): the GPU worker must refuse
+    # the 2-min file from its stored duration, never download or decode it.
+    harness, results_db = cluster.harness, cluster.results_db
+    _stop_sensor_between_ticks(harness)
+    parts = tmp_path / "long"
+    minute = parts / "minute.mp3"
+    parts.mkdir()
+    encode = [ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "60"]
+    subprocess.run([*encode, "-c:a", "libmp3lame", "-b:a", "8k", "-write_xing", "0", str(minute)], check=True)
+    (parts / "two.mp3").write_bytes(minute.read_bytes() * 2)
+    members = [
+        ("clips/two.mp3", parts / "two.mp3"),
+        ("clips/help.mp3", make_speech_mp3(parts / "h.mp3", "please help")),
+    ]
+    key = cluster.object_store.upload_file(
+        build_tar(tmp_path / "batch_wlong.tar", members), "archives/batch_wlong.tar"
+    ).key
+    partition = results_db.archives.partitions_for([key])[key]
+    harness.instance.add_dynamic_partitions("archives", [partition])
+    with archive_job_submitter(harness.instance) as submit:
+        run = submit({"dagster/partition": partition}, {"ops": {"transcripts": {"config": {"max_audio_minutes": 1}}}})
+    runs = harness.wait_for_partition_success(partition, timeout_s=600)
+    assert [r.run_id for r in runs] == [run.run_id], "the sensor launched a run of its own"
+
+    (step,) = [r for r in step_records(harness.instance, run.run_id) if r.step == "transcripts"]
+    assert step.celery_worker in GPU_WORKERS
+    files = {
+        r["original_filename"]: r
+        for r in rows(results_db, "SELECT * FROM audio_files WHERE archive_source = %s", (key,))
+    }
+    assert files["clips/two.mp3"]["status"] == "failed" and files["clips/two.mp3"]["failed_stage"] == "transcription"
+    assert files["clips/two.mp3"]["error"] == "audio is 2 min, over the 1 min cap (max_audio_minutes)"
+    assert files["clips/help.mp3"]["status"] == "classified"
+    assert step.metadata["transcribed_now"] == 1 and step.metadata["failed"] == 1
+    handed = step.metadata["whisper_files_in_process"] - _files_transcribed_before(harness, step)
+    assert handed == 1  # the GPU worker's model saw the clip only
+    record_outcome(
+        "2-min file reaching `transcripts` on a GPU-queue worker with a 1-min cap",
+        f'refused on {step.celery_worker} from its stored duration ("audio is 2 min, over the 1 min cap"), not '
+        f"downloaded or decoded (files handed to Whisper: {handed}, the clip); the clip classified in the same run",
+    )
+
+
+def _stop_sensor_between_ticks(harness: DaemonHarness) -> None:
+    """Stop archive_sensor once it has a stored state and no tick in flight, so an archive
+    uploaded next is not picked up by a tick that was already listing the bucket."""
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.scheduler.instigation import TickStatus
+
+    def states():
+        return harness.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+
+    harness.wait_until(
+        lambda: any(s.instigator_name == "archive_sensor" for s in states()), 120, "the sensor's first tick", 0.5
+    )
+    stop_sensor(harness.instance, "archive_sensor")
+    (state,) = [s for s in states() if s.instigator_name == "archive_sensor"]
+
+    def no_tick_in_flight() -> bool:
+        ticks = harness.instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+        return not ticks or ticks[0].status != TickStatus.STARTED
+
+    harness.wait_until(no_tick_in_flight, 120, "the sensor's tick in flight to end", 0.5)

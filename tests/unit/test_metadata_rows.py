@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,10 +18,13 @@ import pytest
 from archive_factory import make_parquet, make_tone_mp3
 
 from audio_assets.audio.metadata_rows import (
+    DuplicateMetaId,
     MatchedMetadata,
     MetadataFileError,
+    MetadataLimits,
     MetadataRow,
     MetadataTable,
+    duplicate_reports,
     join_metadata,
     read_metadata_table,
     to_json_safe,
@@ -204,7 +209,23 @@ def test_first_row_wins_in_sorted_member_then_file_order():
     join = join_metadata(["x.mp3", "y.mp3"], tables)
     assert join.matched["x.mp3"] == MatchedMetadata("a.parquet", "x", {"meta_id": "x", "n": 0})
     assert join.matched["y.mp3"].source_member == "b.parquet"
-    assert join.duplicate_meta_ids == [("x", "a.parquet", "a.parquet"), ("x", "a.parquet", "b.parquet")]
+    assert join.duplicate_meta_ids == [
+        DuplicateMetaId("x", "a.parquet", 0, "a.parquet", 1),
+        DuplicateMetaId("x", "a.parquet", 0, "b.parquet", 0),
+    ]
+
+
+def test_duplicates_are_reported_once_per_member_saying_which_row_won():
+    tables = [("b.parquet", table("x", "y")), ("a.parquet", table("x", "x"))]
+    reports = duplicate_reports(join_metadata(["x.mp3"], tables).duplicate_meta_ids)
+    assert reports == {
+        "a.parquet": "warning: 1 row(s) repeat a meta_id an earlier row has; the first row wins (parquet members "
+        "in name order, rows in file order): meta_id 'x' row 1 ignored, row 0 of a.parquet kept",
+        "b.parquet": "warning: 1 row(s) repeat a meta_id an earlier row has; the first row wins (parquet members "
+        "in name order, rows in file order): meta_id 'x' row 0 ignored, row 0 of a.parquet kept",
+    }
+    many = duplicate_reports([DuplicateMetaId(str(i), "a.parquet", i, "b.parquet", i) for i in range(1000)])
+    assert many["b.parquet"].startswith("warning: 1000 row(s)") and many["b.parquet"].endswith("; and 995 more")
 
 
 def test_ambiguous_stems_match_neither_file():
@@ -224,3 +245,70 @@ def test_read_then_join_end_to_end(tmp_path):
     path = make_parquet(tmp_path / "m.parquet", [{"meta_id": 42, "creator": {"handle": "@x"}}])
     join = join_metadata(["clips/42.mp3"], [("m.parquet", read_metadata_table(path))])
     assert join.matched["clips/42.mp3"].values == {"meta_id": 42, "creator": {"handle": "@x"}}
+
+
+LIMITS = MetadataLimits(max_rows=100_000, max_inflated_bytes=256 * 2**20)
+
+
+def write_parquet_bomb(path: Path, rows: int) -> Path:
+    """A few KB that decode to `rows` rows: one meta_id repeated, dictionary- and RLE-encoded."""
+    indices = pa.array(np.zeros(rows, dtype=np.int32))
+    column = pa.DictionaryArray.from_arrays(indices, pa.array(["same-clip-" + "x" * 200]))
+    pq.write_table(pa.table({"meta_id": column}), path, compression="zstd", row_group_size=1_000_000)
+    return path
+
+
+def peak_rss_mb(code: str) -> float:
+    """Peak resident memory (MB) of a fresh Python process running `code`."""
+    script = f"import resource\n{code}\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-1]) / 1024
+
+
+def test_parquet_bomb_is_refused_from_its_footer_in_bounded_memory(tmp_path):
+    bomb = write_parquet_bomb(tmp_path / "bomb.parquet", 5_000_000)
+    assert bomb.stat().st_size < 200 * 1024
+    with pytest.raises(
+        MetadataFileError, match=r"^refused: its footer states 5,000,000 rows, over the 100,000-row cap"
+    ):
+        read_metadata_table(bomb, LIMITS)
+    setup = "from pathlib import Path\nfrom audio_assets.audio.metadata_rows import MetadataLimits, read_metadata_table"
+    refuse = (
+        f"try:\n    read_metadata_table(Path({str(bomb)!r}), MetadataLimits(100_000, 256 * 2**20))\n"
+        "except Exception as exc:\n    assert str(exc).startswith('refused')"
+    )
+    baseline, reading = peak_rss_mb(setup), peak_rss_mb(f"{setup}\n{refuse}")
+    print(
+        f"peak RSS importing only {baseline:.0f} MB, refusing a {bomb.stat().st_size // 1024} KB parquet of 5M rows "
+        f"{reading:.0f} MB (+{reading - baseline:.1f} MB)"
+    )
+    assert reading - baseline < 32  # decoded, the rows would take gigabytes
+
+
+def test_inflated_bytes_and_rows_are_capped_too(tmp_path):
+    path = make_parquet(
+        tmp_path / "m.parquet", [{"meta_id": str(i), "note": f"{i:05d}" + "y" * 1000} for i in range(3000)]
+    )
+    one_mb = MetadataLimits(max_rows=100_000, max_inflated_bytes=2**20)
+    with pytest.raises(
+        MetadataFileError, match=r"^refused: its footer states 2.9 MB of column data, over the 1 MB cap"
+    ):
+        read_metadata_table(path, one_mb)
+    with pytest.raises(MetadataFileError, match=r"^refused: its footer states 3,000 rows, over the 2,999-row cap"):
+        read_metadata_table(path, MetadataLimits(max_rows=2999, max_inflated_bytes=2**30))
+    assert len(read_metadata_table(path, MetadataLimits(max_rows=3000, max_inflated_bytes=2**30)).rows) == 3000
+
+
+def test_a_footer_that_understates_the_inflated_size_is_caught_while_decoding(tmp_path):
+    # One repeated value is stored once in a dictionary page: the footer's uncompressed size is
+    # a few KB, the decoded column is 2.9 MB. Decoding stops at the first batch over the cap.
+    path = make_parquet(tmp_path / "m.parquet", [{"meta_id": str(i), "note": "y" * 1000} for i in range(3000)])
+    with pytest.raises(MetadataFileError, match=r"^refused: decoding reached .* MB of column data, over the 1 MB cap"):
+        read_metadata_table(path, MetadataLimits(max_rows=100_000, max_inflated_bytes=2**20))
+
+
+def test_a_huge_footer_is_refused_before_it_is_parsed(tmp_path):
+    table = pa.table({"meta_id": ["a"]}).replace_schema_metadata({"padding": "x" * (17 * 2**20)})
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(MetadataFileError, match=r"^refused: a [0-9.]+ MB footer, over the 16 MB cap$"):
+        read_metadata_table(tmp_path / "m.parquet", LIMITS)

@@ -10,6 +10,7 @@ import av
 import pytest
 from archive_factory import ffmpeg_exe, make_speech_mp3, make_tone_mp3, truncate_file
 
+from audio_assets.audio import opus_convert
 from audio_assets.audio.opus_convert import (
     DEFAULT_DURATION_TOLERANCE_S,
     ConversionError,
@@ -153,6 +154,7 @@ def test_bad_source_raises_with_reason_and_leaves_no_target(tmp_path, ffmpeg, wr
     with pytest.raises(ConversionError) as raised:
         convert_to_opus(source, target, ffmpeg=ffmpeg)
     assert str(raised.value).startswith(reason)
+    assert not raised.value.transient  # a property of the bytes: the row may turn failed
     assert not target.exists()
 
 
@@ -165,16 +167,90 @@ def test_truncation_message_names_both_durations(tmp_path, ffmpeg):
 
 def test_slow_conversion_times_out(tmp_path, ffmpeg, speech_mp3):
     target = tmp_path / "slow.opus"
-    with pytest.raises(ConversionError, match="did not finish within"):
+    with pytest.raises(ConversionError, match="did not finish within") as raised:
         convert_to_opus(speech_mp3, target, ffmpeg=ffmpeg, timeout_s=0.001)
+    assert raised.value.transient  # the host was slow, not the file wrong: retried, row untouched
     assert not target.exists()
 
 
 def test_ffmpeg_failure_reports_its_last_error_line(tmp_path, ffmpeg, speech_mp3):
-    with pytest.raises(ConversionError, match=r"^ffmpeg failed: .*No such file or directory"):
+    with pytest.raises(ConversionError, match=r"^ffmpeg failed: .*No such file or directory") as raised:
         convert_to_opus(speech_mp3, tmp_path / "missing-dir" / "x.opus", ffmpeg=ffmpeg)
+    assert raised.value.transient  # the scratch folder, not the file: tried again
 
 
 def test_decoded_duration_of_undecodable_file_raises(tmp_path):
     with pytest.raises(ConversionError, match="not decodable audio"):
         decoded_duration_seconds(write_text_mp3(tmp_path / "x.mp3"))
+
+
+def silent_mp3(path: Path, minutes: int) -> Path:
+    """`minutes` of 8 kbit/s silence (60 KB a minute): one minute encoded as CBR without a
+    Xing header, repeated, so the header-less length estimate from the bitrate is right."""
+    minute = path.with_suffix(".minute.mp3")
+    encode = [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "60"]
+    subprocess.run([*encode, "-c:a", "libmp3lame", "-b:a", "8k", "-write_xing", "0", str(minute)], check=True)
+    path.write_bytes(minute.read_bytes() * minutes)
+    minute.unlink()
+    return path
+
+
+def test_audio_over_the_cap_is_refused_before_ffmpeg_runs(tmp_path):
+    long = silent_mp3(tmp_path / "four-hours.mp3", 240)
+    target = tmp_path / "x.opus"
+    # An ffmpeg that does not exist: reaching it would fail with "cannot start ffmpeg".
+    with pytest.raises(ConversionError) as raised:
+        convert_to_opus(long, target, ffmpeg=str(tmp_path / "no-ffmpeg"), max_seconds=20 * 60)
+    assert str(raised.value) == "audio is 4 h 0 min, over the 20 min cap (max_audio_minutes)"
+    assert not raised.value.transient and not target.exists()
+
+
+def test_audio_within_the_cap_converts(tmp_path, ffmpeg):
+    result = convert_to_opus(
+        silent_mp3(tmp_path / "two.mp3", 2), tmp_path / "two.opus", ffmpeg=ffmpeg, max_seconds=120.5
+    )
+    assert result.opus_duration_s == pytest.approx(120, abs=0.5)
+
+
+def test_a_header_that_understates_the_length_cannot_make_ffmpeg_decode_past_the_cap(tmp_path, ffmpeg, monkeypatch):
+    # A header claiming one minute on four minutes of audio (a hostile or broken file; PyAV
+    # sees through simple ones, so the probe's answer is replaced here).
+    monkeypatch.setattr(opus_convert, "_declared_duration", lambda source: 60.0)
+    with pytest.raises(ConversionError) as raised:
+        convert_to_opus(silent_mp3(tmp_path / "four.mp3", 4), tmp_path / "x.opus", ffmpeg=ffmpeg, max_seconds=90)
+    # ffmpeg stopped CAP_MARGIN_S (5 s) past the 90-s cap instead of encoding all 240 s.
+    assert str(raised.value) == "audio is longer than 1 min 35 s, over the 1 min 30 s cap (max_audio_minutes)"
+    assert not raised.value.transient
+
+
+def killing_ffmpeg(tmp_path: Path, real: str) -> Path:
+    """An ffmpeg that starts the real one (reading at real-time speed, `-re`, so it is still
+    encoding), then is killed by SIGKILL, as the OOM killer would kill it."""
+    wrapper = tmp_path / "ffmpeg-killed"
+    wrapper.write_text(f'#!/bin/sh\n"{real}" -re "$@" &\nsleep 0.5\nkill -KILL $!\nkill -KILL $$\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_ffmpeg_killed_by_a_signal_is_a_transient_failure(tmp_path, ffmpeg, speech_mp3):
+    with pytest.raises(ConversionError) as raised:
+        convert_to_opus(speech_mp3, tmp_path / "x.opus", ffmpeg=str(killing_ffmpeg(tmp_path, ffmpeg)))
+    assert str(raised.value) == "ffmpeg was killed by signal 9"
+    assert raised.value.transient and not (tmp_path / "x.opus").exists()
+
+
+def test_ffmpeg_stopped_by_sigterm_without_a_message_is_a_transient_failure(tmp_path, ffmpeg, speech_mp3):
+    # A node drain sends SIGTERM: ffmpeg stops itself, exits 255 and says nothing at warning level.
+    wrapper = tmp_path / "ffmpeg-drained"
+    wrapper.write_text(f'#!/bin/sh\n"{ffmpeg}" -re "$@" &\nsleep 0.5\nkill -TERM $!\nwait $!\nexit $?\n')
+    wrapper.chmod(0o755)
+    with pytest.raises(ConversionError) as raised:
+        convert_to_opus(speech_mp3, tmp_path / "x.opus", ffmpeg=str(wrapper))
+    assert str(raised.value) == "ffmpeg failed: ffmpeg failed without a message"
+    assert raised.value.transient
+
+
+def test_ffmpeg_that_cannot_start_is_a_transient_failure(tmp_path, speech_mp3):
+    with pytest.raises(ConversionError, match="^cannot start ffmpeg") as raised:
+        convert_to_opus(speech_mp3, tmp_path / "x.opus", ffmpeg=str(tmp_path / "no-ffmpeg"))
+    assert raised.value.transient

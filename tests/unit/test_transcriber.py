@@ -138,7 +138,25 @@ def test_an_undecodable_file_fails_alone(transcriber, tmp_path):
     results = transcriber.transcribe_files([speech, garbage, tmp_path / "missing.mp3", empty, speech])
     assert isinstance(results[0], Transcript) and isinstance(results[4], Transcript)
     assert all(isinstance(r, TranscriptionError) and str(r).startswith("cannot decode audio") for r in results[1:4])
+    assert not any(r.transient for r in results[1:4])  # the bytes: the row may turn failed
     assert normalize_words(results[0].text) == ["please", "send", "help"] and results[4].text == results[0].text
+
+
+def test_a_vad_failure_is_transient_and_the_other_files_go_on(transcriber, tmp_path, monkeypatch):
+    speech = make_speech_mp3(tmp_path / "speech.mp3", "Please send help.")
+    real_spans, calls = transcriber._speech_spans, []
+
+    def fails_once(audio):  # an exception inside pyannote, once (injected: none can be provoked)
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_spans(audio)
+
+    monkeypatch.setattr(transcriber, "_speech_spans", fails_once)
+    failed, ok = transcriber.transcribe_files([speech, speech])
+    assert isinstance(failed, TranscriptionError) and failed.transient
+    assert str(failed) == "voice activity detection failed: CUDA error: an illegal memory access was encountered"
+    assert normalize_words(ok.text) == ["please", "send", "help"]
 
 
 def test_each_file_gets_its_own_language_within_one_batch(transcriber, tmp_path):

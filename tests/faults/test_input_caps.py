@@ -1,0 +1,350 @@
+"""Poison input and transient tool failures on real services (issue 18 items 1, 2, 7).
+
+Each drill runs the archive's steps in process on real PostgreSQL, SeaweedFS, ffmpeg and the
+real Whisper base model (Dagster's step retries included), with one hostile input or one
+injected fault beside ordinary clips, and checks that the bad one gets its recorded reason
+while the good ones go on: files lost 0, duplicate rows 0, orphan objects 0, rows whose object
+disagrees 0. Outcomes go to the fault table (tests/faults/README.md).
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from archive_factory import build_tar, ffmpeg_exe, make_parquet, make_speech_mp3
+from fault_report import record_outcome
+from pipeline_support import FULL_JOB, ArchiveRunner, pipeline_resources, rows
+
+from audio_assets.definitions import build_definitions
+from audio_assets.ml.transcriber import transcribed_files_count
+from resources.classifier import PolicyClassifier
+from resources.transcriber import WhisperTranscriber
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+@pytest.fixture
+def runner(object_store, results_db, instance, tmp_path, models_dir) -> ArchiveRunner:
+    transcriber = WhisperTranscriber(model="base-bundled", models_root=str(models_dir), language="en")
+    resources = pipeline_resources(
+        object_store, results_db, tmp_path / "scratch", transcriber, PolicyClassifier(backend="profanity")
+    )
+    return ArchiveRunner(build_definitions(resources), instance, object_store, results_db)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    parts = tmp_path_factory.mktemp("cap-clips")
+    return {
+        "insult": make_speech_mp3(parts / "insult.mp3", "you are a stupid idiot and everyone hates you"),
+        "weather": make_speech_mp3(parts / "weather.mp3", "the weather is lovely today in the park"),
+    }
+
+
+def files(results_db, key: str) -> dict[str, dict]:
+    found = rows(
+        results_db,
+        "SELECT original_filename, status, error, failed_stage, opus_path, opus_etag, duration_seconds, "
+        "parquet_metadata FROM audio_files WHERE archive_source = %s",
+        (key,),
+    )
+    return {r["original_filename"]: r for r in found}
+
+
+def failures(results_db, key: str, *, open_only: bool = True) -> dict[tuple[str, str], dict]:
+    found = rows(
+        results_db,
+        "SELECT original_filename, stage, error, retryable, resolved_at FROM processing_failures "
+        "WHERE archive_source = %s AND (resolved_at IS NULL OR NOT %s)",
+        (key, open_only),
+    )
+    return {(r["original_filename"], r["stage"]): r for r in found}
+
+
+def assert_objects_agree(results_db, object_store, key: str) -> int:
+    """Every row's object exists with the row's ETag, and processed/ holds nothing else."""
+    pointed = {r["opus_path"]: r["opus_etag"] for r in files(results_db, key).values() if r["opus_path"]}
+    stored = {o.key for o in object_store.iter_objects("processed/")}
+    assert stored == set(pointed), f"orphans: {stored - set(pointed)}, missing: {set(pointed) - stored}"
+    for path, etag in pointed.items():
+        assert object_store.head(path).etag == etag
+    assert rows(results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"] == 0
+    return len(stored)
+
+
+def silent_mp3(path: Path, minutes: int) -> Path:
+    """`minutes` of 8 kbit/s silence (60 KB a minute), one CBR minute without a Xing header repeated."""
+    minute = path.with_suffix(".minute.mp3")
+    encode = [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "60"]
+    subprocess.run([*encode, "-c:a", "libmp3lame", "-b:a", "8k", "-write_xing", "0", str(minute)], check=True)
+    path.write_bytes(minute.read_bytes() * minutes)
+    minute.unlink()
+    return path
+
+
+def parquet_bomb(path: Path, rows_count: int) -> Path:
+    """~120 KB that decode to `rows_count` rows: one long meta_id, dictionary- and RLE-encoded."""
+    column = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(rows_count, dtype=np.int32)), pa.array(["same-clip-" + "x" * 200])
+    )
+    pq.write_table(pa.table({"meta_id": column}), path, compression="zstd", row_group_size=1_000_000)
+    return path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- a parquet bomb and a duplicate meta_id ----------------------------------------------------
+
+
+def test_parquet_bomb_is_refused_from_its_footer_and_duplicates_are_reported(runner, results_db, clips, tmp_path):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    bomb = parquet_bomb(parts / "bomb.parquet", 5_000_000)
+    good = make_parquet(
+        parts / "a_meta.parquet",
+        [{"meta_id": "insult", "creator": "@first"}, {"meta_id": "weather", "creator": "@w"}],
+    )
+    repeats = make_parquet(parts / "b_meta.parquet", [{"meta_id": "insult", "creator": "@second"}])
+    archive = build_tar(
+        tmp_path / "batch_parquet_bomb.tar",
+        [
+            ("clips/insult.mp3", clips["insult"]),
+            ("clips/weather.mp3", clips["weather"]),
+            ("meta/bomb.parquet", bomb),
+            ("meta/a_meta.parquet", good),
+            ("meta/b_meta.parquet", repeats),
+        ],
+    )
+    key = runner.upload(archive)
+    rss_before = peak_rss_mb()
+    result = runner.run(key)
+    rss_growth = peak_rss_mb() - rss_before
+    assert result.success
+
+    # The bomb: refused with its reason, recorded once; decoded it would take gigabytes.
+    problems = failures(results_db, key)
+    refused = problems[("meta/bomb.parquet", "metadata")]
+    assert refused["error"] == "refused: its footer states 5,000,000 rows, over the 100,000-row cap (max_metadata_rows)"
+    assert not refused["retryable"]
+    assert rss_growth < 256, f"peak RSS grew {rss_growth:.0f} MB while refusing a parquet bomb"
+
+    # The duplicate: the first row (a_meta.parquet, name order) is stored; the later one is named.
+    duplicate = problems[("meta/b_meta.parquet", "metadata")]
+    assert duplicate["error"] == (
+        "warning: 1 row(s) repeat a meta_id an earlier row has; the first row wins (parquet members in name "
+        "order, rows in file order): meta_id 'insult' row 0 ignored, row 0 of meta/a_meta.parquet kept"
+    )
+    assert set(problems) == {("meta/bomb.parquet", "metadata"), ("meta/b_meta.parquet", "metadata")}
+
+    # The MP3s go on: converted, each with its (first) row.
+    stored = files(results_db, key)
+    assert {f["status"] for f in stored.values()} == {"converted"}
+    assert stored["clips/insult.mp3"]["parquet_metadata"]["creator"] == "@first"
+    assert stored["clips/weather.mp3"]["parquet_metadata"]["creator"] == "@w"
+    objects = assert_objects_agree(results_db, runner.object_store, key)
+
+    # Run again with the duplicate gone: its warning is closed, the bomb's refusal stays open.
+    fixed = build_tar(
+        tmp_path / "v2" / "batch_parquet_bomb.tar",
+        [
+            ("clips/insult.mp3", clips["insult"]),
+            ("clips/weather.mp3", clips["weather"]),
+            ("meta/bomb.parquet", bomb),
+            ("meta/a_meta.parquet", good),
+        ],
+    )
+    runner.upload(fixed)
+    assert runner.run(key).success
+    assert set(failures(results_db, key)) == {("meta/bomb.parquet", "metadata")}
+    record_outcome(
+        f"parquet bomb ({bomb.stat().st_size // 1024} KB, 5,000,000 rows) and a duplicate meta_id beside 2 MP3s",
+        f"bomb refused from its footer (`metadata` failure row with the row cap), peak RSS of the test process grew "
+        f"{rss_growth:.0f} MB; duplicate recorded as a warning naming the kept row, closed once gone; 2 files "
+        f"converted with their first rows, 0 lost, 0 duplicates, {objects} objects, 0 orphans, 0 disagreeing",
+    )
+
+
+# --- a 4-hour MP3 beside a clip ------------------------------------------------------------------
+
+
+def test_long_audio_fails_with_the_cap_reason_and_does_not_hold_the_clip_back(runner, results_db, clips, tmp_path):
+    long = silent_mp3(tmp_path / "four_hours.mp3", 240)
+    archive = build_tar(
+        tmp_path / "batch_long_audio.tar", [("clips/long.mp3", long), ("clips/insult.mp3", clips["insult"])]
+    )
+    key = runner.upload(archive)
+    decoded_before = transcribed_files_count()
+    result = runner.run(key, assets=FULL_JOB)
+    assert result.success
+    opus_step_s = step_seconds(runner, result, "opus_files")
+
+    stored = files(results_db, key)
+    assert stored["clips/long.mp3"]["status"] == "failed"
+    assert stored["clips/long.mp3"]["error"] == "audio is 4 h 0 min, over the 20 min cap (max_audio_minutes)"
+    assert stored["clips/long.mp3"]["failed_stage"] == "conversion" and stored["clips/long.mp3"]["opus_path"] is None
+    assert stored["clips/insult.mp3"]["status"] == "classified"
+    assert transcribed_files_count() - decoded_before == 1  # Whisper saw the clip only
+    objects = assert_objects_agree(results_db, runner.object_store, key)
+    record_outcome(
+        f"4-hour silent MP3 ({long.stat().st_size / 2**20:.1f} MB, 8 kbit/s) beside a 4-second clip",
+        f'the long file `failed` with "audio is 4 h 0 min, over the 20 min cap (max_audio_minutes)" before '
+        f"ffmpeg ran (whole opus_files step {opus_step_s:.1f} s); the clip classified in the same run; Whisper "
+        f"decoded 1 file; 0 lost, 0 duplicates, {objects} object, 0 orphans, 0 disagreeing",
+    )
+
+
+def test_transcripts_refuse_a_stored_duration_over_the_cap_without_decoding(runner, results_db, clips, tmp_path):
+    # Converted under a looser cap (say, by an older worker), transcribed under a 1-minute one.
+    minutes = silent_mp3(tmp_path / "two_minutes.mp3", 2)
+    archive = build_tar(
+        tmp_path / "batch_cap_gpu.tar", [("clips/two.mp3", minutes), ("clips/insult.mp3", clips["insult"])]
+    )
+    key = runner.upload(archive)
+    assert runner.run(key).success
+    decoded_before = transcribed_files_count()
+    config = {"ops": {"transcripts": {"config": {"max_audio_minutes": 1}}}}
+    assert runner.run(key, assets=FULL_JOB, run_config=config).success
+    stored = files(results_db, key)
+    assert stored["clips/two.mp3"]["status"] == "failed"
+    assert stored["clips/two.mp3"]["failed_stage"] == "transcription"
+    assert stored["clips/two.mp3"]["error"] == "audio is 2 min, over the 1 min cap (max_audio_minutes)"
+    assert stored["clips/two.mp3"]["opus_path"] is not None  # after upload: its object stays
+    assert stored["clips/insult.mp3"]["status"] == "classified"
+    assert transcribed_files_count() - decoded_before == 1
+    assert_objects_agree(results_db, runner.object_store, key)
+
+
+# --- ffmpeg killed mid-conversion --------------------------------------------------------------
+
+
+def killed_once_ffmpeg(tmp_path: Path) -> tuple[Path, Path]:
+    """An ffmpeg whose first conversion is SIGKILLed mid-encode (as an OOM kill would), with
+    the real ffmpeg started and killed too; every other call runs the real one. Each
+    conversion call appends a line to the returned log."""
+    wrapper, log, marker = tmp_path / "ffmpeg-killed-once", tmp_path / "ffmpeg-calls.log", tmp_path / "killed"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *libopus*) echo call >> "{log}" ;; *) exec "{ffmpeg_exe()}" "$@" ;; esac\n'
+        f'if mkdir "{marker}" 2>/dev/null; then\n'
+        f'  "{ffmpeg_exe()}" -re "$@" &\n'
+        "  sleep 0.5\n"
+        "  kill -KILL $!\n"
+        "  kill -KILL $$\n"
+        "fi\n"
+        f'exec "{ffmpeg_exe()}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper, log
+
+
+def test_ffmpeg_killed_mid_conversion_is_retried_and_the_row_never_fails(
+    runner, results_db, clips, tmp_path, monkeypatch
+):
+    wrapper, log = killed_once_ffmpeg(tmp_path)
+    monkeypatch.setenv("FFMPEG_BINARY", str(wrapper))
+    archive = build_tar(
+        tmp_path / "batch_ffmpeg_killed.tar",
+        [("clips/insult.mp3", clips["insult"]), ("clips/weather.mp3", clips["weather"])],
+    )
+    key = runner.upload(archive)
+    started = time.monotonic()
+    result = runner.run(key, assets=FULL_JOB)
+    elapsed = time.monotonic() - started
+    assert result.success
+    attempts = [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED" and e.step_key == "opus_files"]
+    assert len(attempts) == 1  # the step's retry converted the killed file
+
+    stored = files(results_db, key)
+    assert {f["status"] for f in stored.values()} == {"classified"}
+    recorded = failures(results_db, key, open_only=False)
+    killed = [f for f in recorded.values() if f["stage"] == "conversion"]
+    assert len(killed) == 1 and killed[0]["error"] == "ffmpeg was killed by signal 9"
+    assert killed[0]["retryable"] and killed[0]["resolved_at"] is not None  # closed by the retry's success
+    assert len(log.read_text().splitlines()) == 3  # 2 files + the one retried
+    objects = assert_objects_agree(results_db, runner.object_store, key)
+    record_outcome(
+        "ffmpeg SIGKILLed mid-encode (first conversion of a 2-file archive)",
+        f'recorded retryable ("ffmpeg was killed by signal 9"), the row left as it was, 1 step retry converted '
+        f"it, the failure closed; 3 ffmpeg conversions in all; both files classified in {elapsed:.0f} s, 0 lost, "
+        f"0 duplicates, {objects} objects, 0 orphans, 0 disagreeing",
+    )
+
+
+# --- CUDA out of memory in a Whisper batch ------------------------------------------------------
+
+
+class _OutOfMemoryOnce:
+    """The real model, whose first batch fails as a GPU out of memory would (the one fake: this
+    machine has no GPU to exhaust)."""
+
+    def __init__(self, model, failures: list[str]):
+        self.model, self.failures = model, failures
+
+    def transcribe_files(self, paths):
+        if not self.failures:
+            self.failures.append("raised")
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.model.transcribe_files(paths)
+
+
+class OutOfMemoryOnceTranscriber(WhisperTranscriber):
+    def load(self):
+        return _OutOfMemoryOnce(super().load(), _OOM_RAISED)
+
+
+_OOM_RAISED: list[str] = []
+
+
+def test_cuda_out_of_memory_in_a_batch_is_retried_and_no_row_moves(
+    object_store, results_db, instance, tmp_path, models_dir, clips
+):
+    _OOM_RAISED.clear()
+    transcriber = OutOfMemoryOnceTranscriber(model="base-bundled", models_root=str(models_dir), language="en")
+    resources = pipeline_resources(
+        object_store, results_db, tmp_path / "scratch", transcriber, PolicyClassifier(backend="profanity")
+    )
+    runner = ArchiveRunner(build_definitions(resources), instance, object_store, results_db)
+    archive = build_tar(
+        tmp_path / "batch_cuda_oom.tar",
+        [("clips/insult.mp3", clips["insult"]), ("clips/weather.mp3", clips["weather"])],
+    )
+    key = runner.upload(archive)
+    result = runner.run(key, assets=FULL_JOB)
+    assert result.success and _OOM_RAISED == ["raised"]
+    restarts = [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED" and e.step_key == "transcripts"]
+    assert len(restarts) == 1
+    assert {f["status"] for f in files(results_db, key).values()} == {"classified"}
+    recorded = [f for f in failures(results_db, key, open_only=False).values() if f["stage"] == "transcription"]
+    assert len(recorded) == 2 and all(f["retryable"] and f["resolved_at"] is not None for f in recorded)
+    assert (
+        recorded[0]["error"]
+        == "transcription interrupted: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    )
+    transcripts = rows(
+        results_db,
+        "SELECT count(*) AS n FROM transcripts t JOIN audio_files a ON a.id = t.audio_file_id WHERE a.archive_source = %s",
+        (key,),
+    )
+    assert transcripts[0]["n"] == 2
+    objects = assert_objects_agree(results_db, object_store, key)
+    record_outcome(
+        "CUDA out of memory in a Whisper batch (first batch of a 2-file archive)",
+        'both files recorded retryable ("transcription interrupted: RuntimeError: CUDA out of memory ..."), rows '
+        f"left `converted`, 1 step retry transcribed them, the failures closed; both classified, 0 lost, "
+        f"0 duplicates (1 transcript each), {objects} objects, 0 orphans, 0 disagreeing",
+    )
+
+
+def step_seconds(runner: ArchiveRunner, result, step_key: str) -> float:
+    """From the step's first event to its last, as the run's event log stamped them."""
+    stamps = [e.timestamp for e in runner.instance.all_logs(result.run_id) if e.step_key == step_key]
+    return max(stamps) - min(stamps)
