@@ -348,3 +348,78 @@ def step_seconds(runner: ArchiveRunner, result, step_key: str) -> float:
     """From the step's first event to its last, as the run's event log stamped them."""
     stamps = [e.timestamp for e in runner.instance.all_logs(result.run_id) if e.step_key == step_key]
     return max(stamps) - min(stamps)
+
+
+# --- the same archive uploaded again the next day, with ffmpeg timing out --------------------
+
+
+def timing_out_ffmpeg(tmp_path: Path, *, every_call: bool) -> tuple[Path, Path]:
+    """An ffmpeg whose conversions hang (the first one only, or every one) until the step's
+    per-file timeout kills them; every conversion call logs its arguments (the member's id)."""
+    wrapper, log, marker = tmp_path / "ffmpeg-hangs", tmp_path / "ffmpeg-calls.log", tmp_path / "hung"
+    hang = "exec sleep 60" if every_call else f'mkdir "{marker}" 2>/dev/null && exec sleep 60'
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *libopus*) echo "$*" >> "{log}" ;; *) exec "{ffmpeg_exe()}" "$@" ;; esac\n'
+        f"{hang}\n"
+        f'exec "{ffmpeg_exe()}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper, log
+
+
+def test_a_re_upload_with_ffmpeg_timing_out_converts_only_the_new_member_and_undoes_nothing(
+    runner, results_db, clips, tmp_path, monkeypatch
+):
+    """Day 1: a 2-file archive classified. Day 2 the same archive comes back as a new object
+    (one member added, the two others the same bytes) while ffmpeg hangs on its first call:
+    the unchanged members are not converted again, no status goes backwards, no object is
+    deleted or replaced, and the timed-out file is retried. Then a forced reconversion whose
+    every ffmpeg call times out leaves every row and object as it was."""
+    members = [("clips/insult.mp3", clips["insult"]), ("clips/weather.mp3", clips["weather"])]
+    key = runner.upload(build_tar(tmp_path / "day1" / "batch_day_two.tar", members))
+    assert runner.run(key, assets=FULL_JOB).success
+    day1 = files(results_db, key)
+    assert {f["status"] for f in day1.values()} == {"classified"}
+
+    monkeypatch.setenv("FFMPEG_TIMEOUT_S", "3")
+    (tmp_path / "day2-ffmpeg").mkdir()
+    wrapper, log = timing_out_ffmpeg(tmp_path / "day2-ffmpeg", every_call=False)
+    monkeypatch.setenv("FFMPEG_BINARY", str(wrapper))
+    new = make_speech_mp3(tmp_path / "new.mp3", "the ferry leaves the harbour at noon")
+    key2 = runner.upload(build_tar(tmp_path / "day2" / "batch_day_two.tar", [*members, ("clips/new.mp3", new)]))
+    assert key2 == key
+    result = runner.run(key, assets=FULL_JOB)
+    assert result.success
+    day2 = files(results_db, key)
+    assert {f["status"] for f in day2.values()} == {"classified"}
+    for name, row in day1.items():  # untouched: same object, same ETag, never failed
+        assert (day2[name]["opus_path"], day2[name]["opus_etag"]) == (row["opus_path"], row["opus_etag"])
+    calls = log.read_text().splitlines()
+    new_id = rows(results_db, "SELECT id FROM audio_files WHERE original_filename = 'clips/new.mp3'")[0]["id"]
+    assert len(calls) == 2 and all(f"/{new_id}.mp3" in call for call in calls)  # the timeout, then its retry
+    (timed_out,) = [f for f in failures(results_db, key, open_only=False).values() if f["stage"] == "conversion"]
+    assert timed_out["retryable"] and "did not finish within 3 s" in timed_out["error"] and timed_out["resolved_at"]
+    objects = assert_objects_agree(results_db, runner.object_store, key)
+
+    # A forced reconversion (run config `reconvert`) while every ffmpeg call hangs: the step
+    # gives up after its retries, and nothing it had is undone.
+    (tmp_path / "hang-ffmpeg").mkdir()
+    wrapper, log = timing_out_ffmpeg(tmp_path / "hang-ffmpeg", every_call=True)
+    monkeypatch.setenv("FFMPEG_BINARY", str(wrapper))
+    before = files(results_db, key)
+    forced = runner.run(key, run_config={"ops": {"opus_files": {"config": {"reconvert": True, "workers": 1}}}})
+    assert not forced.success
+    assert files(results_db, key) == before
+    open_failures = failures(results_db, key)
+    assert {f["retryable"] for f in open_failures.values()} == {True} and len(open_failures) == 3
+    assert assert_objects_agree(results_db, runner.object_store, key) == objects
+    record_outcome(
+        "archive uploaded again the next day (1 member added, 2 unchanged) while ffmpeg hangs, "
+        "then a forced reconversion while every ffmpeg call hangs",
+        f"day 2: ffmpeg ran {len(calls)} times, all for the new member (the timeout after 3 s, then its retry); "
+        f"the 2 unchanged members not converted again, no status went backwards, no object deleted or replaced; "
+        f"forced reconversion: {len(log.read_text().splitlines())} ffmpeg calls timed out, the step failed after its "
+        f"retries with 3 retryable failures recorded, every row and object as before; 0 lost, 0 duplicates, "
+        f"{objects} objects, 0 orphans, 0 disagreeing",
+    )
