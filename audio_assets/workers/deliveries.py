@@ -65,7 +65,7 @@ class BoundedStepRequest(Request):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.time_limits == (None, None):
+        if not any(self.time_limits):  # the message's [hard, soft]: [None, None] unless set
             routing_key = str((self.delivery_info or {}).get("routing_key") or "")
             # dagster-celery routes a step to queue Q with the routing key "Q.execute_plan".
             self.time_limits = settings.time_limits(routing_key.split(".")[0])

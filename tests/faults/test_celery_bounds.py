@@ -83,7 +83,7 @@ class MemoryWatchdog:
     worker: CeleryWorker
     limit_mib: int
     kills: list[tuple[int, float]] = field(default_factory=list)  # (pid, MiB at the kill)
-    peak_below_limit_mib: float = 0.0
+    peaks_mib: dict[int, float] = field(default_factory=dict)  # highest resident size seen, by pid
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> MemoryWatchdog:
@@ -98,13 +98,17 @@ class MemoryWatchdog:
             for process in self.worker.pool_processes():
                 try:
                     rss_mib = process.memory_info().rss / 2**20
+                    self.peaks_mib[process.pid] = max(self.peaks_mib.get(process.pid, 0.0), rss_mib)
                     if rss_mib > self.limit_mib:
                         process.kill()
                         self.kills.append((process.pid, rss_mib))
-                    else:
-                        self.peak_below_limit_mib = max(self.peak_below_limit_mib, rss_mib)
                 except psutil.Error:
                     continue
+
+    def peak_of_survivors_mib(self) -> float:
+        """The highest resident size of a pool process that was never killed."""
+        killed = {pid for pid, _ in self.kills}
+        return max((mib for pid, mib in self.peaks_mib.items() if pid not in killed), default=0.0)
 
 
 @dataclass
@@ -277,14 +281,31 @@ def delivery_counts_left(cluster: Cluster) -> int:
 
 
 def assert_new_version_classified(cluster: Cluster, workdir: Path, name: str, partition: str, failed_run) -> float:
-    """Overwrite the archive with good input: its run goes through the run queue and succeeds."""
+    """Overwrite the archive with good input: its run goes through the run queue and succeeds,
+    with 0 files lost, 0 duplicate rows, 0 orphan objects, 0 rows whose object disagrees."""
     started = time.monotonic()
     key = upload(cluster, workdir, name)
     runs = cluster.harness.wait_for_partition_success(partition, timeout_s=600)
+    elapsed = time.monotonic() - started
     assert runs[0].run_id == failed_run.run_id and len(runs) == 2, [(r.run_id, r.status) for r in runs]
-    files = rows(cluster.results_db, "SELECT status FROM audio_files WHERE archive_source = %s", (key,))
-    assert [f["status"] for f in files] == ["classified", "classified"], files
-    return time.monotonic() - started
+    files = rows(
+        cluster.results_db,
+        """
+        SELECT a.status, a.opus_path, a.opus_etag,
+               (SELECT count(*) FROM transcripts t WHERE t.audio_file_id = a.id) AS transcripts,
+               (SELECT count(*) FROM classifications c WHERE c.audio_file_id = a.id) AS scores
+        FROM audio_files a WHERE a.archive_source = %s""",
+        (key,),
+    )
+    assert [(f["status"], f["transcripts"], f["scores"]) for f in files] == [("classified", 1, 1)] * 2, files
+    for f in files:
+        assert cluster.object_store.head(f["opus_path"]).etag == f["opus_etag"], f
+    referenced = {
+        r["opus_path"] for r in rows(cluster.results_db, "SELECT opus_path FROM audio_files") if r["opus_path"]
+    }
+    stored = {o.key for o in cluster.object_store.iter_objects("processed/")}
+    assert stored == referenced, f"orphans: {stored - referenced}, missing: {referenced - stored}"
+    return elapsed
 
 
 def run_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
@@ -327,7 +348,8 @@ def test_poison_input_that_kills_its_pool_process_fails_the_run_after_n_deliveri
         f"{len(killed)} pool processes killed, {executions} executions + 1 refused delivery, run FAILED "
         f"{fail_s:.0f} s after it started with 'worker lost {MAX_DELIVERIES} times while running opus_files' "
         f"(a step failure, no run retry); dead letter stage {row['stage']}; the overwritten version ran to "
-        f"success {next_s:.0f} s after its upload: 2 files classified, 0 lost, 0 duplicates",
+        f"success {next_s:.0f} s after its upload: 2 files classified; files lost 0, duplicate rows 0, orphan "
+        "objects 0, rows whose object disagrees 0",
     )
 
 
@@ -360,8 +382,9 @@ def test_parquet_bomb_on_a_memory_limited_worker_fails_the_run_after_n_deliverie
         f"{len(oom_kills)} pool processes killed at {max(m for _, m in oom_kills):.0f} MiB, {executions} executions "
         f"+ 1 refused delivery, run FAILED {fail_s:.0f} s after it started with 'worker lost {MAX_DELIVERIES} "
         f"times while running parquet_metadata'; dead letter stage {row['stage']}; the next version ran to "
-        f"success {next_s:.0f} s after its upload (2 files classified, 0 lost, 0 duplicates); normal steps "
-        f"peaked at {cluster.watchdog.peak_below_limit_mib:.0f} MiB",
+        f"success {next_s:.0f} s after its upload (2 files classified; files lost 0, duplicate rows 0, orphan "
+        f"objects 0, rows whose object disagrees 0); pool processes never "
+        f"killed peaked at {cluster.watchdog.peak_of_survivors_mib():.0f} MiB",
     )
 
 
@@ -370,7 +393,11 @@ def test_wedged_step_is_failed_by_run_monitoring_and_its_time_limit(cluster, tmp
 
     # This run carries a short max runtime, so it is submitted by hand (as `requeue` does).
     instance = cluster.harness.instance
-    (sensor,) = [s for s in instance.all_instigator_state() if s.instigator_name == "archive_sensor"]
+    (sensor,) = cluster.harness.wait_until(
+        lambda: [s for s in instance.all_instigator_state() if s.instigator_name == "archive_sensor"],
+        120,
+        "the daemon's archive_sensor state",
+    )
     instance.update_instigator_state(sensor.with_status(InstigatorStatus.STOPPED))
     name = "wedged_opus"
     key = upload(cluster, tmp_path, name, poison=WEDGE_MARKER)
@@ -400,17 +427,37 @@ def test_wedged_step_is_failed_by_run_monitoring_and_its_time_limit(cluster, tmp
     wedged = cluster.wedges.read_text().split()
 
     # Run retries (dagster.yaml: 2) may start the run again; each one ends the same way.
-    def all_finished():
+    def settled():
         runs = harness.runs(tags={"dagster/partition": partition})
-        return all(r.is_finished for r in runs) and runs
+        retried = {r.parent_run_id for r in runs}
+        pending = [r for r in runs if r.tags.get("dagster/will_retry") == "true" and r.run_id not in retried]
+        return all(r.is_finished for r in runs) and not pending and runs
 
-    runs = harness.wait_until(all_finished, 3 * (CPU_HARD_LIMIT_S + 60), "every run of the wedged partition to end")
+    runs = harness.wait_until(settled, 3 * (CPU_HARD_LIMIT_S + 60), "every run of the wedged partition to end")
     assert len(runs) <= 3 and all(r.status == dg.DagsterRunStatus.FAILURE for r in runs), runs
     record_outcome(
         f"Celery: wedged `opus_files` (ffmpeg that never ends), run max_runtime {WEDGE_MAX_RUNTIME_S} s, CPU "
         f"queue time limits {CPU_SOFT_LIMIT_S}/{CPU_HARD_LIMIT_S} s",
         f"run FAILED by run monitoring {failed_after_s:.0f} s after it started ('Exceeded maximum runtime'); dead "
-        f"letter: {row['error'][:80]}; the step's pool process killed at the hard limit and the step answered "
-        f"'ran past its hard time limit'; wedged conversions {len(wedged)}, runs of the partition {len(runs)} "
-        f"(run retries included), all FAILED",
+        f"letter: '{row['error']}'; the step's pool process killed at the hard limit and the step answered "
+        f"'ran past its hard time limit of {CPU_HARD_LIMIT_S} s'; wedged conversions {len(wedged)}, runs of the "
+        f"partition {len(runs)} (run retries included, at most 3), all FAILED",
     )
+
+
+def test_a_refused_steps_answer_reads_back_as_dagsters_own_step_failure_event():
+    """The answer is written in Dagster's stored event format: read back by this Dagster
+    version, it is the step's STEP_FAILURE with the reason (guards a Dagster upgrade)."""
+    from types import SimpleNamespace
+
+    from audio_assets.workers.deliveries import step_failure
+
+    step_args = SimpleNamespace(
+        step_keys_to_execute=["opus_files"], run_id="no-such-run", job_origin=SimpleNamespace(job_name="archive_job")
+    )
+    step_args.instance_ref = None  # nothing to store it in: only the answer is checked
+    (serialized,) = step_failure(step_args, "worker lost 3 times while running opus_files")
+    event = dg.deserialize_value(serialized, dg.DagsterEvent)
+    assert event.is_step_failure and event.step_key == "opus_files" and event.job_name == "archive_job"
+    assert str(event.node_handle) == "opus_files" and event.step_handle.key == "opus_files"
+    assert event.step_failure_data.error.message == "StepNotRun: worker lost 3 times while running opus_files\n"
