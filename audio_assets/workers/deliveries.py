@@ -67,7 +67,8 @@ class BoundedStepRequest(Request):
         super().__init__(*args, **kwargs)
         if not any(self.time_limits):  # the message's [hard, soft]: [None, None] unless set
             routing_key = str((self.delivery_info or {}).get("routing_key") or "")
-            # dagster-celery routes a step to queue Q with the routing key "Q.execute_plan".
+            # With Redis the message comes with its queue's name ("gpu"); dagster-celery publishes
+            # it with the routing key "gpu.execute_plan", which other brokers may hand back.
             self.time_limits = settings.time_limits(routing_key.split(".")[0])
 
     def on_timeout(self, soft, timeout):
