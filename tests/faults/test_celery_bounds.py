@@ -18,6 +18,7 @@ cgroup v2 memory.max of its own.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -270,6 +271,13 @@ def dead_letter(cluster: Cluster, run_id: str, timeout_s: float = 120) -> list[d
     )
 
 
+def deliveries_of_refused_task(worker: CeleryWorker, step: str) -> int:
+    """How many times the worker received the step task it refused, from the worker's log."""
+    refused = re.search(rf"while running {step} \(task ([0-9a-f-]+)\)", worker.log_text())
+    assert refused, worker.log_text()[-3000:]
+    return worker.log_text().count(f"Task execute_plan[{refused.group(1)}] received")
+
+
 def delivery_counts_left(cluster: Cluster) -> int:
     import redis
 
@@ -329,6 +337,8 @@ def test_poison_input_that_kills_its_pool_process_fails_the_run_after_n_deliveri
     assert run.status == dg.DagsterRunStatus.FAILURE, cluster.workers.logs()
     assert len(killed) == MAX_DELIVERIES and len(set(killed)) == MAX_DELIVERIES  # 3 pool processes
     assert executions == MAX_DELIVERIES  # the 4th delivery did not run the step
+    deliveries = deliveries_of_refused_task(cluster.cpu, "opus_files")
+    assert deliveries == MAX_DELIVERIES + 1, cluster.cpu.log_text()[-3000:]
     assert f"worker lost {MAX_DELIVERIES} times while running opus_files" in failures.get("opus_files", ""), (
         cluster.harness.log_messages(run.run_id)[-15:],
         cluster.workers.logs(),
@@ -345,7 +355,8 @@ def test_poison_input_that_kills_its_pool_process_fails_the_run_after_n_deliveri
     next_s = assert_new_version_classified(cluster, tmp_path, name, partition, run)
     record_outcome(
         "Celery: poison input whose ffmpeg SIGKILLs the pool process running `opus_files`",
-        f"{len(killed)} pool processes killed, {executions} executions + 1 refused delivery, run FAILED "
+        f"{deliveries} deliveries: {executions} executions, each killing its pool process ({len(killed)} killed), "
+        f"and 1 refused; run FAILED "
         f"{fail_s:.0f} s after it started with 'worker lost {MAX_DELIVERIES} times while running opus_files' "
         f"(a step failure, no run retry); dead letter stage {row['stage']}; the overwritten version ran to "
         f"success {next_s:.0f} s after its upload: 2 files classified; files lost 0, duplicate rows 0, orphan "
@@ -367,6 +378,8 @@ def test_parquet_bomb_on_a_memory_limited_worker_fails_the_run_after_n_deliverie
     failures = step_failures(instance, run.run_id)
     assert run.status == dg.DagsterRunStatus.FAILURE, cluster.workers.logs()
     assert len(oom_kills) == MAX_DELIVERIES and executions == MAX_DELIVERIES, (oom_kills, executions)
+    deliveries = deliveries_of_refused_task(cluster.cpu, "parquet_metadata")
+    assert deliveries == MAX_DELIVERIES + 1
     assert f"worker lost {MAX_DELIVERIES} times while running parquet_metadata" in failures["parquet_metadata"]
     assert set(failures) == {"parquet_metadata"}, failures  # the rest of the run went on
     assert delivery_counts_left(cluster) == 0
@@ -379,8 +392,8 @@ def test_parquet_bomb_on_a_memory_limited_worker_fails_the_run_after_n_deliverie
     record_outcome(
         f"Celery: parquet bomb ({bomb.stat().st_size / 1024:.0f} KB, {BOMB_ROWS:,} rows) on a CPU worker limited "
         f"to {MEMORY_LIMIT_MIB} MiB per pool process (test watchdog standing in for the OOM killer)",
-        f"{len(oom_kills)} pool processes killed at {max(m for _, m in oom_kills):.0f} MiB, {executions} executions "
-        f"+ 1 refused delivery, run FAILED {fail_s:.0f} s after it started with 'worker lost {MAX_DELIVERIES} "
+        f"{deliveries} deliveries: {executions} executions, each pool process killed (at up to "
+        f"{max(m for _, m in oom_kills):.0f} MiB), and 1 refused; run FAILED {fail_s:.0f} s after it started with 'worker lost {MAX_DELIVERIES} "
         f"times while running parquet_metadata'; dead letter stage {row['stage']}; the next version ran to "
         f"success {next_s:.0f} s after its upload (2 files classified; files lost 0, duplicate rows 0, orphan "
         f"objects 0, rows whose object disagrees 0); pool processes never "
