@@ -109,7 +109,7 @@ def record_failed_run(instance: dg.DagsterInstance, results_db: ResultsDatabase,
         if not (stage.startswith("step:") and _step_succeeded_later(instance, run, stage.removeprefix("step:")))
     ]
     retryable = False
-    if not found:  # the run failed outside any step: a lost worker, a failed launch
+    if not found:  # the run failed outside any step: a lost worker, a failed launch, max runtime
         failures = [("run", _run_failure_message(instance, run))]
         retryable = True
     for stage, error in failures:
@@ -138,8 +138,13 @@ def underlying_error(error) -> str:
 
 def _run_failure_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
     records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
-    messages = [r.event_log_entry.message for r in records if r.event_log_entry.message]
-    return (messages[-1] if messages else "run failed").strip()
+    messages = [r.event_log_entry.message.strip() for r in records if r.event_log_entry.message]
+    # Run monitoring's "Exceeded maximum runtime of N seconds." wins over what the interrupted
+    # run worker reported on its way out.
+    timeouts = [m for m in messages if "maximum runtime" in m]
+    if timeouts:
+        return f"{timeouts[-1]} (the run's dagster/max_runtime; failed by run monitoring)"
+    return messages[-1] if messages else "run failed"
 
 
 def _step_succeeded_later(instance: dg.DagsterInstance, run: dg.DagsterRun, step_key: str) -> bool:

@@ -40,6 +40,13 @@ class CeleryWorker:
     def is_ready(self) -> bool:
         return f"{self.name}@" in self.log_text() and " ready." in self.log_text()
 
+    def pool_processes(self) -> list[psutil.Process]:
+        """The worker's pool processes: children of the Celery main process that
+        `dagster-celery worker start` runs."""
+        with contextlib.suppress(psutil.Error):
+            return [pool for main in psutil.Process(self.process.pid).children() for pool in main.children()]
+        return []
+
     def kill_host(self) -> None:
         """SIGKILL the worker and its pool process at once: the host is gone, nothing is
         acknowledged or put back on the way out."""
@@ -54,7 +61,8 @@ class CeleryCluster:
         self.workdir = workdir
         self.workers: dict[str, CeleryWorker] = {}
 
-    def start_worker(self, name: str, queue: str) -> CeleryWorker:
+    def start_worker(self, name: str, queue: str, env: dict[str, str] | None = None) -> CeleryWorker:
+        """`env`: variables for this worker only (an ffmpeg wrapper, its time limits)."""
         workdir = self.workdir / name
         home = workdir / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)
@@ -66,6 +74,7 @@ class CeleryCluster:
             "SCRATCH_ROOT": str(workdir / "scratch"),
             "MODELS_ROOT": str(workdir / "models"),
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # dagster-celery runs `celery`
+            **(env or {}),
         }
         log = (workdir / "worker.log").open("ab")
         process = subprocess.Popen(

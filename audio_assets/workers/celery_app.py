@@ -3,8 +3,9 @@
 It is dagster-celery's own step task (`execute_plan`) on an app built from the same
 settings the run side's celery_executor uses (workers/settings.py), so the two cannot
 drift the way a separate worker YAML could; broker and result backend come from
-DAGSTER_CELERY_BROKER_URL / DAGSTER_CELERY_BACKEND_URL, as on the run side. It also starts
-the message lease (workers/message_lease.py) in the worker's main process.
+DAGSTER_CELERY_BROKER_URL / DAGSTER_CELERY_BACKEND_URL, as on the run side. The task's base
+(workers/deliveries.py) counts its deliveries and applies its queue's time limits. It also
+starts the message lease (workers/message_lease.py) in the worker's main process.
 """
 
 import os
@@ -14,6 +15,7 @@ from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_task
 
 from audio_assets.workers import message_lease
+from audio_assets.workers.deliveries import BoundedStep
 from audio_assets.workers.settings import celery_config_source
 
 app = make_app(
@@ -24,6 +26,6 @@ app = make_app(
     ).app_args()
 )
 
-execute_plan = create_task(app)
+execute_plan = create_task(app, base=BoundedStep)
 
 message_lease.install(app)

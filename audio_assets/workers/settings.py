@@ -16,6 +16,9 @@ Delivery (measured in tests/distributed/test_celery_workers.py):
 A redelivered step runs again from its start; transcripts and classifications commit per
 chunk and skip files done for the same model/policy version, so a lost worker costs at
 most the chunk it was working on.
+
+Bounds (workers/deliveries.py): a step whose worker died CELERY_MAX_DELIVERIES times fails
+instead of running again, and each step task has a soft and a hard time limit per queue.
 """
 
 from __future__ import annotations
@@ -35,10 +38,47 @@ def lease_seconds() -> float:
     return float(os.environ.get("CELERY_TASK_LEASE_S", DEFAULT_LEASE_S))
 
 
+# A step whose worker died this many times is failed instead of being delivered again.
+DEFAULT_MAX_DELIVERIES = 3
+# How long a step's delivery count is kept after its last delivery (a count is deleted when
+# the step returns; this only bounds what a step that never returns leaves in Redis).
+DELIVERY_COUNT_EXPIRE_S = 7 * 24 * 3600
+
+# Per queue: (soft, hard) seconds one step task may run. The soft limit raises
+# SoftTimeLimitExceeded inside the step (it fails, or retries under its RetryPolicy); the hard
+# limit kills the pool process and fails the task. CPU steps convert one archive (a 2 GB
+# archive takes well under an hour on 8 cores); GPU steps transcribe or score one archive.
+DEFAULT_TIME_LIMITS_S = {CPU_QUEUE: (2 * 3600, 2 * 3600 + 300), GPU_QUEUE: (4 * 3600, 4 * 3600 + 300)}
+
+
+def max_deliveries() -> int:
+    return max(1, int(os.environ.get("CELERY_MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES)))
+
+
+def time_limits(queue: str) -> tuple[float, float]:
+    """(hard, soft) time limit in seconds of a step task from `queue` (an unknown queue gets
+    the CPU queue's), from CELERY_{CPU,GPU}_TIME_LIMIT_S and CELERY_{CPU,GPU}_SOFT_TIME_LIMIT_S."""
+    name = queue if queue in DEFAULT_TIME_LIMITS_S else CPU_QUEUE
+    soft, hard = DEFAULT_TIME_LIMITS_S[name]
+    prefix = f"CELERY_{name.upper()}"
+    hard = float(os.environ.get(f"{prefix}_TIME_LIMIT_S", hard))
+    soft = float(os.environ.get(f"{prefix}_SOFT_TIME_LIMIT_S", min(soft, hard)))
+    return hard, min(soft, hard)
+
+
+def max_memory_per_child_kib() -> int | None:
+    """CELERY_MAX_MEMORY_PER_CHILD_MB: a pool process over this resident size after a step is
+    replaced by a fresh one (Celery checks between tasks, never mid-step). Unset (the default):
+    never replaced, so a GPU worker keeps its loaded models."""
+    raw = os.environ.get("CELERY_MAX_MEMORY_PER_CHILD_MB")
+    return int(float(raw) * 1024) if raw else None
+
+
 def celery_config_source() -> dict:
     """The Celery settings (its lowercase names) for `celery_executor`'s config_source and
     for the workers' app (workers/celery_app.py)."""
     lease_s = lease_seconds()
+    memory_kib = max_memory_per_child_kib()
     return {
         "task_default_queue": CPU_QUEUE,
         "task_acks_late": True,
@@ -58,6 +98,7 @@ def celery_config_source() -> dict:
         },
         # Results (each step's events) are read once by the run; keep them a day, not forever.
         "result_expires": 24 * 3600,
+        **({"worker_max_memory_per_child": memory_kib} if memory_kib else {}),
     }
 
 

@@ -52,6 +52,8 @@ def test_definitions_load_and_match_the_expected_asset_graph():
     for schedule in ("daily_summary_schedule", "archive_catchup_schedule", "scratch_sweep_schedule"):
         assert defs.resolve_schedule_def(schedule).default_status == dg.DefaultScheduleStatus.RUNNING
     assert defs.resolve_job_def("archive_job").partitions_def.name == "archives"
+    # Every archive run carries a max runtime that run monitoring enforces (ARCHIVE_RUN_MAX_RUNTIME_S).
+    assert defs.resolve_job_def("archive_job").tags["dagster/max_runtime"] == "43200"
 
 
 def test_gpu_assets_are_routed_to_gpu_capacity_and_cpu_assets_are_not():

@@ -31,6 +31,9 @@ def test_production_instance_config(postgres_server, tmp_path, monkeypatch):
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert not instance.run_retries_retry_on_asset_or_op_failure  # crashes only
         assert instance.run_monitoring_enabled
+        # A wedged run is failed: 12 h for any run (archive runs carry their own dagster/max_runtime).
+        assert instance.run_monitoring_max_runtime_seconds == 43200
+        assert instance.run_monitoring_poll_interval_seconds == 60
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
         # The storage really works: a run written through it reads back.
         instance.add_run(dg.DagsterRun(job_name="archive_job", run_id="r-config-test"))

@@ -39,3 +39,17 @@ def test_the_run_side_uses_the_same_settings_and_sends_untagged_steps_to_cpu(mon
     source = executor_config()["config_source"]
     assert source == celery_config_source() and source["task_default_queue"] == "cpu"
     assert all(conf[name] == value for name, value in source.items())
+
+
+def test_step_tasks_are_bounded_and_time_limited_per_queue(monkeypatch):
+    from audio_assets.workers.deliveries import BoundedStep, BoundedStepRequest
+    from audio_assets.workers.settings import max_deliveries, time_limits
+
+    task = _worker_app(monkeypatch).tasks["execute_plan"]
+    assert isinstance(task, BoundedStep) and task.Request is BoundedStepRequest
+    assert max_deliveries() == 3
+    assert time_limits("cpu") == (7500, 7200) and time_limits("gpu") == (14700, 14400)
+    assert time_limits("some-other-queue") == time_limits("cpu")
+    monkeypatch.setenv("CELERY_GPU_TIME_LIMIT_S", "60")
+    monkeypatch.setenv("CELERY_MAX_DELIVERIES", "5")
+    assert time_limits("gpu") == (60, 60) and max_deliveries() == 5  # soft never above hard

@@ -1,0 +1,476 @@
+"""Bounded retries in Celery mode: a poison input, a parquet bomb on a memory-limited worker and
+a wedged step each end their run with a recorded reason, and the archive's next version runs.
+
+One cluster for the module, as production runs it (tests/distributed/ has the same shape):
+Redis (broker and result backend), PostgreSQL, SeaweedFS, `dagster-daemon` with the
+repository's dagster.yaml (run monitoring polled every 2 s here instead of 60 s), one CPU worker
+on the `cpu` queue and one "GPU" worker (a CPU process running the real Whisper base model) on
+the `gpu` queue. The CPU worker's ffmpeg is a wrapper (FFMPEG_BINARY) that runs the real one,
+except on an input carrying a marker in its bytes: then it SIGKILLs the process that started
+it (the pool process running `opus_files`, as a poison input that gets it OOM-killed would), or
+sleeps forever (a wedged conversion).
+
+The CPU worker's memory is limited by a watchdog in the test: a pool process whose resident
+size passes MEMORY_LIMIT_MIB is SIGKILLed, as the kernel's OOM killer does in a unit with
+MemoryMax (deploy/). This machine has cgroup v1 only, so the test cannot give the worker a
+cgroup v2 memory.max of its own.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from archive_factory import build_tar, make_parquet, make_speech_mp3
+from celery_cluster import CeleryCluster, CeleryWorker
+from daemon_harness import DaemonHarness, PipelineEnvironment
+from fault_report import record_outcome
+from pipeline_support import rows
+
+from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
+from audio_assets.workers.deliveries import KEY_PREFIX
+from audio_assets.workers.settings import CPU_QUEUE, GPU_QUEUE
+from embedded_services.postgres import create_database
+from embedded_services.redis import start_redis, stop_redis
+from operations.run_submission import archive_job_submitter
+from resources.object_store import ObjectStore
+from resources.results_db import ResultsDatabase
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.distributed]
+
+MAX_DELIVERIES = 3  # the default of CELERY_MAX_DELIVERIES
+KILL_MARKER = b"POISON-KILL-PARENT"
+WEDGE_MARKER = b"POISON-WEDGE"
+MEMORY_LIMIT_MIB = 1024
+BOMB_ROWS = 4_000_000  # ~0.5 KB of Python objects per row once read: far over the limit
+# The CPU queue's time limits on this worker: above any normal step here, below the wedge.
+CPU_SOFT_LIMIT_S, CPU_HARD_LIMIT_S = 40, 45
+WEDGE_MAX_RUNTIME_S = 20
+LEASE_S = 10
+
+FFMPEG_WRAPPER = """#!/bin/bash
+# ffmpeg standing in for a poison input: the real ffmpeg, except on an input with a marker.
+input=""; previous=""
+for arg in "$@"; do [ "$previous" = "-i" ] && input="$arg"; previous="$arg"; done
+if [ -n "$input" ] && grep -q "{kill}" "$input" 2>/dev/null; then
+    echo "$PPID" >> "{kills}"
+    kill -9 "$PPID"
+    exit 1
+fi
+if [ -n "$input" ] && grep -q "{wedge}" "$input" 2>/dev/null; then
+    echo "$PPID" >> "{wedges}"
+    exec sleep 100000
+fi
+exec "{real}" "$@"
+"""
+
+
+@dataclass
+class MemoryWatchdog:
+    """SIGKILLs a pool process of `worker` over `limit_mib` resident, as an OOM killer would."""
+
+    worker: CeleryWorker
+    limit_mib: int
+    kills: list[tuple[int, float]] = field(default_factory=list)  # (pid, MiB at the kill)
+    peaks_mib: dict[int, float] = field(default_factory=dict)  # highest resident size seen, by pid
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> MemoryWatchdog:
+        threading.Thread(target=self._run, name="memory-watchdog", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for process in self.worker.pool_processes():
+                try:
+                    rss_mib = process.memory_info().rss / 2**20
+                    self.peaks_mib[process.pid] = max(self.peaks_mib.get(process.pid, 0.0), rss_mib)
+                    if rss_mib > self.limit_mib:
+                        process.kill()
+                        self.kills.append((process.pid, rss_mib))
+                except psutil.Error:
+                    continue
+
+    def peak_of_survivors_mib(self) -> float:
+        """The highest resident size of a pool process that was never killed."""
+        killed = {pid for pid, _ in self.kills}
+        return max((mib for pid, mib in self.peaks_mib.items() if pid not in killed), default=0.0)
+
+
+@dataclass
+class Cluster:
+    harness: DaemonHarness
+    workers: CeleryCluster
+    cpu: CeleryWorker
+    object_store: ObjectStore
+    results_db: ResultsDatabase
+    redis_url: str
+    kills: Path
+    wedges: Path
+    watchdog: MemoryWatchdog
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("celery-bounds")
+    redis_server = start_redis(root / "redis")
+    object_store = ObjectStore(
+        endpoint_url=s3_server.endpoint_url,
+        bucket=f"test-{uuid.uuid4().hex[:16]}",
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+    )
+    object_store.ensure_bucket()
+    results_db = ResultsDatabase(dsn=create_database(postgres_server, f"test_{uuid.uuid4().hex[:16]}"))
+    results_db.migrate()
+    kills, wedges, wrapper = root / "kills.txt", root / "wedges.txt", root / "ffmpeg-wrapper"
+    wrapper.write_text(
+        FFMPEG_WRAPPER.format(
+            kill=KILL_MARKER.decode(), wedge=WEDGE_MARKER.decode(), kills=kills, wedges=wedges, real=resolve_ffmpeg()
+        )
+    )
+    wrapper.chmod(0o755)
+    pipeline = PipelineEnvironment(
+        object_store.endpoint_url,
+        object_store.bucket,
+        object_store.access_key,
+        object_store.secret_key,
+        results_db.dsn,
+        root / "control" / "scratch",
+        root / "control" / "models",
+        extra=(
+            ("AUDIO_PIPELINE_ENV", "production"),
+            ("DAGSTER_CELERY_BROKER_URL", redis_server.url(0)),
+            ("DAGSTER_CELERY_BACKEND_URL", redis_server.url(1)),
+            ("CELERY_TASK_LEASE_S", str(LEASE_S)),
+            ("WHISPER_BATCH_SIZE", "4"),
+        ),
+    )
+    workers = watchdog = None
+    harness = DaemonHarness(root / "control", postgres_server, pipeline)
+    instance_yaml = harness.home / "dagster.yaml"
+    config = yaml.safe_load(instance_yaml.read_text())
+    config["run_monitoring"]["poll_interval_seconds"] = 2  # production: 60 s
+    instance_yaml.write_text(yaml.safe_dump(config))
+    try:
+        with harness:
+            workers = CeleryCluster(harness, root / "hosts")
+            cpu = workers.start_worker(
+                "cpu-1",
+                CPU_QUEUE,
+                env={
+                    "FFMPEG_BINARY": str(wrapper),
+                    # Another branch caps parquet rows (default far below BOMB_ROWS); lifted here
+                    # so the bomb reaches the memory limit, as it would with a higher cap.
+                    "METADATA_MAX_ROWS": "1000000000",
+                    "CELERY_CPU_SOFT_TIME_LIMIT_S": str(CPU_SOFT_LIMIT_S),
+                    "CELERY_CPU_TIME_LIMIT_S": str(CPU_HARD_LIMIT_S),
+                },
+            )
+            workers.start_worker("gpu-a", GPU_QUEUE)
+            workers.wait_until_ready()
+            watchdog = MemoryWatchdog(cpu, MEMORY_LIMIT_MIB).start()
+            harness.start_daemon()
+            try:
+                yield Cluster(
+                    harness, workers, cpu, object_store, results_db, redis_server.url(0), kills, wedges, watchdog
+                )
+            except BaseException:
+                print(harness.daemon_log(), workers.logs())
+                raise
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+        if workers is not None:
+            workers.stop()
+        stop_redis(redis_server)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def upload(cluster: Cluster, workdir: Path, name: str, poison: bytes = b"", parquet: Path | None = None) -> str:
+    """archives/{name}.tar.gz with two speech clips and their parquet; `poison` is appended to
+    the second clip's bytes (an MP3 decoder ignores trailing junk), `parquet` replaces the
+    metadata file."""
+    parts = workdir / f"{name}-{uuid.uuid4().hex[:6]}"
+    clips = []
+    for i, text in enumerate(["the weather is lovely today in the park", "we planted tomatoes and beans"]):
+        mp3 = make_speech_mp3(parts / f"{i}.mp3", text)
+        if poison and i == 1:
+            mp3.write_bytes(mp3.read_bytes() + poison)
+        clips.append((f"clips/{name}_{i}.mp3", mp3))
+    meta = parquet or make_parquet(
+        parts / "meta.parquet", [{"meta_id": Path(member).stem, "creator": f"@{name}"} for member, _ in clips]
+    )
+    tar = build_tar(parts / f"{name}.tar.gz", [*clips, ("meta.parquet", meta)], gzip=True)
+    return cluster.object_store.upload_file(tar, f"archives/{name}.tar.gz").key
+
+
+def parquet_bomb(path: Path, rows_count: int) -> Path:
+    """A parquet of `rows_count` rows that is a few KB on disk (one dictionary value, RLE)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    zeros = pa.array(np.zeros(rows_count, dtype=np.int32))
+    column = pa.DictionaryArray.from_arrays(zeros, pa.array(["bomb-row"]))
+    pq.write_table(pa.table({"meta_id": column, "creator": column}), path, compression="zstd")
+    return path
+
+
+def finished_run(cluster: Cluster, partition: str, timeout_s: float) -> dg.DagsterRun:
+    """The partition's first run, once it has finished."""
+    harness = cluster.harness
+    first = harness.first_run(partition, timeout_s=180)
+    return harness.wait_until(
+        lambda: (run := harness.instance.get_run_by_id(first.run_id)).is_finished and run,
+        timeout_s,
+        f"run {first.run_id} of {partition} to finish",
+    )
+
+
+def celery_executions(instance: dg.DagsterInstance, run_id: str, step: str) -> int:
+    """How many times a worker started executing `step` for the run (dagster-celery's event)."""
+    return sum(
+        1
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+        if entry.step_key == step and "in celery worker" in (entry.message or "")
+    )
+
+
+def step_failures(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:
+    return {
+        entry.step_key: entry.dagster_event.step_failure_data.error.message
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    }
+
+
+def dead_letter(cluster: Cluster, run_id: str, timeout_s: float = 120) -> list[dict]:
+    """The dead-letter sensor's rows for the run (it ticks every 30 s)."""
+    return cluster.harness.wait_until(
+        lambda: rows(
+            cluster.results_db,
+            "SELECT stage, error, retryable, resolved_at FROM processing_failures WHERE run_id = %s",
+            (run_id,),
+        ),
+        timeout_s,
+        f"a dead-letter row for run {run_id}",
+    )
+
+
+def deliveries_of_refused_task(worker: CeleryWorker, step: str) -> int:
+    """How many times the worker received the step task it refused, from the worker's log."""
+    refused = re.search(rf"while running {step} \(task ([0-9a-f-]+)\)", worker.log_text())
+    assert refused, worker.log_text()[-3000:]
+    return worker.log_text().count(f"Task execute_plan[{refused.group(1)}] received")
+
+
+def delivery_counts_left(cluster: Cluster) -> int:
+    import redis
+
+    client = redis.Redis.from_url(cluster.redis_url)
+    try:
+        return sum(1 for _ in client.scan_iter(match=KEY_PREFIX + "*"))
+    finally:
+        client.close()
+
+
+def assert_new_version_classified(cluster: Cluster, workdir: Path, name: str, partition: str, failed_run) -> float:
+    """Overwrite the archive with good input: its run goes through the run queue and succeeds,
+    with 0 files lost, 0 duplicate rows, 0 orphan objects, 0 rows whose object disagrees."""
+    started = time.monotonic()
+    key = upload(cluster, workdir, name)
+    runs = cluster.harness.wait_for_partition_success(partition, timeout_s=600)
+    elapsed = time.monotonic() - started
+    assert runs[0].run_id == failed_run.run_id and len(runs) == 2, [(r.run_id, r.status) for r in runs]
+    files = rows(
+        cluster.results_db,
+        """
+        SELECT a.status, a.opus_path, a.opus_etag,
+               (SELECT count(*) FROM transcripts t WHERE t.audio_file_id = a.id) AS transcripts,
+               (SELECT count(*) FROM classifications c WHERE c.audio_file_id = a.id) AS scores
+        FROM audio_files a WHERE a.archive_source = %s""",
+        (key,),
+    )
+    assert [(f["status"], f["transcripts"], f["scores"]) for f in files] == [("classified", 1, 1)] * 2, files
+    for f in files:
+        assert cluster.object_store.head(f["opus_path"]).etag == f["opus_etag"], f
+    referenced = {
+        r["opus_path"] for r in rows(cluster.results_db, "SELECT opus_path FROM audio_files") if r["opus_path"]
+    }
+    stored = {o.key for o in cluster.object_store.iter_objects("processed/")}
+    assert stored == referenced, f"orphans: {stored - referenced}, missing: {referenced - stored}"
+    return elapsed
+
+
+def run_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
+    record = instance.get_run_record_by_id(run_id)
+    return record.end_time - record.start_time
+
+
+# --- drills --------------------------------------------------------------------------------------
+
+
+def test_poison_input_that_kills_its_pool_process_fails_the_run_after_n_deliveries(cluster, tmp_path):
+    name = "poison_opus"
+    key = upload(cluster, tmp_path, name, poison=KILL_MARKER)
+    partition = cluster.results_db.archives.partitions_for([key])[key]
+    run = finished_run(cluster, partition, timeout_s=600)
+    instance = cluster.harness.instance
+
+    killed = cluster.kills.read_text().split() if cluster.kills.exists() else []
+    executions = celery_executions(instance, run.run_id, "opus_files")
+    failures = step_failures(instance, run.run_id)
+    assert run.status == dg.DagsterRunStatus.FAILURE, cluster.workers.logs()
+    assert len(killed) == MAX_DELIVERIES and len(set(killed)) == MAX_DELIVERIES  # 3 pool processes
+    assert executions == MAX_DELIVERIES  # the 4th delivery did not run the step
+    deliveries = deliveries_of_refused_task(cluster.cpu, "opus_files")
+    assert deliveries == MAX_DELIVERIES + 1, cluster.cpu.log_text()[-3000:]
+    assert f"worker lost {MAX_DELIVERIES} times while running opus_files" in failures.get("opus_files", ""), (
+        cluster.harness.log_messages(run.run_id)[-15:],
+        cluster.workers.logs(),
+    )
+    assert run.tags.get("dagster/will_retry") != "true"  # a step failure: no run retry
+    assert delivery_counts_left(cluster) == 0
+
+    (row,) = dead_letter(cluster, run.run_id)
+    assert row["stage"] == "conversion" and not row["retryable"], row
+    assert f"worker lost {MAX_DELIVERIES} times while running opus_files" in row["error"], row
+    assert row["resolved_at"] is None
+
+    fail_s = run_seconds(instance, run.run_id)
+    next_s = assert_new_version_classified(cluster, tmp_path, name, partition, run)
+    record_outcome(
+        "Celery: poison input whose ffmpeg SIGKILLs the pool process running `opus_files`",
+        f"{deliveries} deliveries: {executions} executions, each killing its pool process ({len(killed)} killed), "
+        f"and 1 refused; run FAILED "
+        f"{fail_s:.0f} s after it started with 'worker lost {MAX_DELIVERIES} times while running opus_files' "
+        f"(a step failure, no run retry); dead letter stage {row['stage']}; the overwritten version ran to "
+        f"success {next_s:.0f} s after its upload: 2 files classified; files lost 0, duplicate rows 0, orphan "
+        "objects 0, rows whose object disagrees 0",
+    )
+
+
+def test_parquet_bomb_on_a_memory_limited_worker_fails_the_run_after_n_deliveries(cluster, tmp_path):
+    name = "parquet_bomb"
+    bomb = parquet_bomb(tmp_path / "bomb" / "meta.parquet", BOMB_ROWS)
+    key = upload(cluster, tmp_path, name, parquet=bomb)
+    partition = cluster.results_db.archives.partitions_for([key])[key]
+    kills_before = len(cluster.watchdog.kills)
+    run = finished_run(cluster, partition, timeout_s=600)
+    instance = cluster.harness.instance
+
+    oom_kills = cluster.watchdog.kills[kills_before:]
+    executions = celery_executions(instance, run.run_id, "parquet_metadata")
+    failures = step_failures(instance, run.run_id)
+    assert run.status == dg.DagsterRunStatus.FAILURE, cluster.workers.logs()
+    assert len(oom_kills) == MAX_DELIVERIES and executions == MAX_DELIVERIES, (oom_kills, executions)
+    deliveries = deliveries_of_refused_task(cluster.cpu, "parquet_metadata")
+    assert deliveries == MAX_DELIVERIES + 1
+    assert f"worker lost {MAX_DELIVERIES} times while running parquet_metadata" in failures["parquet_metadata"]
+    assert set(failures) == {"parquet_metadata"}, failures  # the rest of the run went on
+    assert delivery_counts_left(cluster) == 0
+
+    (row,) = dead_letter(cluster, run.run_id)
+    assert f"worker lost {MAX_DELIVERIES} times while running parquet_metadata" in row["error"], row
+
+    fail_s = run_seconds(instance, run.run_id)
+    next_s = assert_new_version_classified(cluster, tmp_path, name, partition, run)
+    record_outcome(
+        f"Celery: parquet bomb ({bomb.stat().st_size / 1024:.0f} KB, {BOMB_ROWS:,} rows) on a CPU worker limited "
+        f"to {MEMORY_LIMIT_MIB} MiB per pool process (test watchdog standing in for the OOM killer)",
+        f"{deliveries} deliveries: {executions} executions, each pool process killed (at up to "
+        f"{max(m for _, m in oom_kills):.0f} MiB), and 1 refused; run FAILED {fail_s:.0f} s after it started with 'worker lost {MAX_DELIVERIES} "
+        f"times while running parquet_metadata'; dead letter stage {row['stage']}; the next version ran to "
+        f"success {next_s:.0f} s after its upload (2 files classified; files lost 0, duplicate rows 0, orphan "
+        f"objects 0, rows whose object disagrees 0); pool processes never "
+        f"killed peaked at {cluster.watchdog.peak_of_survivors_mib():.0f} MiB",
+    )
+
+
+def test_wedged_step_is_failed_by_run_monitoring_and_its_time_limit(cluster, tmp_path):
+    from dagster._core.scheduler.instigation import InstigatorStatus
+
+    # This run carries a short max runtime, so it is submitted by hand (as `requeue` does).
+    instance = cluster.harness.instance
+    (sensor,) = cluster.harness.wait_until(
+        lambda: [s for s in instance.all_instigator_state() if s.instigator_name == "archive_sensor"],
+        120,
+        "the daemon's archive_sensor state",
+    )
+    instance.update_instigator_state(sensor.with_status(InstigatorStatus.STOPPED))
+    name = "wedged_opus"
+    key = upload(cluster, tmp_path, name, poison=WEDGE_MARKER)
+    partition = cluster.results_db.archives.partitions_for([key])[key]
+    instance.add_dynamic_partitions("archives", [partition])
+    with archive_job_submitter(instance) as submit:
+        run = submit({"dagster/partition": partition, "dagster/max_runtime": str(WEDGE_MAX_RUNTIME_S)})
+    run = finished_run(cluster, partition, timeout_s=300)
+    failed_after_s = run_seconds(instance, run.run_id)
+
+    messages = [e.message or "" for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)]
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    assert any(f"Exceeded maximum runtime of {WEDGE_MAX_RUNTIME_S} seconds" in m for m in messages), messages
+    assert failed_after_s >= WEDGE_MAX_RUNTIME_S
+    (row,) = dead_letter(cluster, run.run_id)
+    assert "maximum runtime" in row["error"] or "hard time limit" in row["error"], row
+
+    # The wedged step itself ends at the CPU queue's hard time limit, which frees the worker.
+    harness = cluster.harness
+    harness.wait_until(
+        lambda: "opus_files" in step_failures(instance, run.run_id),
+        CPU_HARD_LIMIT_S + 60,
+        "the wedged step's hard time limit",
+    )
+    failure = step_failures(instance, run.run_id)["opus_files"]
+    assert f"opus_files ran past its hard time limit of {CPU_HARD_LIMIT_S} s" in failure, failure
+    wedged = cluster.wedges.read_text().split()
+
+    # Run retries (dagster.yaml: 2) may start the run again; each one ends the same way.
+    def settled():
+        runs = harness.runs(tags={"dagster/partition": partition})
+        retried = {r.parent_run_id for r in runs}
+        pending = [r for r in runs if r.tags.get("dagster/will_retry") == "true" and r.run_id not in retried]
+        return all(r.is_finished for r in runs) and not pending and runs
+
+    runs = harness.wait_until(settled, 3 * (CPU_HARD_LIMIT_S + 60), "every run of the wedged partition to end")
+    assert len(runs) <= 3 and all(r.status == dg.DagsterRunStatus.FAILURE for r in runs), runs
+    record_outcome(
+        f"Celery: wedged `opus_files` (ffmpeg that never ends), run max_runtime {WEDGE_MAX_RUNTIME_S} s, CPU "
+        f"queue time limits {CPU_SOFT_LIMIT_S}/{CPU_HARD_LIMIT_S} s",
+        f"run FAILED by run monitoring {failed_after_s:.0f} s after it started ('Exceeded maximum runtime'); dead "
+        f"letter: '{row['error']}'; the step's pool process killed at the hard limit and the step answered "
+        f"'ran past its hard time limit of {CPU_HARD_LIMIT_S} s'; wedged conversions {len(wedged)}, runs of the "
+        f"partition {len(runs)} (run retries included, at most 3), all FAILED",
+    )
+
+
+def test_a_refused_steps_answer_reads_back_as_dagsters_own_step_failure_event():
+    """The answer is written in Dagster's stored event format: read back by this Dagster
+    version, it is the step's STEP_FAILURE with the reason (guards a Dagster upgrade)."""
+    from types import SimpleNamespace
+
+    from audio_assets.workers.deliveries import step_failure
+
+    step_args = SimpleNamespace(
+        step_keys_to_execute=["opus_files"], run_id="no-such-run", job_origin=SimpleNamespace(job_name="archive_job")
+    )
+    step_args.instance_ref = None  # nothing to store it in: only the answer is checked
+    (serialized,) = step_failure(step_args, "worker lost 3 times while running opus_files")
+    event = dg.deserialize_value(serialized, dg.DagsterEvent)
+    assert event.is_step_failure and event.step_key == "opus_files" and event.job_name == "archive_job"
+    assert str(event.node_handle) == "opus_files" and event.step_handle.key == "opus_files"
+    assert event.step_failure_data.error.message == "StepNotRun: worker lost 3 times while running opus_files\n"
