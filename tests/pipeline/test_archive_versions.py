@@ -173,6 +173,9 @@ def test_every_upload_finds_its_intent_committed_one_transaction_per_commit_batc
     assert None not in intents.values(), intents  # every intent committed before its upload
     assert len(set(intents.values())) == 3  # one transaction (one now()) per 2 files: 2 + 2 + 1
     assert rows(results_db, "SELECT * FROM object_deletions") == []  # all forgotten once the rows committed
+    ids = {f["id"] for f in files(results_db, key).values()}
+    listed = {o.key for o in object_store.iter_objects("processed/") if int(o.key.rsplit("/")[-1].split("-")[0]) in ids}
+    assert listed == opus_paths  # orphan objects 0
 
 
 def test_a_run_of_an_overwritten_version_writes_nothing(archive_runner, results_db, object_store, clips, tmp_path):
