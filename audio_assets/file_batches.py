@@ -11,10 +11,12 @@ retries, scratch space), so the step's retry policy runs again for those files o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol, TypeVar
+import itertools
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 class FilesToRetry(Exception):
@@ -55,6 +57,27 @@ def commit_in_batches(outcomes: Iterable[T], size: int, commit: Callable[[list[T
         commit(batch)
         committed += batch
     return committed
+
+
+class PreparedAhead(Generic[K]):
+    """`prepare(keys)` has run for a key before `ensure(key)` returns, `size` keys a call: the key
+    asked for and the next ones of `order` not prepared yet, so keys used in `order` cost one
+    call per `size` of them (in any other order still at most one call per key). A call that
+    raises prepares nothing; `ensure` then raises too and a later one tries again."""
+
+    def __init__(self, order: Iterable[K], size: int, prepare: Callable[[list[K]], None]):
+        self._pending = dict.fromkeys(order)
+        self._size = max(1, size)
+        self._prepare = prepare
+
+    def ensure(self, key: K) -> None:
+        if key not in self._pending:
+            return
+        ahead = (k for k in self._pending if k != key)
+        keys = [key, *itertools.islice(ahead, self._size - 1)]
+        self._prepare(keys)
+        for prepared in keys:
+            del self._pending[prepared]
 
 
 def raise_for_retryable(

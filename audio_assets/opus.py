@@ -14,7 +14,7 @@ from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
 from audio_assets.audio.opus_convert import ConversionError, convert_to_opus
 from audio_assets.audio.streaming_conversion import ConversionStream
 from audio_assets.audio.tar_safety import iter_archive
-from audio_assets.file_batches import commit_in_batches, raise_for_retryable, split_done
+from audio_assets.file_batches import PreparedAhead, commit_in_batches, raise_for_retryable, split_done
 from audio_assets.settings import OpusConversionConfig
 from resources.archive_claim import ArchiveClaim
 from resources.manifest_io import ArchiveTable
@@ -78,8 +78,9 @@ def opus_files(
         started, outcomes = time.monotonic(), []
         if todo:
             with scratch.step_dir(context.run.run_id, "opus_files") as workdir:
-                stream = _conversion_stream(config, workdir / "opus", archive, object_store, results_db)
-                jobs = _extract(step.local_archive(object_store), todo, workdir / "mp3", config)
+                stream = _conversion_stream(config, workdir / "opus", archive, object_store)
+                intents = _upload_intents(results_db, archive, todo, config.files_per_commit)
+                jobs = _extract(step.local_archive(object_store), todo, workdir / "mp3", config, intents)
                 outcomes = commit_in_batches(
                     stream.run(jobs),
                     config.files_per_commit,
@@ -138,14 +139,32 @@ def _metadata(
     }
 
 
+def _upload_intents(
+    results_db: ResultsDatabase, archive: ArchiveVersion, todo: dict[str, int], batch: int
+) -> PreparedAhead[int]:
+    """Each Opus key queued as an upload intent (deleted unless a row commits it) before its
+    file is handed to conversion, so before its upload: one transaction per `batch` files."""
+    return PreparedAhead(
+        todo.values(),
+        batch,
+        lambda ids: results_db.object_deletions.intend_uploads(archive, [opus_key(archive, i) for i in ids]),
+    )
+
+
 def _extract(
-    local: Path, todo: dict[str, int], out_dir: Path, config: OpusConversionConfig
+    local: Path, todo: dict[str, int], out_dir: Path, config: OpusConversionConfig, intents: PreparedAhead[int]
 ) -> Iterator[_Job | FileFailure]:
-    """The MP3s still to convert, copied out of the tar one at a time as the stream asks."""
+    """The MP3s still to convert, copied out of the tar one at a time as the stream asks, each
+    with its upload intent committed first."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for entry in iter_archive(local, config.limits):
         file_id = todo.get(entry.name)
         if file_id is None or entry.rejection is not None or entry.kind != "mp3":
+            continue
+        try:
+            intents.ensure(file_id)
+        except Exception as exc:  # after the database's own retries: transient, the file stays as it was
+            yield FileFailure(file_id, entry.name, "upload", f"queue the upload intent: {exc}", retryable=True)
             continue
         target = out_dir / f"{file_id}.mp3"
         try:
@@ -158,9 +177,7 @@ def _extract(
         yield _Job(file_id, entry.name, target)
 
 
-def _conversion_stream(
-    config, out_dir: Path, archive: ArchiveVersion, object_store: ObjectStore, results_db: ResultsDatabase
-):
+def _conversion_stream(config, out_dir: Path, archive: ArchiveVersion, object_store: ObjectStore):
     ffmpeg = resolve_ffmpeg()
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -186,8 +203,7 @@ def _conversion_stream(
 
     def upload(encoded: _Encoded) -> ConvertedFile | FileFailure:
         key = opus_key(archive, encoded.audio_file_id)
-        try:
-            results_db.object_deletions.intend_upload(archive, key)  # deleted unless a row commits it
+        try:  # its intent is queued (_upload_intents): deleted unless a row commits it
             stored = object_store.upload_file(encoded.target, key, content_type="audio/ogg")
         except Exception as exc:  # after the store's own retries: transient, the row stays as it was
             return FileFailure(

@@ -587,6 +587,8 @@ PROFILED = [
     (opus_convert_module, "_run_ffmpeg", "ffmpeg encode (subprocess)"),
     (opus_convert_module, "verified_opus_duration", "Opus output check (Ogg page CRCs)"),
     (opus_convert_module, "decoded_duration_seconds", "full decode of source (fallback)"),
+    (ObjectDeletions, "intend_upload", "DB: upload intent (one transaction per file)"),
+    (ObjectDeletions, "intend_uploads", "DB: upload intents (one transaction per files_per_commit files)"),
     (ObjectStore, "upload_file", "upload_file (upload pool: one PutObject + Content-MD5)"),
     (AudioFiles, "record_conversions", "DB: record_conversions (one per chunk commit)"),
     (DeadLetter, "resolve_stages", "DB: resolve_stages"),

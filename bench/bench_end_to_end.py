@@ -157,15 +157,7 @@ def through_pipeline(archive: Path, workdir: Path, s3, pg) -> dict[str, float]:
     store.ensure_bucket()
     results_dsn = create_database(pg, "results")
     ResultsDatabase(dsn=results_dsn).migrate()
-    environment = PipelineEnvironment(
-        s3_endpoint=s3.endpoint_url,
-        bucket=bucket,
-        access_key=s3.access_key,
-        secret_key=s3.secret_key,
-        results_dsn=results_dsn,
-        scratch_root=workdir / "scratch",
-        models_root=default_models_root(),
-    )
+    environment = PipelineEnvironment.serving(store, results_dsn, workdir / "scratch", default_models_root())
     with DaemonHarness(workdir / "daemon", pg, environment) as harness:
         harness.start_daemon()
         time.sleep(20)  # the daemon and its code server up before the clock starts

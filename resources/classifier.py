@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
+from audio_assets.ml.cope_settings import CopeSettings, cope_model_name
 from audio_assets.ml.profanity_scorer import load_profanity_scorer, profanity_model_name
 from audio_assets.ml.scoring import PolicyScorer
 from policies import load_policies
-
-if TYPE_CHECKING:
-    from audio_assets.ml.cope_scorer import CopeSettings
 
 DEFAULT_POLICIES = ["hate_speech", "harassment_threats", "sexual_content", "self_harm", "violent_extremism"]
 
@@ -59,8 +56,6 @@ class PolicyClassifier(dg.ConfigurableResource):
         """What rows record as `model`, known without loading the model."""
         if self.backend == "profanity":
             return profanity_model_name()
-        from audio_assets.ml.cope_scorer import cope_model_name  # imports torch: cope-a only
-
         return cope_model_name(self._cope_settings())
 
     def policy_versions(self) -> dict[str, str]:
@@ -74,13 +69,11 @@ class PolicyClassifier(dg.ConfigurableResource):
             return load_profanity_scorer()
         if self.backend != "cope-a":
             raise ValueError(f"unknown classifier backend {self.backend!r}; expected cope-a or profanity")
-        from audio_assets.ml.cope_scorer import load_cope_scorer
+        from audio_assets.ml.cope_scorer import load_cope_scorer  # imports torch: only when the model loads
 
         return load_cope_scorer(self._cope_settings())
 
     def _cope_settings(self) -> CopeSettings:
-        from audio_assets.ml.cope_scorer import CopeSettings
-
         return CopeSettings(
             base_model=self.base_model,
             adapter=self.adapter,

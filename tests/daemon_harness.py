@@ -47,6 +47,23 @@ class PipelineEnvironment:
     models_root: Path
     extra: tuple[tuple[str, str], ...] = ()
 
+    @classmethod
+    def serving(
+        cls, object_store, results_dsn: str, scratch_root: Path, models_root: Path, endpoint: str | None = None, **extra
+    ) -> PipelineEnvironment:
+        """The daemon's runs on this bucket (an ObjectStore; `endpoint` puts e.g. a fault proxy
+        in front of its server) and results database; `extra` adds or overrides variables."""
+        return cls(
+            s3_endpoint=endpoint or object_store.endpoint_url,
+            bucket=object_store.bucket,
+            access_key=object_store.access_key,
+            secret_key=object_store.secret_key,
+            results_dsn=results_dsn,
+            scratch_root=scratch_root,
+            models_root=models_root,
+            extra=tuple(extra.items()),
+        )
+
     def variables(self) -> dict[str, str]:
         return {
             "AUDIO_PIPELINE_ENV": "local",

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from audio_assets.ml.cope_prompt import build_prompt, fit_content, prompt_head
+from audio_assets.ml.cope_settings import CopeSettings, cope_model_name
 from audio_assets.ml.scoring import EMPTY_TRANSCRIPT, PolicyScore, is_empty
 
 log = logging.getLogger(__name__)
@@ -47,35 +48,6 @@ ATTENTION_CHOICES = ("auto", SOFTCAP_ATTENTION, "eager", "flash_attention_2", "f
 # Tokens left out of the cached prefix at its end: BPE may merge the template's last characters
 # with the content's first ones, so only the head before them is the same for every content.
 PREFIX_SLACK_TOKENS = 4
-
-
-@dataclass(frozen=True)
-class CopeSettings:
-    """Everything that picks the model and its numerics; hashable, the per-process cache key."""
-
-    base_model: str = "google/gemma-2-9b"  # name or local dir
-    adapter: str | None = "zentropi-ai/cope-a-9b"  # LoRA adapter name or local dir; None = base only
-    models_root: str | None = None  # names are looked up under it first
-    device: str = "auto"  # cuda if available else cpu
-    quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes on cuda)
-    max_tokens: int = 8192
-    # Tail tokens per forward pass (rows x width); 0 = 2048 on CUDA (enough to keep the matrix
-    # units busy; larger batches waste more on filler rows), 1024 on CPU. Rows are further
-    # capped by the memory one row takes.
-    batch_tokens: int = 0
-    max_batch_rows: int = 64
-    stable_shapes: bool = True  # shapes depend on the item only: scores independent of neighbours
-    bucket_tokens: int = 32  # width buckets (stable_shapes): tails padded to a multiple of this
-    fixed_rows: bool = True  # stable_shapes: every batch of a width has the same row count
-    prefix_cache: bool = True  # run the policy prefix once per call, reuse its KV cache
-    padding_side: str = "left"  # left or right (prefix_cache=False only); same scores either way
-    merge_adapter: bool = True  # fold the LoRA weights into the base (unquantized models only)
-    # auto = softcap_attention. Gemma-2 was trained with attention-logit soft-capping: eager,
-    # softcap_attention, flash_attention_2 and flex_attention apply it; sdpa skips it (refused).
-    attn_implementation: str = "auto"
-    # Compile the norms and MLP of each decoder layer (torch.compile, dynamic shapes: one
-    # compilation serves every layer and batch shape). auto = on CUDA only.
-    compile_layers: str = "auto"  # auto | on | off
 
 
 @dataclass
@@ -489,12 +461,6 @@ def load_cope_scorer(settings: CopeSettings) -> CopeScorer:
 def load_count() -> int:
     """How many models this process has loaded (tests check that equal settings load once)."""
     return _LOAD_COUNT
-
-
-def cope_model_name(settings: CopeSettings) -> str:
-    """What rows record as `model`: names as configured, plus the quantization if any."""
-    name = f"cope-a:{settings.adapter}@{settings.base_model}" if settings.adapter else f"base:{settings.base_model}"
-    return name if settings.quantization == "none" else f"{name}+{settings.quantization}"
 
 
 def resolve_model_path(name: str, models_root: str | None) -> str:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from audio_assets.ml.cope_scorer import PREFIX_SLACK_TOKENS, CopeScorer, CopeSettings, prepare_model
+from audio_assets.ml.cope_scorer import PREFIX_SLACK_TOKENS, CopeScorer, prepare_model
+from audio_assets.ml.cope_settings import CopeSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from tiny_cope import train_tokenizer  # noqa: E402 (tests/ is not a package)

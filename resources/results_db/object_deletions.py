@@ -2,7 +2,8 @@
 
 A row stops pointing at an object (member removed, bytes changed, converted again) in a
 transaction that also queues the object's key here; the object is deleted only after that
-commits. Every upload is queued too, before it starts, as an intent: once a row commits
+commits. Every upload is queued too, before it starts, as an intent (a step queues all the
+keys it may upload in one transaction before its first upload): once a row commits
 pointing at the key it is forgotten, and otherwise (the writer was killed, or fenced out
 because another run took its archive over) the object is deleted like any queued one. A
 worker killed at any point leaves a queued key, never an orphan object: the next run of the
@@ -43,12 +44,17 @@ class ObjectDeletions:
     def __init__(self, db: Database):
         self.db = db
 
-    def intend_upload(self, archive: ArchiveVersion, key: str) -> None:
-        """Queue `key` before uploading it: deleted unless a row commits pointing at it."""
-        self.db.transaction(
-            lambda cur: cur.execute(Q.intend_upload, {"key": key, "archive_key": archive.key, "epoch": archive.epoch}),
-            what=f"queue the upload of {key}",
-        )
+    def intend_uploads(self, archive: ArchiveVersion, keys: Sequence[str]) -> None:
+        """Queue `keys` before uploading any of them, in one transaction: each is deleted unless
+        a row commits pointing at it (a key never uploaded costs the drain one no-op delete)."""
+        keys = list(dict.fromkeys(keys))
+        if keys:
+            self.db.transaction(
+                lambda cur: cur.execute(
+                    Q.intend_uploads, {"keys": keys, "archive_key": archive.key, "epoch": archive.epoch}
+                ),
+                what=f"queue the upload of {len(keys)} object(s)",
+            )
 
     def drain(self, archive: ArchiveVersion, object_store: DeletesObjects) -> int:
         """Delete this archive's queued objects that no row points to, up to the run's own

@@ -9,10 +9,11 @@ INSERT INTO object_deletions (object_key, archive_source, reason)
 VALUES %s
 ON CONFLICT (object_key) DO NOTHING
 
--- name: intend_upload
--- An upload about to start; a row committing the key makes forget_referenced drop it.
+-- name: intend_uploads
+-- Uploads about to start; a row committing a key makes forget_referenced drop it.
 INSERT INTO object_deletions (object_key, archive_source, reason, upload_epoch)
-VALUES (%(key)s, %(archive_key)s, 'upload not committed by a row (writer killed or taken over)', %(epoch)s)
+SELECT key, %(archive_key)s, 'upload not committed by a row (writer killed or taken over)', %(epoch)s
+FROM unnest(%(keys)s::text[]) AS key
 ON CONFLICT (object_key) DO NOTHING
 
 -- name: forget_referenced

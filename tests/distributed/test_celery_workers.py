@@ -96,21 +96,16 @@ def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
     object_store.ensure_bucket()
     results_db = ResultsDatabase(dsn=create_database(postgres_server, f"test_{uuid.uuid4().hex[:16]}"))
     results_db.migrate()
-    pipeline = PipelineEnvironment(
-        object_store.endpoint_url,
-        object_store.bucket,
-        object_store.access_key,
-        object_store.secret_key,
+    pipeline = PipelineEnvironment.serving(
+        object_store,
         results_db.dsn,
         root / "control" / "scratch",
         root / "control" / "models",
-        extra=(
-            ("AUDIO_PIPELINE_ENV", "production"),
-            ("DAGSTER_CELERY_BROKER_URL", redis_server.url(0)),
-            ("DAGSTER_CELERY_BACKEND_URL", redis_server.url(1)),
-            ("CELERY_TASK_LEASE_S", str(LEASE_S)),
-            ("WHISPER_BATCH_SIZE", "4"),
-        ),
+        AUDIO_PIPELINE_ENV="production",
+        DAGSTER_CELERY_BROKER_URL=redis_server.url(0),
+        DAGSTER_CELERY_BACKEND_URL=redis_server.url(1),
+        CELERY_TASK_LEASE_S=str(LEASE_S),
+        WHISPER_BATCH_SIZE="4",
     )
     workers = None
     try:

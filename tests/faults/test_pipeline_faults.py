@@ -57,19 +57,6 @@ def build_archive(parts, path: Path) -> Path:
     return build_tar(path, parts, gzip=True)
 
 
-def pipeline_for(object_store, results_dsn: str, scratch: Path, models: Path, endpoint: str | None = None, **extra):
-    return PipelineEnvironment(
-        s3_endpoint=endpoint or object_store.endpoint_url,
-        bucket=object_store.bucket,
-        access_key=object_store.access_key,
-        secret_key=object_store.secret_key,
-        results_dsn=results_dsn,
-        scratch_root=scratch,
-        models_root=models,
-        extra=tuple(extra.items()),
-    )
-
-
 def assert_nothing_lost(results_db: ResultsDatabase, object_store, key: str, *, members: int) -> dict:
     """0 files lost, 0 duplicate rows, no orphan objects, nothing left queued or open."""
     files = rows(
@@ -106,7 +93,7 @@ def test_s3_errors_and_timeouts_on_a_fifth_of_requests(
         build_archive(archive_parts, tmp_path / "batch_s3_faults.tar.gz"), "archives/batch_s3_faults.tar.gz"
     ).key
     with S3FaultProxy(object_store.endpoint_url, fault_rate=0.25, delay_s=3.0, seed=7) as proxy:
-        pipeline = pipeline_for(
+        pipeline = PipelineEnvironment.serving(
             object_store,
             results_db.dsn,
             tmp_path / "scratch",
@@ -154,7 +141,7 @@ def test_results_database_down_for_20_seconds_mid_run(
     key = object_store.upload_file(
         build_archive(archive_parts, tmp_path / "batch_pg_restart.tar.gz"), "archives/batch_pg_restart.tar.gz"
     ).key
-    pipeline = pipeline_for(object_store, results_db.dsn, tmp_path / "scratch", models_dir)
+    pipeline = PipelineEnvironment.serving(object_store, results_db.dsn, tmp_path / "scratch", models_dir)
     with DaemonHarness(tmp_path, postgres_server, pipeline) as harness, running_daemon(harness):
         run = harness.first_run("batch_pg_restart")
         harness.wait_for_step(run.run_id, "transcripts")
@@ -182,7 +169,7 @@ def test_run_worker_killed_during_transcripts_is_retried_and_resumes(
         build_archive(archive_parts, tmp_path / "batch_sigkill.tar.gz"), "archives/batch_sigkill.tar.gz"
     ).key
     partition = results_db.archives.partitions_for([key])[key]
-    pipeline = pipeline_for(object_store, results_db.dsn, tmp_path / "scratch", models_dir)
+    pipeline = PipelineEnvironment.serving(object_store, results_db.dsn, tmp_path / "scratch", models_dir)
     with DaemonHarness(tmp_path, postgres_server, pipeline) as harness:
         harness.instance.add_dynamic_partitions("archives", [partition])
         with running_daemon(harness):
@@ -267,7 +254,7 @@ def test_scratch_smaller_than_the_archive_and_full_at_first(
     filler = small_scratch / "filler"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=8"], capture_output=True, check=False)
 
-    pipeline = pipeline_for(object_store, results_db.dsn, small_scratch / "scratch", models_dir)
+    pipeline = PipelineEnvironment.serving(object_store, results_db.dsn, small_scratch / "scratch", models_dir)
     peak = _ScratchPeak(small_scratch / "scratch")
     with DaemonHarness(tmp_path, postgres_server, pipeline) as harness, running_daemon(harness), peak:
         run = harness.first_run("batch_small_scratch")
@@ -332,7 +319,7 @@ def test_daemon_restart_during_a_run_lets_the_run_finish(
     key = object_store.upload_file(
         build_archive(archive_parts, tmp_path / "batch_daemon_restart.tar.gz"), "archives/batch_daemon_restart.tar.gz"
     ).key
-    pipeline = pipeline_for(object_store, results_db.dsn, tmp_path / "scratch", models_dir)
+    pipeline = PipelineEnvironment.serving(object_store, results_db.dsn, tmp_path / "scratch", models_dir)
     with DaemonHarness(tmp_path, postgres_server, pipeline) as harness, running_daemon(harness):
         run = harness.first_run("batch_daemon_restart")
         harness.wait_for_step(run.run_id, "transcripts")

@@ -124,14 +124,13 @@ def test_uploads_no_row_committed_are_deleted_but_never_a_later_claims(results_d
         first, accepted={"a.mp3": (10, "s1")}, rejected={}, other_failures=[], run_id="run-a"
     ).ids
     committed, lost = f"processed/d/{ids['a.mp3']}-1.opus", "processed/d/99-1.opus"
-    for key in (committed, lost):
-        results_db.object_deletions.intend_upload(first, key)
+    results_db.object_deletions.intend_uploads(first, [committed, lost, lost])  # a repeat is one intent
     results_db.audio_files.record_conversions(
         first, [ConvertedFile(ids["a.mp3"], committed, "s3://b/k", "etag", 2.0, 100)], [], "run-a"
     )
     second = results_db.archives.claim(v1, "run-b", lambda holder: True, resume=False)
     in_flight = "processed/d/98-2.opus"
-    results_db.object_deletions.intend_upload(second, in_flight)
+    results_db.object_deletions.intend_uploads(second, [in_flight])
 
     deleted = []
 

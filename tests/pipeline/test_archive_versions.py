@@ -141,6 +141,43 @@ def test_a_failed_upload_keeps_the_good_object_and_row(
     assert failure["stage"] == "upload" and failure["retryable"] and "InternalError" in failure["error"]
 
 
+def test_every_upload_finds_its_intent_committed_one_transaction_per_commit_batch(
+    archive_runner, instance, object_store, results_db, scratch_root, transcriber, classifier, clips, tmp_path
+):
+    """opus_files queues the upload intents of `files_per_commit` files in one transaction, before
+    the first of them is converted: each PUT reaching S3 finds its key's intent committed."""
+    members = [(f"clip{i}.mp3", clips["tone" if i % 2 else "other_tone"]) for i in range(5)]
+    key = archive_runner.upload(build_tar(tmp_path / "batch_intents.tar", members))
+    intents: dict[str, object] = {}  # Opus key -> queued_at of its intent when its PUT arrived
+
+    def intent_on_put(method: str, path: str) -> bool:
+        if method == "PUT" and "/processed/" in path:
+            object_key = path.split(f"/{object_store.bucket}/", 1)[1]
+            found = rows(results_db, "SELECT queued_at FROM object_deletions WHERE object_key = %s", (object_key,))
+            intents[object_key] = found[0]["queued_at"] if found else None
+        return False  # no fault: the proxy only watches
+
+    with S3FaultProxy(object_store.endpoint_url, fault_rate=0.0, only=intent_on_put) as proxy:
+        watched = ObjectStore(
+            endpoint_url=proxy.endpoint_url,
+            bucket=object_store.bucket,
+            access_key=object_store.access_key,
+            secret_key=object_store.secret_key,
+        )
+        defs = build_definitions(pipeline_resources(watched, results_db, scratch_root, transcriber, classifier))
+        config = {"ops": {"opus_files": {"config": {"files_per_commit": 2}}}}
+        assert ArchiveRunner(defs, instance, watched, results_db).run(key, run_config=config).success
+
+    opus_paths = {f["opus_path"] for f in files(results_db, key).values()}
+    assert set(intents) == opus_paths and len(opus_paths) == 5
+    assert None not in intents.values(), intents  # every intent committed before its upload
+    assert len(set(intents.values())) == 3  # one transaction (one now()) per 2 files: 2 + 2 + 1
+    assert rows(results_db, "SELECT * FROM object_deletions") == []  # all forgotten once the rows committed
+    ids = {f["id"] for f in files(results_db, key).values()}
+    listed = {o.key for o in object_store.iter_objects("processed/") if int(o.key.rsplit("/")[-1].split("-")[0]) in ids}
+    assert listed == opus_paths  # orphan objects 0
+
+
 def test_a_run_of_an_overwritten_version_writes_nothing(archive_runner, results_db, object_store, clips, tmp_path):
     key = archive_runner.upload(build_tar(tmp_path / "v1" / "batch_stale.tar", [("tone.mp3", clips["tone"])]))
     old_etag = object_store.head(key).etag

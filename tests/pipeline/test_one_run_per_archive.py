@@ -60,15 +60,7 @@ def test_sensor_backfill_and_cli_runs_of_one_archive_never_overlap(
     )
     key = object_store.upload_file(archive, "archives/batch_three_ways.tar.gz").key
     partition = "batch_three_ways"
-    pipeline = PipelineEnvironment(
-        object_store.endpoint_url,
-        object_store.bucket,
-        object_store.access_key,
-        object_store.secret_key,
-        results_db.dsn,
-        scratch_root,
-        models_root,
-    )
+    pipeline = PipelineEnvironment.serving(object_store, results_db.dsn, scratch_root, models_root)
     with DaemonHarness(tmp_path, postgres_server, pipeline) as harness, running_daemon(harness):
         sensor_run = harness.first_run(partition)
         target = ["-m", "audio_assets.definitions"]
@@ -180,15 +172,7 @@ def test_archive_overwritten_while_its_run_transcribes_ends_with_the_new_version
         gzip=True,
     )
     key = object_store.upload_file(v1, "archives/batch_overwritten.tar.gz").key
-    pipeline = PipelineEnvironment(
-        object_store.endpoint_url,
-        object_store.bucket,
-        object_store.access_key,
-        object_store.secret_key,
-        results_db.dsn,
-        scratch_root,
-        models_root,
-    )
+    pipeline = PipelineEnvironment.serving(object_store, results_db.dsn, scratch_root, models_root)
     with DaemonHarness(tmp_path, postgres_server, pipeline) as harness, running_daemon(harness):
         first = harness.first_run("batch_overwritten")
         harness.wait_for_step(first.run_id, "transcripts")

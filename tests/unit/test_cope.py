@@ -6,6 +6,8 @@ which logits are read, padding, the shared-prefix cache, truncation, and loading
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,13 +23,13 @@ from audio_assets.ml.cope_prompt import (
 )
 from audio_assets.ml.cope_scorer import (
     SOFTCAP_ATTENTION,
-    CopeSettings,
     answer_token_ids,
     bucket_width,
     load_cope_scorer,
     load_count,
     plan_batches,
 )
+from audio_assets.ml.cope_settings import CopeSettings
 from audio_assets.ml.scoring import PolicyScore
 
 POLICY = (
@@ -244,6 +246,24 @@ def test_adapter_changes_scores(settings, one_at_a_time):
 def test_model_names(settings):
     assert load_cope_scorer(settings).model_name == f"cope-a:{settings.adapter}@{settings.base_model}"
     assert load_cope_scorer(replace(settings, adapter=None)).model_name == f"base:{settings.base_model}"
+
+
+def test_the_classifier_names_its_model_without_importing_torch(tmp_path: Path):
+    """The resource, the model-version check and the run's metadata name the CoPE-A model
+    (rows record it) long before, or without, loading it: torch must load only with the model."""
+    code = (
+        "from resources.classifier import PolicyClassifier\nprint(PolicyClassifier(quantization='8bit').model_name())\n"
+    )
+    log = tmp_path / "importtime.log"  # -X importtime: every module the process imported
+    with log.open("w") as stderr:
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", code], stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+    assert result.returncode == 0, log.read_text()[-3000:]
+    assert result.stdout.strip() == "cope-a:zentropi-ai/cope-a-9b@google/gemma-2-9b+8bit"
+    modules = {line.rsplit("|", 1)[-1].strip() for line in log.read_text().splitlines() if "|" in line}
+    assert "audio_assets.ml.cope_settings" in modules  # the log is the child's own
+    assert sorted(m for m in modules if m.split(".")[0] in ("torch", "transformers", "peft")) == []
 
 
 # --- truncation ---------------------------------------------------------------------------

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from audio_assets.file_batches import FilesToRetry, batches, commit_in_batches, raise_for_retryable, split_done
+from audio_assets.file_batches import (
+    FilesToRetry,
+    PreparedAhead,
+    batches,
+    commit_in_batches,
+    raise_for_retryable,
+    split_done,
+)
 
 
 @dataclass(frozen=True)
@@ -64,3 +71,40 @@ def test_only_transient_failures_send_the_step_round_again():
     raise_for_retryable([Failure("a", False)], 3, lambda f: f.name)  # definite: recorded, step succeeds
     with pytest.raises(FilesToRetry, match=r"1 of 3 files hit transient failures .*\(e.g. b\)"):
         raise_for_retryable([Failure("a", False), Failure("b", True)], 3, lambda f: f.name)
+
+
+def test_keys_are_prepared_before_use_a_batch_a_call():
+    calls: list[list[str]] = []
+    ahead = PreparedAhead("abcdefg", 3, calls.append)
+    for key in "abcdefg":
+        ahead.ensure(key)
+        assert any(key in call for call in calls)  # prepared before ensure returned
+    assert calls == [["a", "b", "c"], ["d", "e", "f"], ["g"]]
+
+
+def test_keys_used_out_of_order_are_each_prepared_once():
+    calls: list[list[str]] = []
+    ahead = PreparedAhead("abcde", 2, calls.append)
+    for key in "dbcae":
+        ahead.ensure(key)
+    ahead.ensure("z")  # not one of the keys: nothing to prepare
+    assert calls == [["d", "a"], ["b", "c"], ["e"]]
+    assert sorted(k for call in calls for k in call) == list("abcde")
+
+
+def test_a_failed_preparation_prepares_nothing_and_is_tried_again():
+    calls: list[list[str]] = []
+    failures = iter([True, False])
+
+    def prepare(keys: list[str]) -> None:
+        if next(failures, False):
+            raise ConnectionError("database down")
+        calls.append(keys)
+
+    ahead = PreparedAhead("abc", 2, prepare)
+    with pytest.raises(ConnectionError):
+        ahead.ensure("a")
+    ahead.ensure("a")
+    ahead.ensure("b")
+    ahead.ensure("c")
+    assert calls == [["a", "b"], ["c"]]

@@ -1,0 +1,42 @@
+"""What picks a CoPE-A model and the name its rows record, without importing torch: the
+classifier resource, the model-version check and the run's metadata need both before (or
+without) loading the model; audio_assets/ml/cope_scorer.py loads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CopeSettings:
+    """Everything that picks the model and its numerics; hashable, the per-process cache key."""
+
+    base_model: str = "google/gemma-2-9b"  # name or local dir
+    adapter: str | None = "zentropi-ai/cope-a-9b"  # LoRA adapter name or local dir; None = base only
+    models_root: str | None = None  # names are looked up under it first
+    device: str = "auto"  # cuda if available else cpu
+    quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes on cuda)
+    max_tokens: int = 8192
+    # Tail tokens per forward pass (rows x width); 0 = 2048 on CUDA (enough to keep the matrix
+    # units busy; larger batches waste more on filler rows), 1024 on CPU. Rows are further
+    # capped by the memory one row takes.
+    batch_tokens: int = 0
+    max_batch_rows: int = 64
+    stable_shapes: bool = True  # shapes depend on the item only: scores independent of neighbours
+    bucket_tokens: int = 32  # width buckets (stable_shapes): tails padded to a multiple of this
+    fixed_rows: bool = True  # stable_shapes: every batch of a width has the same row count
+    prefix_cache: bool = True  # run the policy prefix once per call, reuse its KV cache
+    padding_side: str = "left"  # left or right (prefix_cache=False only); same scores either way
+    merge_adapter: bool = True  # fold the LoRA weights into the base (unquantized models only)
+    # auto = softcap_attention. Gemma-2 was trained with attention-logit soft-capping: eager,
+    # softcap_attention, flash_attention_2 and flex_attention apply it; sdpa skips it (refused).
+    attn_implementation: str = "auto"
+    # Compile the norms and MLP of each decoder layer (torch.compile, dynamic shapes: one
+    # compilation serves every layer and batch shape). auto = on CUDA only.
+    compile_layers: str = "auto"  # auto | on | off
+
+
+def cope_model_name(settings: CopeSettings) -> str:
+    """What rows record as `model`: names as configured, plus the quantization if any."""
+    name = f"cope-a:{settings.adapter}@{settings.base_model}" if settings.adapter else f"base:{settings.base_model}"
+    return name if settings.quantization == "none" else f"{name}+{settings.quantization}"

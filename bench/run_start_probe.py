@@ -1,0 +1,128 @@
+"""Upload → first step, as production starts a run: `dagster-daemon` with the repository's
+dagster.yaml (tests/daemon_harness.py), the archive sensor polling every 2 s, the run queue,
+a run worker per run. Uploads tiny one-file archives one after another (each run is left to
+finish before the next upload, so runs never share the cores) and reads each run's event log.
+
+    PYTHONPATH=. HF_HUB_OFFLINE=1 PYANNOTE_METRICS_ENABLED=false \
+        .venv/bin/python bench/run_start_probe.py [--uploads 8]
+
+Prints, per upload and as medians, where the time goes: upload → run created (the sensor
+daemon's loop and the tick), → RUN_STARTING (the queue daemon dequeues and launches), → the
+run worker's first event (the code server spawns it; it imports Dagster and loads the
+instance), → RUN_START (it imports the code location and plans), → the first STEP_START
+(resources). No assertion: the table is the result.
+"""
+
+from __future__ import annotations  # noqa: I001 (bench_conversion must come first: it sets sys.path)
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import bench_conversion  # noqa: F401 - puts tests/ on sys.path
+import dagster as dg
+
+from archive_factory import build_tar, make_tone_mp3
+from daemon_harness import DaemonHarness, PipelineEnvironment
+
+from audio_assets.ml.whisper_models import default_models_root
+from embedded_services.postgres import create_database, start_postgres, stop_postgres
+from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs
+from resources.object_store import ObjectStore
+from resources.results_db import ResultsDatabase
+
+E = dg.DagsterEventType
+STARTED_PROCESS = "Started process for run"  # the run worker's first engine event
+# (label, event that ends the phase); each phase starts where the previous one ended.
+PHASES = [
+    ("upload → run created (sensor loop + tick)", None),
+    ("created → RUN_STARTING (queue daemon dequeues)", E.RUN_STARTING),
+    ("→ worker up (spawn, import dagster, instance)", STARTED_PROCESS),
+    ("→ RUN_START (import the code location, plan)", E.RUN_START),
+    ("→ first STEP_START (resources)", E.STEP_START),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--uploads", type=int, default=8)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-run-start-"))
+    pg_dir = Path(tempfile.mkdtemp(prefix="bench-run-start-pg-"))
+    s3 = start_seaweedfs(workdir / "seaweedfs")
+    pg = start_postgres(pg_dir, durable=False)
+    try:
+        probe(args.uploads, workdir, s3, pg)
+    finally:
+        stop_seaweedfs(s3)
+        stop_postgres(pg)
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+def probe(uploads: int, workdir: Path, s3, pg) -> None:
+    store = ObjectStore(
+        endpoint_url=s3.endpoint_url,
+        bucket=f"probe-{uuid.uuid4().hex[:8]}",
+        access_key=s3.access_key,
+        secret_key=s3.secret_key,
+    )
+    store.ensure_bucket()
+    results_dsn = create_database(pg, "results")
+    ResultsDatabase(dsn=results_dsn).migrate()
+    tone = make_tone_mp3(workdir / "tone.mp3", seconds=1.0)
+    environment = PipelineEnvironment.serving(store, results_dsn, workdir / "scratch", default_models_root())
+    rows: list[list[float]] = []
+    print(f"load average at the start (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    with DaemonHarness(workdir / "daemon", pg, environment) as harness:
+        harness.start_daemon()
+        time.sleep(20)  # the daemon and its code server up before the first upload
+        for index in range(uploads):
+            partition = f"probe_{index:02d}"
+            archive = build_tar(workdir / f"{partition}.tar.gz", [("tone.mp3", tone)], gzip=True)
+            store.upload_file(archive, f"archives/{archive.name}")
+            uploaded_at = time.time()
+            [run] = harness.wait_for_partition_success(partition, timeout_s=600)[-1:]
+            rows.append(phases(harness.instance, run.run_id, uploaded_at))
+            print(
+                f"upload {index + 1}: " + ", ".join(f"{s:.2f}" for s in rows[-1]) + f" = {sum(rows[-1]):.2f} s",
+                flush=True,
+            )
+    print(f"\n{uploads} uploads; seconds, median (min-max)\n")
+    print("| phase | median | min | max |")
+    print("|---|---:|---:|---:|")
+    for column, (label, _) in enumerate(PHASES):
+        values = [row[column] for row in rows]
+        print(f"| {label} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} |")
+    totals = [sum(row) for row in rows]
+    print(f"| **upload → first step** | **{statistics.median(totals):.2f}** | {min(totals):.2f} | {max(totals):.2f} |")
+    print(f"\nall totals: {', '.join(f'{t:.2f}' for t in totals)}")
+    print(f"load average at the end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def phases(instance: dg.DagsterInstance, run_id: str, uploaded_at: float) -> list[float]:
+    created = instance.get_run_record_by_id(run_id).create_timestamp.timestamp()
+    first: dict[object, float] = {}
+    for entry in instance.all_logs(run_id):
+        if entry.dagster_event is not None:
+            first.setdefault(entry.dagster_event.event_type, entry.timestamp)
+            if STARTED_PROCESS in (entry.message or ""):
+                first.setdefault(STARTED_PROCESS, entry.timestamp)
+    missing = [event for _, event in PHASES[1:] if event not in first]
+    if missing:
+        seen = [
+            (e.timestamp - created, e.dagster_event and e.dagster_event.event_type, e.message)
+            for e in instance.all_logs(run_id)
+        ]
+        raise RuntimeError(f"run {run_id} has no {missing}; its events: {seen}")
+    marks = [uploaded_at, created] + [first[event] for _, event in PHASES[1:]]
+    return [later - earlier for earlier, later in zip(marks, marks[1:])]
+
+
+if __name__ == "__main__":
+    main()
