@@ -10,7 +10,7 @@ audio; not timed), starts SeaweedFS and PostgreSQL on free ports in temp dirs, m
   32 kbps, mono) in a pool of `--workers` threads, one subprocess each; no check, no upload;
 * convert_to_opus: the same, through the pipeline's function (ffmpeg + integrity check), no I/O;
 * opus_files step: the Dagster step itself, STEP_START to STEP_SUCCESS from the run's event
-  log: manifest load, archive lock, archive download, MP3s copied out of the tar as the
+  log: manifest load, archive claim, archive download, MP3s copied out of the tar as the
   conversion pool asks for them, conversion and check, uploads, DB rows committed every
   `files_per_commit` files. Every run converts every file again (`reconvert: true`): without
   it, a run after the first would find the files converted for this archive version and skip
@@ -488,7 +488,7 @@ class PipelineRunner:
         }
         phases = {
             "load manifest (IO manager, S3)": inputs_loaded - start,
-            "archive lock + outbox drain + conversion-state query + archive download": download_end - inputs_loaded,
+            "archive claim + outbox drain + conversion-state query + archive download": download_end - inputs_loaded,
             STREAM_PHASE: last_commit - download_end,
             "outbox drain + dead letter + results output + events": end - last_commit,
         }

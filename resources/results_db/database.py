@@ -178,7 +178,7 @@ class Database(dg.ConfigurableResource):
     @contextlib.contextmanager
     def open_connection(self) -> Iterator[psycopg2.extensions.connection]:
         """A raw connection, closed on exit (for sessions that must outlive one transaction,
-        such as the archive lock, and for the migrate runner)."""
+        such as the migrate runner's)."""
         conn = psycopg2.connect(self.connection_string())
         try:
             yield conn

@@ -178,12 +178,16 @@ def test_an_overwrite_whose_tick_was_lost_is_requested_again_and_runs(
 # --- catch-up compares the object's version with the last successful run's ---------------------
 
 
-def catch_up_context(instance, object_store, results_db):
-    return dg.build_schedule_context(
+def catch_up(instance, object_store, results_db):
+    """One evaluation of archive_catchup_schedule. Its context is closed at once: it opens its
+    own instance from the ref, and one left to the garbage collector would close it during a
+    later test, leaving Dagster's current-instance context pointing at a closed instance."""
+    with dg.build_schedule_context(
         instance=instance,
         scheduled_execution_time=datetime.now(UTC),
         resources={"object_store": object_store, "results_db": results_db},
-    )
+    ) as context:
+        return archive_catchup_schedule(context)
 
 
 def test_catch_up_runs_an_archive_whose_last_successful_run_processed_an_older_version(
@@ -200,12 +204,12 @@ def test_catch_up_runs_an_archive_whose_last_successful_run_processed_an_older_v
         build_tar(tmp_path / "v2.tar", [("tone.mp3", clips["other_tone"]), ("insult.mp3", clips["insult"])]), key
     )
 
-    [request] = archive_catchup_schedule(catch_up_context(instance, object_store, results_db))
+    [request] = catch_up(instance, object_store, results_db)
     assert request.tags[ARCHIVE_ETAG_TAG] == v2.etag
     assert launch(defs, instance, request, assets=None).success
     assert registry(results_db, key)["processed_etag"] == v2.etag
     assert etags_of_rows(results_db, key) == {v2.etag}
-    again = archive_catchup_schedule(catch_up_context(instance, object_store, results_db))
+    again = catch_up(instance, object_store, results_db)
     assert isinstance(again, dg.SkipReason)
     measured = audit(results_db, object_store, key)
     assert measured == NOTHING_WRONG

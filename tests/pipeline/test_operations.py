@@ -116,9 +116,10 @@ def test_catch_up_requests_every_archive_whose_current_version_was_not_processed
     _add_run(instance, "failed_last", dg.DagsterRunStatus.FAILURE)
     resources = {"results_db": results_db, "object_store": object_store}
 
-    requests = archive_catchup_schedule(
-        dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW, resources=resources)
-    )
+    # Closed at once: a schedule context opens its own instance from the ref, and one left to the
+    # garbage collector would close it in a later test, leaving Dagster's context pointing at it.
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW, resources=resources) as context:
+        requests = archive_catchup_schedule(context)
     assert sorted(r.partition_key for r in requests) == ["failed_last", "never_ran", "overwritten"]
     for request in requests:  # pinned to the version listed now
         key = request.tags["audio/archive_key"]
@@ -128,9 +129,8 @@ def test_catch_up_requests_every_archive_whose_current_version_was_not_processed
     for name in ("failed_last", "never_ran", "overwritten"):
         _processed(results_db, object_store, f"archives/{name}.tar")
     assert [o.key for o in versions_to_catch_up(instance, object_store, results_db)] == []
-    skipped = archive_catchup_schedule(
-        dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW, resources=resources)
-    )
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW, resources=resources) as context:
+        skipped = archive_catchup_schedule(context)
     assert isinstance(skipped, dg.SkipReason)
 
 
