@@ -31,6 +31,8 @@ from embedded_services.postgres import LocalPostgres, create_database
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+# The sensor daemon starts its loop at most every 5 s (Dagster's MIN_INTERVAL_LOOP_TIME).
+SENSOR_DAEMON_LOOP_S = 5
 _PID_MESSAGE = re.compile(r"Started process for run \(pid: (\d+)\)")
 
 
@@ -179,6 +181,33 @@ class DaemonHarness:
                 return value
             time.sleep(poll_s)
         raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}\n{self.daemon_log()}")
+
+    def stop_sensor(self, name: str, timeout_s: float = 120) -> None:
+        """Stop sensor `name` as the UI's toggle does (its stored state set to STOPPED) and make
+        it stick. The sensor daemon writes the whole stored state back, status included, from
+        the copy it read when a tick started, both at the tick's start and at its end; a stop
+        stored while a tick is in flight is undone by it (seen in CI: the sensor went on and
+        launched a second run of an archive submitted by hand). So the stop is stored again
+        until it has lasted a whole sensor-daemon loop with no tick in flight."""
+        from dagster._core.scheduler.instigation import InstigatorStatus, TickStatus
+
+        def state():
+            return next((s for s in self.instance.all_instigator_state() if s.instigator_name == name), None)
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert time.monotonic() < deadline, f"{name} could not be stopped\n{self.daemon_log()}"
+            current = state()
+            if current is None:  # the daemon stores the state at the sensor's first tick
+                time.sleep(0.5)
+                continue
+            if current.status != InstigatorStatus.STOPPED:
+                self.instance.update_instigator_state(current.with_status(InstigatorStatus.STOPPED))
+            time.sleep(SENSOR_DAEMON_LOOP_S + 1)
+            current = state()
+            ticks = self.instance.get_ticks(current.instigator_origin_id, current.selector_id, limit=1)
+            if current.status == InstigatorStatus.STOPPED and not (ticks and ticks[0].status == TickStatus.STARTED):
+                return
 
     def first_run(self, partition_key: str, timeout_s: float = 180) -> dg.DagsterRun:
         """The first run of the partition (the sensor's, once it has seen the archive)."""

@@ -268,7 +268,7 @@ def test_gpu_worker_killed_during_transcripts_step_is_redelivered(cluster, tmp_p
     harness, results_db = cluster.harness, cluster.results_db
     # This run gets one file per transcription chunk (so the kill lands between commits), so it
     # is submitted by hand, like `audio-pipeline requeue`: the sensor must not launch its own.
-    stop_sensor(harness.instance, "archive_sensor")
+    harness.stop_sensor("archive_sensor")
     name, sentences = KILL_ARCHIVE
     run = _submit_archive(
         cluster, tmp_path, name, sentences, {"ops": {"transcripts": {"config": {"files_per_chunk": 1}}}}
@@ -352,18 +352,6 @@ def _whisper_loads_by_process(harness: DaemonHarness) -> dict[tuple[str, int], l
     return loads
 
 
-def stop_sensor(instance: dg.DagsterInstance, name: str) -> None:
-    """What the UI's toggle does: the daemon's stored state of the sensor, set to STOPPED."""
-    from dagster._core.scheduler.instigation import InstigatorStatus
-
-    deadline = time.monotonic() + 120
-    while not (states := [s for s in instance.all_instigator_state() if s.instigator_name == name]):
-        assert time.monotonic() < deadline, f"{name} never ticked"
-        time.sleep(0.5)  # the daemon stores the state at the sensor's first tick
-    (state,) = states
-    instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))
-
-
 def _file_ids(results_db: ResultsDatabase, key: str) -> set[int]:
     return {r["id"] for r in rows(results_db, "SELECT id FROM audio_files WHERE archive_source = %s", (key,))}
 
@@ -401,7 +389,7 @@ def test_the_claim_spans_the_run_when_its_sessions_die_and_a_materialize_starts(
     same Celery workers. The materialize waits for the run's claim, so no write interleaves,
     and every row's Opus object is the one it names (HEAD each)."""
     harness, results_db, store = cluster.harness, cluster.results_db, cluster.object_store
-    stop_sensor(harness.instance, "archive_sensor")
+    harness.stop_sensor("archive_sensor")
     name = f"batch_wclaim_{'over' if overwrite else 'same'}"
     run = _submit_archive(
         cluster,
@@ -508,7 +496,7 @@ def test_audio_over_the_cap_reaching_a_gpu_worker_is_refused_without_decoding(cl
     # cap (as a GPU fleet configured tighter than the CPU one would): the GPU worker must refuse
     # the 2-min file from its stored duration, never download or decode it.
     harness, results_db = cluster.harness, cluster.results_db
-    _stop_sensor_between_ticks(harness)
+    harness.stop_sensor("archive_sensor")  # and no tick in flight that could list the next upload
     parts = tmp_path / "long"
     minute = parts / "minute.mp3"
     parts.mkdir()
@@ -546,25 +534,3 @@ def test_audio_over_the_cap_reaching_a_gpu_worker_is_refused_without_decoding(cl
         f'refused on {step.celery_worker} from its stored duration ("audio is 2 min, over the 1 min cap"), not '
         f"downloaded or decoded (files handed to Whisper: {handed}, the clip); the clip classified in the same run",
     )
-
-
-def _stop_sensor_between_ticks(harness: DaemonHarness) -> None:
-    """Stop archive_sensor once it has a stored state and no tick in flight, so an archive
-    uploaded next is not picked up by a tick that was already listing the bucket."""
-    from dagster._core.definitions.run_request import InstigatorType
-    from dagster._core.scheduler.instigation import TickStatus
-
-    def states():
-        return harness.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-
-    harness.wait_until(
-        lambda: any(s.instigator_name == "archive_sensor" for s in states()), 120, "the sensor's first tick", 0.5
-    )
-    stop_sensor(harness.instance, "archive_sensor")
-    (state,) = [s for s in states() if s.instigator_name == "archive_sensor"]
-
-    def no_tick_in_flight() -> bool:
-        ticks = harness.instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
-        return not ticks or ticks[0].status != TickStatus.STARTED
-
-    harness.wait_until(no_tick_in_flight, 120, "the sensor's tick in flight to end", 0.5)

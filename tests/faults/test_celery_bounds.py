@@ -402,16 +402,9 @@ def test_parquet_bomb_on_a_memory_limited_worker_fails_the_run_after_n_deliverie
 
 
 def test_wedged_step_is_failed_by_run_monitoring_and_its_time_limit(cluster, tmp_path):
-    from dagster._core.scheduler.instigation import InstigatorStatus
-
     # This run carries a short max runtime, so it is submitted by hand (as `requeue` does).
     instance = cluster.harness.instance
-    (sensor,) = cluster.harness.wait_until(
-        lambda: [s for s in instance.all_instigator_state() if s.instigator_name == "archive_sensor"],
-        120,
-        "the daemon's archive_sensor state",
-    )
-    instance.update_instigator_state(sensor.with_status(InstigatorStatus.STOPPED))
+    cluster.harness.stop_sensor("archive_sensor")
     name = "wedged_opus"
     key = upload(cluster, tmp_path, name, poison=WEDGE_MARKER)
     partition = cluster.results_db.archives.partitions_for([key])[key]
