@@ -49,6 +49,17 @@ def make_speech_mp3(path: Path, text: str) -> Path:
     return path
 
 
+def version_clips(folder: Path) -> dict[str, Path]:
+    """Two speech clips (one an insult, so it is flagged) and two tones: the members the
+    archive-version tests build their archives from."""
+    return {
+        "insult": make_speech_mp3(folder / "insult.mp3", "you are a stupid idiot and everyone hates you"),
+        "weather": make_speech_mp3(folder / "weather.mp3", "the weather is lovely today in the park"),
+        "tone": make_tone_mp3(folder / "tone.mp3", seconds=1.5),
+        "other_tone": make_tone_mp3(folder / "tone2.mp3", seconds=2.5, freq=660),
+    }
+
+
 def _run_ffmpeg(input_args: list[str], target: Path, stdin: bytes | None = None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *input_args]

@@ -16,11 +16,47 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from daemon_harness import BIN, REPO, DaemonHarness
+from daemon_harness import BIN, REPO, DaemonHarness, PipelineEnvironment
+
+from embedded_services.postgres import LocalPostgres, create_database
+from embedded_services.redis import LocalRedis
+from embedded_services.seaweedfs import SeaweedS3
+from resources.object_store import ObjectStore
+from resources.results_db import ResultsDatabase
+
+
+def production_environment(
+    root: Path, s3_server: SeaweedS3, postgres_server: LocalPostgres, redis_server: LocalRedis, lease_s: int
+) -> tuple[ObjectStore, ResultsDatabase, PipelineEnvironment]:
+    """A fresh bucket and migrated results database, and the environment the daemon and every
+    worker of a Celery test cluster share: production mode, Redis as broker (db 0) and result
+    backend (db 1), the message lease, Whisper batches of 4."""
+    object_store = ObjectStore(
+        endpoint_url=s3_server.endpoint_url,
+        bucket=f"test-{uuid.uuid4().hex[:16]}",
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+    )
+    object_store.ensure_bucket()
+    results_db = ResultsDatabase(dsn=create_database(postgres_server, f"test_{uuid.uuid4().hex[:16]}"))
+    results_db.migrate()
+    pipeline = PipelineEnvironment.serving(
+        object_store,
+        results_db.dsn,
+        root / "control" / "scratch",
+        root / "control" / "models",
+        AUDIO_PIPELINE_ENV="production",
+        DAGSTER_CELERY_BROKER_URL=redis_server.url(0),
+        DAGSTER_CELERY_BACKEND_URL=redis_server.url(1),
+        CELERY_TASK_LEASE_S=str(lease_s),
+        WHISPER_BATCH_SIZE="4",
+    )
+    return object_store, results_db, pipeline
 
 
 @dataclass

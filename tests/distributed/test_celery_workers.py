@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from archive_factory import build_tar, ffmpeg_exe, make_parquet, make_speech_mp3
-from celery_cluster import CeleryCluster
-from daemon_harness import BIN, DaemonHarness, PipelineEnvironment
+from celery_cluster import CeleryCluster, production_environment
+from daemon_harness import BIN, DaemonHarness
 from pipeline_support import rows
 
 from audio_assets.workers.settings import CPU_QUEUE, GPU_QUEUE
-from embedded_services.postgres import create_database
 from embedded_services.redis import start_redis, stop_redis
 from operations.run_submission import archive_job_submitter
 from resources.object_store import ObjectStore
@@ -87,26 +85,7 @@ class Cluster:
 def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("celery-cluster")
     redis_server = start_redis(root / "redis")
-    object_store = ObjectStore(
-        endpoint_url=s3_server.endpoint_url,
-        bucket=f"test-{uuid.uuid4().hex[:16]}",
-        access_key=s3_server.access_key,
-        secret_key=s3_server.secret_key,
-    )
-    object_store.ensure_bucket()
-    results_db = ResultsDatabase(dsn=create_database(postgres_server, f"test_{uuid.uuid4().hex[:16]}"))
-    results_db.migrate()
-    pipeline = PipelineEnvironment.serving(
-        object_store,
-        results_db.dsn,
-        root / "control" / "scratch",
-        root / "control" / "models",
-        AUDIO_PIPELINE_ENV="production",
-        DAGSTER_CELERY_BROKER_URL=redis_server.url(0),
-        DAGSTER_CELERY_BACKEND_URL=redis_server.url(1),
-        CELERY_TASK_LEASE_S=str(LEASE_S),
-        WHISPER_BATCH_SIZE="4",
-    )
+    object_store, results_db, pipeline = production_environment(root, s3_server, postgres_server, redis_server, LEASE_S)
     workers = None
     try:
         with DaemonHarness(root / "control", postgres_server, pipeline) as harness:

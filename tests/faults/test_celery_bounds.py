@@ -34,15 +34,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from archive_factory import build_tar, make_parquet, make_speech_mp3
-from celery_cluster import CeleryCluster, CeleryWorker
-from daemon_harness import DaemonHarness, PipelineEnvironment
+from celery_cluster import CeleryCluster, CeleryWorker, production_environment
+from daemon_harness import DaemonHarness
 from fault_report import record_outcome
 from pipeline_support import rows
 
 from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
 from audio_assets.workers.deliveries import KEY_PREFIX
 from audio_assets.workers.settings import CPU_QUEUE, GPU_QUEUE
-from embedded_services.postgres import create_database
 from embedded_services.redis import start_redis, stop_redis
 from operations.run_submission import archive_job_submitter
 from resources.object_store import ObjectStore
@@ -129,15 +128,7 @@ class Cluster:
 def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("celery-bounds")
     redis_server = start_redis(root / "redis")
-    object_store = ObjectStore(
-        endpoint_url=s3_server.endpoint_url,
-        bucket=f"test-{uuid.uuid4().hex[:16]}",
-        access_key=s3_server.access_key,
-        secret_key=s3_server.secret_key,
-    )
-    object_store.ensure_bucket()
-    results_db = ResultsDatabase(dsn=create_database(postgres_server, f"test_{uuid.uuid4().hex[:16]}"))
-    results_db.migrate()
+    object_store, results_db, pipeline = production_environment(root, s3_server, postgres_server, redis_server, LEASE_S)
     kills, wedges, wrapper = root / "kills.txt", root / "wedges.txt", root / "ffmpeg-wrapper"
     wrapper.write_text(
         FFMPEG_WRAPPER.format(
@@ -145,22 +136,6 @@ def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
         )
     )
     wrapper.chmod(0o755)
-    pipeline = PipelineEnvironment(
-        object_store.endpoint_url,
-        object_store.bucket,
-        object_store.access_key,
-        object_store.secret_key,
-        results_db.dsn,
-        root / "control" / "scratch",
-        root / "control" / "models",
-        extra=(
-            ("AUDIO_PIPELINE_ENV", "production"),
-            ("DAGSTER_CELERY_BROKER_URL", redis_server.url(0)),
-            ("DAGSTER_CELERY_BACKEND_URL", redis_server.url(1)),
-            ("CELERY_TASK_LEASE_S", str(LEASE_S)),
-            ("WHISPER_BATCH_SIZE", "4"),
-        ),
-    )
     workers = watchdog = None
     harness = DaemonHarness(root / "control", postgres_server, pipeline)
     instance_yaml = harness.home / "dagster.yaml"

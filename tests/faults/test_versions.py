@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, make_speech_mp3, make_tone_mp3
+from archive_factory import build_tar, version_clips
 from fault_report import record_outcome
 from pipeline_support import INGEST_ASSETS, pipeline_resources, rows
 
@@ -33,13 +33,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    parts = tmp_path_factory.mktemp("version-clips")
-    return {
-        "insult": make_speech_mp3(parts / "insult.mp3", "you are a stupid idiot and everyone hates you"),
-        "weather": make_speech_mp3(parts / "weather.mp3", "the weather is lovely today in the park"),
-        "tone": make_tone_mp3(parts / "tone.mp3", seconds=1.5),
-        "other_tone": make_tone_mp3(parts / "tone2.mp3", seconds=2.5, freq=660),
-    }
+    return version_clips(tmp_path_factory.mktemp("version-clips"))
 
 
 @pytest.fixture

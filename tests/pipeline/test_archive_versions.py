@@ -5,7 +5,7 @@ a run of an older version that can no longer write."""
 from __future__ import annotations
 
 import pytest
-from archive_factory import build_tar, make_speech_mp3, make_tone_mp3
+from archive_factory import build_tar, version_clips
 from pipeline_support import FULL_JOB, ArchiveRunner, pipeline_resources, rows
 from s3_fault_proxy import S3FaultProxy
 
@@ -30,13 +30,7 @@ def files(results_db, key) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    parts = tmp_path_factory.mktemp("clips")
-    return {
-        "insult": make_speech_mp3(parts / "insult.mp3", "you are a stupid idiot and everyone hates you"),
-        "weather": make_speech_mp3(parts / "weather.mp3", "the weather is lovely today in the park"),
-        "tone": make_tone_mp3(parts / "tone.mp3", seconds=1.5),
-        "other_tone": make_tone_mp3(parts / "tone2.mp3", seconds=2.5, freq=660),
-    }
+    return version_clips(tmp_path_factory.mktemp("clips"))
 
 
 def test_overwritten_archive_marks_missing_members_removed_and_deletes_their_objects(
