@@ -7,15 +7,17 @@ import time
 import dagster as dg
 from pydantic import Field
 
+from archive_identity import ArchiveVersion
 from audio_assets.archive_step import archive_asset, archive_step
-from audio_assets.file_batches import batches
+from audio_assets.file_batches import batches, raise_for_retryable, split_on_error
+from audio_assets.settings import FileAttemptsConfig
 from resources.archive_claim import ArchiveClaim
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ArchiveTable
-from resources.results_db import ClassificationRow, ResultsDatabase
+from resources.results_db import ClassificationRow, FileFailure, ResultsDatabase
 
 
-class ClassificationConfig(dg.Config):
+class ClassificationConfig(FileAttemptsConfig):
     # Large: CoPE-A's stable batch shapes fill each width's last batch with filler rows, a waste
     # that shrinks with the call (~18 % of tokens at 384 items, ~11 % at 1,024; bench/RESULTS.md).
     files_per_chunk: int = Field(default=1024, description="Files scored (on every policy) and committed together")
@@ -31,7 +33,7 @@ def classifications(
     results_db: ResultsDatabase,
     archive_claim: ArchiveClaim,
 ) -> dg.MaterializeResult:
-    """p("1") per policy for every transcript; flagged items reach RAs through ra_queue."""
+    """p("1") per policy for every transcript; flagged items reach the RAs' queue."""
     # The last step: its success also closes what is left of the run's failures.
     with archive_step(
         context, ["classification", "run"], archive_claim, results_db, archive=transcripts.archive, gpu=True
@@ -45,19 +47,41 @@ def classifications(
             if config.rescore
             else _todo(results_db, file_ids, transcripts.rows, model_name, versions, thresholds)
         )
-        started, scored = time.monotonic(), []
+        started, scored, failed = time.monotonic(), [], []
         for chunk in batches(file_ids, config.files_per_chunk):
             wanted = {category: [i for i in chunk if i in todo[category]] for category in policies}
-            rows = _score_chunk(
+            rows, errors = _score_chunk(
                 classifier, policies, versions, thresholds, wanted, results_db, transcripts.rows, model_name
             )
-            results_db.model_outputs.store_classifications(archive, rows, classified_ids=chunk)
+            failed += _commit(results_db, archive, chunk, rows, errors, context, config.max_file_attempts)
             scored += rows
+        raise_for_retryable(failed, len(file_ids))
         # Catch-up compares the archive's object with this: the run's version is processed.
         results_db.archives.record_processed(archive)
         return step.result(
-            _metadata(thresholds, model_name, versions, len(file_ids), scored, time.monotonic() - started)
+            _metadata(thresholds, model_name, versions, len(file_ids), scored, failed, time.monotonic() - started)
         )
+
+
+def _commit(
+    results_db: ResultsDatabase,
+    archive: ArchiveVersion,
+    chunk: list[int],
+    rows: list[ClassificationRow],
+    errors: list[FileFailure],
+    context,
+    max_attempts: int,
+) -> list[FileFailure]:
+    """The chunk's scores (files scored on every policy move on to classified) and the files the
+    scorer threw on; returns those failures as they stand after this try."""
+    failed_ids = {f.audio_file_id for f in errors}
+    results_db.model_outputs.store_classifications(
+        archive, rows, classified_ids=[i for i in chunk if i not in failed_ids]
+    )
+    failed = results_db.audio_files.record_failures(archive, errors, context.run.run_id, max_attempts)
+    for failure in failed:
+        context.log.warning(str(failure))
+    return failed
 
 
 def _todo(results_db, file_ids, table, model_name, versions, thresholds) -> dict[str, set[int]]:
@@ -92,6 +116,7 @@ def _metadata(
     versions: dict[str, str],
     transcripts: int,
     scored: list[ClassificationRow],
+    failed: list[FileFailure],
     elapsed: float,
 ) -> dict:
     flagged = {category: 0 for category in versions}
@@ -103,6 +128,7 @@ def _metadata(
         "policy_versions": dg.MetadataValue.json(versions),
         "transcripts": transcripts,
         "scored_now": len(scored),
+        "failed": len(failed),
         "already_scored": transcripts * len(versions) - len(scored),
         "truncated": sum(r.content_truncated for r in scored),
         "flagged_now_by_category": dg.MetadataValue.json(flagged),
@@ -112,18 +138,26 @@ def _metadata(
 
 def _score_chunk(
     classifier, policies, versions, thresholds, wanted, results_db, table, model_name
-) -> list[ClassificationRow]:
+) -> tuple[list[ClassificationRow], list[FileFailure]]:
+    """The chunk's scores, and the files the scorer threw on (a batch that throws is split until
+    the file that throws is alone; the others are scored): tried again, counted."""
     needed = sorted({i for ids in wanted.values() for i in ids})
     if not needed:
-        return []
+        return [], []
     texts = results_db.model_outputs.transcripts(needed, _transcript_model(table))
+    members = dict(zip(table["audio_file_id"].astype(int), table["member"]))
     scorer = classifier.load()
-    rows = []
+    rows, errors = [], {}
     for category, ids in wanted.items():
         if not ids:
             continue
-        scores = scorer.score(policies[category], [texts[i].text if i in texts else "" for i in ids])
+        contents = [texts[i].text if i in texts else "" for i in ids]
+        scores = split_on_error(contents, lambda batch, policy=policies[category]: scorer.score(policy, batch))
         for file_id, result in zip(ids, scores):
+            if isinstance(result, Exception):
+                reason = f"scoring {category}: {type(result).__name__}: {result}"
+                errors.setdefault(file_id, FileFailure(file_id, members[file_id], "classification", reason, "unclear"))
+                continue
             transcript = texts.get(file_id)
             rows.append(
                 ClassificationRow(
@@ -140,7 +174,7 @@ def _score_chunk(
                     transcript_md5=transcript.md5 if transcript else None,
                 )
             )
-    return rows
+    return rows, list(errors.values())
 
 
 def _transcript_model(table) -> str:

@@ -4,9 +4,11 @@ outcomes committed batch by batch.
 opus_files, transcripts and classifications all work the same way: split the partition's
 files into those already done for this archive version / model / policy version and those to
 do; do the rest in batches, committing each batch in one transaction, so a lost worker costs
-one batch and a retry skips what was committed; and fail the step at the end, after
-everything else is committed, if some files met a transient failure (an upload after its
-retries, scratch space), so the step's retry policy runs again for those files only.
+one batch and a retry skips what was committed. A batch whose tool throws is split until the
+file that throws is alone, so the others finish. Each file's failure is its own outcome
+(results_db/failures.py); the step fails at its end, after everything else is committed, only
+while some files are still to be tried again (a service's failure, or an unclear one tried
+fewer times than allowed), so the step's retry policy runs again for those files only.
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 K = TypeVar("K", bound=Hashable)
 
 
 class FilesToRetry(Exception):
-    """Some files met transient failures and were left as they were; everything else is
+    """Some files are still to be tried again and were left as they were; everything else is
     committed. Raised at the end of the step so its retry policy runs again, for those only."""
 
 
 class MayBeRetryable(Protocol):
-    retryable: bool
+    @property
+    def retryable(self) -> bool: ...
 
 
 def split_done(items: Iterable[T], is_done: Callable[[T], bool]) -> tuple[list[T], list[T]]:
@@ -50,12 +54,12 @@ def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
-def commit_in_batches(outcomes: Iterable[T], size: int, commit: Callable[[list[T]], None]) -> list[T]:
-    """Every outcome, after `commit` has stored each batch of `size` of them, in order."""
+def commit_in_batches(outcomes: Iterable[T], size: int, commit: Callable[[list[T]], Sequence[T]]) -> list[T]:
+    """Every outcome as `commit` stored it (its return value: a failure may come back settled),
+    committing each batch of `size` of them, in order."""
     committed: list[T] = []
     for batch in batches(outcomes, size):
-        commit(batch)
-        committed += batch
+        committed += commit(batch)
     return committed
 
 
@@ -80,13 +84,26 @@ class PreparedAhead(Generic[K]):
             del self._pending[prepared]
 
 
-def raise_for_retryable(
-    failures: Sequence[MayBeRetryable], todo: int, describe: Callable[[MayBeRetryable], str]
-) -> None:
-    """FilesToRetry if any of `failures` is transient; the message names the first."""
+def split_on_error(items: Sequence[T], work: Callable[[Sequence[T]], Sequence[R]]) -> list[R | Exception]:
+    """`work(items)`, one result per item; when a batch raises, its halves are tried on their
+    own, down to single items, so an item that always makes the tool throw gets the exception
+    and the others their results. One such item among n costs about 2 x n items of work; a
+    batch that fails for its size (out of memory) goes through as smaller batches."""
+    try:
+        return list(work(items))
+    except Exception as exc:
+        if len(items) <= 1:
+            return [exc] * len(items)
+        middle = len(items) // 2
+        return split_on_error(items[:middle], work) + split_on_error(items[middle:], work)
+
+
+def raise_for_retryable(failures: Sequence[MayBeRetryable], todo: int) -> None:
+    """FilesToRetry if any of `failures` (as they stand after their commit) is still to be
+    tried again; the message names the first."""
     retry = [f for f in failures if f.retryable]
     if retry:
         raise FilesToRetry(
-            f"{len(retry)} of {todo} files hit transient failures and were left as they were "
-            f"(e.g. {describe(retry[0])}); the rest are committed, a retry does them"
+            f"{len(retry)} of {todo} files are to be tried again and were left as they were "
+            f"(e.g. {retry[0]}); the rest are committed, a retry does them"
         )

@@ -84,11 +84,11 @@ def opus_files(
                 outcomes = commit_in_batches(
                     stream.run(jobs),
                     config.files_per_commit,
-                    lambda chunk: _commit(results_db, archive, chunk, context),
+                    lambda chunk: _commit(results_db, archive, chunk, context, config.max_file_attempts),
                 )
         results_db.object_deletions.drain(archive, object_store)
         failed = [o for o in outcomes if isinstance(o, FileFailure)]
-        raise_for_retryable(failed, len(todo), lambda f: f"{f.original_filename}: {f.error}")
+        raise_for_retryable(failed, len(todo))
         converted = [o for o in outcomes if isinstance(o, ConvertedFile)]
         return step.output(
             results_frame(already, converted, failed, {i: m for m, i in members.items()}),
@@ -155,26 +155,36 @@ def _extract(
     local: Path, todo: dict[str, int], out_dir: Path, config: OpusConversionConfig, intents: PreparedAhead[int]
 ) -> Iterator[_Job | FileFailure]:
     """The MP3s still to convert, copied out of the tar one at a time as the stream asks, each
-    with its upload intent committed first."""
+    with its upload intent committed first. A member this step's caps refuse (lower than
+    raw_archive's were) fails with the reason; a duplicate of a member's name is not that member."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    refused: dict[str, str] = {}
+    started: set[str] = set()
     for entry in iter_archive(local, config.limits):
         file_id = todo.get(entry.name)
-        if file_id is None or entry.rejection is not None or entry.kind != "mp3":
+        if file_id is None or entry.kind != "mp3" or entry.name in started:
             continue
+        if entry.rejection is not None:
+            refused.setdefault(entry.name, entry.rejection)
+            continue
+        started.add(entry.name)
         try:
             intents.ensure(file_id)
-        except Exception as exc:  # after the database's own retries: transient, the file stays as it was
-            yield FileFailure(file_id, entry.name, "upload", f"queue the upload intent: {exc}", retryable=True)
+        except Exception as exc:  # the database, after its own retries: the file stays as it was
+            yield FileFailure(file_id, entry.name, "upload", f"queue the upload intent: {exc}", "service")
             continue
         target = out_dir / f"{file_id}.mp3"
         try:
             ScratchSpace.ensure_free(out_dir, entry.size + 2 * 1024 * 1024, f"extracting {entry.name}")
             entry.copy_to(target)
-        except OSError as exc:  # ScratchFull, ENOSPC: transient, the file stays as it was
+        except OSError as exc:  # ScratchFull, ENOSPC: the host's, the file stays as it was
             target.unlink(missing_ok=True)
-            yield FileFailure(file_id, entry.name, "conversion", f"scratch space: {exc}", retryable=True)
+            yield FileFailure(file_id, entry.name, "conversion", f"scratch space: {exc}", "service")
             continue
         yield _Job(file_id, entry.name, target)
+    for name, file_id in todo.items():
+        if name not in started:
+            yield FileFailure(file_id, name, "conversion", refused.get(name, "member not found in the archive"))
 
 
 def _conversion_stream(config, out_dir: Path, archive: ArchiveVersion, object_store: ObjectStore):
@@ -195,8 +205,11 @@ def _conversion_stream(config, out_dir: Path, archive: ArchiveVersion, object_st
                 timeout_s=config.ffmpeg_timeout_s,
                 max_seconds=config.max_audio_minutes * 60,
             )
-        except ConversionError as exc:  # transient (killed, timed out, no space): the row stays as it was
-            return FileFailure(job.audio_file_id, job.member, "conversion", str(exc), retryable=exc.transient)
+        except ConversionError as exc:  # the file's, or unclear (a crash, a timeout): tried again, counted
+            cause = "unclear" if exc.transient else "input"
+            return FileFailure(job.audio_file_id, job.member, "conversion", str(exc), cause)
+        except OSError as exc:  # ffmpeg cannot start or write (scratch): the host's, nothing counted
+            return FileFailure(job.audio_file_id, job.member, "conversion", str(exc), "service")
         finally:
             job.source.unlink(missing_ok=True)  # scratch holds only files still in flight
         return _Encoded(job.audio_file_id, job.member, target, result.opus_duration_s)
@@ -205,9 +218,9 @@ def _conversion_stream(config, out_dir: Path, archive: ArchiveVersion, object_st
         key = opus_key(archive, encoded.audio_file_id)
         try:  # its intent is queued (_upload_intents): deleted unless a row commits it
             stored = object_store.upload_file(encoded.target, key, content_type="audio/ogg")
-        except Exception as exc:  # after the store's own retries: transient, the row stays as it was
+        except Exception as exc:  # the store, after its own retries: the row stays as it was
             return FileFailure(
-                encoded.audio_file_id, encoded.member, "upload", f"upload to {key} failed: {exc}", retryable=True
+                encoded.audio_file_id, encoded.member, "upload", f"upload to {key} failed: {exc}", "service"
             )
         finally:
             encoded.target.unlink(missing_ok=True)
@@ -229,11 +242,17 @@ def _conversion_stream(config, out_dir: Path, archive: ArchiveVersion, object_st
     )
 
 
-def _commit(results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, context) -> None:
+def _commit(
+    results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, context, max_attempts: int
+) -> list[ConvertedFile | FileFailure]:
     converted = [o for o in chunk if isinstance(o, ConvertedFile)]
-    failed = [o for o in chunk if isinstance(o, FileFailure)]
-    results_db.audio_files.record_conversions(archive, converted, failed, context.run.run_id)
+    failed = results_db.audio_files.record_conversions(
+        archive, converted, [o for o in chunk if isinstance(o, FileFailure)], context.run.run_id, max_attempts
+    )
     context.log.info(f"committed {len(converted)} converted and {len(failed)} failed file(s)")
+    for failure in failed:
+        context.log.warning(str(failure))
+    return [*converted, *failed]
 
 
 def results_frame(

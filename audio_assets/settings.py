@@ -32,6 +32,17 @@ def env_default(name: str, default: float) -> float:
 DEFAULT_MAX_AUDIO_MINUTES = 20
 
 
+class FileAttemptsConfig(dg.Config):
+    """What the per-file steps (opus_files, transcripts, classifications) share."""
+
+    max_file_attempts: int = Field(
+        default_factory=lambda: int(env_default("FILE_MAX_ATTEMPTS", 3)),
+        description="A file whose tool crashes, times out or throws is tried this many times, counted "
+        "across step retries and runs (default $FILE_MAX_ATTEMPTS or 3), then recorded failed with its "
+        "last reason while the others go on; `audio-pipeline requeue` tries it again",
+    )
+
+
 class ArchiveScanConfig(dg.Config):
     """Caps on untrusted archives. A member over a member cap is rejected on its own; an
     archive over an archive cap is refused as a whole (recorded, not retried)."""
@@ -73,7 +84,7 @@ class MetadataConfig(ArchiveScanConfig):
         return MetadataLimits(max_rows=self.max_metadata_rows, max_inflated_bytes=self.max_metadata_inflated_mb * MIB)
 
 
-class OpusConversionConfig(ArchiveScanConfig):
+class OpusConversionConfig(ArchiveScanConfig, FileAttemptsConfig):
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         description="Parallel ffmpeg conversions (one core each)",
@@ -93,7 +104,7 @@ class OpusConversionConfig(ArchiveScanConfig):
     ffmpeg_timeout_s: float = Field(
         default_factory=lambda: env_default("FFMPEG_TIMEOUT_S", 300.0),
         description="Wall time of one file's ffmpeg (default $FFMPEG_TIMEOUT_S or 300); "
-        "past it the file is retried, its row left as it was",
+        "past it the file is tried again, up to max_file_attempts",
     )
     reconvert: bool = Field(
         default=False,

@@ -12,9 +12,9 @@ from pydantic import Field
 from archive_identity import ArchiveVersion
 from audio_assets.archive_step import archive_asset, archive_step
 from audio_assets.audio.opus_convert import over_the_cap
-from audio_assets.file_batches import batches, raise_for_retryable, split_done
+from audio_assets.file_batches import batches, raise_for_retryable, split_done, split_on_error
 from audio_assets.ml.transcriber import Transcript, TranscriptionError
-from audio_assets.settings import DEFAULT_MAX_AUDIO_MINUTES, env_default
+from audio_assets.settings import DEFAULT_MAX_AUDIO_MINUTES, FileAttemptsConfig, env_default
 from resources.archive_claim import ArchiveClaim
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -25,7 +25,7 @@ from resources.transcriber import WhisperTranscriber
 RESULT_COLUMNS = ["audio_file_id", "member", "status", "model", "error"]
 
 
-class TranscriptionConfig(dg.Config):
+class TranscriptionConfig(FileAttemptsConfig):
     files_per_chunk: int = Field(
         default=64,
         description="Files downloaded, transcribed and committed together: bounds scratch space and "
@@ -78,12 +78,11 @@ def transcripts(
             with scratch.step_dir(context.run.run_id, "transcripts") as workdir:
                 for chunk in batches(todo, config.files_per_chunk):
                     outcomes = _transcribe_chunk(chunk, model, object_store, workdir, config.max_audio_minutes * 60)
-                    _commit(results_db, archive, outcomes, model_name, context.run.run_id)
-                    done += outcomes
+                    done += _commit(results_db, archive, outcomes, model_name, context, config.max_file_attempts)
                     context.log.info(f"transcribed {len(done)}/{len(todo)} files ({len(already)} done before)")
         ok = [(row, t) for row, t in done if isinstance(t, Transcript)]
         failed = [t for _, t in done if isinstance(t, FileFailure)]
-        raise_for_retryable(failed, len(todo), lambda f: f.error)
+        raise_for_retryable(failed, len(todo))
         return step.output(
             _results_frame(converted, already, ok, failed, model_name),
             _metadata(model_name, ok, already, failed, time.monotonic() - started, load_s),
@@ -115,13 +114,13 @@ def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdi
             return FileFailure(int(row["audio_file_id"]), row["member"], "transcription", reason)
         try:
             stored = object_store.download_file(row["opus_key"], path)
-        except Exception as exc:  # after the store's retries: transient, the row stays as it was
+        except Exception as exc:  # the store, after its own retries: the row stays as it was
             return FileFailure(
                 int(row["audio_file_id"]),
                 row["member"],
                 "transcription",
                 f"cannot read {row['opus_key']}: {exc}",
-                retryable=True,
+                "service",
             )
         expected = row.get("opus_etag")
         if expected and stored.etag != expected:
@@ -132,7 +131,9 @@ def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdi
     with ThreadPoolExecutor(max_workers=8) as pool:
         fetched = list(pool.map(fetch, rows))
     paths = [p for p in fetched if isinstance(p, Path)]
-    results = iter(_transcribe_or_error(model, paths))
+    # A batch that throws (a CUDA error, out of memory, a file the model chokes on) is split
+    # until the file that throws is alone; the others finish.
+    results = iter(split_on_error(paths, model.transcribe_files))
     outcomes = []
     for row, item in zip(rows, fetched):
         if isinstance(item, FileFailure):
@@ -140,26 +141,18 @@ def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdi
             continue
         result = next(results)
         item.unlink(missing_ok=True)
-        if isinstance(result, Exception):  # definite only when the file's bytes do not decode
-            retryable = not isinstance(result, TranscriptionError) or result.transient
-            result = FileFailure(int(row["audio_file_id"]), row["member"], "transcription", str(result), retryable)
+        if isinstance(result, Exception):  # the file's only when its bytes do not decode
+            cause = "input" if isinstance(result, TranscriptionError) and not result.transient else "unclear"
+            reason = str(result) if isinstance(result, TranscriptionError) else f"{type(result).__name__}: {result}"
+            result = FileFailure(int(row["audio_file_id"]), row["member"], "transcription", reason, cause)
         outcomes.append((row, result))
     return outcomes
 
 
-def _transcribe_or_error(model, paths: list[Path]) -> list:
-    """The model's results for `paths`; when the batch itself fails (CUDA out of memory, a
-    CUDA error, anything that is not one file's fault) each file gets that transient error."""
-    if not paths:
-        return []
-    try:
-        return model.transcribe_files(paths)
-    except Exception as exc:
-        error = TranscriptionError(f"transcription interrupted: {type(exc).__name__}: {exc}", transient=True)
-        return [error] * len(paths)
-
-
-def _commit(results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, model_name: str, run_id: str) -> None:
+def _commit(
+    results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, model_name: str, context, max_attempts: int
+) -> list:
+    """The chunk's transcripts and failures, committed; returns the outcomes as stored."""
     results_db.model_outputs.store_transcripts(
         archive,
         [
@@ -168,7 +161,13 @@ def _commit(results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, m
             if isinstance(t, Transcript)
         ],
     )
-    results_db.audio_files.record_failures(archive, [t for _, t in chunk if isinstance(t, FileFailure)], run_id)
+    settled = results_db.audio_files.record_failures(
+        archive, [t for _, t in chunk if isinstance(t, FileFailure)], context.run.run_id, max_attempts
+    )
+    for failure in settled:
+        context.log.warning(str(failure))
+    stored = iter(settled)
+    return [(row, next(stored) if isinstance(t, FileFailure) else t) for row, t in chunk]
 
 
 def _results_frame(

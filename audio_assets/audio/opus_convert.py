@@ -59,10 +59,11 @@ class ConversionError(Exception):
     """The file cannot become a trustworthy Opus file. str() is a short reason for a person
     reading the `error` column, e.g. "empty file (0 bytes)".
 
-    `transient`: the failure says nothing about the file's bytes (ffmpeg killed by a signal,
-    e.g. an OOM kill or a node drain; out of time; out of scratch space; ffmpeg could not
-    start), so the file is retried and its row left as it was. False: a property of the input
-    (not decodable, damaged, over the duration cap)."""
+    `transient`: nothing proves the file's bytes at fault (ffmpeg crashed or was killed by a
+    signal, ran out of time, stopped without a message): maybe the host, maybe the file, so it
+    is tried again a bounded number of times. False: a property of the input (not decodable,
+    damaged, over the duration cap). A problem of the host itself (ffmpeg cannot start, scratch
+    is full) is an OSError, never this."""
 
     def __init__(self, reason: str, *, transient: bool = False):
         super().__init__(reason)
@@ -198,17 +199,18 @@ def _run_ffmpeg(source: Path, target: Path, job: _Job) -> str:
         run = subprocess.run(command, capture_output=True, timeout=job.timeout_s, check=False)
     except subprocess.TimeoutExpired:
         raise ConversionError(f"ffmpeg did not finish within {job.timeout_s:g} s", transient=True) from None
-    except OSError as exc:  # cannot fork or exec (out of memory, too many processes): the host's state
-        raise ConversionError(f"cannot start ffmpeg: {exc}", transient=True) from None
+    # OSError from subprocess (cannot fork or exec: out of memory, too many processes) is the
+    # host's state and goes up as it is.
     stderr = run.stderr.decode("utf-8", "replace")
-    if run.returncode < 0:  # killed by a signal: an OOM kill or a node drain, nothing the file did
+    if run.returncode < 0:  # a crash (SIGSEGV on a malformed frame) or a kill (OOM, node drain)
         raise ConversionError(f"ffmpeg was killed by signal {-run.returncode}", transient=True)
     if run.returncode != 0:
         reason = last_meaningful_line(stderr)
+        if any(problem in stderr for problem in _HOST_PROBLEMS):
+            raise OSError(f"ffmpeg could not write its output: {reason}")
         # No reason at all is what ffmpeg leaves when it stops itself on SIGTERM (exit 255):
         # nothing says the file is at fault, so it is tried again.
-        transient = reason == _NO_MESSAGE or any(problem in stderr for problem in _HOST_PROBLEMS)
-        raise ConversionError(f"ffmpeg failed: {reason}", transient=transient)
+        raise ConversionError(f"ffmpeg failed: {reason}", transient=reason == _NO_MESSAGE)
     return stderr
 
 

@@ -3,8 +3,9 @@
 Every write is fenced by the run's ArchiveVersion (see database.py). Statuses only move
 forward (pending -> converted -> transcribed -> classified) unless the member's input changed:
 its bytes (SHA-256) differ from the version the row was made from, it came back after being
-removed, or it is now rejected. Only a definite, input-caused failure turns a row `failed`;
-a transient one (upload, disk, database) leaves the row as it was and is recorded retryable.
+removed, or it is now rejected. A file's failure turns its row `failed` (never a row already
+past the failing stage); a failure that may be transient leaves the row as it was, recorded
+retryable, until its file has been tried as often as it may be (failures.py).
 """
 
 from __future__ import annotations
@@ -180,34 +181,27 @@ class AudioFiles:
         converted: Sequence[ConvertedFile],
         failed: Sequence[FileFailure],
         run_id: str,
-    ) -> None:
+        max_attempts: int | None = None,
+    ) -> list[FileFailure]:
         """One chunk of opus_files' work, committed together: converted files (the object a
-        row pointed to before is queued for deletion only now, after the new one is stored),
-        definite failures (row -> failed, unless it was already converted) and transient ones
-        (row untouched, failure retryable)."""
-        definite = [f for f in failed if not f.retryable and f.audio_file_id is not None]
-        touched = [c.audio_file_id for c in converted] + [f.audio_file_id for f in definite]
+        row pointed to before is queued for deletion only now, after the new one is stored) and
+        failures (see `record_failures`). Returns the failures as they stand after this try."""
+        new_keys = {c.audio_file_id: c.opus_key for c in converted}
 
-        def record(cur) -> None:
-            cur.execute(Q.lock_rows_by_id, {"ids": touched, "etag": archive.etag})
-            locked = cur.fetchall()
-            previous = {row["id"]: row["opus_path"] for row in locked}
-            finished = {row["id"] for row in locked if row["status"] in FINISHED_CONVERSION}
-            new_keys = {c.audio_file_id: c.opus_key for c in converted}
-            # A file converted before keeps its status and object when converting it again
-            # fails (reconvert): the failure is recorded, the good result is not undone.
-            failing = [f for f in definite if f.audio_file_id in previous.keys() - finished]
+        def record(cur) -> list[FileFailure]:
+            locked, settled = _lock_and_record(cur, archive, [*new_keys], failed, run_id, max_attempts)
+            failing = _failing(locked, settled)
             enqueue_in(
                 cur,
                 archive.key,
-                [old for file_id, old in previous.items() if old and new_keys.get(file_id, old) != old]
-                + [previous[f.audio_file_id] for f in failing if f.stage in STAGES_BEFORE_UPLOAD],
+                [row["opus_path"] for i, row in locked.items() if new_keys.get(i, row["opus_path"]) != row["opus_path"]]
+                + [locked[f.audio_file_id]["opus_path"] for f in failing if f.stage in STAGES_BEFORE_UPLOAD],
                 "replaced by a newer conversion, or the file failed",
             )
             rows = [
                 (c.audio_file_id, c.opus_key, c.s3_uri, c.opus_etag, c.duration_seconds, c.file_size_bytes)
                 for c in converted
-                if c.audio_file_id in previous
+                if c.audio_file_id in locked
             ]
             if rows:
                 psycopg2.extras.execute_values(
@@ -218,22 +212,29 @@ class AudioFiles:
                 )
                 dead_letter.resolve_files_in(cur, [r[0] for r in rows], STAGES_BEFORE_UPLOAD)
             _mark_failed(cur, archive, failing)
-            dead_letter.record_in(cur, archive, failed, run_id)
+            return settled
 
-        if converted or failed:
-            self.db.transaction(record, fence=archive, what=f"record conversions of {archive}")
+        if not (converted or failed):
+            return []
+        return self.db.transaction(record, fence=archive, what=f"record conversions of {archive}")
 
-    def record_failures(self, archive: ArchiveVersion, failed: Sequence[FileFailure], run_id: str) -> None:
-        """Per-file failures of a later stage: definite ones turn the row failed (the Opus
-        object stays), transient ones only reach the dead letter."""
-        definite = [f for f in failed if not f.retryable and f.audio_file_id is not None]
+    def record_failures(
+        self, archive: ArchiveVersion, failed: Sequence[FileFailure], run_id: str, max_attempts: int | None = None
+    ) -> list[FileFailure]:
+        """Per-file failures of a step, in one fenced transaction. A file's failure (its input,
+        or an unclear one tried `max_attempts` times) turns its row failed, unless the row is
+        already past the stage: a finished row never goes backwards (the reason stays in the
+        dead letter). Service failures (storage, database) leave the row as it was. Returns the
+        failures as they stand after this try (retryable: still to try)."""
 
-        def record(cur) -> None:
-            _mark_failed(cur, archive, definite)
-            dead_letter.record_in(cur, archive, failed, run_id)
+        def record(cur) -> list[FileFailure]:
+            locked, settled = _lock_and_record(cur, archive, [], failed, run_id, max_attempts)
+            _mark_failed(cur, archive, _failing(locked, settled))
+            return settled
 
-        if failed:
-            self.db.transaction(record, fence=archive, what=f"record failures of {archive}")
+        if not failed:
+            return []
+        return self.db.transaction(record, fence=archive, what=f"record failures of {archive}")
 
     def store_metadata(self, archive: ArchiveVersion, assignments: Sequence[MetadataAssignment]) -> int:
         """Attach parquet rows to their files (and NULL to files without one); returns the
@@ -293,6 +294,46 @@ def _apply_changes(
         [existing[c.name].opus_path for c in changes if c.clear_opus and c.name in existing],
         f"member removed, changed or rejected in version {archive.etag}",
     )
+
+
+# A file's status as it moves forward, and the status each stage's success gives it.
+_PROGRESS = ("pending", "converted", "transcribed", "classified")
+_DONE_AT = {
+    "conversion": "converted",
+    "upload": "converted",
+    "transcription": "transcribed",
+    "classification": "classified",
+}
+
+
+def _lock_and_record(
+    cur,
+    archive: ArchiveVersion,
+    ids: Sequence[int],
+    failed: Sequence[FileFailure],
+    run_id: str,
+    max_attempts: int | None,
+) -> tuple[dict[int, dict[str, Any]], list[FileFailure]]:
+    """The rows of `ids` and of the failed files, locked (this version's only), and the
+    failures recorded in the dead letter as they stand after this try."""
+    wanted = [*ids, *(f.audio_file_id for f in failed if f.audio_file_id is not None)]
+    cur.execute(Q.lock_rows_by_id, {"ids": wanted, "etag": archive.etag})
+    locked = {row["id"]: row for row in cur.fetchall()}
+    return locked, dead_letter.record_in(cur, archive, failed, run_id, max_attempts)
+
+
+def _failing(locked: Mapping[int, Mapping[str, Any]], settled: Sequence[FileFailure]) -> list[FileFailure]:
+    """The files whose failure is now their outcome and whose row has not passed its stage."""
+
+    def behind(status: str, stage: str) -> bool:
+        done = _DONE_AT.get(stage)
+        return status == "failed" or (done is not None and status in _PROGRESS[: _PROGRESS.index(done)])
+
+    return [
+        f
+        for f in settled
+        if not f.retryable and f.audio_file_id in locked and behind(locked[f.audio_file_id]["status"], f.stage)
+    ]
 
 
 def _mark_failed(cur, archive: ArchiveVersion, failures: Sequence[FileFailure]) -> None:

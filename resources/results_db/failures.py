@@ -4,8 +4,8 @@ later attempt may succeed. One open row per (archive, member, stage); a success 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import psycopg2.extras
 
@@ -26,20 +26,44 @@ STAGE_OF_STEP = {
 }
 
 
+# Why a file failed decides what becomes of it:
+# - "input": its bytes (not decodable, damaged, over a cap): the file fails now.
+# - "unclear": a crash, a signal, a timeout, an exception of the tool. Maybe the host, maybe the
+#   file: it is tried again, and its tries are counted (processing_failures.attempts, across
+#   step retries and runs); after `max_attempts` it fails with its last reason, so one file that
+#   always crashes its tool never holds back the others.
+# - "service": the object store, the database or scratch space, after their own retries:
+#   nothing about the file, so nothing is counted; the step fails at its end (an archive-wide
+#   cause) and its retry does the file.
+Cause = Literal["input", "unclear", "service"]
+
+
 @dataclass(frozen=True)
 class FileFailure:
     audio_file_id: int | None  # None for a member without an audio_files row (a parquet, a duplicate)
     original_filename: str
     stage: str
     error: str
-    retryable: bool = False  # transient (upload, disk full, database): the row was left as it was
+    cause: Cause = "input"
+
+    @property
+    def retryable(self) -> bool:
+        """The row was left as it was: a later try may succeed."""
+        return self.cause != "input"
+
+    def __str__(self) -> str:
+        return f"{self.original_filename}: {self.error}" + ("; to be tried again" if self.retryable else "")
 
 
-def record_in(cur, archive: ArchiveVersion, failures: Sequence[FileFailure], run_id: str | None) -> None:
-    """Within the caller's transaction: one open row per failed member and stage."""
+def record_in(
+    cur, archive: ArchiveVersion, failures: Sequence[FileFailure], run_id: str | None, max_attempts: int | None = None
+) -> list[FileFailure]:
+    """Within the caller's transaction: one open row per failed member and stage. Returns the
+    failures as they stand after this try: an "unclear" one whose file has now failed
+    `max_attempts` times comes back as the file's outcome ("input"), its reason noting the count."""
     if not failures:
-        return
-    psycopg2.extras.execute_values(
+        return []
+    recorded = psycopg2.extras.execute_values(
         cur,
         Q.record_failures,
         [
@@ -52,10 +76,23 @@ def record_in(cur, archive: ArchiveVersion, failures: Sequence[FileFailure], run
                 f.error,
                 run_id,
                 f.retryable,
+                int(f.cause != "service"),
             )
             for f in failures
         ],
+        fetch=True,
     )
+    attempts = {(row["original_filename"], row["stage"]): row["attempts"] for row in recorded}
+    settled = [
+        replace(f, cause="input", error=f"{f.error} (after {attempts[f.original_filename, f.stage]} attempts)")
+        if f.cause == "unclear" and max_attempts and attempts[f.original_filename, f.stage] >= max_attempts
+        else f
+        for f in failures
+    ]
+    given_up = [(archive.key, s.original_filename, s.stage, s.error) for f, s in zip(failures, settled) if f != s]
+    if given_up:
+        psycopg2.extras.execute_values(cur, Q.give_up_on_files, given_up)
+    return settled
 
 
 def resolve_files_in(cur, file_ids: Sequence[int], stages: Sequence[str]) -> None:
@@ -66,11 +103,6 @@ def resolve_files_in(cur, file_ids: Sequence[int], stages: Sequence[str]) -> Non
 class DeadLetter:
     def __init__(self, db: Database):
         self.db = db
-
-    def record(self, archive: ArchiveVersion, failures: Sequence[FileFailure], run_id: str | None) -> None:
-        """File failures that leave the rows as they are (transient, or members without a row).
-        Not fenced: a failure of an old version's run is still worth knowing about."""
-        self.db.transaction(lambda cur: record_in(cur, archive, failures, run_id), what="record failures")
 
     def replace_member_failures(
         self, archive: ArchiveVersion, stage: str, failures: Sequence[FileFailure], run_id: str | None

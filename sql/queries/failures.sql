@@ -2,9 +2,11 @@
 -- is the archive as a whole. A repeat failure updates the open row; a later success closes it.
 
 -- name: record_failures
--- Rows: (archive_source, partition_key, original_filename, audio_file_id, stage, error, run_id, retryable)
+-- Rows: (archive_source, partition_key, original_filename, audio_file_id, stage, error, run_id,
+-- retryable, attempts). attempts is 1 for a try that may have been the file's fault and 0 for a
+-- service's failure (storage, database, scratch), which is never held against the file.
 INSERT INTO processing_failures AS f
-    (archive_source, partition_key, original_filename, audio_file_id, stage, error, run_id, retryable)
+    (archive_source, partition_key, original_filename, audio_file_id, stage, error, run_id, retryable, attempts)
 VALUES %s
 ON CONFLICT (archive_source, original_filename, stage) WHERE resolved_at IS NULL
 DO UPDATE SET
@@ -12,8 +14,20 @@ DO UPDATE SET
     run_id = EXCLUDED.run_id,
     audio_file_id = coalesce(EXCLUDED.audio_file_id, f.audio_file_id),
     retryable = EXCLUDED.retryable,
-    attempts = f.attempts + CASE WHEN f.run_id IS DISTINCT FROM EXCLUDED.run_id THEN 1 ELSE 0 END,
+    attempts = f.attempts + EXCLUDED.attempts,
     failed_at = now()
+RETURNING original_filename, stage, attempts
+
+-- name: give_up_on_files
+-- Rows: (archive_source, original_filename, stage, error): files tried as often as they may be;
+-- their failure is now their outcome.
+UPDATE processing_failures AS f
+SET retryable = false, error = v.error
+FROM (VALUES %s) AS v (archive_source, original_filename, stage, error)
+WHERE f.resolved_at IS NULL
+  AND f.archive_source = v.archive_source
+  AND f.original_filename = v.original_filename
+  AND f.stage = v.stage
 
 -- name: record_run_failure
 -- From the dead-letter sensor. When the step already recorded its own (more specific) reason

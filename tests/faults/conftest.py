@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from pipeline_support import ArchiveRunner, pipeline_resources
 from s3_fault_proxy import S3FaultProxy
+
+from audio_assets.definitions import build_definitions
+from resources.classifier import PolicyClassifier
+from resources.transcriber import WhisperTranscriber
 
 
 @pytest.fixture
@@ -28,6 +33,15 @@ def fault_proxy(s3_server) -> Iterator[Callable[..., S3FaultProxy]]:
 def models_dir(tmp_path_factory):
     """Where the bundled Whisper base model is assembled once for every drill."""
     return tmp_path_factory.mktemp("fault-models")
+
+
+@pytest.fixture
+def runner(object_store, results_db, instance, tmp_path, models_dir) -> ArchiveRunner:
+    transcriber = WhisperTranscriber(model="base-bundled", models_root=str(models_dir), language="en")
+    resources = pipeline_resources(
+        object_store, results_db, tmp_path / "scratch", transcriber, PolicyClassifier(backend="profanity")
+    )
+    return ArchiveRunner(build_definitions(resources), instance, object_store, results_db)
 
 
 def pytest_sessionstart(session) -> None:

@@ -1,4 +1,5 @@
-"""Outcomes of the fault drills, printed as a table at the end of the test session.
+"""Outcomes of the fault drills, printed as a table at the end of the test session, and the audit
+every drill reports them with (files lost, duplicate rows, orphan objects, disagreeing rows).
 
 Each drill calls record_outcome(fault, outcome) once it has passed; the rows are appended to
 a JSON-lines file (FAULT_REPORT, default: the session's temporary directory) and
@@ -12,6 +13,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+from pipeline_support import rows
 
 REPORT = Path(os.environ.get("FAULT_REPORT") or Path(tempfile.gettempdir()) / "audio-pipeline-fault-report.jsonl")
 
@@ -31,3 +34,37 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| fault | outcome |", "|---|---|"]
     lines += [f"| {r['fault']} | {r['outcome']} |" for r in rows]
     return "\n".join(lines)
+
+
+# --- the audit every drill reports: files lost, duplicate rows, orphan objects, disagreeing rows
+
+
+def files(results_db, key: str) -> dict[str, dict]:
+    found = rows(
+        results_db,
+        "SELECT original_filename, status, error, failed_stage, opus_path, opus_etag, duration_seconds, "
+        "parquet_metadata FROM audio_files WHERE archive_source = %s",
+        (key,),
+    )
+    return {r["original_filename"]: r for r in found}
+
+
+def failures(results_db, key: str, *, open_only: bool = True) -> dict[tuple[str, str], dict]:
+    found = rows(
+        results_db,
+        "SELECT original_filename, stage, error, retryable, resolved_at FROM processing_failures "
+        "WHERE archive_source = %s AND (resolved_at IS NULL OR NOT %s)",
+        (key, open_only),
+    )
+    return {(r["original_filename"], r["stage"]): r for r in found}
+
+
+def assert_objects_agree(results_db, object_store, key: str) -> int:
+    """Every row's object exists with the row's ETag, and processed/ holds nothing else."""
+    pointed = {r["opus_path"]: r["opus_etag"] for r in files(results_db, key).values() if r["opus_path"]}
+    stored = {o.key for o in object_store.iter_objects("processed/")}
+    assert stored == set(pointed), f"orphans: {stored - set(pointed)}, missing: {set(pointed) - stored}"
+    for path, etag in pointed.items():
+        assert object_store.head(path).etag == etag
+    assert rows(results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"] == 0
+    return len(stored)

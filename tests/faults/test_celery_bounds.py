@@ -1,5 +1,7 @@
 """Bounded retries in Celery mode: a poison input, a parquet bomb on a memory-limited worker and
-a wedged step each end their run with a recorded reason, and the archive's next version runs.
+a wedged step each end their run with a recorded reason, and the archive's next version runs;
+files whose tools fail every time (ffmpeg crashing, Whisper or the scorer throwing) end as their
+own outcome while the rest of their archive is classified in the same run.
 
 One cluster for the module, as production runs it (tests/distributed/ has the same shape):
 Redis (broker and result backend), PostgreSQL, SeaweedFS, `dagster-daemon` with the
@@ -8,7 +10,9 @@ on the `cpu` queue and one "GPU" worker (a CPU process running the real Whisper 
 the `gpu` queue. The CPU worker's ffmpeg is a wrapper (FFMPEG_BINARY) that runs the real one,
 except on an input carrying a marker in its bytes: then it SIGKILLs the process that started
 it (the pool process running `opus_files`, as a poison input that gets it OOM-killed would), or
-sleeps forever (a wedged conversion).
+sleeps forever (a wedged conversion); it runs tests/tool_faults.py's crashing ffmpeg, which dies
+of SIGSEGV on its own marker. The GPU worker runs the real Whisper and scorer wrapped to throw on
+marked inputs (tests/tool_fault_hook).
 
 The CPU worker's memory is limited by a watchdog in the test: a pool process whose resident
 size passes MEMORY_LIMIT_MIB is SIGKILLed, as the kernel's OOM killer does in a unit with
@@ -32,6 +36,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tool_faults
 import yaml
 from archive_factory import build_tar, make_parquet, make_speech_mp3
 from celery_cluster import CeleryCluster, CeleryWorker, production_environment
@@ -46,6 +51,7 @@ from embedded_services.redis import start_redis, stop_redis
 from operations.run_submission import archive_job_submitter
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
+from sensors.schedules import versions_to_catch_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.distributed]
 
@@ -121,6 +127,7 @@ class Cluster:
     redis_url: str
     kills: Path
     wedges: Path
+    crashes: Path
     watchdog: MemoryWatchdog
 
 
@@ -130,9 +137,10 @@ def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
     redis_server = start_redis(root / "redis")
     object_store, results_db, pipeline = production_environment(root, s3_server, postgres_server, redis_server, LEASE_S)
     kills, wedges, wrapper = root / "kills.txt", root / "wedges.txt", root / "ffmpeg-wrapper"
+    crashing, crashes = tool_faults.crashing_ffmpeg(root, resolve_ffmpeg())
     wrapper.write_text(
         FFMPEG_WRAPPER.format(
-            kill=KILL_MARKER.decode(), wedge=WEDGE_MARKER.decode(), kills=kills, wedges=wedges, real=resolve_ffmpeg()
+            kill=KILL_MARKER.decode(), wedge=WEDGE_MARKER.decode(), kills=kills, wedges=wedges, real=crashing
         )
     )
     wrapper.chmod(0o755)
@@ -157,13 +165,22 @@ def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
                     "CELERY_CPU_TIME_LIMIT_S": str(CPU_HARD_LIMIT_S),
                 },
             )
-            workers.start_worker("gpu-a", GPU_QUEUE)
+            workers.start_worker("gpu-a", GPU_QUEUE, env=tool_faults.hook_environment())
             workers.wait_until_ready()
             watchdog = MemoryWatchdog(cpu, MEMORY_LIMIT_MIB).start()
             harness.start_daemon()
             try:
                 yield Cluster(
-                    harness, workers, cpu, object_store, results_db, redis_server.url(0), kills, wedges, watchdog
+                    harness,
+                    workers,
+                    cpu,
+                    object_store,
+                    results_db,
+                    redis_server.url(0),
+                    kills,
+                    wedges,
+                    crashes,
+                    watchdog,
                 )
             except BaseException:
                 print(harness.daemon_log(), workers.logs())
@@ -423,6 +440,51 @@ def test_wedged_step_is_failed_by_run_monitoring_and_its_time_limit(cluster, tmp
         f"letter: '{row['error']}'; the step's pool process killed at the hard limit and the step answered "
         f"'ran past its hard time limit of {CPU_HARD_LIMIT_S} s'; wedged conversions {len(wedged)}, runs of the "
         f"partition {len(runs)} (run retries included, at most 3), all FAILED",
+    )
+
+
+def test_files_that_always_fail_their_tool_are_their_own_outcome_and_the_rest_is_classified(cluster, tmp_path):
+    archive = tool_faults.archive_with_bad_files(tmp_path / "parts", "bad_files", gzip=True)
+    key = cluster.object_store.upload_file(archive, "archives/bad_files.tar.gz").key
+    partition = cluster.results_db.archives.partitions_for([key])[key]
+    run = finished_run(cluster, partition, timeout_s=900)
+    instance = cluster.harness.instance
+    assert run.status == dg.DagsterRunStatus.SUCCESS, (step_failures(instance, run.run_id), cluster.workers.logs())
+    executions = {
+        step: celery_executions(instance, run.run_id, step) for step in ("opus_files", "transcripts", "classifications")
+    }
+    assert executions == {"opus_files": 3, "transcripts": 3, "classifications": 3}  # each bad file tried 3 times
+
+    stored = {
+        r["original_filename"]: r
+        for r in rows(
+            cluster.results_db,
+            "SELECT original_filename, status, failed_stage, error, opus_path, opus_etag FROM audio_files "
+            "WHERE archive_source = %s",
+            (key,),
+        )
+    }
+    good = {name: r["status"] for name, r in stored.items() if name not in tool_faults.BAD_CLIPS}
+    assert good == {f"clips/good{i}.mp3": "classified" for i in range(6)}
+    assert {
+        name: (stored[name]["status"], stored[name]["failed_stage"], stored[name]["error"])
+        for name in tool_faults.BAD_CLIPS
+    } == {
+        name: ("failed", stage, f"{reason} (after 3 attempts)")
+        for name, (stage, reason) in tool_faults.BAD_CLIPS.items()
+    }
+    assert len(cluster.crashes.read_text().splitlines()) == 3
+    for row in stored.values():
+        if row["opus_path"]:
+            assert cluster.object_store.head(row["opus_path"]).etag == row["opus_etag"], row
+    assert key not in {o.key for o in versions_to_catch_up(instance, cluster.object_store, cluster.results_db)}
+    record_outcome(
+        "Celery: one archive of 6 good clips, 1 whose ffmpeg crashes (SIGSEGV), 1 whose Whisper batch throws, 1 "
+        "whose scoring throws, every time",
+        f"run SUCCESS {run_seconds(instance, run.run_id):.0f} s after it started: the 6 good clips classified in the "
+        "same run; each bad file `failed` at its own stage, '(after 3 attempts)': 3 executions of each step "
+        "(a step failure never reached the run); catch-up finds nothing to run; files lost 0, rows whose object "
+        "disagrees 0",
     )
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from archive_factory import build_tar, ffmpeg_exe, make_parquet, make_speech_mp3
-from fault_report import record_outcome
+from fault_report import assert_objects_agree, failures, files, record_outcome
 from pipeline_support import FULL_JOB, ArchiveRunner, pipeline_resources, rows
 
 from audio_assets.definitions import build_definitions
@@ -30,15 +30,6 @@ from resources.transcriber import WhisperTranscriber
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
-@pytest.fixture
-def runner(object_store, results_db, instance, tmp_path, models_dir) -> ArchiveRunner:
-    transcriber = WhisperTranscriber(model="base-bundled", models_root=str(models_dir), language="en")
-    resources = pipeline_resources(
-        object_store, results_db, tmp_path / "scratch", transcriber, PolicyClassifier(backend="profanity")
-    )
-    return ArchiveRunner(build_definitions(resources), instance, object_store, results_db)
-
-
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
     parts = tmp_path_factory.mktemp("cap-clips")
@@ -46,37 +37,6 @@ def clips(tmp_path_factory) -> dict[str, Path]:
         "insult": make_speech_mp3(parts / "insult.mp3", "you are a stupid idiot and everyone hates you"),
         "weather": make_speech_mp3(parts / "weather.mp3", "the weather is lovely today in the park"),
     }
-
-
-def files(results_db, key: str) -> dict[str, dict]:
-    found = rows(
-        results_db,
-        "SELECT original_filename, status, error, failed_stage, opus_path, opus_etag, duration_seconds, "
-        "parquet_metadata FROM audio_files WHERE archive_source = %s",
-        (key,),
-    )
-    return {r["original_filename"]: r for r in found}
-
-
-def failures(results_db, key: str, *, open_only: bool = True) -> dict[tuple[str, str], dict]:
-    found = rows(
-        results_db,
-        "SELECT original_filename, stage, error, retryable, resolved_at FROM processing_failures "
-        "WHERE archive_source = %s AND (resolved_at IS NULL OR NOT %s)",
-        (key, open_only),
-    )
-    return {(r["original_filename"], r["stage"]): r for r in found}
-
-
-def assert_objects_agree(results_db, object_store, key: str) -> int:
-    """Every row's object exists with the row's ETag, and processed/ holds nothing else."""
-    pointed = {r["opus_path"]: r["opus_etag"] for r in files(results_db, key).values() if r["opus_path"]}
-    stored = {o.key for o in object_store.iter_objects("processed/")}
-    assert stored == set(pointed), f"orphans: {stored - set(pointed)}, missing: {set(pointed) - stored}"
-    for path, etag in pointed.items():
-        assert object_store.head(path).etag == etag
-    assert rows(results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"] == 0
-    return len(stored)
 
 
 def silent_mp3(path: Path, minutes: int) -> Path:
@@ -284,30 +244,30 @@ def test_ffmpeg_killed_mid_conversion_is_retried_and_the_row_never_fails(
 
 class _OutOfMemoryOnce:
     """The real model, whose first batch fails as a GPU out of memory would (the one fake: this
-    machine has no GPU to exhaust)."""
+    machine has no GPU to exhaust); `batches` lists the size of every batch it was given."""
 
-    def __init__(self, model, failures: list[str]):
-        self.model, self.failures = model, failures
+    def __init__(self, model, batches: list[int]):
+        self.model, self.batches = model, batches
 
     def transcribe_files(self, paths):
-        if not self.failures:
-            self.failures.append("raised")
+        self.batches.append(len(paths))
+        if len(self.batches) == 1:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.model.transcribe_files(paths)
 
 
 class OutOfMemoryOnceTranscriber(WhisperTranscriber):
     def load(self):
-        return _OutOfMemoryOnce(super().load(), _OOM_RAISED)
+        return _OutOfMemoryOnce(super().load(), _BATCHES)
 
 
-_OOM_RAISED: list[str] = []
+_BATCHES: list[int] = []
 
 
-def test_cuda_out_of_memory_in_a_batch_is_retried_and_no_row_moves(
+def test_cuda_out_of_memory_in_a_batch_splits_it_and_no_row_moves(
     object_store, results_db, instance, tmp_path, models_dir, clips
 ):
-    _OOM_RAISED.clear()
+    _BATCHES.clear()
     transcriber = OutOfMemoryOnceTranscriber(model="base-bundled", models_root=str(models_dir), language="en")
     resources = pipeline_resources(
         object_store, results_db, tmp_path / "scratch", transcriber, PolicyClassifier(backend="profanity")
@@ -319,16 +279,12 @@ def test_cuda_out_of_memory_in_a_batch_is_retried_and_no_row_moves(
     )
     key = runner.upload(archive)
     result = runner.run(key, assets=FULL_JOB)
-    assert result.success and _OOM_RAISED == ["raised"]
+    assert result.success
+    assert _BATCHES == [2, 1, 1]  # the batch that ran out of memory went through as two smaller ones
     restarts = [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED" and e.step_key == "transcripts"]
-    assert len(restarts) == 1
+    assert restarts == []  # in the same execution: no step retry, nothing recorded against the files
     assert {f["status"] for f in files(results_db, key).values()} == {"classified"}
-    recorded = [f for f in failures(results_db, key, open_only=False).values() if f["stage"] == "transcription"]
-    assert len(recorded) == 2 and all(f["retryable"] and f["resolved_at"] is not None for f in recorded)
-    assert (
-        recorded[0]["error"]
-        == "transcription interrupted: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
-    )
+    assert [f for f in failures(results_db, key, open_only=False).values() if f["stage"] == "transcription"] == []
     transcripts = rows(
         results_db,
         "SELECT count(*) AS n FROM transcripts t JOIN audio_files a ON a.id = t.audio_file_id WHERE a.archive_source = %s",
@@ -337,10 +293,9 @@ def test_cuda_out_of_memory_in_a_batch_is_retried_and_no_row_moves(
     assert transcripts[0]["n"] == 2
     objects = assert_objects_agree(results_db, object_store, key)
     record_outcome(
-        "CUDA out of memory in a Whisper batch (first batch of a 2-file archive)",
-        'both files recorded retryable ("transcription interrupted: RuntimeError: CUDA out of memory ..."), rows '
-        f"left `converted`, 1 step retry transcribed them, the failures closed; both classified, 0 lost, "
-        f"0 duplicates (1 transcript each), {objects} objects, 0 orphans, 0 disagreeing",
+        "CUDA out of memory in a Whisper batch (the first batch of a 2-file archive)",
+        "the batch split in two, both transcribed in the same execution (no step retry, no failure recorded); "
+        f"both classified, 0 lost, 0 duplicates (1 transcript each), {objects} objects, 0 orphans, 0 disagreeing",
     )
 
 
@@ -402,24 +357,26 @@ def test_a_re_upload_with_ffmpeg_timing_out_converts_only_the_new_member_and_und
     assert timed_out["retryable"] and "did not finish within 3 s" in timed_out["error"] and timed_out["resolved_at"]
     objects = assert_objects_agree(results_db, runner.object_store, key)
 
-    # A forced reconversion (run config `reconvert`) while every ffmpeg call hangs: the step
-    # gives up after its retries, and nothing it had is undone.
+    # A forced reconversion (run config `reconvert`) while every ffmpeg call hangs: each file is
+    # tried 3 times, then its failure is recorded; nothing it had is undone.
     (tmp_path / "hang-ffmpeg").mkdir()
     wrapper, log = timing_out_ffmpeg(tmp_path / "hang-ffmpeg", every_call=True)
     monkeypatch.setenv("FFMPEG_BINARY", str(wrapper))
     before = files(results_db, key)
     forced = runner.run(key, run_config={"ops": {"opus_files": {"config": {"reconvert": True, "workers": 1}}}})
-    assert not forced.success
-    assert files(results_db, key) == before
+    assert forced.success
+    assert files(results_db, key) == before  # every row still classified, with its object
     open_failures = failures(results_db, key)
-    assert {f["retryable"] for f in open_failures.values()} == {True} and len(open_failures) == 3
+    assert len(open_failures) == 3 and {f["retryable"] for f in open_failures.values()} == {False}
+    assert {f["error"] for f in open_failures.values()} == {"ffmpeg did not finish within 3 s (after 3 attempts)"}
+    assert len(log.read_text().splitlines()) == 9
     assert assert_objects_agree(results_db, runner.object_store, key) == objects
     record_outcome(
         "archive uploaded again the next day (1 member added, 2 unchanged) while ffmpeg hangs, "
         "then a forced reconversion while every ffmpeg call hangs",
         f"day 2: ffmpeg ran {len(calls)} times, all for the new member (the timeout after 3 s, then its retry); "
         f"the 2 unchanged members not converted again, no status went backwards, no object deleted or replaced; "
-        f"forced reconversion: {len(log.read_text().splitlines())} ffmpeg calls timed out, the step failed after its "
-        f"retries with 3 retryable failures recorded, every row and object as before; 0 lost, 0 duplicates, "
+        f"forced reconversion: {len(log.read_text().splitlines())} ffmpeg calls timed out (3 per file), each "
+        "file's failure recorded '(after 3 attempts)', every row and object as before; 0 lost, 0 duplicates, "
         f"{objects} objects, 0 orphans, 0 disagreeing",
     )

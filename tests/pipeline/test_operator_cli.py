@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -219,7 +220,10 @@ def test_requeue_reruns_failed_files_through_the_daemon(pipeline_env, defs, obje
         assert requeued.status == dg.DagsterRunStatus.SUCCESS
         assert requeued.tags["dagster/partition"] == "batch_requeue"
         assert requeued.tags[ARCHIVE_ETAG_TAG] == fixed_etag
-        assert f"requeued {key} (partition batch_requeue): 1 failed file(s) -> run {requeued.run_id} QUEUED" in out
+        # The status printed at submission is whatever the run reached by then (QUEUED, or further
+        # if the daemon already dequeued it): only its presence is checked.
+        submitted = re.escape(f"requeued {key} (partition batch_requeue): 1 failed file(s) -> run {requeued.run_id} ")
+        assert re.search(submitted + r"(QUEUED|NOT_STARTED|STARTING|STARTED|SUCCESS)\b", out), out
         assert f"{key}: run {requeued.run_id} SUCCESS; failed files 1 -> 0" in out
         opus = instance.get_latest_materialization_event(dg.AssetKey("opus_files"))
         assert (opus.run_id, opus.dagster_event.partition) == (requeued.run_id, "batch_requeue")

@@ -14,6 +14,7 @@ from audio_assets.file_batches import (
     commit_in_batches,
     raise_for_retryable,
     split_done,
+    split_on_error,
 )
 
 
@@ -21,6 +22,9 @@ from audio_assets.file_batches import (
 class Failure:
     name: str
     retryable: bool
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def test_split_done_keeps_the_order_of_both_halves():
@@ -50,7 +54,12 @@ def test_batches_hand_on_a_full_batch_before_the_next_item_is_made():
 
 def test_each_batch_is_committed_once_in_order_and_everything_is_returned():
     committed: list[list[int]] = []
-    assert commit_in_batches(iter(range(5)), 2, committed.append) == [0, 1, 2, 3, 4]
+
+    def commit(batch: list[int]) -> list[int]:
+        committed.append(batch)
+        return [-i for i in batch]  # as stored: what the commit hands back is what is returned
+
+    assert commit_in_batches(iter(range(5)), 2, commit) == [0, -1, -2, -3, -4]
     assert committed == [[0, 1], [2, 3], [4]]
 
 
@@ -61,16 +70,43 @@ def test_a_failed_commit_stops_before_the_next_batch():
         if batch[0] == 2:
             raise RuntimeError("database down")
         committed.append(batch)
+        return batch
 
     with pytest.raises(RuntimeError):
         commit_in_batches(range(6), 2, commit)
     assert committed == [[0, 1]]
 
 
-def test_only_transient_failures_send_the_step_round_again():
-    raise_for_retryable([Failure("a", False)], 3, lambda f: f.name)  # definite: recorded, step succeeds
-    with pytest.raises(FilesToRetry, match=r"1 of 3 files hit transient failures .*\(e.g. b\)"):
-        raise_for_retryable([Failure("a", False), Failure("b", True)], 3, lambda f: f.name)
+def test_only_failures_still_to_try_send_the_step_round_again():
+    raise_for_retryable([Failure("a", False)], 3)  # the file's outcome: step succeeds
+    with pytest.raises(FilesToRetry, match=r"1 of 3 files are to be tried again .*\(e.g. b\)"):
+        raise_for_retryable([Failure("a", False), Failure("b", True)], 3)
+
+
+def test_a_batch_that_throws_is_split_until_the_item_that_throws_is_alone():
+    calls: list[list[int]] = []
+
+    def work(items):
+        calls.append(list(items))
+        if 5 in items:
+            raise RuntimeError("the tool crashed")
+        return [i * 10 for i in items]
+
+    results = split_on_error(list(range(8)), work)
+    assert [r for r in results if not isinstance(r, Exception)] == [0, 10, 20, 30, 40, 60, 70]
+    assert isinstance(results[5], RuntimeError) and str(results[5]) == "the tool crashed"
+    # 8 -> 4 + 4 -> 2 + 2 -> 1 + 1: one thrower among 8 costs 8 + 8 + 4 + 2 = 22 items of work (< 3 x 8)
+    assert calls == [list(range(8)), [0, 1, 2, 3], [4, 5, 6, 7], [4, 5], [4], [5], [6, 7]]
+    assert sum(len(c) for c in calls) == 22
+
+
+def test_a_batch_that_throws_for_every_item_gives_each_the_error_and_nothing_else():
+    def work(items):
+        raise MemoryError("out of memory") if len(items) > 2 else ValueError(f"bad {items[0]}")
+
+    results = split_on_error([1, 2, 3, 4], work)
+    assert [str(r) for r in results] == ["bad 1", "bad 2", "bad 3", "bad 4"]
+    assert split_on_error([], work) == []
 
 
 def test_keys_are_prepared_before_use_a_batch_a_call():

@@ -174,9 +174,10 @@ def test_slow_conversion_times_out(tmp_path, ffmpeg, speech_mp3):
 
 
 def test_ffmpeg_failure_reports_its_last_error_line(tmp_path, ffmpeg, speech_mp3):
-    with pytest.raises(ConversionError, match=r"^ffmpeg failed: .*No such file or directory") as raised:
+    # The scratch folder, not the file: the host's problem, never counted against the file.
+    with pytest.raises(OSError, match=r"^ffmpeg could not write its output: .*No such file or directory") as raised:
         convert_to_opus(speech_mp3, tmp_path / "missing-dir" / "x.opus", ffmpeg=ffmpeg)
-    assert raised.value.transient  # the scratch folder, not the file: tried again
+    assert not isinstance(raised.value, ConversionError)
 
 
 def test_decoded_duration_of_undecodable_file_raises(tmp_path):
@@ -198,7 +199,7 @@ def silent_mp3(path: Path, minutes: int) -> Path:
 def test_audio_over_the_cap_is_refused_before_ffmpeg_runs(tmp_path):
     long = silent_mp3(tmp_path / "four-hours.mp3", 240)
     target = tmp_path / "x.opus"
-    # An ffmpeg that does not exist: reaching it would fail with "cannot start ffmpeg".
+    # An ffmpeg that does not exist: reaching it would raise OSError.
     with pytest.raises(ConversionError) as raised:
         convert_to_opus(long, target, ffmpeg=str(tmp_path / "no-ffmpeg"), max_seconds=20 * 60)
     assert str(raised.value) == "audio is 4 h 0 min, over the 20 min cap (max_audio_minutes)"
@@ -250,7 +251,28 @@ def test_ffmpeg_stopped_by_sigterm_without_a_message_is_a_transient_failure(tmp_
     assert raised.value.transient
 
 
-def test_ffmpeg_that_cannot_start_is_a_transient_failure(tmp_path, speech_mp3):
-    with pytest.raises(ConversionError, match="^cannot start ffmpeg") as raised:
+def test_ffmpeg_that_cannot_start_is_the_hosts_problem_not_the_files(tmp_path, speech_mp3):
+    # Never a ConversionError: the file's tries are not counted for what the host did.
+    with pytest.raises(OSError) as raised:
         convert_to_opus(speech_mp3, tmp_path / "x.opus", ffmpeg=str(tmp_path / "no-ffmpeg"))
-    assert raised.value.transient
+    assert not isinstance(raised.value, ConversionError)
+
+
+def test_ffmpeg_out_of_disk_space_is_the_hosts_problem_not_the_files(tmp_path, ffmpeg, speech_mp3):
+    wrapper = tmp_path / "ffmpeg-disk-full"
+    wrapper.write_text(
+        '#!/bin/sh\necho "[out#0/ogg @ 0x1] Error writing trailer: No space left on device" >&2\nexit 1\n'
+    )
+    wrapper.chmod(0o755)
+    with pytest.raises(OSError, match="No space left on device"):
+        convert_to_opus(speech_mp3, tmp_path / "x.opus", ffmpeg=str(wrapper))
+
+
+def test_ffmpeg_crashing_on_a_file_is_an_unclear_failure_tried_again(tmp_path, speech_mp3):
+    # SIGSEGV, as a decoder bug on a malformed frame gives: maybe the file, maybe the host.
+    wrapper = tmp_path / "ffmpeg-segv"
+    wrapper.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    wrapper.chmod(0o755)
+    with pytest.raises(ConversionError) as raised:
+        convert_to_opus(speech_mp3, tmp_path / "x.opus", ffmpeg=str(wrapper))
+    assert str(raised.value) == "ffmpeg was killed by signal 11" and raised.value.transient
