@@ -71,7 +71,7 @@ def _decide(
     store.close()
 
 
-def test_the_audit_sample_is_drawn_by_hash_and_shown_blind(
+def test_the_audit_sample_follows_each_items_draw_and_is_shown_blind(
     console_dsn, start_console, results_db, object_store, opus_bytes, ras
 ):
     seeded = seed_flagged(results_db, object_store, opus_bytes, FLAGGED[:2] + UNFLAGGED)
@@ -80,14 +80,8 @@ def test_the_audit_sample_is_drawn_by_hash_and_shown_blind(
     queued = lambda: {r["item_id"] for r in store.queue(alice, QueueFilter(), limit=1000)}  # noqa: E731
     flagged = {seeded[i.name].item_id for i in FLAGGED[:2]}
     unflagged = {seeded[i.name].item_id: i for i in UNFLAGGED}
-    # The default 2 %: exactly the unflagged items whose hash bucket (0..9,999) is below 200.
-    buckets = {
-        r["item_id"]: r["bucket"]
-        for r in db_rows(
-            results_db,
-            "SELECT id AS item_id, ra_hash_bucket('ra-recall-audit', id, 10000) AS bucket FROM classifications",
-        )
-    }
+    # The default 2 %: exactly the unflagged items whose random draw (0..9,999) is below 200.
+    buckets = {r["id"]: r["audit_bucket"] for r in db_rows(results_db, "SELECT id, audit_bucket FROM classifications")}
     assert queued() == flagged | {i for i in unflagged if buckets[i] < 200}
     recall_audit.set_audit_share(results_db, 100)
     assert queued() == flagged | set(unflagged)
