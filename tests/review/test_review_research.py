@@ -261,6 +261,45 @@ def test_export_pseudonymises_ras_unless_asked(cli_env, console_dsn, results_db,
     assert main(["review-export", "--output", str(tmp_path / "d.xlsx")]) == 1
 
 
+# Reasons a spreadsheet would run as a formula once it splits the line on some delimiter.
+FORMULAS = [
+    ";=1+1",
+    ",=1+1",
+    "\t=1+1",
+    "|=1+1",
+    "a;=cmd|' /C calc'!A0",
+    "see, @SUM(A1)",
+    'x";"=1+1',
+    '; " =1+1',
+    "first line\n=1+1",
+    "first line\r\n+1+1",
+    "=1+1",
+    "-2+3",
+    "harmless - with a dash",
+]
+
+
+def test_csv_cells_stay_inert_whatever_the_delimiter(cli_env, console_dsn, results_db, population, tmp_path):
+    """Issue 26: a reason starting with ';' was written unquoted, so a spreadsheet that splits
+    on ';' saw a cell starting with '='. Every field is quoted now, and no cell starts with a
+    formula character for a reader splitting on ',', ';', tab or '|', with or without quoting."""
+    names = list(FLAG_DECISIONS) + list(AUDIT_DECISIONS)
+    for name, reason in zip(names, FORMULAS):
+        _decide(console_dsn, results_db, population, {name: "unsure"}, reason=reason)
+    assert main(["review-export", "--output", str(tmp_path / "d.csv")]) == 0
+    with (tmp_path / "d.csv").open(newline="") as handle:
+        text = handle.read()
+    assert text.startswith('"decision_id","item_id",')
+    # Read as written, every reason comes back, with an apostrophe before each formula character.
+    reasons = [row["reason"] for row in csv.DictReader(text.splitlines(keepends=True))]
+    assert sorted(r.replace("'", "") for r in reasons) == sorted(f.replace("'", "") for f in FORMULAS)
+    for delimiter in (",", ";", "\t", "|"):
+        cells = [c for row in csv.reader(text.splitlines(keepends=True), delimiter=delimiter) for c in row]
+        cells += [c for line in re.split(r"[\r\n]", text) for c in line.split(delimiter)]  # no quoting at all
+        formulas = [c for c in cells if c.strip(' \t"')[:1] in ("=", "+", "-", "@")]
+        assert formulas == [], (delimiter, formulas)
+
+
 def test_the_daily_report_carries_recall_with_intervals(console_dsn, results_db, population):
     _decide(console_dsn, results_db, population, {**FLAG_DECISIONS, **AUDIT_DECISIONS})
     day = str(db_rows(results_db, "SELECT (now() AT TIME ZONE 'UTC')::date AS day")[0]["day"])
