@@ -44,6 +44,8 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
 ]
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# Browsers send about 20 request headers. Their total size is bounded by the server (server.py).
+MAX_REQUEST_HEADERS = 100
 
 
 @dataclass
@@ -92,6 +94,20 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class HeaderCount:
+    """Answers 431 to a request with more than MAX_REQUEST_HEADERS headers, before anything
+    else reads them (the sign-in limiter, the cookies, the Fetch Metadata)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and len(scope["headers"]) > MAX_REQUEST_HEADERS:
+            response = Response("too many request headers", status_code=431, media_type="text/plain")
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class CrossSiteRefusal:
@@ -189,7 +205,7 @@ def build_app(settings: ReviewSettings, *, s3_client=None, limiter: SignInLimite
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityHeaders), Middleware(CrossSiteRefusal)],
+        middleware=[Middleware(SecurityHeaders), Middleware(HeaderCount), Middleware(CrossSiteRefusal)],
         lifespan=lifespan,
         exception_handlers={
             BadInput: _bad_input,

@@ -3,14 +3,16 @@
 One row per decision in the append-only log, with the item, policy, model, policy version,
 score, threshold and whether the item was flagged or a recall-audit item; `standing` marks
 each RA's latest decision per item version, the one the views count. RAs appear as their
-pseudonym (random per account, stable across exports) unless user names are asked for; free-text
-reasons are exported as written. Runs as the pipeline's owner role: the console's role cannot
-read the log's accounts.
+pseudonym (random per account, stable across exports) unless user names are asked for;
+free-text reasons are exported as written (in CSV every field is quoted and a formula
+character that could start a cell gets an apostrophe). Runs as the pipeline's owner role: the
+console's role cannot read the log's accounts.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,19 +51,24 @@ def export_decisions(
         pq.write_table(table, output)
     else:
         with output.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer = csv.DictWriter(handle, fieldnames=columns, quoting=csv.QUOTE_ALL)
             writer.writeheader()
             writer.writerows({k: _inert_in_spreadsheets(v) for k, v in row.items()} for row in rows)
     return len(rows)
 
 
+# A formula character (= + - @) where some reader starts a cell: at the start of the text, or
+# after a delimiter a spreadsheet may split on (, ; tab |), a line break or a quote, with
+# spaces between. Quoting alone does not help a reader that splits on another delimiter than
+# the file's: for it, "a;=1+1" holds a cell "=1+1".
+_FORMULA_START = re.compile(r"""(^|[,;\t|\r\n"])(\s*)(?=[=+\-@])""")
+
+
 def _inert_in_spreadsheets(value):
-    """File names and reasons come from uploads and RAs: a text cell a spreadsheet would read
-    as a formula (=, +, -, @, tab, CR first) gets a leading apostrophe, as OWASP advises for
-    CSV. Parquet keeps every value verbatim."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
+    """File names and reasons come from uploads and RAs: an apostrophe goes before every
+    formula character that starts a cell for some reader, as OWASP advises for CSV, so the
+    spreadsheet shows text. Parquet keeps every value verbatim."""
+    return _FORMULA_START.sub(r"\1\2'", value) if isinstance(value, str) else value
 
 
 _TYPES = {

@@ -13,7 +13,7 @@ import re
 import urllib.parse
 from datetime import date
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 MAX_FORM_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 20
@@ -106,10 +106,15 @@ async def read_form(request: Request) -> dict[str, str]:
     if declared.isdigit() and len(declared) < 20 and int(declared) > MAX_FORM_BYTES:
         raise PayloadTooLarge(f"a form may hold at most {MAX_FORM_BYTES} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            raise PayloadTooLarge(f"a form may hold at most {MAX_FORM_BYTES} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                raise PayloadTooLarge(f"a form may hold at most {MAX_FORM_BYTES} bytes")
+    except ClientDisconnect:
+        # An ordinary event (a closed tab, a lost network), not an error to log with a
+        # traceback; the 400 goes nowhere and the server logs nothing for it.
+        raise BadInput("the client went away before its form was sent") from None
     try:
         pairs = urllib.parse.parse_qsl(
             bytes(body).decode("ascii"),

@@ -99,12 +99,7 @@ def item_page(request: Request) -> Response:
     elif console.store.claimable(ra.ra_user_id, item_id):
         mode = "claim"
     else:
-        return _message(
-            request,
-            "Item taken",
-            "Another RA has this item open or has decided it. Take the next one from the queue.",
-            409,
-        )
+        return _taken(request)
     return _render_item(request, item, mine, mode, filters, error=None)
 
 
@@ -143,6 +138,13 @@ def _message(request: Request, title: str, message: str, status_code: int) -> Re
     )
 
 
+def _taken(request: Request) -> Response:
+    """What an RA gets for an item that is not theirs to see: the item page, its claim and its
+    decision form all answer the same."""
+    message = "Another RA has this item open or has decided it. Take the next one from the queue."
+    return _message(request, "Item taken", message, 409)
+
+
 def _segments(raw) -> list[dict]:
     """Timed segments as {start, end, text}; anything malformed is dropped, not shown raw."""
     segments = []
@@ -168,18 +170,15 @@ def claim_item(request: Request) -> Response:
     item_id = _item_id(request)
     query = filter_query(queue_filter(request))
     if not console.store.claim(ra.ra_user_id, item_id) and console.store.my_decision(ra.ra_user_id, item_id) is None:
-        return _message(
-            request,
-            "Item taken",
-            "Another RA has this item open or has decided it. Take the next one from the queue.",
-            409,
-        )
+        return _taken(request)
     return RedirectResponse(f"/items/{item_id}?{query}", status_code=303)
 
 
 @signed_in(form=True)
 def record_decision(request: Request) -> Response:
-    """1 / 2 / 3 on the item page; then the next item in the RA's queue is claimed and opened."""
+    """1 / 2 / 3 on the item page; then the next item in the RA's queue is claimed and opened.
+    The RA must hold the item (or have decided it, or claim it now) before anything else: the
+    form's own errors re-render the item, which its page shows nobody else."""
     console, ra = request.app.state.console, request.state.ra
     item_id = _item_id(request)
     filters = queue_filter(request)
@@ -191,15 +190,15 @@ def record_decision(request: Request) -> Response:
     if item is None:
         return Response("no such item", status_code=404, media_type="text/plain")
     mine = console.store.my_decision(ra.ra_user_id, item_id)
+    if mine is None and not (
+        console.store.holds_claim(ra.ra_user_id, item_id) or console.store.claim(ra.ra_user_id, item_id)
+    ):
+        return _taken(request)
     error = None
     if decision not in DECISIONS:
         error = "Choose a decision: 1 violates, 2 does not violate, 3 unsure."
     elif decision in console.settings.reason_required_for and not reason:
         error = f"A reason is required for “{DECISION_LABELS[decision]}”."
-    elif mine is None and not (
-        console.store.holds_claim(ra.ra_user_id, item_id) or console.store.claim(ra.ra_user_id, item_id)
-    ):
-        return _message(request, "Item taken", "Your claim on this item expired and another RA took it.", 409)
     elif not console.store.record_decision(ra.ra_user_id, item_id, policy_version, decision, reason):
         error = "The item was re-scored since you opened it; review it again as it is now."
         item = console.store.item(item_id) or item

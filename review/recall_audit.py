@@ -1,9 +1,9 @@
 """The recall audit share: how much of what the classifier did not flag goes to RAs anyway.
 
-Each classified, not flagged item is in the sample when a hash of its id falls below the share
-(ra_review_items, migration 017): a random sample of every policy and day, independent of the
-score, that RAs code blind beside the flagged items. Their decisions estimate what the
-classifier misses (views ra_recall and ra_calibration). Set by the operator
+Each classified, not flagged item is in the sample when its own random draw falls below the
+share (ra_review_items, migration 021): a random sample of every policy and day, independent of
+the score and of anything an RA can read, that RAs code blind beside the flagged items. Their
+decisions estimate what the classifier misses (views ra_recall and ra_calibration). Set by the operator
 (`audio-pipeline review-audit --percent P`, run as the pipeline's owner role); raising it adds
 items at once, lowering it takes undecided ones out, and decisions already made stay valid.
 """

@@ -41,6 +41,7 @@ LIMIT 200
 -- decided: complete (as many RAs decided them as they need) and none of theirs. An item the RA
 -- still has to code, or coded beside another RA, never shows here, so these figures cannot
 -- reveal a second coder's decision (before or after the RA's own).
+-- An item no longer in ra_review_items (no RA can code it) needs no second coder here.
 WITH coders AS (
     SELECT item_id, policy_version, count(*) AS deciders, bool_or(ra_user_id = %(ra)s) AS mine
     FROM ra_latest_decisions
@@ -54,7 +55,8 @@ WITH coders AS (
     JOIN coders AS c USING (item_id, policy_version)
     WHERE d.flagged
       AND NOT c.mine
-      AND c.deciders >= CASE WHEN ra_hash_bucket('ra-double-coding', d.item_id, 100) < %(double_coding_percent)s
+      AND c.deciders >= CASE WHEN (SELECT i.double_coding_bucket FROM ra_review_items AS i WHERE i.item_id = d.item_id)
+                                  < %(double_coding_percent)s
                              THEN 2 ELSE 1 END
     GROUP BY d.policy, d.classifier_model
 )

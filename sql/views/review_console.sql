@@ -3,14 +3,15 @@
 -- never sees a hidden row (tests/pipeline/test_security.py shows the attack).
 
 -- Every item an RA can review: the flagged items, and the recall audit sample, i.e. the share
--- of classified, not flagged items set in recall_audit_settings, drawn by a hash of the item
--- (migration 017), so independently of the score, per policy and day. One row per
--- classification; what an item is comes from classified_items.sql (reviewable_items).
+-- of classified, not flagged items set in recall_audit_settings, chosen by each item's own
+-- random draw (audit_bucket, migration 021), so independently of the score, per policy and
+-- day, and of anything an RA can read. One row per classification; what an item is comes from
+-- classified_items.sql (reviewable_items).
 -- No 24-hour window (unlike ra_queue): an item waits until it is decided.
--- double_coding_bucket: 0..99 from a hash of the item id; items whose bucket is below the
--- configured percentage go to two RAs. A hash, not random(), so every query agrees.
--- `flagged` tells an audit item apart; the console never shows it (nor the score) to an RA in
--- blind mode, so audit items look exactly like flagged ones.
+-- double_coding_bucket: 0..99, the item's other draw; items whose bucket is below the
+-- configured percentage go to two RAs. Stored, not random() here, so every query agrees.
+-- `flagged` tells an audit item apart; the console never shows it (nor the score nor the
+-- draws) to an RA in blind mode, so audit items look exactly like flagged ones.
 CREATE OR REPLACE VIEW ra_review_items WITH (security_barrier = true) AS
 SELECT
     item_id,
@@ -30,13 +31,13 @@ SELECT
     segments,
     language,
     parquet_metadata,
-    ra_hash_bucket('ra-double-coding', item_id, 100) AS double_coding_bucket,
+    double_coding_bucket,
     flagged,
     policy_text
 FROM reviewable_items
-WHERE flagged
-   OR ra_hash_bucket('ra-recall-audit', item_id, 10000)
-      < (SELECT share_percent * 100 FROM recall_audit_settings);
+JOIN (SELECT id, double_coding_bucket FROM classifications
+      WHERE flagged OR audit_bucket < (SELECT (share_percent * 100)::int FROM recall_audit_settings)) AS drawn
+  ON drawn.id = item_id;
 
 -- Each RA's standing decision per item and flag version: the latest row wins (the log is
 -- append-only, so correcting a decision means deciding again).

@@ -3,13 +3,17 @@ and the console itself running under uvicorn on a free loopback port."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.cookies import SimpleCookie
@@ -164,6 +168,41 @@ class ConsoleServer:
         self._server.should_exit = True
         self._thread.join(timeout=10)
         self.app.state.console.store.close()
+
+
+@contextlib.contextmanager
+def console_process(console_dsn: str, object_store, log: Path, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`audio-pipeline review` as an operator starts it (its own process, uvicorn as the
+    launcher configures it), on a free port with its output in `log`: the process and its URL
+    once it serves; stopped at the end."""
+    port = free_tcp_ports(1)[0]
+    env = {
+        **os.environ,
+        "REVIEW_DATABASE_DSN": console_dsn,
+        "REVIEW_SECURE_COOKIES": "false",
+        "S3_ENDPOINT": object_store.endpoint_url,
+        "S3_BUCKET": object_store.bucket,
+        "S3_ACCESS_KEY": object_store.access_key,
+        "S3_SECRET_KEY": object_store.secret_key,
+        **env,
+    }
+    command = [str(Path(sys.executable).parent / "audio-pipeline"), "review", "--port", str(port)]
+    with log.open("w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                http(f"{url}/sign-in")
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

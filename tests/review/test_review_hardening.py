@@ -167,6 +167,25 @@ def test_opening_an_item_does_not_claim_it(start_console, items, results_db):
     assert bob.get(f"/items/{item}")[0] == 409
 
 
+def test_a_refused_decision_on_an_item_another_ra_holds_answers_409(start_console, items, results_db):
+    """Issue 26: the decision form's 422 (no decision, or no reason) re-rendered an item another
+    RA holds, transcript and all, where the item's own page answers 409."""
+    server = start_console(double_coding_percent=0)
+    alice, bob = RAClient(server.url), RAClient(server.url)
+    alice.sign_in("alice")
+    bob.sign_in("bob")
+    held, own = items["h0.mp3"].item_id, items["h1.mp3"].item_id
+    alice.post(f"/items/{held}/claim")
+    assert bob.get(f"/items/{held}")[0] == 409
+    for form in ({"decision": "", "policy_version": "v1"}, {"decision": "violates", "policy_version": "v1"}):
+        status, _, body = bob.post(f"/items/{held}/decision", form)
+        assert status == 409 and b"Item taken" in body and b"first words here" not in body
+    bob.post(f"/items/{own}/claim")  # his own item: the form comes back with what is missing
+    status, _, body = bob.post(f"/items/{own}/decision", {"decision": "violates", "policy_version": "v1"})
+    assert status == 422 and b"A reason is required" in body and b"first words here" in body
+    assert db_rows(results_db, "SELECT count(*) AS n FROM ra_decisions")[0]["n"] == 0
+
+
 def test_the_old_get_routes_for_neighbours_are_gone(start_console, items):
     server = start_console()
     alice = RAClient(server.url)

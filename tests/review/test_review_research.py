@@ -71,7 +71,7 @@ def _decide(
     store.close()
 
 
-def test_the_audit_sample_is_drawn_by_hash_and_shown_blind(
+def test_the_audit_sample_follows_each_items_draw_and_is_shown_blind(
     console_dsn, start_console, results_db, object_store, opus_bytes, ras
 ):
     seeded = seed_flagged(results_db, object_store, opus_bytes, FLAGGED[:2] + UNFLAGGED)
@@ -80,14 +80,8 @@ def test_the_audit_sample_is_drawn_by_hash_and_shown_blind(
     queued = lambda: {r["item_id"] for r in store.queue(alice, QueueFilter(), limit=1000)}  # noqa: E731
     flagged = {seeded[i.name].item_id for i in FLAGGED[:2]}
     unflagged = {seeded[i.name].item_id: i for i in UNFLAGGED}
-    # The default 2 %: exactly the unflagged items whose hash bucket (0..9,999) is below 200.
-    buckets = {
-        r["item_id"]: r["bucket"]
-        for r in db_rows(
-            results_db,
-            "SELECT id AS item_id, ra_hash_bucket('ra-recall-audit', id, 10000) AS bucket FROM classifications",
-        )
-    }
+    # The default 2 %: exactly the unflagged items whose random draw (0..9,999) is below 200.
+    buckets = {r["id"]: r["audit_bucket"] for r in db_rows(results_db, "SELECT id, audit_bucket FROM classifications")}
     assert queued() == flagged | {i for i in unflagged if buckets[i] < 200}
     recall_audit.set_audit_share(results_db, 100)
     assert queued() == flagged | set(unflagged)
@@ -265,6 +259,45 @@ def test_export_pseudonymises_ras_unless_asked(cli_env, console_dsn, results_db,
     assert {r["reason"] for r in rows} == {"because", '\'=HYPERLINK("http://attacker.example/","see")'}
     assert '=HYPERLINK("http://attacker.example/","see")' in {r["reason"] for r in table}
     assert main(["review-export", "--output", str(tmp_path / "d.xlsx")]) == 1
+
+
+# Reasons a spreadsheet would run as a formula once it splits the line on some delimiter.
+FORMULAS = [
+    ";=1+1",
+    ",=1+1",
+    "\t=1+1",
+    "|=1+1",
+    "a;=cmd|' /C calc'!A0",
+    "see, @SUM(A1)",
+    'x";"=1+1',
+    '; " =1+1',
+    "first line\n=1+1",
+    "first line\r\n+1+1",
+    "=1+1",
+    "-2+3",
+    "harmless - with a dash",
+]
+
+
+def test_csv_cells_stay_inert_whatever_the_delimiter(cli_env, console_dsn, results_db, population, tmp_path):
+    """Issue 26: a reason starting with ';' was written unquoted, so a spreadsheet that splits
+    on ';' saw a cell starting with '='. Every field is quoted now, and no cell starts with a
+    formula character for a reader splitting on ',', ';', tab or '|', with or without quoting."""
+    names = list(FLAG_DECISIONS) + list(AUDIT_DECISIONS)
+    for name, reason in zip(names, FORMULAS):
+        _decide(console_dsn, results_db, population, {name: "unsure"}, reason=reason)
+    assert main(["review-export", "--output", str(tmp_path / "d.csv")]) == 0
+    with (tmp_path / "d.csv").open(newline="") as handle:
+        text = handle.read()
+    assert text.startswith('"decision_id","item_id",')
+    # Read as written, every reason comes back, with an apostrophe before each formula character.
+    reasons = [row["reason"] for row in csv.DictReader(text.splitlines(keepends=True))]
+    assert sorted(r.replace("'", "") for r in reasons) == sorted(f.replace("'", "") for f in FORMULAS)
+    for delimiter in (",", ";", "\t", "|"):
+        cells = [c for row in csv.reader(text.splitlines(keepends=True), delimiter=delimiter) for c in row]
+        cells += [c for line in re.split(r"[\r\n]", text) for c in line.split(delimiter)]  # no quoting at all
+        formulas = [c for c in cells if c.strip(' \t"')[:1] in ("=", "+", "-", "@")]
+        assert formulas == [], (delimiter, formulas)
 
 
 def test_the_daily_report_carries_recall_with_intervals(console_dsn, results_db, population):
