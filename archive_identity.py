@@ -94,9 +94,15 @@ class ArchiveVersion:
     def __str__(self) -> str:
         return f"{self.key}@{self.etag}"
 
+    @classmethod
+    def of(cls, listed, partition_key: str) -> ArchiveVersion:
+        """The version of a listed or HEADed object (anything with key, etag, size and
+        last_modified): what the sensor, catch-up, requeue and raw_archive each read."""
+        return cls(listed.key, listed.etag, listed.size, listed.last_modified, partition_key)
+
     def run_tags(self) -> dict[str, str]:
         """The tags that pin a run to this version (see tagged_version)."""
-        return {ARCHIVE_KEY_TAG: self.key, ARCHIVE_ETAG_TAG: self.etag}
+        return {PARTITION_TAG: self.partition_key, ARCHIVE_KEY_TAG: self.key, ARCHIVE_ETAG_TAG: self.etag}
 
     def to_json(self) -> str:
         return json.dumps(

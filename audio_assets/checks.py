@@ -7,11 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
-from audio_assets.opus import opus_files
-from audio_assets.partitions import archives_partitions
+from audio_assets.archive_job import archives_partitions
+from audio_assets.opus_files import opus_files
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
+from resources.results_db import opus_files as opus_files_db
 
 _MANIFEST = {"raw_archive": dg.AssetIn("raw_archive")}
 
@@ -33,7 +34,7 @@ def every_mp3_has_one_row(
     row; rows of members the version no longer has are marked removed, never left pending."""
     manifest = raw_archive.rows
     members = set(manifest.loc[manifest["kind"] == "mp3", "member"])
-    statuses = results_db.audio_files.statuses(raw_archive.archive.key)
+    statuses = opus_files_db.statuses(results_db, raw_archive.archive.key)
     missing = sorted(members - set(statuses))
     unfinished = sorted(name for name, status in statuses.items() if status == "pending")
     stale = sorted(name for name, status in statuses.items() if name not in members and status != "removed")
@@ -60,14 +61,20 @@ def opus_objects_match_rows(
     results_db: ResultsDatabase,
     object_store: ObjectStore,
 ) -> dg.AssetCheckResult:
-    """Every converted row's Opus object exists with the size recorded on the row."""
-    rows = results_db.audio_files.opus_objects(raw_archive.archive.key)
+    """Every converted row's Opus object exists and is the one the row committed: its ETag and
+    size are the row's (another upload to the key would have another ETag)."""
+    rows = opus_files_db.opus_objects(results_db, raw_archive.archive.key)
     with ThreadPoolExecutor(max_workers=8) as pool:
         heads = list(pool.map(lambda r: object_store.head(r["opus_path"]) if r["opus_path"] else None, rows))
     bad = [
-        f"{row['opus_path']}: " + ("missing" if head is None else f"{head.size} B, row says {row['file_size_bytes']} B")
+        f"{row['opus_path']}: "
+        + (
+            "missing"
+            if head is None
+            else f"ETag {head.etag}, {head.size} B; row says {row['opus_etag']}, {row['file_size_bytes']} B"
+        )
         for row, head in zip(rows, heads)
-        if head is None or head.size != row["file_size_bytes"]
+        if head is None or (head.etag, head.size) != (row["opus_etag"], row["file_size_bytes"])
     ]
     return _checked(
         context,
@@ -83,7 +90,7 @@ def durations_are_positive(
     context: dg.AssetCheckExecutionContext, raw_archive: ArchiveTable, results_db: ResultsDatabase
 ) -> dg.AssetCheckResult:
     """A converted file always has a positive recorded duration."""
-    rows = results_db.audio_files.bad_durations(raw_archive.archive.key)
+    rows = opus_files_db.bad_durations(results_db, raw_archive.archive.key)
     return _checked(
         context,
         results_db,

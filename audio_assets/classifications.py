@@ -7,14 +7,15 @@ import time
 import dagster as dg
 from pydantic import Field
 
-from archive_identity import ArchiveVersion
-from audio_assets.archive_step import archive_asset, archive_step
+from audio_assets.archive_job import archive_asset
 from audio_assets.file_batches import batches, raise_for_retryable, split_on_error
 from audio_assets.settings import FileAttemptsConfig
-from resources.archive_claim import ArchiveClaim
+from resources.archive_run import ArchiveRun, HeldArchive
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ArchiveTable
-from resources.results_db import ClassificationRow, FileFailure, ResultsDatabase
+from resources.results_db import classifications as scores_db
+from resources.results_db.classifications import ClassificationRow
+from resources.results_db.failures import FileFailure
 
 
 class ClassificationConfig(FileAttemptsConfig):
@@ -30,67 +31,58 @@ def classifications(
     config: ClassificationConfig,
     transcripts: ArchiveTable,
     classifier: PolicyClassifier,
-    results_db: ResultsDatabase,
-    archive_claim: ArchiveClaim,
+    archive_run: ArchiveRun,
 ) -> dg.MaterializeResult:
     """p("1") per policy for every transcript; flagged items reach the RAs' queue."""
-    # The last step: its success also closes what is left of the run's failures.
-    with archive_step(
-        context, ["classification", "run"], archive_claim, results_db, archive=transcripts.archive, gpu=True
-    ) as step:
-        archive = step.archive  # with the run's claim epoch, which fences every write
+    with archive_run.step(context, transcripts, gpu=True) as held:
         file_ids = [int(i) for i in transcripts.rows.loc[transcripts.rows["status"] == "transcribed", "audio_file_id"]]
         model_name, versions, policies = classifier.model_name(), classifier.policy_versions(), classifier.categories()
-        thresholds = _thresholds(classifier, results_db, model_name, policies, versions)
+        thresholds = _thresholds(classifier, held, model_name, policies, versions)
         todo = (
             {category: set(file_ids) for category in policies}
             if config.rescore
-            else _todo(results_db, file_ids, transcripts.rows, model_name, versions, thresholds)
+            else _todo(held, file_ids, transcripts.rows, model_name, versions, thresholds)
         )
-        started, scored, failed = time.monotonic(), [], []
+        started, flagged = time.monotonic(), dict.fromkeys(policies, 0)
+        scored: list[ClassificationRow] = []
+        failed: list[FileFailure] = []
         for chunk in batches(file_ids, config.files_per_chunk):
             wanted = {category: [i for i in chunk if i in todo[category]] for category in policies}
             rows, errors = _score_chunk(
-                classifier, policies, versions, thresholds, wanted, results_db, transcripts.rows, model_name
+                classifier, policies, versions, thresholds, wanted, held, transcripts.rows, model_name
             )
-            failed += _commit(results_db, archive, chunk, rows, errors, context, config.max_file_attempts)
-            scored += rows
+            chunk_flagged, chunk_failed = _commit(held, chunk, rows, errors, config.max_file_attempts)
+            scored, failed = scored + rows, failed + chunk_failed
+            flagged = {c: flagged[c] + chunk_flagged.get(c, 0) for c in flagged}
         raise_for_retryable(failed, len(file_ids))
-        # Catch-up compares the archive's object with this: the run's version is processed.
-        results_db.archives.record_processed(archive)
-        return step.result(
-            _metadata(thresholds, model_name, versions, len(file_ids), scored, failed, time.monotonic() - started)
+        scores_db.record_processed(held)  # catch-up compares the archive's object with this
+        return held.result(
+            _metadata(
+                thresholds, model_name, versions, len(file_ids), scored, flagged, failed, time.monotonic() - started
+            )
         )
 
 
 def _commit(
-    results_db: ResultsDatabase,
-    archive: ArchiveVersion,
-    chunk: list[int],
-    rows: list[ClassificationRow],
-    errors: list[FileFailure],
-    context,
-    max_attempts: int,
-) -> list[FileFailure]:
+    held: HeldArchive, chunk: list[int], rows: list[ClassificationRow], errors: list[FileFailure], max_attempts: int
+) -> tuple[dict[str, int], list[FileFailure]]:
     """The chunk's scores (files scored on every policy move on to classified) and the files the
-    scorer threw on; returns those failures as they stand after this try."""
+    scorer threw on; returns ({policy: flagged now}, those failures as they stand after this try)."""
     failed_ids = {f.audio_file_id for f in errors}
-    results_db.model_outputs.store_classifications(
-        archive, rows, classified_ids=[i for i in chunk if i not in failed_ids]
-    )
-    failed = results_db.audio_files.record_failures(archive, errors, context.run.run_id, max_attempts)
+    classified = [i for i in chunk if i not in failed_ids]
+    flagged, failed = scores_db.record_scores(held, rows, classified, errors, max_attempts)
     for failure in failed:
-        context.log.warning(str(failure))
-    return failed
+        held.log.warning(str(failure))
+    return flagged, failed
 
 
-def _todo(results_db, file_ids, table, model_name, versions, thresholds) -> dict[str, set[int]]:
+def _todo(held, file_ids, table, model_name, versions, thresholds) -> dict[str, set[int]]:
     """{policy: files to score}: those without a score under this policy version and threshold
     for the transcript the file has now (its row and text), so a new transcript is re-scored."""
     if not file_ids:
         return {category: set() for category in versions}
-    current = results_db.model_outputs.transcript_identities(file_ids, _transcript_model(table))
-    done = results_db.model_outputs.scored(file_ids, model_name)
+    current = scores_db.transcript_identities(held, file_ids, _transcript_model(table))
+    done = scores_db.scored(held, file_ids, model_name)
     return {
         category: {
             i
@@ -101,12 +93,12 @@ def _todo(results_db, file_ids, table, model_name, versions, thresholds) -> dict
     }
 
 
-def _thresholds(classifier, results_db, model_name: str, policies: dict[str, str], versions: dict[str, str]):
+def _thresholds(classifier, held, model_name: str, policies: dict[str, str], versions: dict[str, str]):
     """{policy: threshold}. One chosen per policy (review-thresholds) wins over the configured
     one; it is part of the "already scored" key, so applying one (which re-flags stored scores)
     re-scores nothing. Also keeps each policy text by version, for the console."""
-    chosen = results_db.model_outputs.policy_thresholds(model_name)
-    results_db.model_outputs.keep_policy_texts({c: (versions[c], policies[c]) for c in policies})
+    chosen = scores_db.policy_thresholds(held, model_name)
+    scores_db.keep_policy_texts(held, {c: (versions[c], policies[c]) for c in policies})
     return {category: chosen.get(category, classifier.threshold) for category in policies}
 
 
@@ -116,12 +108,10 @@ def _metadata(
     versions: dict[str, str],
     transcripts: int,
     scored: list[ClassificationRow],
+    flagged: dict[str, int],
     failed: list[FileFailure],
     elapsed: float,
 ) -> dict:
-    flagged = {category: 0 for category in versions}
-    for row in scored:
-        flagged[row.flag_category] += row.flagged
     return {
         "model": model_name,
         "thresholds": dg.MetadataValue.json(thresholds),
@@ -137,22 +127,24 @@ def _metadata(
 
 
 def _score_chunk(
-    classifier, policies, versions, thresholds, wanted, results_db, table, model_name
+    classifier, policies, versions, thresholds, wanted, held, table, model_name
 ) -> tuple[list[ClassificationRow], list[FileFailure]]:
     """The chunk's scores, and the files the scorer threw on (a batch that throws is split until
     the file that throws is alone; the others are scored): tried again, counted."""
     needed = sorted({i for ids in wanted.values() for i in ids})
     if not needed:
         return [], []
-    texts = results_db.model_outputs.transcripts(needed, _transcript_model(table))
+    texts = scores_db.transcripts(held, needed, _transcript_model(table))
     members = dict(zip(table["audio_file_id"].astype(int), table["member"]))
     scorer = classifier.load()
-    rows, errors = [], {}
+    rows: list[ClassificationRow] = []
+    errors: dict[int, FileFailure] = {}
     for category, ids in wanted.items():
         if not ids:
             continue
         contents = [texts[i].text if i in texts else "" for i in ids]
-        scores = split_on_error(contents, lambda batch, policy=policies[category]: scorer.score(policy, batch))
+        policy = policies[category]
+        scores = split_on_error(contents, lambda batch: scorer.score(policy, batch))  # noqa: B023 - runs now
         for file_id, result in zip(ids, scores):
             if isinstance(result, Exception):
                 reason = f"scoring {category}: {type(result).__name__}: {result}"
@@ -165,7 +157,6 @@ def _score_chunk(
                     flag_category=category,
                     model=model_name,
                     flag_score=result.score,
-                    flagged=result.score is not None and result.score >= thresholds[category],
                     threshold=thresholds[category],
                     content_truncated=result.truncated,
                     reason=result.reason,

@@ -18,7 +18,7 @@ import json
 
 import dagster as dg
 
-from audio_assets.ml.whisper_models import BUNDLED_ALIASES, BUNDLED_PACKAGES
+from models.whisper_models import BUNDLED_ALIASES, BUNDLED_PACKAGES
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber
 

@@ -12,8 +12,8 @@ import os
 import dagster as dg
 from pydantic import Field
 
-from audio_assets.audio.metadata_rows import MetadataLimits
-from audio_assets.audio.tar_safety import ArchiveLimits
+from media.metadata_rows import MetadataLimits
+from media.tar_safety import ArchiveLimits
 
 MIB = 1024 * 1024
 

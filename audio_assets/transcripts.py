@@ -9,17 +9,15 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from archive_identity import ArchiveVersion
-from audio_assets.archive_step import archive_asset, archive_step
-from audio_assets.audio.opus_convert import over_the_cap
+from audio_assets.archive_job import archive_asset
 from audio_assets.file_batches import batches, raise_for_retryable, split_done, split_on_error
-from audio_assets.ml.transcriber import Transcript, TranscriptionError
 from audio_assets.settings import DEFAULT_MAX_AUDIO_MINUTES, FileAttemptsConfig, env_default
-from resources.archive_claim import ArchiveClaim
+from media.opus_convert import over_the_cap
+from models.transcriber import Transcript, TranscriptionError
+from resources.archive_run import ArchiveRun, HeldArchive
 from resources.manifest_io import ArchiveTable
-from resources.object_store import ObjectStore
-from resources.results_db import FileFailure, ResultsDatabase, TranscriptRow
-from resources.scratch import ScratchSpace
+from resources.results_db.failures import Cause, FileFailure
+from resources.results_db.transcripts import TranscriptRow, record_transcripts, transcribed_ids
 from resources.transcriber import WhisperTranscriber
 
 RESULT_COLUMNS = ["audio_file_id", "member", "status", "model", "error"]
@@ -56,34 +54,28 @@ def transcripts(
     config: TranscriptionConfig,
     opus_files: ArchiveTable,
     transcriber: WhisperTranscriber,
-    object_store: ObjectStore,
-    results_db: ResultsDatabase,
-    scratch: ScratchSpace,
-    archive_claim: ArchiveClaim,
+    archive_run: ArchiveRun,
 ) -> dg.Output[ArchiveTable]:
     """WhisperX transcripts (text, language, confidence, timed segments) of the Opus files."""
-    with archive_step(
-        context, ["transcription"], archive_claim, results_db, archive=opus_files.archive, gpu=True
-    ) as step:
-        archive = step.archive  # with the run's claim epoch, which fences every write
+    with archive_run.step(context, opus_files, gpu=True) as held:
         converted = opus_files.rows[opus_files.rows["status"] == "converted"].reset_index(drop=True)
         model_name = transcriber.model_name()
         ids = [int(i) for i in converted["audio_file_id"]]
-        already = set() if config.retranscribe else results_db.model_outputs.transcribed_ids(ids, model_name)
+        already = set() if config.retranscribe else transcribed_ids(held, ids, model_name)
         _, todo = split_done(converted.to_dict("records"), lambda row: int(row["audio_file_id"]) in already)
         started, done, load_s = time.monotonic(), [], 0.0
         if todo:
             model = transcriber.load()
             load_s = time.monotonic() - started
-            with scratch.step_dir(context.run.run_id, "transcripts") as workdir:
+            with held.workdir() as workdir:
                 for chunk in batches(todo, config.files_per_chunk):
-                    outcomes = _transcribe_chunk(chunk, model, object_store, workdir, config.max_audio_minutes * 60)
-                    done += _commit(results_db, archive, outcomes, model_name, context, config.max_file_attempts)
-                    context.log.info(f"transcribed {len(done)}/{len(todo)} files ({len(already)} done before)")
+                    outcomes = _transcribe_chunk(chunk, model, held, workdir, config.max_audio_minutes * 60)
+                    done += _commit(held, outcomes, model_name, config.max_file_attempts)
+                    held.log.info(f"transcribed {len(done)}/{len(todo)} files ({len(already)} done before)")
         ok = [(row, t) for row, t in done if isinstance(t, Transcript)]
         failed = [t for _, t in done if isinstance(t, FileFailure)]
         raise_for_retryable(failed, len(todo))
-        return step.output(
+        return held.output(
             _results_frame(converted, already, ok, failed, model_name),
             _metadata(model_name, ok, already, failed, time.monotonic() - started, load_s),
         )
@@ -105,7 +97,7 @@ def _metadata(
     }
 
 
-def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdir: Path, max_seconds: float) -> list:
+def _transcribe_chunk(rows: list[dict], model, held: HeldArchive, workdir: Path, max_seconds: float) -> list:
     def fetch(row: dict) -> Path | FileFailure:
         path = workdir / f"{int(row['audio_file_id'])}.opus"
         seconds = row.get("duration_seconds")
@@ -113,7 +105,7 @@ def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdi
             reason = str(over_the_cap(float(seconds), max_seconds))
             return FileFailure(int(row["audio_file_id"]), row["member"], "transcription", reason)
         try:
-            stored = object_store.download_file(row["opus_key"], path)
+            stored = held.object_store.download_file(row["opus_key"], path)
         except Exception as exc:  # the store, after its own retries: the row stays as it was
             return FileFailure(
                 int(row["audio_file_id"]),
@@ -142,30 +134,27 @@ def _transcribe_chunk(rows: list[dict], model, object_store: ObjectStore, workdi
         result = next(results)
         item.unlink(missing_ok=True)
         if isinstance(result, Exception):  # the file's only when its bytes do not decode
-            cause = "input" if isinstance(result, TranscriptionError) and not result.transient else "unclear"
+            cause: Cause = "input" if isinstance(result, TranscriptionError) and not result.transient else "unclear"
             reason = str(result) if isinstance(result, TranscriptionError) else f"{type(result).__name__}: {result}"
             result = FileFailure(int(row["audio_file_id"]), row["member"], "transcription", reason, cause)
         outcomes.append((row, result))
     return outcomes
 
 
-def _commit(
-    results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, model_name: str, context, max_attempts: int
-) -> list:
-    """The chunk's transcripts and failures, committed; returns the outcomes as stored."""
-    results_db.model_outputs.store_transcripts(
-        archive,
+def _commit(held: HeldArchive, chunk: list, model_name: str, max_attempts: int) -> list:
+    """The chunk's transcripts and failures, committed together; returns the outcomes as stored."""
+    settled = record_transcripts(
+        held,
         [
             TranscriptRow(int(row["audio_file_id"]), model_name, t.text, t.language, t.confidence, t.segments)
             for row, t in chunk
             if isinstance(t, Transcript)
         ],
-    )
-    settled = results_db.audio_files.record_failures(
-        archive, [t for _, t in chunk if isinstance(t, FileFailure)], context.run.run_id, max_attempts
+        [t for _, t in chunk if isinstance(t, FileFailure)],
+        max_attempts,
     )
     for failure in settled:
-        context.log.warning(str(failure))
+        held.log.warning(str(failure))
     stored = iter(settled)
     return [(row, next(stored) if isinstance(t, FileFailure) else t) for row, t in chunk]
 
@@ -174,7 +163,7 @@ def _results_frame(
     converted: pd.DataFrame, already: set[int], ok, failed: list[FileFailure], model_name: str
 ) -> pd.DataFrame:
     members = dict(zip(converted["audio_file_id"].astype(int), converted["member"]))
-    rows = [(file_id, members[file_id], "transcribed", model_name, None) for file_id in sorted(already)]
+    rows: list[tuple] = [(file_id, members[file_id], "transcribed", model_name, None) for file_id in sorted(already)]
     rows += [(int(r["audio_file_id"]), r["member"], "transcribed", model_name, None) for r, _ in ok]
     rows += [(f.audio_file_id, f.original_filename, "failed", model_name, f.error) for f in failed]
     return pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values("member", ignore_index=True)

@@ -167,7 +167,7 @@ def _ensure_uploaded(
 ) -> tuple[ObjectInfo, bool]:
     """The verified object for `remote`, uploading it only if it is not there yet."""
     existing = object_store.head(key)
-    if _same_version(existing, remote):
+    if existing is not None and _same_version(existing, remote):
         return existing, False
     remote_sha256 = session.sha256(remote)
     if existing and existing.size == remote.size and existing.metadata.get(SHA256_METADATA) == remote_sha256:
@@ -178,7 +178,7 @@ def _ensure_uploaded(
     reader = _upload(session, object_store, key, remote, remote_sha256)
     stored = object_store.head(key)
     problem = _verification_problem(stored, remote, remote_sha256, reader, config.verify_etag)
-    if problem:
+    if problem or stored is None:
         object_store.delete(key)
         raise TransferVerificationError(f"s3://{object_store.bucket}/{key}: {problem}; deleted it")
     return stored, True

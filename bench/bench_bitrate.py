@@ -28,11 +28,11 @@ import bench_conversion as conversion  # sets up sys.path for archive_factory
 from archive_factory import make_speech_mp3
 from bench_transcription import Clip, make_espeak_clip, sample_clips
 
-from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
-from audio_assets.audio.opus_convert import convert_to_opus
-from audio_assets.ml.transcriber import TranscriberSettings, load_transcriber
+from media.ffmpeg_binary import resolve_ffmpeg
+from media.opus_convert import convert_to_opus
+from models.transcriber import TranscriberSettings, load_transcriber
 from wer import corpus_word_error_rate
-from audio_assets.ml.whisper_models import default_models_root
+from models.whisper_models import default_models_root
 
 
 def main() -> None:

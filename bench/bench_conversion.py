@@ -50,25 +50,24 @@ sys.path.insert(0, str(ROOT / "tests"))  # archive_factory: the fixtures' own MP
 
 from archive_factory import build_tar, make_speech_mp3  # noqa: E402
 
-import audio_assets.archive_step as archive_step_module  # noqa: E402
-import audio_assets.audio.opus_convert as opus_convert_module  # noqa: E402
+import audio_assets.opus_files as opus_files_module  # noqa: E402
+import media.opus_convert as opus_convert_module  # noqa: E402
+import resources.archive_run as archive_run_module  # noqa: E402
 import resources.manifest_io as manifest_io_module  # noqa: E402
 from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG  # noqa: E402
-from audio_assets.archive import raw_archive  # noqa: E402
-from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg  # noqa: E402
-from audio_assets.audio.opus_convert import convert_to_opus  # noqa: E402
-from audio_assets.audio.tar_safety import ArchiveEntry, ArchiveLimits, iter_archive  # noqa: E402
-from audio_assets.opus import opus_files  # noqa: E402
-from audio_assets.partitions import archives_partitions  # noqa: E402
+from audio_assets.archive_job import archives_partitions  # noqa: E402
+from audio_assets.opus_files import opus_files  # noqa: E402
+from audio_assets.raw_archive import raw_archive  # noqa: E402
 from embedded_services.postgres import create_database, start_postgres, stop_postgres  # noqa: E402
 from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs  # noqa: E402
-from resources.archive_claim import ArchiveClaim  # noqa: E402
+from media.ffmpeg_binary import resolve_ffmpeg  # noqa: E402
+from media.opus_convert import convert_to_opus  # noqa: E402
+from media.tar_safety import ArchiveEntry, ArchiveLimits, iter_archive  # noqa: E402
+from resources.archive_run import ArchiveRun  # noqa: E402
 from resources.manifest_io import ArchiveTableIOManager  # noqa: E402
 from resources.object_store import ObjectStore  # noqa: E402
 from resources.results_db import ResultsDatabase  # noqa: E402
-from resources.results_db.audio_files import AudioFiles  # noqa: E402
 from resources.results_db.failures import DeadLetter  # noqa: E402
-from resources.results_db.object_deletions import ObjectDeletions  # noqa: E402
 from resources.scratch import ScratchSpace  # noqa: E402
 
 BITRATE_KBPS = 32
@@ -410,7 +409,7 @@ _download_ends: list[float] = []
 
 
 def _mark_download_ends() -> None:
-    original = vars(archive_step_module.ArchiveStep)["local_archive"]
+    original = vars(archive_run_module.HeldArchive)["local_copy"]
     if getattr(original, "bench_marks_end", False):
         return
 
@@ -421,7 +420,7 @@ def _mark_download_ends() -> None:
             _download_ends.append(time.time())
 
     download.bench_marks_end = True
-    archive_step_module.ArchiveStep.local_archive = download
+    archive_run_module.HeldArchive.local_copy = download
 
 
 def opus_run_config(workers: int) -> dict:
@@ -578,19 +577,22 @@ def timed_calls(targets: list[tuple[object, str, str]]) -> Iterator[dict[str, li
 
 PROFILED = [
     (manifest_io_module.ArchiveTableIOManager, "load_input", "load manifest (S3 GET + parquet)"),
-    (ArchiveClaim, "resume", "archive claim (row in archives, fenced)"),
-    (ObjectDeletions, "drain", "DB: object deletions outbox drain"),
-    (AudioFiles, "conversion_state", "DB: conversion state query"),
-    (archive_step_module.ArchiveStep, "local_archive", "download archive (S3)"),
+    (archive_run_module, "claim", "archive claim (row in archives, fenced)"),
+    (archive_run_module.HeldArchive, "drain", "DB: object deletions outbox drain"),
+    (opus_files_module, "conversion_state", "DB: conversion state query"),
+    (archive_run_module.HeldArchive, "local_copy", "download archive (S3)"),
     (ArchiveEntry, "copy_to", "copy one MP3 out of the tar (streamed, main thread)"),
     (opus_convert_module, "_declared_duration", "source header probe (PyAV open)"),
     (opus_convert_module, "_run_ffmpeg", "ffmpeg encode (subprocess)"),
     (opus_convert_module, "verified_opus_duration", "Opus output check (Ogg page CRCs)"),
     (opus_convert_module, "decoded_duration_seconds", "full decode of source (fallback)"),
-    (ObjectDeletions, "intend_upload", "DB: upload intent (one transaction per file)"),
-    (ObjectDeletions, "intend_uploads", "DB: upload intents (one transaction per files_per_commit files)"),
+    (
+        archive_run_module.HeldArchive,
+        "intend_uploads",
+        "DB: upload intents (one transaction per files_per_commit files)",
+    ),
     (ObjectStore, "upload_file", "upload_file (upload pool: one PutObject + Content-MD5)"),
-    (AudioFiles, "record_conversions", "DB: record_conversions (one per chunk commit)"),
+    (opus_files_module, "record_conversions", "DB: record_conversions (one per chunk commit)"),
     (DeadLetter, "resolve_stages", "DB: resolve_stages"),
     (manifest_io_module.ArchiveTableIOManager, "handle_output", "results output (parquet PUT)"),
 ]
@@ -729,7 +731,7 @@ def main() -> None:
 
 
 def bench_definitions(services: Services, workdir: Path) -> dg.Definitions:
-    """Only the two assets under test, not audio_assets.definitions: the other slices
+    """Only the two assets under test, not definitions: the other slices
     (transcripts, classifications) need resources this benchmark has no use for."""
     return dg.Definitions(
         assets=[raw_archive, opus_files],
@@ -737,9 +739,12 @@ def bench_definitions(services: Services, workdir: Path) -> dg.Definitions:
         resources={
             "object_store": services.store,
             "results_db": services.results_db,
-            "scratch": ScratchSpace(root=str(workdir / "scratch")),
             "manifest_io": ArchiveTableIOManager(object_store=services.store),
-            "archive_claim": ArchiveClaim(results_db=services.results_db),
+            "archive_run": ArchiveRun(
+                object_store=services.store,
+                results_db=services.results_db,
+                scratch=ScratchSpace(root=str(workdir / "scratch")),
+            ),
         },
         executor=dg.in_process_executor,  # as the local environment runs it
     )

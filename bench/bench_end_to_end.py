@@ -38,11 +38,11 @@ from archive_factory import build_tar, make_parquet
 from bench_transcription import load_bare_whisperx, make_espeak_clip, sample_clips
 from daemon_harness import DaemonHarness, PipelineEnvironment
 
-from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
-from audio_assets.audio.opus_convert import convert_to_opus
-from audio_assets.ml.profanity_scorer import ProfanityScorer
-from audio_assets.ml.transcriber import decode_audio_file
-from audio_assets.ml.whisper_models import bundled_whisper_base, default_models_root
+from media.ffmpeg_binary import resolve_ffmpeg
+from media.opus_convert import convert_to_opus
+from models.profanity_scorer import ProfanityScorer
+from models.transcriber import decode_audio_file
+from models.whisper_models import bundled_whisper_base, default_models_root
 from embedded_services.postgres import create_database, start_postgres, stop_postgres
 from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs
 from resources.object_store import ObjectStore

@@ -187,7 +187,7 @@ def graphql_bench(instance, home: Path) -> None:
         [
             str(Path(sys.executable).parent / "dagster-webserver"),
             "-m",
-            "audio_assets.definitions",
+            "definitions",
             "-h",
             "127.0.0.1",
             "-p",

@@ -52,20 +52,21 @@ import dagster as dg
 import bench_conversion as conversion  # sets up sys.path for archive_factory; clip texts, services
 from archive_factory import build_tar, make_speech_mp3
 
-import audio_assets.ml.transcriber as transcriber_module
+import models.transcriber as transcriber_module
+import audio_assets.transcripts as transcripts_module
+import resources.archive_run as archive_run_module
 import resources.manifest_io as manifest_io_module
-from audio_assets.definitions import build_definitions
-from audio_assets.ml.transcriber import TranscriberSettings, decode_audio_file, load_transcriber
+from definitions import build_definitions
+from models.transcriber import TranscriberSettings, decode_audio_file, load_transcriber
 from wer import corpus_word_error_rate, normalize_words
-from audio_assets.ml.whisper_models import bundled_whisper_base, default_models_root, resolve_whisper_model
+from models.whisper_models import bundled_whisper_base, default_models_root, resolve_whisper_model
 from pipeline_support import ArchiveRunner, pipeline_resources
-from resources.archive_claim import ArchiveClaim
 from resources.classifier import PolicyClassifier
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
-from resources.results_db.audio_files import AudioFiles
 from resources.results_db.failures import DeadLetter
-from resources.results_db.model_outputs import ModelOutputs
+from resources.results_db.opus_files import opus_objects
+from resources.results_db.transcripts import transcripts_of_archive
 from resources.transcriber import WhisperTranscriber
 
 SAMPLES = conversion.ROOT / "operations" / "samples"
@@ -207,7 +208,7 @@ class StepRunner:
         return Sample(seconds, cpu, self.stored_texts(), metadata)
 
     def stored_texts(self) -> dict[str, str]:
-        return self.results_db.model_outputs.transcripts_of_archive(self.key)
+        return transcripts_of_archive(self.results_db, self.key)
 
 
 # --- profile: one extra, instrumented run of each (not in the table) ----------------------
@@ -220,7 +221,7 @@ def profiled_targets() -> list[tuple[object, str, str]]:
 
     return [
         (manifest_io_module.ArchiveTableIOManager, "load_input", "load manifest (S3 GET + parquet)"),
-        (ArchiveClaim, "resume", "archive claim (row in archives, fenced)"),
+        (archive_run_module, "claim", "archive claim (row in archives, fenced)"),
         (ObjectStore, "download_file", "download Opus file (HEAD + GET + HEAD)"),
         (transcriber_module, "decode_audio_file", "decode audio (PyAV, resample to 16 kHz)"),
         (Pyannote, "__call__", "VAD (pyannote segmentation)"),
@@ -229,8 +230,7 @@ def profiled_targets() -> list[tuple[object, str, str]]:
         (whisperx.asr.WhisperModel, "encode", "Whisper encoder (CTranslate2)"),
         (whisperx.asr.WhisperModel, "generate_segment_batched", "bare: encoder + beam search + detokenize"),
         (transcriber_module.Transcriber, "_generate", "pipeline: beam search + detokenize"),
-        (ModelOutputs, "store_transcripts", "DB: store_transcripts (one per chunk commit)"),
-        (AudioFiles, "record_failures", "DB: record_failures (one per chunk commit)"),
+        (transcripts_module, "record_transcripts", "DB: record_transcripts (one per chunk commit)"),
         (DeadLetter, "resolve_stages", "DB: resolve_stages"),
         (manifest_io_module.ArchiveTableIOManager, "handle_output", "results output (parquet PUT)"),
     ]
@@ -415,8 +415,7 @@ def opus_copies(
     results_db: ResultsDatabase, store: ObjectStore, key: str, clips: list[Clip], workdir: Path
 ) -> list[Clip]:
     """The clips as the step sees them: the Opus objects opus_files uploaded."""
-    rows = results_db.audio_files.files_of_archive(key)
-    opus_key = {row["original_filename"]: row["opus_path"] for row in rows}
+    opus_key = {row["original_filename"]: row["opus_path"] for row in opus_objects(results_db, key)}
     copies = []
     for clip in clips:
         path = workdir / "opus" / f"{len(copies):05d}.opus"

@@ -30,7 +30,7 @@ import dagster as dg
 from archive_factory import build_tar, make_tone_mp3
 from daemon_harness import DaemonHarness, PipelineEnvironment
 
-from audio_assets.ml.whisper_models import default_models_root
+from models.whisper_models import default_models_root
 from embedded_services.postgres import create_database, start_postgres, stop_postgres
 from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs
 from resources.object_store import ObjectStore

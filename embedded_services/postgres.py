@@ -74,15 +74,16 @@ class PostgresError(RuntimeError):
 def find_postgres_bindir() -> Path:
     """Directory holding initdb/pg_ctl: $POSTGRES_BINDIR, `pg_config --bindir`,
     the newest /usr/lib/postgresql/*/bin (Debian), then PATH."""
-    candidates = [os.environ.get("POSTGRES_BINDIR")]
+    candidates = [os.environ.get("POSTGRES_BINDIR") or ""]
     if shutil.which("pg_config"):
         # Debian's pg_config (libpq-dev) names the server dir even when only the
         # client is installed, so the candidate is checked for initdb below.
         result = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
-        candidates.append(result.stdout.strip() if result.returncode == 0 else None)
+        if result.returncode == 0:
+            candidates.append(result.stdout.strip())
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
-    if shutil.which("initdb"):
-        candidates.append(str(Path(shutil.which("initdb")).parent))
+    if initdb := shutil.which("initdb"):
+        candidates.append(str(Path(initdb).parent))
     for candidate in candidates:
         if candidate and (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
             return Path(candidate)

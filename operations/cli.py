@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from embedded_services.ports import LOCAL_POSTGRES_PORT, LOCAL_S3_PORT
@@ -126,9 +127,13 @@ def _review_db_login(args: argparse.Namespace) -> int:
 
 def _review_thresholds(args: argparse.Namespace) -> int:
     from operations import configured_resource
+    from resources.results_db.classifications import apply_threshold
     from review.commands import review_thresholds
 
-    return review_thresholds(configured_resource("results_db"), args.policy, args.model, args.apply, args.target)
+    # The console reads the calibration; applying a threshold is the pipeline's write.
+    results_db = configured_resource("results_db")
+    reflag = functools.partial(apply_threshold, results_db)
+    return review_thresholds(results_db, args.policy, args.model, args.apply, args.target, reflag)
 
 
 def _review_audit(args: argparse.Namespace) -> int:

@@ -83,7 +83,7 @@ def _run_pipeline(s3: SeaweedS3, pg: LocalPostgres, state: Path, ui: bool, timeo
                 return 1
         print_summary(results_db, instance, archives)
         print(f"demo wall time: {time.monotonic() - started:.1f} s")
-        if ui:
+        if ui and process is not None:
             print("Dagster UI on http://127.0.0.1:3000 (Ctrl-C to stop)")
             process.wait()
         return 0
@@ -178,9 +178,9 @@ def _write_instance_config(dagster_home: Path) -> None:
 def _start_dagster(ui: bool) -> subprocess.Popen:
     bin_dir = Path(sys.executable).parent
     if ui:
-        command = [str(bin_dir / "dagster"), "dev", "-m", "audio_assets.definitions", "-h", "127.0.0.1", "-p", "3000"]
+        command = [str(bin_dir / "dagster"), "dev", "-m", "definitions", "-h", "127.0.0.1", "-p", "3000"]
     else:
-        command = [str(bin_dir / "dagster-daemon"), "run", "-m", "audio_assets.definitions"]
+        command = [str(bin_dir / "dagster-daemon"), "run", "-m", "definitions"]
     log = open(Path(os.environ["DAGSTER_HOME"]) / "dagster.log", "ab")  # noqa: SIM115 - the child writes to it after we return
     print(f"starting {Path(command[0]).name} {' '.join(command[1:])} (log: {log.name})")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())

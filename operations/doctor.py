@@ -128,7 +128,7 @@ def check_postgres(settings: DoctorSettings, resources: ResolvedResources) -> Ch
 
 
 def check_ffmpeg(settings: DoctorSettings, resources: ResolvedResources) -> CheckResult:
-    from audio_assets.audio.ffmpeg_binary import FFmpegNotFound, resolve_ffmpeg
+    from media.ffmpeg_binary import FFmpegNotFound, resolve_ffmpeg
 
     try:
         ffmpeg = resolve_ffmpeg()  # only returns a binary whose encoders include libopus
@@ -140,7 +140,7 @@ def check_ffmpeg(settings: DoctorSettings, resources: ResolvedResources) -> Chec
 
 
 def check_whisper(settings: DoctorSettings, resources: ResolvedResources) -> CheckResult:
-    from audio_assets.ml.whisper_models import BUNDLED_ALIASES, BUNDLED_PACKAGES, resolve_whisper_model
+    from models.whisper_models import BUNDLED_ALIASES, BUNDLED_PACKAGES, resolve_whisper_model
 
     model_settings = resources("transcriber").settings()
     model = model_settings.model
@@ -171,7 +171,7 @@ def check_classifier(settings: DoctorSettings, resources: ResolvedResources) -> 
         return CheckResult("classifier", "ok", "profanity (alt-profanity-check imports)")
     if classifier.backend != "cope-a":
         return CheckResult("classifier", "fail", f"unknown backend {classifier.backend!r}")
-    from audio_assets.ml.cope_scorer import resolve_model_path
+    from models.cope_scorer import resolve_model_path
 
     root = str(Path(classifier.models_root).expanduser()) if classifier.models_root else None
     wanted = {"base model": classifier.base_model, "adapter": classifier.adapter}
@@ -199,7 +199,7 @@ def check_whisper_gpu(settings: DoctorSettings, resources: ResolvedResources) ->
     cuDNN 9, which a CUDA-13-only host lacks, and would otherwise fail at the first file."""
     if importlib.util.find_spec("ctranslate2") is None:
         return CheckResult("whisper-gpu", "skip", "ctranslate2 not installed")
-    from audio_assets.ml.ctranslate2_check import check_ctranslate2_gpus
+    from models.ctranslate2_check import check_ctranslate2_gpus
 
     results = check_ctranslate2_gpus()
     if not results:

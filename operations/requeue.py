@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from archive_identity import ARCHIVES_PARTITIONS, PARTITION_TAG, ArchiveVersion
+from archive_identity import ARCHIVES_PARTITIONS, ArchiveVersion
+from audio_assets.archive_job import archive_run_request
 from operations.run_submission import (
     LaunchFailed,
     archive_job_submitter,
@@ -29,7 +30,7 @@ REQUEUED_FILES_TAG = "audio/requeued_failed_files"
 
 @dataclass(frozen=True)
 class FailedArchive:
-    archive_source: str
+    archive_key: str
     partition_key: str
     failed_files: int
     archive_error: str | None  # an open failure of the whole archive (e.g. unreadable tar)
@@ -44,7 +45,10 @@ class FailedArchive:
 def failed_archives(results_db, archive: str | None) -> list[FailedArchive]:
     """Archives with failures; `archive` (a partition key, archive key or file name) narrows
     it to one, None means all."""
-    return [FailedArchive(**row) for row in results_db.failures.failed_archives(archive)]
+    found = results_db.archives.find(archive) if archive else None
+    if archive and found is None:
+        return []
+    return [FailedArchive(**row) for row in results_db.failures.failed_archives(found and found["archive_key"])]
 
 
 def run_requeue(
@@ -77,32 +81,28 @@ def run_requeue(
 def _submit(instance: dg.DagsterInstance, object_store, target: FailedArchive, submit) -> dg.DagsterRun | None:
     busy = runs_in_flight(instance, target.partition_key)
     if busy:
-        print(f"skipped {target.archive_source}: run {busy[0].run_id} of its partition is {busy[0].status.value}")
+        print(f"skipped {target.archive_key}: run {busy[0].run_id} of its partition is {busy[0].status.value}")
         return None
-    info = object_store.head(target.archive_source)
+    info = object_store.head(target.archive_key)
     if info is None:
-        print(f"skipped {target.archive_source}: no longer in s3://{object_store.bucket}")
+        print(f"skipped {target.archive_key}: no longer in s3://{object_store.bucket}")
         return None
     # The sensor adds partitions; an instance rebuilt since then may not have this one.
     if not instance.has_dynamic_partition(ARCHIVES_PARTITIONS, target.partition_key):
         instance.add_dynamic_partitions(ARCHIVES_PARTITIONS, [target.partition_key])
     # Pins the version read now, like a sensor run: if the archive changes meanwhile the run
     # stops and the sensor's run for the new version takes over.
-    archive = ArchiveVersion(info.key, info.etag, info.size, info.last_modified, target.partition_key)
+    request = archive_run_request(
+        ArchiveVersion.of(info, target.partition_key),
+        tags={REQUEUED_TAG: "true", REQUEUED_FILES_TAG: str(target.failed_files)},
+    )
     try:
-        run = submit(
-            {
-                PARTITION_TAG: target.partition_key,
-                **archive.run_tags(),
-                REQUEUED_TAG: "true",
-                REQUEUED_FILES_TAG: str(target.failed_files),
-            }
-        )
+        run = submit(request.tags)
     except LaunchFailed as error:
-        print(f"could not requeue {target.archive_source}: {error}", file=sys.stderr)
+        print(f"could not requeue {target.archive_key}: {error}", file=sys.stderr)
         return None
     print(
-        f"requeued {target.archive_source} (partition {target.partition_key}): {target.describe()} "
+        f"requeued {target.archive_key} (partition {target.partition_key}): {target.describe()} "
         f"-> run {run.run_id} {run.status.value}"
     )
     return run
@@ -123,10 +123,9 @@ def _wait_and_report(
     all_succeeded = True
     for target, run in submitted:
         status = final[run.run_id].status if run.run_id in final else run.status
-        remaining = results_db.failures.failed_file_count(target.archive_source)
+        remaining = results_db.failures.failed_file_count(target.archive_key)
         print(
-            f"{target.archive_source}: run {run.run_id} {status.value}; "
-            f"failed files {target.failed_files} -> {remaining}"
+            f"{target.archive_key}: run {run.run_id} {status.value}; failed files {target.failed_files} -> {remaining}"
         )
         all_succeeded &= status == dg.DagsterRunStatus.SUCCESS
     return 0 if all_succeeded else 1

@@ -23,11 +23,11 @@ from pathlib import Path
 import dagster as dg
 
 from archive_identity import PARTITION_TAG
-from audio_assets.jobs import archive_job
+from audio_assets.archive_job import archive_job
 
-# `dagster-daemon run -m audio_assets.definitions` (the demo) names the code location after the
+# `dagster-daemon run -m definitions` (the demo) names the code location after the
 # module; a workspace.yaml may name it otherwise.
-CODE_LOCATION_MODULE = "audio_assets.definitions"
+CODE_LOCATION_MODULE = "definitions"
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,

@@ -14,7 +14,7 @@ COLUMNS = ("files", "converted", "transcribed", "classified", "failed")
 
 @dataclass(frozen=True)
 class ArchiveProgress:
-    archive_source: str
+    archive_key: str
     partition_key: str
     files: int
     converted: int
@@ -30,15 +30,19 @@ class ArchiveProgress:
 
 def archive_progress(results_db, archive: str | None, limit: int) -> tuple[list[ArchiveProgress], list[dict[str, Any]]]:
     """Per-archive counts (most recently changed first) and open archive-level failures."""
-    rows = results_db.reports.archive_progress(archive, limit)
+    found = results_db.archives.find(archive) if archive else None
+    if archive and found is None:
+        return [], []
+    key = found and found["archive_key"]
+    rows = results_db.reports.archive_progress(key, limit)
     progress = [ArchiveProgress(**{k: v for k, v in row.items() if k != "last_change"}) for row in rows]
-    return progress, results_db.reports.open_archive_failures(archive, limit)
+    return progress, results_db.reports.open_archive_failures(key, limit)
 
 
 def render_table(progress: list[ArchiveProgress]) -> list[str]:
     """Plain aligned columns, for pipes, logs and scripts."""
     header = ("archive", "partition", *COLUMNS)
-    cells = [(p.archive_source, p.partition_key, *(str(getattr(p, c)) for c in COLUMNS)) for p in progress]
+    cells = [(p.archive_key, p.partition_key, *(str(getattr(p, c)) for c in COLUMNS)) for p in progress]
     widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
     # Names left-aligned, counts right-aligned.
     return [
@@ -76,7 +80,7 @@ def _bar(p: ArchiveProgress, width: int) -> str:
 
 
 def render_archive_failures(failures: list[dict[str, Any]]) -> list[str]:
-    return [f"archive failed: {f['archive_source']} ({f['stage']}): {f['error']}" for f in failures]
+    return [f"archive failed: {f['archive_key']} ({f['stage']}): {f['error']}" for f in failures]
 
 
 def run_status(results_db, archive: str | None, limit: int, terminal: bool) -> int:

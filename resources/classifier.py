@@ -15,9 +15,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from audio_assets.ml.cope_settings import CopeSettings, cope_model_name
-from audio_assets.ml.profanity_scorer import load_profanity_scorer, profanity_model_name
-from audio_assets.ml.scoring import PolicyScorer
+from models.cope_settings import CopeSettings, cope_model_name
+from models.profanity_scorer import load_profanity_scorer, profanity_model_name
+from models.scoring import PolicyScorer
 from policies import load_policies
 
 DEFAULT_POLICIES = ["hate_speech", "harassment_threats", "sexual_content", "self_harm", "violent_extremism"]
@@ -69,7 +69,7 @@ class PolicyClassifier(dg.ConfigurableResource):
             return load_profanity_scorer()
         if self.backend != "cope-a":
             raise ValueError(f"unknown classifier backend {self.backend!r}; expected cope-a or profanity")
-        from audio_assets.ml.cope_scorer import load_cope_scorer  # imports torch: only when the model loads
+        from models.cope_scorer import load_cope_scorer  # imports torch: only when the model loads
 
         return load_cope_scorer(self._cope_settings())
 

@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 
 from embedded_services.ports import LOCAL_POSTGRES_PORT, LOCAL_S3_PORT
-from resources.archive_claim import ArchiveClaim
+from resources.archive_run import ArchiveRun
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ArchiveTableIOManager
 from resources.object_store import ObjectStore
@@ -96,7 +96,8 @@ def _results_db() -> ResultsDatabase:
 def _remote_host(production: bool) -> RemoteArchiveHost:
     """The SFTP host the seed's transfer worker pulled from; unconfigured, its sensor is off."""
     env = os.environ.get
-    if not env("REMOTE_HOST"):
+    host = env("REMOTE_HOST")
+    if not host:
         return RemoteArchiveHost()  # the sensor skips and the job fails with a clear reason
     if production:
         return RemoteArchiveHost(
@@ -109,7 +110,7 @@ def _remote_host(production: bool) -> RemoteArchiveHost:
             done_dir=env("REMOTE_DONE_DIR") or None,
         )
     return RemoteArchiveHost(
-        host=env("REMOTE_HOST"),
+        host=host,
         port=int(env("REMOTE_PORT", "22")),
         username=env("REMOTE_USER", getpass.getuser()),
         private_key_path=env("REMOTE_KEY_PATH", "~/.ssh/id_ed25519"),
@@ -149,8 +150,11 @@ def _wire(
         "results_db": results_db,
         "scratch": scratch,
         "manifest_io": ArchiveTableIOManager(object_store=object_store),
-        "archive_claim": ArchiveClaim(
-            results_db=results_db, ttl_s=float(os.environ.get("ARCHIVE_CLAIM_TTL_S", "1800"))
+        "archive_run": ArchiveRun(
+            object_store=object_store,
+            results_db=results_db,
+            scratch=scratch,
+            claim_ttl_s=float(os.environ.get("ARCHIVE_CLAIM_TTL_S", "1800")),
         ),
         **models,
     }

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, NamedTuple, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 from xml.etree import ElementTree
 
 import botocore.exceptions
@@ -161,10 +161,10 @@ class ObjectStore(dg.ConfigurableResource):
             for item in page.iter(f"{_S3_XML}Contents"):
                 yield ObjectInfo(
                     # EncodingType=url, decoded as botocore does: keys that are not valid XML survive.
-                    key=urllib.parse.unquote_plus(item.findtext(f"{_S3_XML}Key")),
+                    key=urllib.parse.unquote_plus(item.findtext(f"{_S3_XML}Key", "")),
                     etag=item.findtext(f"{_S3_XML}ETag", "").strip('"'),
                     size=int(item.findtext(f"{_S3_XML}Size", "0")),
-                    last_modified=datetime.fromisoformat(item.findtext(f"{_S3_XML}LastModified")),
+                    last_modified=datetime.fromisoformat(item.findtext(f"{_S3_XML}LastModified", "")),
                 )
             token = page.findtext(f"{_S3_XML}NextContinuationToken")
             if page.findtext(f"{_S3_XML}IsTruncated") != "true" or not token:
@@ -270,7 +270,7 @@ class ObjectStore(dg.ConfigurableResource):
 
     def upload_stream(
         self,
-        reader: IO[bytes],
+        reader: IO[bytes] | Any,  # anything with read(n) -> bytes (transfer's VerifyingReader)
         key: str,
         *,
         metadata: Mapping[str, str],

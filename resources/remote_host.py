@@ -207,8 +207,8 @@ class RemoteSession:
         """The file in remote_dir, else the already moved one in done_dir, else None."""
         check_remote_name(name, self.host.patterns)
         candidates = [self._path(name)]
-        if self.host.done_path():
-            candidates.append(posixpath.join(self.host.done_path(), name))
+        if done := self.host.done_path():
+            candidates.append(posixpath.join(done, name))
         for path in candidates:
             try:
                 attr = self.sftp.stat(path)
@@ -240,11 +240,11 @@ class RemoteSession:
             if digest is not None:
                 return digest
             self._sha256sum_works = False  # an sftp-only account: don't try again this session
-        digest = hashlib.sha256()
+        hasher = hashlib.sha256()
         with self.open(remote) as handle:
             while block := handle.read(_HASH_BLOCK):
-                digest.update(block)
-        return digest.hexdigest()
+                hasher.update(block)
+        return hasher.hexdigest()
 
     def mark_transferred(self, remote: RemoteFile) -> str:
         """Move the file into done_dir (replacing an older copy there); returns the new path.

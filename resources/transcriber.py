@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from audio_assets.ml.transcriber import Transcriber, TranscriberSettings, load_transcriber, transcript_model_name
+from models.transcriber import Transcriber, TranscriberSettings, load_transcriber, transcript_model_name
 
 
 class WhisperTranscriber(dg.ConfigurableResource):

@@ -129,7 +129,8 @@ class CrossSiteRefusal:
         await self.app(scope, receive, send)
 
 
-def _bad_input(request: Request, error: BadInput) -> Response:
+def _bad_input(request: Request, error: Exception) -> Response:
+    assert isinstance(error, BadInput)  # Starlette hands each handler the type it is registered for
     return Response(f"bad request: {error}", status_code=error.status_code, media_type="text/plain")
 
 
@@ -154,7 +155,8 @@ def _audio_store_error(request: Request, error: Exception) -> Response:
     )
 
 
-def _http_error(request: Request, error: HTTPException) -> Response:
+def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
     return Response(str(error.detail), status_code=error.status_code, headers=error.headers, media_type="text/plain")
 
 

@@ -46,6 +46,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if first is None and last is None:
         return None
     if first is None:  # suffix: the last N bytes
+        assert last is not None  # the pattern has at least one of the two
         if last == 0:
             raise UnsatisfiableRange(header)
         return ByteRange(max(0, size - last), size - 1)

@@ -3,7 +3,8 @@ server-rendered SVG plot of precision and recall per threshold), and the operato
 applying a per-policy threshold.
 
 The estimates come from the view ra_calibration (sql/views/review_console.sql). Applying a
-threshold re-flags the scores already stored (sql/queries/review_calibration.sql): no model
+threshold re-flags the scores already stored, through the pipeline's own write of a flag
+(resources/results_db/classifications.py, sql/queries/classifications.sql): no model
 runs, and the threshold is recorded on every classification row, which is also what the
 pipeline's "already scored" check compares, so its next run scores nothing again either.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -83,8 +85,8 @@ def calibration_groups(rows: list[dict], recommended: list[dict], target: float)
     """One group per policy and model: its recommendation, plot and table rows."""
     chosen = {(r["policy"], r["classifier_model"]): r for r in recommended}
     groups = []
-    for (policy, model), grouped in groupby(rows, key=lambda r: (r["policy"], r["classifier_model"])):
-        grouped = list(grouped)
+    for (policy, model), group in groupby(rows, key=lambda r: (r["policy"], r["classifier_model"])):
+        grouped = list(group)
         in_effect = grouped[0]["threshold_in_effect"]
         pick = chosen.get((policy, model))
         marks = {float(pick["threshold"])} if pick else set()
@@ -151,9 +153,12 @@ def summary(results_db, target: float) -> list[dict]:
     return results_db.transaction(read, what="read the calibration")
 
 
-def apply_threshold(results_db, policy: str, model: str, threshold: float | str, target: float) -> dict:
+def apply_threshold(
+    results_db, policy: str, model: str, threshold: float | str, target: float, reflag: Callable[..., dict]
+) -> dict:
     """Flag every stored score of (policy, model) at `threshold` (a number, or "recommended":
-    the lowest that reaches `target` precision); returns the counts. No model call."""
+    the lowest that reaches `target` precision) through `reflag`, the pipeline's write
+    (resources/results_db/classifications.apply_threshold); returns the counts. No model call."""
     basis = "set by hand"
     if threshold == "recommended":
         pick = next(
@@ -175,15 +180,10 @@ def apply_threshold(results_db, policy: str, model: str, threshold: float | str,
     if not 0 <= threshold <= 1:
         raise ThresholdError("a threshold is between 0 and 1")
 
-    def apply(cur) -> dict:
-        cur.execute(Q.reflag_scores, {"policy": policy, "model": model, "threshold": threshold})
-        counts = dict(cur.fetchone())
-        if counts["scores"] == 0:
-            raise ThresholdError(f"no stored scores for policy {policy!r} and model {model!r}")
-        cur.execute(Q.record_threshold, {"policy": policy, "model": model, "threshold": threshold, "basis": basis})
-        return {"threshold": threshold, "basis": basis, **counts}
-
-    return results_db.transaction(apply, what=f"apply threshold {threshold} to {policy} / {model}")
+    counts = reflag(policy, model, threshold, basis)
+    if counts["scores"] == 0:
+        raise ThresholdError(f"no stored scores for policy {policy!r} and model {model!r}")
+    return {"threshold": threshold, "basis": basis, **counts}
 
 
 def current_thresholds(results_db) -> list[dict]:

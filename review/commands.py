@@ -37,10 +37,16 @@ def review_user(results_db, action: str, username: str, role: str | None, read_p
 
 
 def review_thresholds(
-    results_db, policy: str | None, model: str | None, apply: str | None, target: float | None
+    results_db,
+    policy: str | None,
+    model: str | None,
+    apply: str | None,
+    target: float | None,
+    reflag: Callable[[str, str, float, str], dict],
 ) -> int:
     """Without --apply: per policy and model, the threshold in force and the lowest one that
-    reaches the target precision. With --apply T|recommended: re-flag the stored scores."""
+    reaches the target precision. With --apply T|recommended: re-flag the stored scores through
+    `reflag(policy, model, threshold, basis)`, the pipeline's own write of a flag."""
     try:
         goal = calibration.target_precision(target)
         if apply is None:
@@ -50,7 +56,7 @@ def review_thresholds(
             print("audio-pipeline review-thresholds: --apply needs --policy and --model", file=sys.stderr)
             return 2
         counts = calibration.apply_threshold(
-            results_db, policy, model, apply if apply == "recommended" else _float(apply), goal
+            results_db, policy, model, apply if apply == "recommended" else _float(apply), goal, reflag
         )
     except (calibration.ThresholdError, ValueError) as exc:
         print(f"audio-pipeline review-thresholds: {exc}", file=sys.stderr)

@@ -56,6 +56,7 @@ def prepare_demo_console(results_db, pg, s3, bucket: str, state: Path) -> DemoCo
     try:
         store.check_role()
         account = store.account(DEMO_RA)
+        assert account is not None  # added or updated just above
         waiting = len(store.queue(account["id"], QueueFilter(), limit=10_000))
     finally:
         store.close()

@@ -3,6 +3,8 @@ deploy/README.md)."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
 import uvicorn
 
 from review.app import build_app
@@ -38,7 +40,7 @@ def serve(settings: ReviewSettings, host: str = DEFAULT_HOST, port: int = DEFAUL
     uvicorn.Server(server_config(build_app(settings), host, port)).run()
 
 
-def load_env_file(path: str, environ: dict) -> None:
+def load_env_file(path: str, environ: MutableMapping[str, str]) -> None:
     """KEY=VALUE lines (as the demo writes them) into `environ`, without overriding what is set."""
     with open(path, encoding="utf-8") as handle:
         for line in handle:

@@ -1,9 +1,18 @@
 """archive_sensor: a new or overwritten archives/*.tar[.gz] becomes a partition and a run.
 
+Its cursor is a LastModified watermark, a few dozen bytes however big the bucket gets or however
+many archives arrive at once. S3 lists keys in name order, not by time, so every tick lists the
+prefix. Objects modified within a look-back window before the watermark are candidates; whether
+a candidate's version was already requested is answered by the archive registry
+(`archives.requested_etag`), not by the cursor, so a bootstrap over 100,000 archives does not
+grow it. The window covers LastModified's 1-second resolution and multipart uploads, whose
+LastModified is when the upload *started* and which become visible later.
+
 Each tick requests at most ARCHIVE_SENSOR_MAX_RUNS_PER_TICK runs, oldest archives first, and
 leaves the rest for the next ticks: a bucket that already holds 100,000 archives is taken up
 over many short ticks (each far below the daemon's 60 s sensor timeout, after which a tick's
-cursor is not saved) instead of one tick that never finishes.
+cursor is not saved) instead of one tick that never finishes: the watermark then stops at the
+oldest archive not yet requested, so the next tick still sees it as a candidate.
 
 The registry remembers a version as requested before the daemon stores the tick's runs. A
 daemon killed (or a tick timed out) in between would leave that version remembered and never
@@ -11,24 +20,60 @@ run, so each tick reconciles: a request older than ARCHIVE_SENSOR_REQUEST_GRACE_
 Dagster run for its version is offered again (one batched run query per tick, however many).
 """
 
+import json
 import os
 from collections.abc import Iterable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, ARCHIVE_PREFIX, ArchiveVersion, is_archive_key
-from audio_assets.jobs import archive_job
-from audio_assets.partitions import archives_partitions
+from archive_identity import (
+    ARCHIVE_ETAG_TAG,
+    ARCHIVE_PREFIX,
+    ARCHIVES_PARTITIONS,
+    ArchiveVersion,
+    is_archive_key,
+    tagged_version,
+)
+from audio_assets.archive_job import archive_job, archive_run_request, archives_partitions
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
-from sensors.archive_cursor import ArchiveCursor
 
 LOOKBACK = timedelta(hours=int(os.environ.get("ARCHIVE_SENSOR_LOOKBACK_HOURS", "6")))
 MAX_RUNS_PER_TICK = int(os.environ.get("ARCHIVE_SENSOR_MAX_RUNS_PER_TICK", "500"))
 REQUEST_GRACE_S = float(os.environ.get("ARCHIVE_SENSOR_REQUEST_GRACE_S", "300"))
 MAX_RECONCILED_PER_TICK = 1000  # unconfirmed requests checked per tick, oldest first
 NAMED_SKIPS = 5  # skipped keys named in a tick's log
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ArchiveCursor:
+    watermark: datetime = _EPOCH
+    backlog: int = 0  # archives found but left for later ticks (shown to the operator)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "ArchiveCursor":
+        if not raw:
+            return cls()
+        data = json.loads(raw)  # cursors of the earlier format also carry "recent": not needed now
+        return cls(watermark=datetime.fromisoformat(data["watermark"]), backlog=int(data.get("backlog", 0)))
+
+    def serialize(self) -> str:
+        return json.dumps({"watermark": self.watermark.isoformat(), "backlog": self.backlog}, sort_keys=True)
+
+    def is_candidate(self, last_modified: datetime, lookback: timedelta) -> bool:
+        return last_modified >= self.watermark - lookback
+
+    def advance(self, candidates: list[datetime], left_for_later: list[datetime]) -> "ArchiveCursor":
+        """The cursor after a tick that listed `candidates` (their LastModified) and left
+        `left_for_later` of them unrequested."""
+        if left_for_later:
+            return ArchiveCursor(max(self.watermark, min(left_for_later)), backlog=len(left_for_later))
+        return ArchiveCursor(max([self.watermark, *candidates]), backlog=0)
 
 
 @dg.sensor(
@@ -59,15 +104,10 @@ def archive_sensor(
 
     # Each object keeps the partition it got when first seen; b.tar and b.tar.gz get two.
     partition_of = results_db.archives.record_requests([(obj.key, obj.etag) for obj in now])
-    known = set(context.instance.get_dynamic_partitions(archives_partitions.name))
+    known = set(context.instance.get_dynamic_partitions(ARCHIVES_PARTITIONS))
     missing = sorted({partition_of[obj.key] for obj in now} - known)
-    # The run's archive version, made here once: its tags pin the run to it.
-    versions = [ArchiveVersion(o.key, o.etag, o.size, o.last_modified, partition_of[o.key]) for o in now]
-    run_requests = [
-        # The ETag makes an overwritten archive a new run; Dagster drops a repeated run_key.
-        dg.RunRequest(run_key=str(archive), partition_key=archive.partition_key, tags=archive.run_tags())
-        for archive in versions
-    ]
+    # The ETag makes an overwritten archive a new run; Dagster drops a repeated run key.
+    run_requests = [archive_run_request(ArchiveVersion.of(o, partition_of[o.key])) for o in now]
     context.log.info(
         f"{len(run_requests)} archive(s) to process, {len(missing)} new partition(s), "
         f"{len(later)} left for the next ticks"
@@ -91,8 +131,8 @@ def requests_without_runs(
     records = context.instance.get_run_records(
         filters=dg.RunsFilter(job_name=archive_job.name, tags={ARCHIVE_ETAG_TAG: sorted({r["etag"] for r in pending})})
     )
-    have_runs = {(r.dagster_run.tags.get(ARCHIVE_KEY_TAG), r.dagster_run.tags.get(ARCHIVE_ETAG_TAG)) for r in records}
-    versions = [((r["archive_source"], r["etag"]), r) for r in pending]
+    have_runs = {tagged_version(r.dagster_run.tags) for r in records}
+    versions: list[tuple[tuple[str, str], dict]] = [((r["archive_key"], r["etag"]), r) for r in pending]
     results_db.archives.confirm_requests([v for v, _ in versions if v in have_runs])
     results_db.archives.forget_requests([r for v, r in versions if v not in have_runs and v not in listed])
     again = {v for v, _ in versions if v not in have_runs and v in listed}

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from archive_identity import PARTITION_TAG, tagged_version
-from audio_assets.jobs import archive_job
+from audio_assets.archive_job import archive_job
 from resources.results_db import STAGE_OF_STEP, ResultsDatabase
 
 RUNS_PER_TICK = 100
@@ -92,7 +92,7 @@ def record_failed_run(instance: dg.DagsterInstance, results_db: ResultsDatabase,
     archive_key = tagged_version(run.tags)[0] or _archive_of(results_db, partition_key)
     found = [
         (
-            STAGE_OF_STEP.get(event.step_key, f"step:{event.step_key}"),
+            STAGE_OF_STEP.get(event.step_key or "", f"step:{event.step_key}"),
             underlying_error(event.dagster_event.step_failure_data.error),
         )
         for event in (

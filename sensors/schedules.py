@@ -4,9 +4,8 @@ import os
 
 import dagster as dg
 
-from archive_identity import ARCHIVE_PREFIX, PARTITION_TAG, ArchiveVersion, is_archive_key
-from audio_assets.jobs import archive_job
-from audio_assets.partitions import archives_partitions
+from archive_identity import ARCHIVE_PREFIX, ARCHIVES_PARTITIONS, PARTITION_TAG, ArchiveVersion, is_archive_key
+from audio_assets.archive_job import archive_job, archive_run_request
 from audio_assets.scratch_sweep import ACTIVE_RUN_STATUSES, scratch_sweep_job
 from resources.object_store import ObjectInfo, ObjectStore
 from resources.results_db import ResultsDatabase
@@ -52,19 +51,14 @@ def archive_catchup_schedule(
         return dg.SkipReason("every archive's current version is processed or in progress")
     # Registers new keys and marks the versions requested, as the sensor does.
     partition_of = results_db.archives.record_requests([(o.key, o.etag) for o in behind])
-    versions = [ArchiveVersion(o.key, o.etag, o.size, o.last_modified, partition_of[o.key]) for o in behind]
-    known = set(context.instance.get_dynamic_partitions(archives_partitions.name))
+    versions = [ArchiveVersion.of(o, partition_of[o.key]) for o in behind]
+    known = set(context.instance.get_dynamic_partitions(ARCHIVES_PARTITIONS))
     missing = sorted({v.partition_key for v in versions} - known)
     if missing:  # registered by a sensor tick the daemon never stored, or never seen by it
-        context.instance.add_dynamic_partitions(archives_partitions.name, missing)
+        context.instance.add_dynamic_partitions(ARCHIVES_PARTITIONS, missing)
     day = context.scheduled_execution_time.date().isoformat()
     context.log.info(f"catching up {len(versions)} archive version(s) (at most {CATCHUP_MAX_RUNS} a day)")
-    return [
-        dg.RunRequest(
-            run_key=f"catchup:{day}:{v}", partition_key=v.partition_key, tags={"audio/catchup": day} | v.run_tags()
-        )
-        for v in versions
-    ]
+    return [archive_run_request(v, f"catchup:{day}:{v}", {"audio/catchup": day}) for v in versions]
 
 
 scratch_sweep_schedule = dg.ScheduleDefinition(

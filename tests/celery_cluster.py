@@ -1,6 +1,6 @@
 """dagster-celery workers as separate hosts would run them, for the multi-worker tests.
 
-Each worker is `dagster-celery worker start -A audio_assets.workers.celery_app -q QUEUE`
+Each worker is `dagster-celery worker start -A workers.celery_app -q QUEUE`
 with --concurrency=1, in its own working directory with its own DAGSTER_HOME (a copy of
 dagster.yaml: the same PostgreSQL instance, no shared files), scratch and models folder,
 and its own process group, so the test can take a whole "host" away with one SIGKILL.
@@ -119,7 +119,7 @@ class CeleryCluster:
                 "worker",
                 "start",
                 "-A",
-                "audio_assets.workers.celery_app",
+                "workers.celery_app",
                 "-q",
                 queue,
                 "-n",

@@ -133,7 +133,7 @@ class DaemonHarness:
         self._logs += 1
         log = (self.workdir / f"dagster-daemon-{self._logs}.log").open("wb")
         self.daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-m", "audio_assets.definitions"],
+            [str(BIN / "dagster-daemon"), "run", "-m", "definitions"],
             cwd=self.workdir,
             env=self.env,
             stdout=log,

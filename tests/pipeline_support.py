@@ -6,9 +6,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
-from audio_assets.partitions import archives_partitions
-from resources.archive_claim import ArchiveClaim
+from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG, ArchiveVersion
+from audio_assets.archive_job import archives_partitions
+from resources.archive_run import ArchiveRun, ClaimedArchive, claim
 from resources.classifier import PolicyClassifier
 from resources.manifest_io import ArchiveTableIOManager
 from resources.object_store import ObjectStore
@@ -29,16 +29,26 @@ def pipeline_resources(
     transcriber: WhisperTranscriber,
     classifier: PolicyClassifier,
 ) -> dict:
+    scratch = ScratchSpace(root=str(scratch_root))
     return {
         "object_store": object_store,
         "results_db": results_db,
-        "scratch": ScratchSpace(root=str(scratch_root)),
+        "scratch": scratch,
         "manifest_io": ArchiveTableIOManager(object_store=object_store),
-        "archive_claim": ArchiveClaim(results_db=results_db, poll_interval_s=0.2),
+        "archive_run": ArchiveRun(
+            object_store=object_store, results_db=results_db, scratch=scratch, poll_interval_s=0.2
+        ),
         "transcriber": transcriber,
         "classifier": classifier,
         "remote_host": RemoteArchiveHost(),  # unconfigured: no SFTP host in these tests
     }
+
+
+def hold(results_db: ResultsDatabase, archive: ArchiveVersion, run_id: str = "seed") -> ClaimedArchive:
+    """A run's hold on `archive` outside Dagster, as ArchiveRun.step hands a step: the archive
+    registered and claimed by `run_id`, for seeding rows through the steps' own writes."""
+    results_db.archives.partitions_for([archive.key])
+    return ClaimedArchive(claim(results_db, archive, run_id, lambda holder: True, resume=False), run_id, results_db)
 
 
 def rows(results_db: ResultsDatabase, sql: str, params=None) -> list[dict]:

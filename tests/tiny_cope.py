@@ -15,7 +15,7 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
-from audio_assets.ml.cope_prompt import COPE_TEMPLATE
+from models.cope_prompt import COPE_TEMPLATE
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 # Smaller than most test prompts, so sliding-window layers really slide in the tests.

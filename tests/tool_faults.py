@@ -85,8 +85,8 @@ def hook_environment() -> dict[str, str]:
 def install(patch=setattr) -> None:
     """Wrap the real Whisper and the real scorer so they throw on the marked inputs; `patch`:
     e.g. pytest's monkeypatch.setattr, so the wrappers go when the test ends."""
-    from audio_assets.ml.profanity_scorer import ProfanityScorer
-    from audio_assets.ml.transcriber import Transcriber
+    from models.profanity_scorer import ProfanityScorer
+    from models.transcriber import Transcriber
 
     transcribe, score = Transcriber.transcribe_files, ProfanityScorer.score
 

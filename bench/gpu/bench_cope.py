@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from audio_assets.ml.cope_scorer import PREFIX_SLACK_TOKENS, CopeScorer, prepare_model
-from audio_assets.ml.cope_settings import CopeSettings
+from models.cope_scorer import PREFIX_SLACK_TOKENS, CopeScorer, prepare_model
+from models.cope_settings import CopeSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from tiny_cope import train_tokenizer  # noqa: E402 (tests/ is not a package)
@@ -140,7 +140,7 @@ def main() -> None:
 
 
 def tokenizing(scorer, policy, short, long) -> None:
-    from audio_assets.ml.cope_prompt import build_prompt
+    from models.cope_prompt import build_prompt
 
     for name, contents in (("short", short), ("long", long)):
         start = time.perf_counter()
@@ -212,7 +212,7 @@ def useful_flops(shape: dict, scorer: CopeScorer, policy: str, contents: list[st
     h, inter, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
     q, kv = shape["num_attention_heads"] * shape["head_dim"], shape["num_key_value_heads"] * shape["head_dim"]
     linear = layers * (h * q + 2 * h * kv + q * h + 3 * h * inter)
-    from audio_assets.ml.cope_prompt import build_prompt, prompt_head
+    from models.cope_prompt import build_prompt, prompt_head
 
     prefix = len(scorer.tokenizer(prompt_head(policy))["input_ids"]) - PREFIX_SLACK_TOKENS
     total = 0.0

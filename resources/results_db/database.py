@@ -1,4 +1,4 @@
-"""The results database: connections that survive a blip, transactions fenced by archive version.
+"""The results database: connections that survive a blip, units of work, named-query reads.
 
 Every unit of work is one transaction run by `transaction()`. When the server is unreachable
 or the connection drops (a restart, a failover, a network cut), the whole unit is retried
@@ -6,11 +6,9 @@ with backoff for up to `retry_window_s`, so an outage shorter than that costs ti
 failed step. That is safe because every unit only touches the database and every writer
 upserts on natural keys: running one twice changes nothing the first run did not.
 
-A write for an archive passes `fence=`: the transaction first takes a share lock on the
-archive's row in `archives` and refuses unless the run's version is the one results belong to
-(StaleArchiveVersion) and the run still holds the archive's claim, by epoch (ClaimLost). A run
-for an older version, or one another run has taken over from, can therefore never overwrite
-results, even if two runs of one archive slip past the run queue.
+A step writes for its archive through a `FencedArchive` (resources/archive_run.py), whose
+transactions first check that the run's version and claim epoch are still current: a run of
+an older version, or one another run has taken over from, never overwrites results.
 
 Sessions carry a statement and a lock timeout, so a stuck query or a lock held by a dead
 client fails (and is retried) instead of hanging a step, and TCP keepalives, so a server that
@@ -24,7 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import dagster as dg
 import psycopg2
@@ -34,48 +32,14 @@ from pydantic import Field
 
 from archive_identity import ArchiveVersion
 from sql.migrate import apply_migrations, pending_migrations
-from sql.named_queries import NamedQuery, queries
+from sql.named_queries import NamedQuery
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Q = queries("archives")
-
 # SQLSTATEs worth another try: connection exceptions (class 08), the server shutting down or
 # starting up, and conflicts that a retry resolves (serialization, deadlock, lock timeout).
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03"})
-
-
-class StaleArchiveVersion(dg.Failure):
-    """The run's archive version is no longer the one results belong to: a newer version has
-    been claimed. Nothing was written; retrying cannot help."""
-
-    def __init__(self, archive: ArchiveVersion, current_etag: str | None):
-        self.archive, self.current_etag = archive, current_etag
-        super().__init__(
-            description=(
-                f"{archive.key}: this run read version {archive.etag}, but the results now belong to "
-                f"version {current_etag or '(none registered)'}; nothing was written "
-                "(the newer version's own run writes its results)"
-            ),
-            allow_retries=False,
-        )
-
-
-class ClaimLost(dg.Failure):
-    """Another run took the archive over (this run's claim had ended or gone silent): this
-    run's writes are refused. Nothing was written; retrying cannot help."""
-
-    def __init__(self, archive: ArchiveVersion, current_epoch: int | None, holder: str | None = None):
-        self.archive, self.current_epoch = archive, current_epoch
-        by = f" by run {holder}" if holder else ""
-        super().__init__(
-            description=(
-                f"{archive.key}: this run's claim (epoch {archive.epoch}) was taken over{by} "
-                f"(epoch {current_epoch}); nothing was written"
-            ),
-            allow_retries=False,
-        )
 
 
 def is_transient_db_error(error: BaseException) -> bool:
@@ -139,7 +103,6 @@ class Database(dg.ConfigurableResource):
         self,
         work: Callable[[psycopg2.extensions.cursor], T],
         *,
-        fence: ArchiveVersion | None = None,
         what: str = "database work",
     ) -> T:
         """Run `work(cursor)` in one transaction and commit, retrying the whole of it on
@@ -152,8 +115,6 @@ class Database(dg.ConfigurableResource):
             try:
                 with self.open_connection() as conn:
                     with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                        if fence is not None:
-                            _check_fence(cur, fence)
                         return work(cur)
             except psycopg2.Error as error:
                 remaining = deadline - time.monotonic()
@@ -194,11 +155,17 @@ class Database(dg.ConfigurableResource):
         return pending_migrations(self.connection_string())
 
 
-def _check_fence(cur, archive: ArchiveVersion) -> None:
-    cur.execute(Q.lock_current_version, {"archive_key": archive.key})
-    row = cur.fetchone()
-    current = row["current_etag"] if row else None
-    if current != archive.etag:
-        raise StaleArchiveVersion(archive, current)
-    if archive.epoch is not None and row["claim_epoch"] != archive.epoch:
-        raise ClaimLost(archive, row["claim_epoch"])
+class Reader(Protocol):
+    """Anything that runs a named query's read: a Database, or a step's HeldArchive."""
+
+    def rows(self, query: NamedQuery, params: dict | None = None) -> list[dict[str, Any]]: ...
+
+
+class FencedArchive(Reader, Protocol):
+    """What a step's data module writes through (resources/archive_run.HeldArchive): the run's
+    archive version with its claim's epoch, the run, and transactions fenced by both."""
+
+    archive: ArchiveVersion
+    run_id: str
+
+    def transaction(self, work: Callable[[Any], T], what: str) -> T: ...

@@ -1,5 +1,9 @@
-"""The dead letter (table `processing_failures`): what failed, where, why, and whether a
-later attempt may succeed. One open row per (archive, member, stage); a success closes it."""
+"""The dead letter (table `processing_failures`) and the rule that turns a file's failure into
+its outcome: what failed, where, why, whether a later try may succeed, and how often it was
+tried. One open row per (archive, member, stage); a success closes it.
+
+The step modules (raw_archive.py, opus_files.py, transcripts.py, classifications.py) record
+their files' failures with `settle_in`, inside the transaction that writes their results."""
 
 from __future__ import annotations
 
@@ -100,25 +104,84 @@ def resolve_files_in(cur, file_ids: Sequence[int], stages: Sequence[str]) -> Non
         cur.execute(Q.resolve_file_stages, {"ids": list(file_ids), "stages": list(stages)})
 
 
+def resolve_members_in(cur, archive_key: str, names: Sequence[str]) -> None:
+    """Members no longer in the archive: nothing about them is still to be fixed."""
+    if names:
+        cur.execute(Q.resolve_members, {"archive_key": archive_key, "names": list(names)})
+
+
+# A file's status as it moves forward, and the status each stage's success gives it.
+_PROGRESS = ("pending", "converted", "transcribed", "classified")
+_DONE_AT = {
+    "conversion": "converted",
+    "upload": "converted",
+    "transcription": "transcribed",
+    "classification": "classified",
+}
+# Stages whose failure leaves no usable Opus object; later stages keep it for a retry.
+STAGES_BEFORE_UPLOAD = ("archive", "conversion", "upload")
+
+
+def lock_files(cur, archive: ArchiveVersion, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """{id: row (status, opus_path)} of this version's rows among `ids`, locked for the transaction."""
+    cur.execute(Q.lock_files, {"ids": list(ids), "etag": archive.etag})
+    return {row["id"]: row for row in cur.fetchall()}
+
+
+def settle_in(
+    cur,
+    archive: ArchiveVersion,
+    locked: dict[int, dict[str, Any]],
+    failed: Sequence[FileFailure],
+    run_id: str,
+    max_attempts: int | None,
+) -> tuple[list[FileFailure], list[FileFailure]]:
+    """Within the caller's transaction, after `lock_files` (which must cover the failed files):
+    the failures recorded (record_in), and the rows of the files whose failure is now their
+    outcome turned `failed`, unless a row has already passed the failing stage: a finished row
+    never goes backwards (the reason stays in the dead letter). Returns (every failure as it
+    stands after this try, the files turned failed; the caller queues their Opus objects for
+    deletion when they failed before upload)."""
+    settled = record_in(cur, archive, failed, run_id, max_attempts)
+
+    def behind(status: str, stage: str) -> bool:
+        done = _DONE_AT.get(stage)
+        return status == "failed" or (done is not None and status in _PROGRESS[: _PROGRESS.index(done)])
+
+    failing = [
+        f
+        for f in settled
+        if not f.retryable and f.audio_file_id in locked and behind(locked[f.audio_file_id]["status"], f.stage)
+    ]
+    change_statuses_in(
+        cur,
+        archive,
+        [
+            (f.audio_file_id, "failed", f.error, f.stage, f.stage in STAGES_BEFORE_UPLOAD)
+            for f in failing
+            if f.audio_file_id is not None
+        ],
+    )
+    return settled, failing
+
+
+def change_statuses_in(
+    cur, archive: ArchiveVersion, changes: Sequence[tuple[int, str, str | None, str | None, bool]]
+) -> None:
+    """Rows (id, status, error, failed_stage, clear_opus) moved to this version with a new status;
+    `clear_opus` forgets the row's Opus object (queued for deletion by the caller)."""
+    if changes:
+        psycopg2.extras.execute_values(
+            cur,
+            Q.change_file_statuses,
+            [(i, archive.etag, status, error, stage, clear) for i, status, error, stage, clear in changes],
+            template="(%s::bigint, %s, %s, %s, %s, %s::boolean)",
+        )
+
+
 class DeadLetter:
     def __init__(self, db: Database):
         self.db = db
-
-    def replace_member_failures(
-        self, archive: ArchiveVersion, stage: str, failures: Sequence[FileFailure], run_id: str | None
-    ) -> None:
-        """`failures` are now all the open member rows of `stage` (a step that reads every
-        member each time, like parquet_metadata): the others are closed, in one transaction."""
-
-        def replace(cur) -> None:
-            still_open = [f.original_filename for f in failures]
-            cur.execute(
-                Q.resolve_other_members_of_stage,
-                {"archive_key": archive.key, "stage": stage, "still_open": still_open},
-            )
-            record_in(cur, archive, failures, run_id)
-
-        self.db.transaction(replace, what="replace member failures")
 
     def record_archive_failure(
         self,
@@ -148,10 +211,9 @@ class DeadLetter:
     def open_failures(self, archive_key: str) -> list[dict[str, Any]]:
         return self.db.rows(Q.open_failures_of_archive, {"archive_key": archive_key})
 
-    def failed_archives(self, archive: str | None) -> list[dict[str, Any]]:
-        """Archives with failed files or an open archive-level failure; `archive` (partition
-        key, object key or file name) narrows it to one."""
-        return self.db.rows(Q.failed_archives, {"archive": archive})
+    def failed_archives(self, archive_key: str | None) -> list[dict[str, Any]]:
+        """Archives with failed files or an open archive-level failure (all, or the one named)."""
+        return self.db.rows(Q.failed_archives, {"archive_key": archive_key})
 
     def failed_file_count(self, archive_key: str) -> int:
         return self.db.rows(Q.failed_file_count, {"archive_key": archive_key})[0]["n"]

@@ -40,36 +40,29 @@ def enqueue_in(cur, archive_key: str, keys: Sequence[str | None], reason: str) -
         psycopg2.extras.execute_values(cur, Q.enqueue, rows)
 
 
-class ObjectDeletions:
-    def __init__(self, db: Database):
-        self.db = db
+def intend_uploads(db: Database, archive: ArchiveVersion, keys: Sequence[str]) -> None:
+    """Queue `keys` before uploading any of them, in one transaction: each is deleted unless a
+    row commits pointing at it (a key never uploaded costs the drain one no-op delete)."""
+    keys = list(dict.fromkeys(keys))
+    if keys:
+        params = {"keys": keys, "archive_key": archive.key, "epoch": archive.epoch}
+        db.transaction(lambda cur: cur.execute(Q.intend_uploads, params), what=f"queue {len(keys)} upload(s)")
 
-    def intend_uploads(self, archive: ArchiveVersion, keys: Sequence[str]) -> None:
-        """Queue `keys` before uploading any of them, in one transaction: each is deleted unless
-        a row commits pointing at it (a key never uploaded costs the drain one no-op delete)."""
-        keys = list(dict.fromkeys(keys))
-        if keys:
-            self.db.transaction(
-                lambda cur: cur.execute(
-                    Q.intend_uploads, {"keys": keys, "archive_key": archive.key, "epoch": archive.epoch}
-                ),
-                what=f"queue the upload of {len(keys)} object(s)",
-            )
 
-    def drain(self, archive: ArchiveVersion, object_store: DeletesObjects) -> int:
-        """Delete this archive's queued objects that no row points to, up to the run's own
-        epoch; returns how many."""
-        deleted = 0
-        while True:
+def drain(db: Database, archive: ArchiveVersion, object_store: DeletesObjects) -> int:
+    """Delete this archive's queued objects that no row points to, up to the run's own epoch;
+    returns how many."""
+    deleted = 0
+    while True:
 
-            def take(cur) -> list[str]:
-                cur.execute(Q.forget_referenced, {"archive_key": archive.key})
-                cur.execute(Q.queued_for_archive, {"archive_key": archive.key, "epoch": archive.epoch, "limit": _BATCH})
-                return [row["object_key"] for row in cur.fetchall()]
+        def take(cur) -> list[str]:
+            cur.execute(Q.forget_referenced, {"archive_key": archive.key})
+            cur.execute(Q.queued_for_archive, {"archive_key": archive.key, "epoch": archive.epoch, "limit": _BATCH})
+            return [row["object_key"] for row in cur.fetchall()]
 
-            keys = self.db.transaction(take, what="read queued object deletions")
-            if not keys:
-                return deleted
-            object_store.delete_many(keys)  # deleting a missing key is not an error
-            self.db.transaction(lambda cur: cur.execute(Q.forget, {"keys": keys}), what="forget deleted objects")  # noqa: B023 - runs now
-            deleted += len(keys)
+        keys = db.transaction(take, what="read queued object deletions")
+        if not keys:
+            return deleted
+        object_store.delete_many(keys)  # deleting a missing key is not an error
+        db.transaction(lambda cur: cur.execute(Q.forget, {"keys": keys}), what="forget deleted objects")  # noqa: B023 - runs now
+        deleted += len(keys)

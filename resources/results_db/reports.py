@@ -64,11 +64,11 @@ class Reports:
         values = {k: psycopg2.extras.Json(v) if k in _JSON_COLUMNS else v for k, v in summary.items()}
         self.db.transaction(lambda cur: cur.execute(Q.store_daily_summary, values), what="store the daily summary")
 
-    def archive_progress(self, archive: str | None, limit: int) -> list[dict[str, Any]]:
-        return self.db.rows(Q.archive_progress, {"archive": archive, "limit": limit})
+    def archive_progress(self, archive_key: str | None, limit: int) -> list[dict[str, Any]]:
+        return self.db.rows(Q.archive_progress, {"archive_key": archive_key, "limit": limit})
 
-    def open_archive_failures(self, archive: str | None, limit: int) -> list[dict[str, Any]]:
-        return self.db.rows(Q.open_archive_failures, {"archive": archive, "limit": limit})
+    def open_archive_failures(self, archive_key: str | None, limit: int) -> list[dict[str, Any]]:
+        return self.db.rows(Q.open_archive_failures, {"archive_key": archive_key, "limit": limit})
 
     def overview(self) -> list[tuple[str, list[dict[str, Any]]]]:
         """(title, rows) tables for the demo's closing summary."""

@@ -29,6 +29,32 @@ WHERE f.resolved_at IS NULL
   AND f.original_filename = v.original_filename
   AND f.stage = v.stage
 
+-- name: lock_files
+-- This version's rows among the ids, locked while their statuses are decided.
+SELECT id, opus_path, status
+FROM audio_files
+WHERE id = ANY(%(ids)s) AND archive_etag = %(etag)s
+ORDER BY id
+FOR UPDATE
+
+-- name: change_file_statuses
+-- Status changes decided in Python (registration, a file's failure), each row moved to the
+-- writing version. A failure before upload (archive, conversion) leaves no usable Opus object
+-- (clear_opus); a later one keeps it for a retry.
+UPDATE audio_files AS a SET
+    archive_etag = v.etag,
+    status = v.status,
+    error = v.error,
+    failed_stage = v.failed_stage,
+    processed_at = now(),
+    opus_path = CASE WHEN v.clear_opus THEN NULL ELSE a.opus_path END,
+    s3_opus_path = CASE WHEN v.clear_opus THEN NULL ELSE a.s3_opus_path END,
+    opus_etag = CASE WHEN v.clear_opus THEN NULL ELSE a.opus_etag END,
+    duration_seconds = CASE WHEN v.clear_opus THEN NULL ELSE a.duration_seconds END,
+    file_size_bytes = CASE WHEN v.clear_opus THEN NULL ELSE a.file_size_bytes END
+FROM (VALUES %s) AS v (id, etag, status, error, failed_stage, clear_opus)
+WHERE a.id = v.id
+
 -- name: record_run_failure
 -- From the dead-letter sensor. When the step already recorded its own (more specific) reason
 -- for this run, that reason stays; another run's failure of the same stage counts an attempt.
@@ -59,16 +85,6 @@ WHERE resolved_at IS NULL
   AND audio_file_id = ANY(%(ids)s)
   AND stage = ANY(%(stages)s)
 
--- name: resolve_other_members_of_stage
--- A step re-read every member of a stage: member rows it did not record again are over.
-UPDATE processing_failures
-SET resolved_at = now()
-WHERE resolved_at IS NULL
-  AND archive_source = %(archive_key)s
-  AND stage = %(stage)s
-  AND original_filename <> ''
-  AND NOT (original_filename = ANY(%(still_open)s))
-
 -- name: resolve_members
 -- Members no longer in the archive: nothing about them is still to be fixed.
 UPDATE processing_failures
@@ -85,7 +101,7 @@ ORDER BY original_filename, stage
 
 -- name: failed_archives
 -- For `audio-pipeline requeue`: archives with failed files or an open archive-level failure.
-SELECT archive_source, partition_key, sum(failed_files)::int AS failed_files,
+SELECT archive_source AS archive_key, partition_key, sum(failed_files)::int AS failed_files,
        max(archive_error) AS archive_error
 FROM (
     SELECT archive_source, partition_key, count(*) AS failed_files, NULL AS archive_error
@@ -97,10 +113,7 @@ FROM (
     FROM processing_failures
     WHERE resolved_at IS NULL AND original_filename = ''
 ) AS failed
-WHERE %(archive)s::text IS NULL
-   OR partition_key = %(archive)s
-   OR archive_source = %(archive)s
-   OR archive_source = 'archives/' || %(archive)s
+WHERE %(archive_key)s::text IS NULL OR archive_source = %(archive_key)s
 GROUP BY archive_source, partition_key
 ORDER BY archive_source
 

@@ -97,7 +97,7 @@ ON CONFLICT (day) DO UPDATE SET
 
 -- name: archive_progress
 -- A file's status only moves forward, so "converted" counts every file that got that far.
-SELECT archive_source, partition_key,
+SELECT archive_source AS archive_key, partition_key,
        count(*) FILTER (WHERE status <> 'removed') AS files,
        count(*) FILTER (WHERE status IN ('converted', 'transcribed', 'classified')) AS converted,
        count(*) FILTER (WHERE status IN ('transcribed', 'classified')) AS transcribed,
@@ -105,19 +105,17 @@ SELECT archive_source, partition_key,
        count(*) FILTER (WHERE status = 'failed') AS failed,
        max(processed_at) AS last_change
 FROM audio_files
-WHERE %(archive)s::text IS NULL OR partition_key = %(archive)s
-   OR archive_source = %(archive)s OR archive_source = 'archives/' || %(archive)s
+WHERE %(archive_key)s::text IS NULL OR archive_source = %(archive_key)s
 GROUP BY archive_source, partition_key
 ORDER BY max(processed_at) DESC NULLS FIRST, archive_source
 LIMIT %(limit)s
 
 -- name: open_archive_failures
 -- Archives that broke before any file got a row (unreadable tar, no MP3) show only here.
-SELECT archive_source, partition_key, stage, error
+SELECT archive_source AS archive_key, partition_key, stage, error
 FROM processing_failures
 WHERE resolved_at IS NULL AND original_filename = ''
-  AND (%(archive)s::text IS NULL OR partition_key = %(archive)s
-       OR archive_source = %(archive)s OR archive_source = 'archives/' || %(archive)s)
+  AND (%(archive_key)s::text IS NULL OR archive_source = %(archive_key)s)
 ORDER BY failed_at DESC
 LIMIT %(limit)s
 

@@ -28,11 +28,11 @@ from celery_cluster import CeleryCluster, production_environment
 from daemon_harness import BIN, DaemonHarness
 from pipeline_support import rows
 
-from audio_assets.workers.settings import CPU_QUEUE, GPU_QUEUE
 from embedded_services.redis import start_redis, stop_redis
 from operations.run_submission import archive_job_submitter
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
+from workers.settings import CPU_QUEUE, GPU_QUEUE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
@@ -407,7 +407,7 @@ def test_the_claim_spans_the_run_when_its_sessions_die_and_a_materialize_starts(
             "asset",
             "materialize",
             "-m",
-            "audio_assets.definitions",
+            "definitions",
             "--select",
             "raw_archive,opus_files,parquet_metadata,transcripts,classifications",
             "--partition",

@@ -8,7 +8,7 @@ import pytest
 from pipeline_support import ArchiveRunner, pipeline_resources
 from s3_fault_proxy import S3FaultProxy
 
-from audio_assets.definitions import build_definitions
+from definitions import build_definitions
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber
 

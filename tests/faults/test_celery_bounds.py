@@ -44,14 +44,14 @@ from daemon_harness import DaemonHarness
 from fault_report import record_outcome
 from pipeline_support import rows
 
-from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
-from audio_assets.workers.deliveries import KEY_PREFIX
-from audio_assets.workers.settings import CPU_QUEUE, GPU_QUEUE
 from embedded_services.redis import start_redis, stop_redis
+from media.ffmpeg_binary import resolve_ffmpeg
 from operations.run_submission import archive_job_submitter
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 from sensors.schedules import versions_to_catch_up
+from workers.deliveries import KEY_PREFIX
+from workers.settings import CPU_QUEUE, GPU_QUEUE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.distributed]
 
@@ -493,7 +493,7 @@ def test_a_refused_steps_answer_reads_back_as_dagsters_own_step_failure_event():
     version, it is the step's STEP_FAILURE with the reason (guards a Dagster upgrade)."""
     from types import SimpleNamespace
 
-    from audio_assets.workers.deliveries import step_failure
+    from workers.deliveries import step_failure
 
     step_args = SimpleNamespace(
         step_keys_to_execute=["opus_files"], run_id="no-such-run", job_origin=SimpleNamespace(job_name="archive_job")

@@ -17,7 +17,7 @@ import tool_faults
 from fault_report import assert_objects_agree, files, record_outcome
 from pipeline_support import FULL_JOB, rows
 
-from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
+from media.ffmpeg_binary import resolve_ffmpeg
 from sensors.schedules import versions_to_catch_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

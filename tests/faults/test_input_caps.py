@@ -22,8 +22,8 @@ from archive_factory import build_tar, ffmpeg_exe, make_parquet, make_speech_mp3
 from fault_report import assert_objects_agree, failures, files, record_outcome
 from pipeline_support import FULL_JOB, ArchiveRunner, pipeline_resources, rows
 
-from audio_assets.definitions import build_definitions
-from audio_assets.ml.transcriber import transcribed_files_count
+from definitions import build_definitions
+from models.transcriber import transcribed_files_count
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber
 

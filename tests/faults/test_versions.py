@@ -15,13 +15,13 @@ import dagster as dg
 import pytest
 from archive_factory import build_tar, version_clips
 from fault_report import record_outcome
-from pipeline_support import INGEST_ASSETS, pipeline_resources, rows
+from pipeline_support import INGEST_ASSETS, hold, pipeline_resources, rows
 
 from archive_identity import ARCHIVE_ETAG_TAG, ArchiveVersion
-from audio_assets.definitions import build_definitions
-from audio_assets.partitions import archives_partitions
+from audio_assets.archive_job import archives_partitions
+from definitions import build_definitions
 from resources.classifier import PolicyClassifier
-from resources.results_db import TranscriptRow
+from resources.results_db.transcripts import TranscriptRow, record_transcripts
 from resources.transcriber import WhisperTranscriber
 from sensors import archive_sensor as archive_sensor_module
 from sensors.archive_sensor import archive_sensor
@@ -293,8 +293,10 @@ def test_a_whisper_change_rescores_the_new_transcripts_only(
     )
     info = object_store.head(key)
     version = ArchiveVersion(key, info.etag, info.size, info.last_modified, partition)
-    results_db.model_outputs.store_transcripts(
-        version, [TranscriptRow(weather["id"], "whisperx/base-ct2-int8", "the weather is awful today", "en", 0.9, [])]
+    record_transcripts(
+        hold(results_db, version, "retranscribe by hand"),
+        [TranscriptRow(weather["id"], "whisperx/base-ct2-int8", "the weather is awful today", "en", 0.9, [])],
+        [],
     )
     classify_only = build_defs(language=None).resolve_job_def("archive_job").execute_in_process(
         partition_key=partition, instance=instance, asset_selection=[dg.AssetKey("classifications")],

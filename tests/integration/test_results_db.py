@@ -12,15 +12,13 @@ import pytest
 from pipeline_support import rows
 
 from archive_identity import ArchiveVersion
-from resources.results_db import (
-    ClaimLost,
-    ClassificationRow,
-    ConvertedFile,
-    FileFailure,
-    ResultsDatabase,
-    StaleArchiveVersion,
-    TranscriptRow,
-)
+from resources.archive_run import ClaimedArchive, ClaimLost, StaleArchiveVersion, claim, renew_claim
+from resources.results_db import FileFailure, ResultsDatabase, object_deletions
+from resources.results_db import opus_files as opus_files_db
+from resources.results_db.classifications import ClassificationRow, record_scores
+from resources.results_db.opus_files import ConvertedFile, record_conversions
+from resources.results_db.raw_archive import register_members
+from resources.results_db.transcripts import TranscriptRow, record_transcripts
 
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
@@ -30,28 +28,30 @@ def version(etag: str, minutes: int = 0, key: str = "archives/a.tar", partition:
 
 
 def register(db: ResultsDatabase, archive: ArchiveVersion, members: dict[str, str], rejected=None):
+    """A run of `archive` claims it and registers its members (what raw_archive does); its
+    claimed version (with the epoch) is held in `HELD[archive]` for the later writes."""
     db.archives.partitions_for([archive.key])
-    db.archives.claim(archive, f"run-{archive.etag}", lambda holder: True, resume=False)
-    return db.audio_files.register_version(
-        archive,
-        accepted={n: (10, sha) for n, sha in members.items()},
-        rejected=rejected or {},
-        other_failures=[],
-        run_id=f"run-{archive.etag}",
+    claimed = claim(db, archive, f"run-{archive.etag}", lambda holder: True, resume=False)
+    HELD[archive] = ClaimedArchive(claimed, f"run-{archive.etag}", db)
+    return register_members(
+        HELD[archive], accepted={n: (10, sha) for n, sha in members.items()}, rejected=rejected or {}, other_failures=[]
     )
 
 
+HELD: dict[ArchiveVersion, ClaimedArchive] = {}
+
+
 def convert(db: ResultsDatabase, archive: ArchiveVersion, ids: dict[str, int], names) -> None:
-    db.audio_files.record_conversions(
-        archive,
+    held = HELD[archive] if archive.epoch is None else ClaimedArchive(archive, "r", db)
+    record_conversions(
+        held,
         [ConvertedFile(ids[n], f"processed/{archive.date}/{ids[n]}.opus", "s3://b/k", "etag", 2.0, 100) for n in names],
         [],
-        run_id="r",
     )
 
 
 def statuses(db, key="archives/a.tar") -> dict[str, str]:
-    return db.audio_files.statuses(key)
+    return opus_files_db.statuses(db, key)
 
 
 @pytest.mark.integration
@@ -73,11 +73,9 @@ def test_an_older_version_can_never_write_over_a_newer_one(results_db):
     with pytest.raises(StaleArchiveVersion, match="version e2"):
         convert(results_db, v1, registered.ids, ["a.mp3"])
     with pytest.raises(StaleArchiveVersion):
-        results_db.archives.claim(v1, "late retry of v1", lambda holder: True, resume=False)
+        claim(results_db, v1, "late retry of v1", lambda holder: True, resume=False)
     with pytest.raises(StaleArchiveVersion):
-        results_db.model_outputs.store_transcripts(
-            v1, [TranscriptRow(registered.ids["a.mp3"], "m", "x", "en", 1.0, [])]
-        )
+        record_transcripts(HELD[v1], [TranscriptRow(registered.ids["a.mp3"], "m", "x", "en", 1.0, [])], [])
     assert statuses(results_db) == {"a.mp3": "pending"}
     assert rows(results_db, "SELECT archive_etag FROM audio_files")[0]["archive_etag"] == "e2"
 
@@ -87,50 +85,52 @@ def test_a_run_taken_over_writes_nothing_more_and_later_steps_never_wait(results
     archive = version("e1")
     results_db.archives.partitions_for([archive.key])
     live, ended = (lambda holder: False), (lambda holder: True)
-    first = results_db.archives.claim(archive, "run-a", live, resume=False)
+    first = claim(results_db, archive, "run-a", live, resume=False)
     assert first.epoch == 1
     # Another run's raw_archive is told who holds it (and waits); its later steps never wait.
-    holder = results_db.archives.claim(archive, "run-b", live, resume=False)
+    holder = claim(results_db, archive, "run-b", live, resume=False)
     assert holder.run_id == "run-a" and holder.heartbeat_age_s < 60
     with pytest.raises(ClaimLost, match="run-a"):
-        results_db.archives.claim(archive, "run-b", live, resume=True)
+        claim(results_db, archive, "run-b", live, resume=True)
     # The holder's later steps resume its claim, same epoch.
-    assert results_db.archives.claim(archive, "run-a", live, resume=True).epoch == 1
-    ids = results_db.audio_files.register_version(
-        first, accepted={"a.mp3": (10, "s1")}, rejected={}, other_failures=[], run_id="run-a"
+    assert claim(results_db, archive, "run-a", live, resume=True).epoch == 1
+    ids = register_members(
+        ClaimedArchive(first, "run-a", results_db), accepted={"a.mp3": (10, "s1")}, rejected={}, other_failures=[]
     ).ids
 
     # run-a ended (or went silent): run-b takes over under a new epoch.
-    second = results_db.archives.claim(archive, "run-b", ended, resume=False)
+    second = claim(results_db, archive, "run-b", ended, resume=False)
     assert second.epoch == 2
-    assert results_db.archives.renew_claim(second, "run-b") and not results_db.archives.renew_claim(first, "run-a")
+    assert renew_claim(results_db, second, "run-b") and not renew_claim(results_db, first, "run-a")
     with pytest.raises(ClaimLost, match="epoch 1"):
         convert(results_db, first, ids, ["a.mp3"])  # a stale writer of the same version
     with pytest.raises(ClaimLost):
-        results_db.archives.claim(first, "run-a", live, resume=True)
+        claim(results_db, first, "run-a", live, resume=True)
     assert statuses(results_db) == {"a.mp3": "pending"}
     convert(results_db, second, ids, ["a.mp3"])
     assert statuses(results_db) == {"a.mp3": "converted"}
     # A retry of a failed run resumes, under a new epoch, from a parent that ended.
-    assert results_db.archives.claim(second, "run-b-retry", ended, resume=True).epoch == 3
+    assert claim(results_db, second, "run-b-retry", ended, resume=True).epoch == 3
 
 
 @pytest.mark.integration
 def test_uploads_no_row_committed_are_deleted_but_never_a_later_claims(results_db):
     v1 = version("e1")
     results_db.archives.partitions_for([v1.key])
-    first = results_db.archives.claim(v1, "run-a", lambda holder: True, resume=False)
-    ids = results_db.audio_files.register_version(
-        first, accepted={"a.mp3": (10, "s1")}, rejected={}, other_failures=[], run_id="run-a"
+    first = claim(results_db, v1, "run-a", lambda holder: True, resume=False)
+    ids = register_members(
+        ClaimedArchive(first, "run-a", results_db), accepted={"a.mp3": (10, "s1")}, rejected={}, other_failures=[]
     ).ids
     committed, lost = f"processed/d/{ids['a.mp3']}-1.opus", "processed/d/99-1.opus"
-    results_db.object_deletions.intend_uploads(first, [committed, lost, lost])  # a repeat is one intent
-    results_db.audio_files.record_conversions(
-        first, [ConvertedFile(ids["a.mp3"], committed, "s3://b/k", "etag", 2.0, 100)], [], "run-a"
+    object_deletions.intend_uploads(results_db, first, [committed, lost, lost])  # a repeat is one intent
+    record_conversions(
+        ClaimedArchive(first, "run-a", results_db),
+        [ConvertedFile(ids["a.mp3"], committed, "s3://b/k", "etag", 2.0, 100)],
+        [],
     )
-    second = results_db.archives.claim(v1, "run-b", lambda holder: True, resume=False)
+    second = claim(results_db, v1, "run-b", lambda holder: True, resume=False)
     in_flight = "processed/d/98-2.opus"
-    results_db.object_deletions.intend_uploads(second, [in_flight])
+    object_deletions.intend_uploads(results_db, second, [in_flight])
 
     deleted = []
 
@@ -139,11 +139,11 @@ def test_uploads_no_row_committed_are_deleted_but_never_a_later_claims(results_d
             deleted.extend(keys)
 
     # run-a, taken over, drains: its own lost upload goes, run-b's upload in flight stays.
-    assert results_db.object_deletions.drain(first, Store()) == 1
+    assert object_deletions.drain(results_db, first, Store()) == 1
     assert deleted == [lost]
     queued = [r["object_key"] for r in rows(results_db, "SELECT object_key FROM object_deletions")]
     assert queued == [in_flight]  # the committed key was forgotten, not deleted
-    assert results_db.object_deletions.drain(second, Store()) == 1 and deleted == [lost, in_flight]
+    assert object_deletions.drain(results_db, second, Store()) == 1 and deleted == [lost, in_flight]
 
 
 @pytest.mark.integration
@@ -151,9 +151,7 @@ def test_a_definite_failure_never_undoes_a_file_converted_before(results_db):
     v1 = version("e1")
     ids = register(results_db, v1, {"a.mp3": "s1"}).ids
     convert(results_db, v1, ids, ["a.mp3"])
-    results_db.audio_files.record_conversions(
-        v1, [], [FileFailure(ids["a.mp3"], "a.mp3", "conversion", "not decodable audio")], "r"
-    )
+    record_conversions(HELD[v1], [], [FileFailure(ids["a.mp3"], "a.mp3", "conversion", "not decodable audio")])
     (row,) = rows(results_db, "SELECT status, opus_path FROM audio_files")
     assert row["status"] == "converted" and row["opus_path"]
     assert rows(results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"] == 0
@@ -164,9 +162,9 @@ def test_statuses_only_move_forward_unless_the_member_changed(results_db):
     v1 = version("e1")
     ids = register(results_db, v1, {"a.mp3": "s1", "b.mp3": "s1"}).ids
     convert(results_db, v1, ids, ["a.mp3", "b.mp3"])
-    results_db.model_outputs.store_transcripts(v1, [TranscriptRow(ids["a.mp3"], "m", "hi", "en", 1.0, [])])
-    results_db.model_outputs.store_classifications(
-        v1, [ClassificationRow(ids["a.mp3"], "p", "c", 0.9, True, 0.5, False, None, "pv")], [ids["a.mp3"]]
+    record_transcripts(HELD[v1], [TranscriptRow(ids["a.mp3"], "m", "hi", "en", 1.0, [])], [])
+    record_scores(
+        HELD[v1], [ClassificationRow(ids["a.mp3"], "p", "c", 0.9, 0.5, False, None, "pv")], [ids["a.mp3"]], []
     )
     convert(results_db, v1, ids, ["a.mp3"])  # a re-run converts it again
     assert statuses(results_db) == {"a.mp3": "classified", "b.mp3": "converted"}
@@ -197,7 +195,7 @@ def test_members_missing_from_a_new_version_are_removed_and_their_objects_queued
         def delete_many(self, keys):
             deleted.extend(keys)
 
-    assert results_db.object_deletions.drain(v2, Store()) == 1
+    assert object_deletions.drain(results_db, HELD[v2].archive, Store()) == 1
     assert deleted == [queued[0]["object_key"]]
     assert rows(results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"] == 0
 
@@ -209,10 +207,11 @@ def test_rescoring_an_unchanged_flag_keeps_its_first_flagged_time(results_db):
     convert(results_db, v1, ids, ["a.mp3"])
 
     def score(value: float, policy_version: str = "pv1"):
-        results_db.model_outputs.store_classifications(
-            v1,
-            [ClassificationRow(ids["a.mp3"], "hate", "cope", value, value >= 0.5, 0.5, False, None, policy_version)],
+        record_scores(
+            HELD[v1],
+            [ClassificationRow(ids["a.mp3"], "hate", "cope", value, 0.5, False, None, policy_version)],
             [ids["a.mp3"]],
+            [],
         )
         return rows(results_db, "SELECT created_at, scored_at FROM classifications")[0]
 

@@ -9,7 +9,7 @@ import pytest
 from pipeline_support import ArchiveRunner, pipeline_resources
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from audio_assets.definitions import build_definitions
+from definitions import build_definitions
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber
 

@@ -24,12 +24,13 @@ from archive_factory import (
 from pipeline_support import ArchiveRunner, pipeline_resources, rows
 from s3_fault_proxy import S3FaultProxy
 
-from audio_assets.definitions import build_definitions
+from definitions import build_definitions
 from resources.object_store import ObjectStore
 
 
 def rows_by_name(results_db, archive_key):
-    return {r["original_filename"]: r for r in results_db.audio_files.files_of_archive(archive_key)}
+    found = rows(results_db, "SELECT * FROM audio_files WHERE archive_source = %s", (archive_key,))
+    return {r["original_filename"]: r for r in found}
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:

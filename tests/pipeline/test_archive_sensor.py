@@ -9,10 +9,9 @@ import dagster as dg
 from pipeline_support import rows
 
 from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
-from audio_assets.partitions import archives_partitions
+from audio_assets.archive_job import archives_partitions
 from sensors import archive_sensor as archive_sensor_module
-from sensors.archive_cursor import ArchiveCursor
-from sensors.archive_sensor import archive_sensor
+from sensors.archive_sensor import ArchiveCursor, archive_sensor
 
 
 def tick(instance, object_store, results_db, cursor=None, *, stored=True):

@@ -9,7 +9,7 @@ from archive_factory import build_tar, version_clips
 from pipeline_support import FULL_JOB, ArchiveRunner, pipeline_resources, rows
 from s3_fault_proxy import S3FaultProxy
 
-from audio_assets.definitions import build_definitions
+from definitions import build_definitions
 from resources.object_store import ObjectStore
 from sensors.schedules import versions_to_catch_up
 

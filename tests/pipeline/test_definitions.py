@@ -37,7 +37,7 @@ def test_package_is_imported_from_site_packages_not_the_source_tree():
 
 
 def test_definitions_load_and_match_the_expected_asset_graph():
-    from audio_assets.definitions import defs
+    from definitions import defs
 
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
@@ -57,7 +57,7 @@ def test_definitions_load_and_match_the_expected_asset_graph():
 
 
 def test_gpu_assets_are_routed_to_gpu_capacity_and_cpu_assets_are_not():
-    from audio_assets.definitions import defs
+    from definitions import defs
 
     graph = defs.resolve_asset_graph()
     for key in EXPECTED_GRAPH:
@@ -113,7 +113,7 @@ def test_production_environment_reads_connections_from_environment_variables(mon
 
 
 def test_production_steps_go_to_celery_queues_when_a_broker_is_configured(monkeypatch):
-    from audio_assets.definitions import executor_for
+    from definitions import executor_for
 
     assert executor_for("local").name == "in_process"
     assert executor_for("production").name == "multiprocess"

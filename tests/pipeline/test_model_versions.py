@@ -12,9 +12,9 @@ from pipeline_support import FULL_JOB, ArchiveRunner
 from pipeline_support import rows as db_rows
 from tiny_cope import build_tiny_cope
 
-from audio_assets.ml.cope_scorer import CopeScorer
-from audio_assets.ml.transcriber import Transcriber
 from audio_assets.model_versions import classifications_code_version, transcripts_code_version
+from models.cope_scorer import CopeScorer
+from models.transcriber import Transcriber
 from policies import load_policies
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber

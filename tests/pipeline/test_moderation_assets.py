@@ -10,7 +10,7 @@ from pipeline_support import FULL_JOB, ArchiveRunner
 from pipeline_support import rows as db_rows
 from tiny_cope import build_tiny_cope
 
-from audio_assets.ml import transcriber as transcriber_module
+from models import transcriber as transcriber_module
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber
 

@@ -63,7 +63,7 @@ def test_sensor_backfill_and_cli_runs_of_one_archive_never_overlap(
     pipeline = PipelineEnvironment.serving(object_store, results_db.dsn, scratch_root, models_root)
     with DaemonHarness(tmp_path, postgres_server, pipeline) as harness, running_daemon(harness):
         sensor_run = harness.first_run(partition)
-        target = ["-m", "audio_assets.definitions"]
+        target = ["-m", "definitions"]
         backfill = subprocess.Popen(
             [
                 str(BIN / "dagster"),

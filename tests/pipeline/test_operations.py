@@ -12,11 +12,16 @@ import dagster as dg
 import pandas as pd
 import psycopg2
 import pytest
+from pipeline_support import hold
 
 from archive_identity import ArchiveVersion
 from audio_assets.daily import daily_summary
 from audio_assets.scratch_sweep import scratch_sweep_job
-from resources.results_db import ClassificationRow, ConvertedFile, FileFailure, TranscriptRow
+from resources.results_db import FileFailure
+from resources.results_db.classifications import ClassificationRow, record_processed, record_scores
+from resources.results_db.opus_files import ConvertedFile, record_conversions
+from resources.results_db.raw_archive import register_members
+from resources.results_db.transcripts import TranscriptRow, record_transcripts
 from resources.scratch import ScratchSpace
 from sensors.schedules import archive_catchup_schedule, versions_to_catch_up
 
@@ -26,28 +31,25 @@ YESTERDAY = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
 
 def _seed_yesterday(results_db) -> None:
     archive = ArchiveVersion("archives/day.tar", "e", 1, NOW, "day")
-    results_db.archives.partitions_for([archive.key])
-    results_db.archives.claim(archive, "r1", lambda holder: True, resume=False)
-    ids = results_db.audio_files.register_version(
-        archive, accepted={n: (1, n) for n in ("a.mp3", "b.mp3", "c.mp3")}, rejected={}, other_failures=[], run_id="r1"
+    held = hold(results_db, archive, "r1")
+    ids = register_members(
+        held, accepted={n: (1, n) for n in ("a.mp3", "b.mp3", "c.mp3")}, rejected={}, other_failures=[]
     ).ids
-    results_db.audio_files.record_conversions(
-        archive,
+    record_conversions(
+        held,
         [ConvertedFile(ids[n], f"processed/x/{ids[n]}.opus", "s3://b/k", "e", 30.0, 100) for n in ("a.mp3", "b.mp3")],
         [FileFailure(ids["c.mp3"], "c.mp3", "conversion", "not decodable audio")],
-        "r1",
     )
-    results_db.model_outputs.store_transcripts(
-        archive,
+    record_transcripts(
+        held,
         [
             TranscriptRow(ids["a.mp3"], "whisper", "you idiot", "en", 0.8, []),
             TranscriptRow(ids["b.mp3"], "whisper", "hello", "en", 0.6, []),
         ],
+        [],
     )
-    results_db.model_outputs.store_classifications(
-        archive,
-        [ClassificationRow(ids["a.mp3"], "harassment_threats", "cope", 0.9, True, 0.5, False, None)],
-        classified_ids=[ids["a.mp3"]],
+    record_scores(
+        held, [ClassificationRow(ids["a.mp3"], "harassment_threats", "cope", 0.9, 0.5, False, None)], [ids["a.mp3"]], []
     )
 
     def move_to_yesterday(cur) -> None:
@@ -99,8 +101,7 @@ def _processed(results_db, object_store, key: str) -> None:
     archive = ArchiveVersion(
         key, info.etag, info.size, info.last_modified, results_db.archives.partitions_for([key])[key]
     )
-    claimed = results_db.archives.claim(archive, "r", lambda holder: True, resume=False)
-    results_db.archives.record_processed(claimed)
+    record_processed(hold(results_db, archive, "r"))
 
 
 def test_catch_up_requests_every_archive_whose_current_version_was_not_processed(instance, results_db, object_store):

@@ -183,7 +183,7 @@ def test_status_counts_files_per_archive_and_shows_broken_archives(
     assert main(["status", "--archive", "no_such_batch"]) == 1
 
     # requeue sees both: the failed file and the archive that never got rows
-    found = {f.archive_source: (f.failed_files, f.archive_error is not None) for f in failed_archives(results_db, None)}
+    found = {f.archive_key: (f.failed_files, f.archive_error is not None) for f in failed_archives(results_db, None)}
     assert found == {"archives/batch_mixed.tar": (1, False), "archives/batch_broken.tar.gz": (0, True)}
 
 
@@ -228,7 +228,10 @@ def test_requeue_reruns_failed_files_through_the_daemon(pipeline_env, defs, obje
         opus = instance.get_latest_materialization_event(dg.AssetKey("opus_files"))
         assert (opus.run_id, opus.dagster_event.partition) == (requeued.run_id, "batch_requeue")
 
-        after = {r["original_filename"]: r for r in results_db.audio_files.files_of_archive(key)}
+        after = {
+            r["original_filename"]: r
+            for r in rows(results_db, "SELECT * FROM audio_files WHERE archive_source = %s", (key,))
+        }
         assert set(after) == {"good.mp3", "bad.mp3"}  # upserted: no duplicate rows
         assert after["bad.mp3"]["status"] == "classified" and after["bad.mp3"]["id"] == before["bad.mp3"]["id"]
         assert after["good.mp3"]["status"] == "classified"
@@ -262,7 +265,10 @@ def _archive_with_a_file_that_failed_then_was_fixed(defs, instance, object_store
     corrupt = build_tar(tmp_path / "v1" / "batch_requeue.tar", [("good.mp3", good), ("bad.mp3", os.urandom(4096))])
     key = runner.upload(corrupt)
     assert runner.run(key, assets=None).success  # the whole job: good.mp3 gets classified
-    before = {r["original_filename"]: r for r in results_db.audio_files.files_of_archive(key)}
+    before = {
+        r["original_filename"]: r
+        for r in rows(results_db, "SELECT * FROM audio_files WHERE archive_source = %s", (key,))
+    }
     assert (before["good.mp3"]["status"], before["bad.mp3"]["status"]) == ("classified", "failed")
     assert before["bad.mp3"]["failed_stage"] == "conversion"
 
@@ -281,7 +287,7 @@ def _archive_with_a_file_that_failed_then_was_fixed(defs, instance, object_store
 def dagster_daemon(tmp_path: Path) -> Iterator[None]:
     """`dagster-daemon run` on this test's instance and services, stopped on exit. The archive
     sensor is stopped first: it would otherwise run the overwritten archive on its own."""
-    target = ["-m", "audio_assets.definitions"]
+    target = ["-m", "definitions"]
     subprocess.run([str(BIN / "dagster"), "sensor", "stop", "archive_sensor", *target], check=True, timeout=180)
     log_path = tmp_path / "dagster-daemon.log"
     with log_path.open("wb") as log:

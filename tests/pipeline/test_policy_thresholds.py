@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import pytest
 from archive_factory import build_tar, make_speech_mp3
-from pipeline_support import FULL_JOB
+from pipeline_support import FULL_JOB, hold
 from pipeline_support import rows as db_rows
 
-from audio_assets.ml import profanity_scorer
-from review.calibration import apply_threshold
+from archive_identity import ArchiveVersion
+from models import profanity_scorer
+from resources.results_db.classifications import ClassificationRow, apply_threshold, record_scores
+from resources.results_db.opus_files import ConvertedFile, record_conversions
+from resources.results_db.raw_archive import register_members
+from resources.results_db.transcripts import TranscriptRow, record_transcripts
 
 RESCORE = {"ops": {"classifications": {"config": {"rescore": True}}}}
 
@@ -51,7 +55,7 @@ def test_a_per_policy_threshold_reflags_without_model_calls(archive_runner, resu
         "score",
         lambda self, policy, contents: calls.append(len(contents)) or real_score(self, policy, contents),
     )
-    counts = apply_threshold(results_db, "profanity", insult["model"], threshold, target=0.9)
+    counts = apply_threshold(results_db, "profanity", insult["model"], threshold, "set by hand")
     assert counts["no_longer_flagged"] == 1 and counts["flagged"] == 0
 
     result = archive_runner.run(key, assets=FULL_JOB)
@@ -67,3 +71,28 @@ def test_a_per_policy_threshold_reflags_without_model_calls(archive_runner, resu
     assert calls  # the model ran this time
     rescored = db_rows(results_db, "SELECT flag_score, flagged, threshold FROM classifications")
     assert all(r["threshold"] == threshold and r["flagged"] == (r["flag_score"] >= threshold) for r in rescored)
+
+
+@pytest.mark.integration
+def test_a_threshold_applied_while_a_step_scores_is_the_one_its_scores_are_flagged_by(results_db):
+    """The step read the default threshold (0.5) when it started; an operator applies 0.8 before
+    its chunk commits. The chunk's rows are written under the threshold in force at commit, so a
+    0.7 is not flagged (before: flagged at the 0.5 the step started with, undoing the apply)."""
+    from datetime import UTC, datetime
+
+    held = hold(results_db, ArchiveVersion("archives/t.tar", "e1", 1, datetime.now(UTC), "t"), "run-t")
+    ids = register_members(held, accepted={"a.mp3": (1, "a"), "b.mp3": (1, "b")}, rejected={}, other_failures=[]).ids
+    record_conversions(
+        held, [ConvertedFile(i, f"processed/x/{i}.opus", "s3://b/x", "e", 1.0, 10) for i in ids.values()], []
+    )
+    record_transcripts(held, [TranscriptRow(i, "m", "words", "en", 0.9, []) for i in ids.values()], [])
+    record_scores(held, [ClassificationRow(ids["a.mp3"], "p", "cope", 0.9, 0.5, False, None)], [ids["a.mp3"]], [])
+
+    counts = apply_threshold(results_db, "p", "cope", 0.8, "set by hand")
+    assert (counts["scores"], counts["flagged"]) == (1, 1)
+    flagged, failed = record_scores(
+        held, [ClassificationRow(ids["b.mp3"], "p", "cope", 0.7, 0.5, False, None)], [ids["b.mp3"]], []
+    )
+    assert flagged == {"p": 0} and failed == []
+    stored = db_rows(results_db, "SELECT flag_score, flagged, threshold FROM classifications ORDER BY flag_score")
+    assert [(r["flag_score"], r["flagged"], r["threshold"]) for r in stored] == [(0.7, False, 0.8), (0.9, True, 0.8)]

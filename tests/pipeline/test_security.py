@@ -10,12 +10,15 @@ import dagster as dg
 import psycopg2
 import pytest
 from db_privileges import assert_each_refused
-from pipeline_support import rows
+from pipeline_support import hold, rows
 
 from archive_identity import ArchiveVersion
-from audio_assets.definitions import build_definitions
+from definitions import build_definitions
 from resources.environments import resources_for
-from resources.results_db import ClassificationRow, ConvertedFile, TranscriptRow
+from resources.results_db.classifications import ClassificationRow, record_scores
+from resources.results_db.opus_files import ConvertedFile, record_conversions
+from resources.results_db.raw_archive import register_members
+from resources.results_db.transcripts import TranscriptRow, record_transcripts
 
 RA_VIEWS = ["ra_queue", "daily_stats", "daily_report", "open_failures"]
 
@@ -33,28 +36,22 @@ def _seed_flagged_and_hidden(results_db) -> None:
     from datetime import datetime
 
     archive = ArchiveVersion("archives/s.tar", "e1", 1, datetime.now(UTC), "s")
-    results_db.archives.partitions_for([archive.key])
-    results_db.archives.claim(archive, "r", lambda holder: True, resume=False)
-    ids = results_db.audio_files.register_version(
-        archive,
-        accepted={"visible.mp3": (1, "a"), "hidden-secret.mp3": (1, "b")},
-        rejected={},
-        other_failures=[],
-        run_id="r",
+    held = hold(results_db, archive, "r")
+    ids = register_members(
+        held, accepted={"visible.mp3": (1, "a"), "hidden-secret.mp3": (1, "b")}, rejected={}, other_failures=[]
     ).ids
-    results_db.audio_files.record_conversions(
-        archive, [ConvertedFile(i, f"processed/x/{i}.opus", "s3://b/x", "e", 1.0, 10) for i in ids.values()], [], "r"
+    record_conversions(
+        held, [ConvertedFile(i, f"processed/x/{i}.opus", "s3://b/x", "e", 1.0, 10) for i in ids.values()], []
     )
-    results_db.model_outputs.store_transcripts(
-        archive, [TranscriptRow(i, "m", f"text of {name}", "en", 0.9, []) for name, i in ids.items()]
-    )
-    results_db.model_outputs.store_classifications(
-        archive,
+    record_transcripts(held, [TranscriptRow(i, "m", f"text of {name}", "en", 0.9, []) for name, i in ids.items()], [])
+    record_scores(
+        held,
         [
-            ClassificationRow(ids["visible.mp3"], "p", "c", 0.9, True, 0.5, False, None),
-            ClassificationRow(ids["hidden-secret.mp3"], "p", "c", 0.1, False, 0.5, False, None),
+            ClassificationRow(ids["visible.mp3"], "p", "c", 0.9, 0.5, False, None),
+            ClassificationRow(ids["hidden-secret.mp3"], "p", "c", 0.1, 0.5, False, None),
         ],
         list(ids.values()),
+        [],
     )
 
 

@@ -6,10 +6,14 @@ from datetime import UTC, datetime
 
 import psycopg2
 from db_privileges import assert_each_refused
-from pipeline_support import rows
+from pipeline_support import hold, rows
 
 from archive_identity import ArchiveVersion
-from resources.results_db import ClassificationRow, ConvertedFile, ResultsDatabase, TranscriptRow
+from resources.results_db import ResultsDatabase
+from resources.results_db.classifications import ClassificationRow, record_scores
+from resources.results_db.opus_files import ConvertedFile, record_conversions
+from resources.results_db.raw_archive import register_members
+from resources.results_db.transcripts import TranscriptRow, record_transcripts
 from sql.migrate import bundled_migrations
 
 ARCHIVE = ArchiveVersion("archives/a.tar", "e1", 100, datetime.now(UTC), "a")
@@ -27,10 +31,8 @@ def test_migrate_is_idempotent_and_records_versions(postgres_dsn):
 
 
 def register(db: ResultsDatabase, names: list[str]) -> dict[str, int]:
-    db.archives.partitions_for([ARCHIVE.key])
-    db.archives.claim(ARCHIVE, "r", lambda holder: True, resume=False)
-    return db.audio_files.register_version(
-        ARCHIVE, accepted={n: (10, f"sha-{n}") for n in names}, rejected={}, other_failures=[], run_id="r"
+    return register_members(
+        hold(db, ARCHIVE, "r"), accepted={n: (10, f"sha-{n}") for n in names}, rejected={}, other_failures=[]
     ).ids
 
 
@@ -42,23 +44,24 @@ def test_audio_files_unique_per_archive_member(results_db):
 
 
 def _seed_flagged_item(results_db: ResultsDatabase) -> int:
-    file_id = register(results_db, ["clip.mp3"])["clip.mp3"]
-    results_db.audio_files.record_conversions(
-        ARCHIVE,
+    held = hold(results_db, ARCHIVE, "r")
+    file_id = register_members(held, accepted={"clip.mp3": (10, "sha-clip.mp3")}, rejected={}, other_failures=[]).ids[
+        "clip.mp3"
+    ]
+    record_conversions(
+        held,
         [ConvertedFile(file_id, "processed/2026-11-25/1.opus", "s3://b/processed/2026-11-25/1.opus", "e", 2.5, 900)],
         [],
-        "r",
     )
-    results_db.model_outputs.store_transcripts(
-        ARCHIVE, [TranscriptRow(file_id, "whisper-base", "you are an idiot", "en", 0.9, [])]
-    )
-    results_db.model_outputs.store_classifications(
-        ARCHIVE,
+    record_transcripts(held, [TranscriptRow(file_id, "whisper-base", "you are an idiot", "en", 0.9, [])], [])
+    record_scores(
+        held,
         [
-            ClassificationRow(file_id, "harassment", "cope-a", 0.93, True, 0.5, False, None, "pv1"),
-            ClassificationRow(file_id, "hate_speech", "cope-a", 0.1, False, 0.5, False, None, "pv2"),
+            ClassificationRow(file_id, "harassment", "cope-a", 0.93, 0.5, False, None, "pv1"),
+            ClassificationRow(file_id, "hate_speech", "cope-a", 0.1, 0.5, False, None, "pv2"),
         ],
         [file_id],
+        [],
     )
     return file_id
 
@@ -77,10 +80,7 @@ def test_ra_queue_shows_flagged_items_with_transcript_and_metadata(results_db):
 def test_ra_queue_leaves_out_files_removed_from_their_archive(results_db):
     _seed_flagged_item(results_db)
     newer = ArchiveVersion(ARCHIVE.key, "e2", 100, ARCHIVE.last_modified.replace(year=2027), "a")
-    results_db.archives.claim(newer, "r2", lambda holder: True, resume=False)
-    results_db.audio_files.register_version(
-        newer, accepted={"other.mp3": (1, "s")}, rejected={}, other_failures=[], run_id="r2"
-    )
+    register_members(hold(results_db, newer, "r2"), accepted={"other.mp3": (1, "s")}, rejected={}, other_failures=[])
     assert rows(results_db, "SELECT * FROM ra_queue") == []
 
 

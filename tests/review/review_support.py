@@ -21,12 +21,16 @@ from pathlib import Path
 
 import uvicorn
 from archive_factory import ffmpeg_exe
+from pipeline_support import hold
 from pipeline_support import rows as db_rows
 
 from archive_identity import ArchiveVersion
 from embedded_services.ports import free_tcp_ports
 from policies import load_policies, policy_names
-from resources.results_db import ClassificationRow, ConvertedFile, TranscriptRow
+from resources.results_db.classifications import ClassificationRow, keep_policy_texts, record_scores
+from resources.results_db.opus_files import ConvertedFile, record_conversions
+from resources.results_db.raw_archive import register_members
+from resources.results_db.transcripts import TranscriptRow, record_transcripts
 from review.server import server_config
 
 # Every RA account the tests make signs in with this.
@@ -96,15 +100,10 @@ def seed_flagged(
     model: str = "cope-a-test",
 ) -> dict[str, SeededItem]:
     """Flagged, classified files through the pipeline's own writers, with their Opus objects."""
-    archive = ArchiveVersion(archive_key, "etag-1", 1, datetime.now(UTC), "review")
-    results_db.archives.partitions_for([archive.key])
-    results_db.archives.claim(archive, "run-1", lambda holder: True, resume=False)
-    ids = results_db.audio_files.register_version(
-        archive,
-        accepted={i.name: (len(opus), f"sha-{n}") for n, i in enumerate(items)},
-        rejected={},
-        other_failures=[],
-        run_id="run-1",
+    assert all(i.flagged == (i.score >= 0.5) for i in items), "flagged is score >= the threshold, 0.5"
+    held = hold(results_db, ArchiveVersion(archive_key, "etag-1", 1, datetime.now(UTC), "review"), "run-1")
+    ids = register_members(
+        held, accepted={i.name: (len(opus), f"sha-{n}") for n, i in enumerate(items)}, rejected={}, other_failures=[]
     ).ids
     converted = []
     for item in items:
@@ -113,15 +112,16 @@ def seed_flagged(
         converted.append(
             ConvertedFile(ids[item.name], key, f"s3://{object_store.bucket}/{key}", info.etag, 7.0, len(opus))
         )
-    results_db.audio_files.record_conversions(archive, converted, [], "run-1")
-    results_db.model_outputs.store_transcripts(
-        archive, [TranscriptRow(ids[i.name], "whisper-test", i.transcript, "en", 0.9, i.segments) for i in items]
+    record_conversions(held, converted, [])
+    record_transcripts(
+        held, [TranscriptRow(ids[i.name], "whisper-test", i.transcript, "en", 0.9, i.segments) for i in items], []
     )
-    results_db.model_outputs.keep_policy_texts({i.policy: ("v1", policy_text(i.policy)) for i in items})
-    results_db.model_outputs.store_classifications(
-        archive,
-        [ClassificationRow(ids[i.name], i.policy, model, i.score, i.flagged, 0.5, False, None, "v1") for i in items],
-        classified_ids=list(ids.values()),
+    keep_policy_texts(held, {i.policy: ("v1", policy_text(i.policy)) for i in items})
+    record_scores(
+        held,
+        [ClassificationRow(ids[i.name], i.policy, model, i.score, 0.5, False, None, "v1") for i in items],
+        list(ids.values()),
+        [],
     )
     with_metadata = [i for i in items if i.metadata is not None]
     if with_metadata:

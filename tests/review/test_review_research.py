@@ -27,6 +27,7 @@ from review_support import (
 )
 
 from operations.cli import main
+from resources.results_db import classifications as classifications_db
 from review import accounts, recall_audit
 from review.store import QueueFilter, ReviewStore
 
@@ -203,9 +204,11 @@ def test_applying_a_threshold_reflags_stored_scores_only(cli_env, console_dsn, r
         changed = row["flagged"] != before[item_id]["flagged"]
         assert (row["created_at"] != before[item_id]["created_at"]) == changed
     # What the pipeline's next run reads: this threshold, and every score already current under it.
-    assert results_db.model_outputs.policy_thresholds(MODEL) == {POLICY: 0.7}
-    scored = results_db.model_outputs.scored(
-        [r["audio_file_id"] for r in db_rows(results_db, "SELECT audio_file_id FROM classifications")], MODEL
+    assert classifications_db.policy_thresholds(results_db, MODEL) == {POLICY: 0.7}
+    scored = classifications_db.scored(
+        results_db,
+        [r["audio_file_id"] for r in db_rows(results_db, "SELECT audio_file_id FROM classifications")],
+        MODEL,
     )
     assert {t for *_, t in scored} == {0.7}
     # Recommended: from the calibration, with what it rests on recorded.
@@ -315,7 +318,11 @@ def test_the_daily_report_carries_recall_with_intervals(console_dsn, results_db,
 def test_the_item_shows_the_policy_text_it_was_scored_with(start_console, results_db, object_store, opus_bytes, ras):
     """Issue 15 item 5: the console showed the packaged text even when POLICIES_DIR scored the
     item with another one. The text is kept by version and shown from there."""
-    results_db.model_outputs.keep_policy_texts({POLICY: ("v1", "OUR OWN <b>revised</b> policy text")})
+    db_rows(
+        results_db,
+        "INSERT INTO policy_texts (policy, policy_version, policy_text) VALUES (%s, 'v1', %s) RETURNING policy",
+        (POLICY, "OUR OWN <b>revised</b> policy text"),
+    )
     item = seed_flagged(results_db, object_store, opus_bytes, [FlaggedItem("p.mp3")])["p.mp3"].item_id
     server = start_console()
     client = RAClient(server.url)

@@ -1,5 +1,5 @@
 """The lint and type gate, run by the README's test command (and so by CI): ruff's rules and
-formatting over the whole tree, mypy over the pure modules (pyproject.toml [tool.ruff],
+formatting over the whole tree, mypy over all code outside tests and bench (pyproject.toml [tool.ruff],
 [tool.mypy]). Both read the source tree, not the installed package."""
 
 from __future__ import annotations

@@ -15,13 +15,13 @@ import pytest
 from tiny_cope import SLIDING_WINDOW, build_tiny_cope
 from transformers import AutoTokenizer
 
-from audio_assets.ml.cope_prompt import (
+from models.cope_prompt import (
     PromptTooLongError,
     build_prompt,
     fit_content,
     prompt_token_count,
 )
-from audio_assets.ml.cope_scorer import (
+from models.cope_scorer import (
     SOFTCAP_ATTENTION,
     answer_token_ids,
     bucket_width,
@@ -29,8 +29,8 @@ from audio_assets.ml.cope_scorer import (
     load_count,
     plan_batches,
 )
-from audio_assets.ml.cope_settings import CopeSettings
-from audio_assets.ml.scoring import PolicyScore
+from models.cope_settings import CopeSettings
+from models.scoring import PolicyScore
 
 POLICY = (
     "# Insults\n\n## Definition of Labels\n\n### (IN) Insult\n\n#### Includes\n\n"
@@ -262,7 +262,7 @@ def test_the_classifier_names_its_model_without_importing_torch(tmp_path: Path):
     assert result.returncode == 0, log.read_text()[-3000:]
     assert result.stdout.strip() == "cope-a:zentropi-ai/cope-a-9b@google/gemma-2-9b+8bit"
     modules = {line.rsplit("|", 1)[-1].strip() for line in log.read_text().splitlines() if "|" in line}
-    assert "audio_assets.ml.cope_settings" in modules  # the log is the child's own
+    assert "models.cope_settings" in modules  # the log is the child's own
     assert sorted(m for m in modules if m.split(".")[0] in ("torch", "transformers", "peft")) == []
 
 

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from audio_assets.ml import ctranslate2_check as check
+from models import ctranslate2_check as check
 
 
 def test_tiny_generator_runs_a_real_product(tmp_path):
@@ -46,7 +46,7 @@ def test_no_gpu_means_nothing_to_check():
     if ctranslate2.get_cuda_device_count():
         pytest.skip("this host has a GPU: the check runs for real here")
     done = subprocess.run(
-        [sys.executable, "-m", "audio_assets.ml.ctranslate2_check"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "models.ctranslate2_check"], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "skip ctranslate2: no CUDA device visible" in done.stdout

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from archive_identity import ArchiveVersion, is_archive_key, partition_key_candidates, tagged_version
-from resources.results_db.audio_files import ExistingRow, RowChange, plan_member_changes
+from resources.results_db.raw_archive import ExistingRow, RowChange, plan_member_changes
 from sql.named_queries import parse_named_queries, queries
 
-SQL_CONCERNS = [
-    "archives",
-    "audio_files",
-    "failures",
-    "model_outputs",
-    "object_deletions",
-    "reports",
-    "transfers",
-    "review_accounts",
-    "review_items",
-    "review_stats",
-]
+SQL_CONCERNS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "sql" / "queries").glob("*.sql"))
 
 
 def test_named_queries_are_split_by_name_and_unknown_names_say_where():

@@ -8,7 +8,7 @@ import stat
 import imageio_ffmpeg
 import pytest
 
-from audio_assets.audio.ffmpeg_binary import FFmpegNotFound, has_libopus, resolve_ffmpeg
+from media.ffmpeg_binary import FFmpegNotFound, has_libopus, resolve_ffmpeg
 
 BUNDLED = imageio_ffmpeg.get_ffmpeg_exe()
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from archive_factory import make_parquet, make_tone_mp3
 
-from audio_assets.audio.metadata_rows import (
+from media.metadata_rows import (
     DuplicateMetaId,
     MatchedMetadata,
     MetadataFileError,
@@ -272,7 +272,7 @@ def test_parquet_bomb_is_refused_from_its_footer_in_bounded_memory(tmp_path):
         MetadataFileError, match=r"^refused: its footer states 5,000,000 rows, over the 100,000-row cap"
     ):
         read_metadata_table(bomb, LIMITS)
-    setup = "from pathlib import Path\nfrom audio_assets.audio.metadata_rows import MetadataLimits, read_metadata_table"
+    setup = "from pathlib import Path\nfrom media.metadata_rows import MetadataLimits, read_metadata_table"
     refuse = (
         f"try:\n    read_metadata_table(Path({str(bomb)!r}), MetadataLimits(100_000, 256 * 2**20))\n"
         "except Exception as exc:\n    assert str(exc).startswith('refused')"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from archive_factory import ffmpeg_exe, make_speech_mp3
 
-from audio_assets.audio.ogg_integrity import DamagedOggFile, ogg_crc, verified_opus_duration
-from audio_assets.audio.opus_convert import convert_to_opus, decoded_duration_seconds
+from media.ogg_integrity import DamagedOggFile, ogg_crc, verified_opus_duration
+from media.opus_convert import convert_to_opus, decoded_duration_seconds
 
 
 @pytest.fixture(scope="module")

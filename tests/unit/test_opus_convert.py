@@ -10,8 +10,8 @@ import av
 import pytest
 from archive_factory import ffmpeg_exe, make_speech_mp3, make_tone_mp3, truncate_file
 
-from audio_assets.audio import opus_convert
-from audio_assets.audio.opus_convert import (
+from media import opus_convert
+from media.opus_convert import (
     DEFAULT_DURATION_TOLERANCE_S,
     ConversionError,
     convert_to_opus,

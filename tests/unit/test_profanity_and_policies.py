@@ -6,8 +6,8 @@ import importlib.metadata
 
 import pytest
 
-from audio_assets.ml.profanity_scorer import load_profanity_scorer
-from audio_assets.ml.scoring import PolicyScore
+from models.profanity_scorer import load_profanity_scorer
+from models.scoring import PolicyScore
 from policies import load_policies, policy_names
 
 EXPECTED_POLICIES = ["harassment_threats", "hate_speech", "self_harm", "sexual_content", "violent_extremism"]

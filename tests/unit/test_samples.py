@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from archive_factory import ffmpeg_exe
 
-from audio_assets.audio.metadata_rows import join_metadata, read_metadata_table
-from audio_assets.audio.opus_convert import convert_to_opus
-from audio_assets.audio.tar_safety import ArchiveLimits, iter_archive, scan_archive
+from media.metadata_rows import join_metadata, read_metadata_table
+from media.opus_convert import convert_to_opus
+from media.tar_safety import ArchiveLimits, iter_archive, scan_archive
 
 SAMPLES = Path(__file__).resolve().parents[2] / "operations" / "samples"
 REFERENCES = json.loads((SAMPLES / "references.json").read_text())

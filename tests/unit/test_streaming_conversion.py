@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from audio_assets.audio.streaming_conversion import ConversionStream
+from media.streaming_conversion import ConversionStream
 
 
 def test_never_more_files_in_flight_than_allowed_and_every_outcome_arrives():

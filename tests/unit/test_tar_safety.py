@@ -32,8 +32,8 @@ from archive_factory import (
     write_raw_tar,
 )
 
-import audio_assets.audio.tar_safety as tar_safety
-from audio_assets.audio.tar_safety import (
+import media.tar_safety as tar_safety
+from media.tar_safety import (
     DUPLICATE,
     SPARSE,
     ArchiveEntry,
@@ -647,7 +647,7 @@ def test_damaged_headers_give_a_listing_or_archive_unreadable_never_another_erro
 _MEASURE = """
 import json, sys
 from pathlib import Path
-from audio_assets.audio.tar_safety import ArchiveLimits, ArchiveRefused, scan_archive
+from media.tar_safety import ArchiveLimits, ArchiveRefused, scan_archive
 
 try:
     listing = scan_archive(Path(sys.argv[1]), ArchiveLimits(**json.loads(sys.argv[2])))

@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 from archive_factory import ffmpeg_exe, make_speech_mp3, make_tone_mp3  # noqa: E402
 from wer import corpus_word_error_rate, normalize_words, word_error_rate  # noqa: E402
 
-from audio_assets.ml.transcriber import (  # noqa: E402
+from models.transcriber import (  # noqa: E402
     ModelLoadError,
     TranscriberSettings,
     Transcript,
@@ -28,7 +28,7 @@ from audio_assets.ml.transcriber import (  # noqa: E402
     load_transcriber,
     load_word_aligner,
 )
-from audio_assets.ml.whisper_models import bundled_whisper_base, resolve_whisper_model  # noqa: E402
+from models.whisper_models import bundled_whisper_base, resolve_whisper_model  # noqa: E402
 
 # pyannote warns at length that torchcodec has no FFmpeg libraries; audio arrives as arrays here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pyannote.audio.core.io")
@@ -230,7 +230,7 @@ def test_word_error_rate_forgives_case_punctuation_and_number_spelling():
 
 
 def test_batch_size_auto_is_eight_on_cpu_and_sized_from_free_memory_on_cuda():
-    from audio_assets.ml.transcriber import GPU_BYTES_PER_WINDOW, whisper_batch_size
+    from models.transcriber import GPU_BYTES_PER_WINDOW, whisper_batch_size
 
     assert whisper_batch_size(5, "cuda", 80 << 30) == 5  # a setting wins
     assert whisper_batch_size(0, "cpu", None) == 8

@@ -11,7 +11,7 @@ def _worker_app(monkeypatch):
     monkeypatch.setenv("DAGSTER_CELERY_BROKER_URL", BROKER)
     monkeypatch.setenv("DAGSTER_CELERY_BACKEND_URL", BACKEND)
     monkeypatch.setenv("CELERY_TASK_LEASE_S", "40")
-    import audio_assets.workers.celery_app as module
+    import workers.celery_app as module
 
     return importlib.reload(module).app
 
@@ -31,8 +31,8 @@ def test_the_workers_app_runs_dagster_celerys_step_task(monkeypatch):
 
 
 def test_the_run_side_uses_the_same_settings_and_sends_untagged_steps_to_cpu(monkeypatch):
-    from audio_assets.definitions import executor_for
-    from audio_assets.workers.settings import celery_config_source, executor_config
+    from definitions import executor_for
+    from workers.settings import celery_config_source, executor_config
 
     conf = _worker_app(monkeypatch).conf
     assert executor_for("production").name == "celery"
@@ -42,8 +42,8 @@ def test_the_run_side_uses_the_same_settings_and_sends_untagged_steps_to_cpu(mon
 
 
 def test_step_tasks_are_bounded_and_time_limited_per_queue(monkeypatch):
-    from audio_assets.workers.deliveries import BoundedStep, BoundedStepRequest
-    from audio_assets.workers.settings import max_deliveries, time_limits
+    from workers.deliveries import BoundedStep, BoundedStepRequest
+    from workers.settings import max_deliveries, time_limits
 
     task = _worker_app(monkeypatch).tasks["execute_plan"]
     assert isinstance(task, BoundedStep) and task.Request is BoundedStepRequest

@@ -37,9 +37,9 @@ from typing import Any
 
 import torch
 
-from audio_assets.ml.cope_prompt import build_prompt, fit_content, prompt_head
-from audio_assets.ml.cope_settings import CopeSettings, cope_model_name
-from audio_assets.ml.scoring import EMPTY_TRANSCRIPT, PolicyScore, is_empty
+from models.cope_prompt import build_prompt, fit_content, prompt_head
+from models.cope_settings import CopeSettings, cope_model_name
+from models.scoring import EMPTY_TRANSCRIPT, PolicyScore, is_empty
 
 log = logging.getLogger(__name__)
 

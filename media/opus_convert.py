@@ -28,7 +28,7 @@ from pathlib import Path
 import av
 import ffmpeg as ffmpeg_cli
 
-from audio_assets.audio.ogg_integrity import DamagedOggFile, verified_opus_duration
+from media.ogg_integrity import DamagedOggFile, verified_opus_duration
 
 # Measured on 288 MP3s (espeak speech, tones, a human voice; 8-44.1 kHz; CBR and VBR; with and
 # without Xing/LAME headers; 0.3-60 s) the output length differs from the reference by at

@@ -1,6 +1,6 @@
 """Celery settings the run side (celery_executor) and every worker share, from one place.
 
-Queues: GPU steps carry the op tag `dagster-celery/queue: gpu` (audio_assets/gpu_routing.py);
+Queues: GPU steps carry the op tag `dagster-celery/queue: gpu` (audio_assets/archive_job.py);
 every other step goes to the executor's default queue, named `cpu` here. A CPU worker
 consumes `cpu`, one worker per GPU consumes `gpu`.
 
@@ -59,10 +59,10 @@ def time_limits(queue: str) -> tuple[float, float]:
     """(hard, soft) time limit in seconds of a step task from `queue` (an unknown queue gets
     the CPU queue's), from CELERY_{CPU,GPU}_TIME_LIMIT_S and CELERY_{CPU,GPU}_SOFT_TIME_LIMIT_S."""
     name = queue if queue in DEFAULT_TIME_LIMITS_S else CPU_QUEUE
-    soft, hard = DEFAULT_TIME_LIMITS_S[name]
+    default_soft, default_hard = DEFAULT_TIME_LIMITS_S[name]
     prefix = f"CELERY_{name.upper()}"
-    hard = float(os.environ.get(f"{prefix}_TIME_LIMIT_S", hard))
-    soft = float(os.environ.get(f"{prefix}_SOFT_TIME_LIMIT_S", min(soft, hard)))
+    hard = float(os.environ.get(f"{prefix}_TIME_LIMIT_S", default_hard))
+    soft = float(os.environ.get(f"{prefix}_SOFT_TIME_LIMIT_S", min(default_soft, hard)))
     return hard, min(soft, hard)
 
 

@@ -12,7 +12,7 @@ import functools
 import importlib.metadata
 from collections.abc import Sequence
 
-from audio_assets.ml.scoring import EMPTY_TRANSCRIPT, PolicyScore, is_empty
+from models.scoring import EMPTY_TRANSCRIPT, PolicyScore, is_empty
 
 PACKAGE = "alt-profanity-check"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio_assets.ml.whisper_models import BUNDLED_ALIASES, resolve_whisper_model
+from models.whisper_models import BUNDLED_ALIASES, resolve_whisper_model
 
 logger = logging.getLogger(__name__)
 

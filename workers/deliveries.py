@@ -36,7 +36,7 @@ from celery import Task
 from celery.worker import state
 from celery.worker.request import Request
 
-from audio_assets.workers import settings
+from workers import settings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class DeliveryCounter:
         """This delivery's number: 1 on the first, 2 on the first redelivery, ..."""
         key = KEY_PREFIX + task_id
         with self._client.pipeline() as pipe:  # MULTI/EXEC: the expiry always comes with the count
-            deliveries, _ = pipe.incr(key).expire(key, self._expire_s).execute()
+            pipe.incr(key)
+            pipe.expire(key, self._expire_s)
+            deliveries, _ = pipe.execute()
         return int(deliveries)
 
     def clear(self, task_id: str) -> None:
@@ -118,10 +120,10 @@ def step_failure(step_args, message: str) -> list[str]:
     acts on them) and returned serialized, as dagster-celery's task returns them."""
     step_key = step_args.step_keys_to_execute[0]
     job_name = step_args.job_origin.job_name
-    handle = None
+    handle: dict | None = None
     for name in step_key.split("[")[0].split("."):  # a step in a graph: its node's path
         handle = {"__class__": "SolidHandle", "name": name, "parent": handle}
-    error = {
+    error: dict = {
         "__class__": "SerializableErrorInfo",
         "message": f"{StepNotRun.__name__}: {message}\n",
         "stack": [],
@@ -139,7 +141,7 @@ def step_failure(step_args, message: str) -> list[str]:
         "step_kind_value": "COMPUTE",
         "logging_tags": {
             "job_name": job_name,
-            "op_name": handle["name"],
+            "op_name": step_key.split("[")[0].split(".")[-1],
             "run_id": step_args.run_id,
             "step_key": step_key,
         },

@@ -1,4 +1,4 @@
-"""The single Definitions object (workspace.yaml and `dagster -m audio_assets.definitions`)."""
+"""The single Definitions object (workspace.yaml and `dagster -m definitions`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Any
 
 import dagster as dg
 
-from audio_assets.archive import raw_archive
+from audio_assets.archive_job import archive_job
 from audio_assets.checks import archive_checks
 from audio_assets.classifications import classifications
 from audio_assets.daily import daily_summary, daily_summary_job, daily_summary_schedule
-from audio_assets.jobs import archive_job
-from audio_assets.metadata import parquet_metadata
 from audio_assets.model_versions import with_model_versions
-from audio_assets.opus import opus_files
+from audio_assets.opus_files import opus_files
+from audio_assets.parquet_metadata import parquet_metadata
+from audio_assets.raw_archive import raw_archive
 from audio_assets.scratch_sweep import scratch_sweep_job
 from audio_assets.transcripts import transcripts
 from audio_assets.transfer import transfer_archive
@@ -28,14 +28,14 @@ from sensors.schedules import archive_catchup_schedule, scratch_sweep_schedule
 def executor_for(environment: str):
     """local: one process per run (small memory, fast start; opus_files parallelises inside).
     production: steps on Celery queues when a broker is configured (GPU steps go to the `gpu`
-    queue that only GPU hosts consume, the rest to `cpu`; see audio_assets/workers/), else one
+    queue that only GPU hosts consume, the rest to `cpu`; see workers/), else one
     process per step."""
     if environment == "local":
         return dg.in_process_executor
     if os.environ.get("DAGSTER_CELERY_BROKER_URL"):
         from dagster_celery import celery_executor
 
-        from audio_assets.workers.settings import executor_config
+        from workers.settings import executor_config
 
         return celery_executor.configured(executor_config())
     return dg.multiprocess_executor

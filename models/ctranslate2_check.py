@@ -6,7 +6,7 @@ whose driver stack offers only CUDA 13 libraries therefore fails when the first 
 transcribed. This check runs that first product on every visible GPU, with a one-layer model
 built here from random numbers (no download, a few kilobytes), and names the missing library.
 
-Run it as `python -m audio_assets.ml.ctranslate2_check` (the GPU worker unit does, before it
+Run it as `python -m models.ctranslate2_check` (the GPU worker unit does, before it
 starts taking steps); `doctor` shows the same lines.
 """
 

@@ -1,6 +1,6 @@
 """What picks a CoPE-A model and the name its rows record, without importing torch: the
 classifier resource, the model-version check and the run's metadata need both before (or
-without) loading the model; audio_assets/ml/cope_scorer.py loads it."""
+without) loading the model; models/cope_scorer.py loads it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Celery app every worker runs: `dagster-celery worker start -A audio_assets.workers.celery_app`.
+"""The Celery app every worker runs: `dagster-celery worker start -A workers.celery_app`.
 
 It is dagster-celery's own step task (`execute_plan`) on an app built from the same
 settings the run side's celery_executor uses (workers/settings.py), so the two cannot
@@ -14,9 +14,9 @@ from dagster_celery.executor import CeleryExecutor
 from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_task
 
-from audio_assets.workers import message_lease
-from audio_assets.workers.deliveries import BoundedStep
-from audio_assets.workers.settings import celery_config_source
+from workers import message_lease
+from workers.deliveries import BoundedStep
+from workers.settings import celery_config_source
 
 app = make_app(
     CeleryExecutor.for_cli(

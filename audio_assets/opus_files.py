@@ -9,18 +9,17 @@ import dagster as dg
 import pandas as pd
 
 from archive_identity import ArchiveVersion
-from audio_assets.archive_step import archive_asset, archive_step
-from audio_assets.audio.ffmpeg_binary import resolve_ffmpeg
-from audio_assets.audio.opus_convert import ConversionError, convert_to_opus
-from audio_assets.audio.streaming_conversion import ConversionStream
-from audio_assets.audio.tar_safety import iter_archive
+from audio_assets.archive_job import archive_asset
 from audio_assets.file_batches import PreparedAhead, commit_in_batches, raise_for_retryable, split_done
 from audio_assets.settings import OpusConversionConfig
-from resources.archive_claim import ArchiveClaim
+from media.ffmpeg_binary import resolve_ffmpeg
+from media.opus_convert import ConversionError, convert_to_opus
+from media.streaming_conversion import ConversionStream
+from media.tar_safety import iter_archive
+from resources.archive_run import ArchiveRun, HeldArchive
 from resources.manifest_io import ArchiveTable
-from resources.object_store import ObjectStore
-from resources.results_db import ConvertedFile, FileFailure, ResultsDatabase
-from resources.results_db.audio_files import FINISHED_CONVERSION
+from resources.results_db.failures import Cause, FileFailure
+from resources.results_db.opus_files import FINISHED_CONVERSION, ConvertedFile, conversion_state, record_conversions
 from resources.scratch import ScratchSpace
 
 RESULT_COLUMNS = [
@@ -59,41 +58,37 @@ class _Encoded:
 
 @archive_asset(kinds={"ffmpeg", "s3", "postgres"})
 def opus_files(
-    context: dg.AssetExecutionContext,
-    config: OpusConversionConfig,
-    raw_archive: ArchiveTable,
-    object_store: ObjectStore,
-    results_db: ResultsDatabase,
-    scratch: ScratchSpace,
-    archive_claim: ArchiveClaim,
+    context: dg.AssetExecutionContext, config: OpusConversionConfig, raw_archive: ArchiveTable, archive_run: ArchiveRun
 ) -> dg.Output[ArchiveTable]:
     """MP3 members as Opus objects in processed/{date}/{id}-{epoch}.opus; a bad file fails alone."""
-    with archive_step(
-        context, ["conversion"], archive_claim, results_db, archive=raw_archive.archive, scratch=scratch
-    ) as step:
-        archive = step.archive  # with the run's claim epoch, which fences every write
-        results_db.object_deletions.drain(archive, object_store)  # before any upload of this run
+    with archive_run.step(context, raw_archive) as held:
+        held.drain()  # before any upload of this run
         members = accepted_mp3s(raw_archive.rows)
-        already, todo = _split_converted(results_db, archive, members, config.reconvert)
-        started, outcomes = time.monotonic(), []
-        if todo:
-            with scratch.step_dir(context.run.run_id, "opus_files") as workdir:
-                stream = _conversion_stream(config, workdir / "opus", archive, object_store)
-                intents = _upload_intents(results_db, archive, todo, config.files_per_commit)
-                jobs = _extract(step.local_archive(object_store), todo, workdir / "mp3", config, intents)
-                outcomes = commit_in_batches(
-                    stream.run(jobs),
-                    config.files_per_commit,
-                    lambda chunk: _commit(results_db, archive, chunk, context, config.max_file_attempts),
-                )
-        results_db.object_deletions.drain(archive, object_store)
+        already, todo = _split_converted(held, members, config.reconvert)
+        started = time.monotonic()
+        outcomes = _convert(held, todo, config) if todo else []
+        held.drain()
         failed = [o for o in outcomes if isinstance(o, FileFailure)]
         raise_for_retryable(failed, len(todo))
         converted = [o for o in outcomes if isinstance(o, ConvertedFile)]
-        return step.output(
+        return held.output(
             results_frame(already, converted, failed, {i: m for m, i in members.items()}),
             _metadata(config, converted, failed, len(already), time.monotonic() - started),
         )
+
+
+def _convert(held: HeldArchive, todo: dict[str, int], config: OpusConversionConfig) -> list:
+    """The files to do, streamed out of the run's copy into ffmpeg and up to the object store,
+    each upload's intent queued first, outcomes committed every files_per_commit files."""
+    with held.workdir() as workdir:
+        stream = _conversion_stream(config, workdir / "opus", held)
+        intents = PreparedAhead(
+            todo.values(),
+            config.files_per_commit,
+            lambda ids: held.intend_uploads([opus_key(held.archive, i) for i in ids]),
+        )
+        jobs = _extract(held.local_copy(), todo, workdir / "mp3", config, intents)
+        return commit_in_batches(stream.run(jobs), config.files_per_commit, lambda chunk: _commit(held, chunk, config))
 
 
 def accepted_mp3s(manifest: pd.DataFrame) -> dict[str, int]:
@@ -102,14 +97,12 @@ def accepted_mp3s(manifest: pd.DataFrame) -> dict[str, int]:
     return {member: int(file_id) for member, file_id in zip(mp3s["member"], mp3s["audio_file_id"])}
 
 
-def _split_converted(
-    results_db: ResultsDatabase, archive: ArchiveVersion, members: dict[str, int], reconvert: bool
-) -> tuple[list[dict], dict[str, int]]:
+def _split_converted(held: HeldArchive, members: dict[str, int], reconvert: bool) -> tuple[list[dict], dict[str, int]]:
     """(rows of files already converted, {member: file id} still to do). Done means: the row
     is converted or further along and has its Opus object. raw_archive started over every row
     whose member's bytes (SHA-256) changed, so an unchanged member of an archive uploaded
     again on another day is never converted again."""
-    state = {} if reconvert else results_db.audio_files.conversion_state(archive)
+    state = {} if reconvert else conversion_state(held)
 
     def is_converted(item: tuple[str, int]) -> bool:
         row = state.get(item[0])
@@ -137,18 +130,6 @@ def _metadata(
         "workers": config.workers,
         "failures": dg.MetadataValue.md(_failures_markdown(failed)),
     }
-
-
-def _upload_intents(
-    results_db: ResultsDatabase, archive: ArchiveVersion, todo: dict[str, int], batch: int
-) -> PreparedAhead[int]:
-    """Each Opus key queued as an upload intent (deleted unless a row commits it) before its
-    file is handed to conversion, so before its upload: one transaction per `batch` files."""
-    return PreparedAhead(
-        todo.values(),
-        batch,
-        lambda ids: results_db.object_deletions.intend_uploads(archive, [opus_key(archive, i) for i in ids]),
-    )
 
 
 def _extract(
@@ -187,8 +168,8 @@ def _extract(
             yield FileFailure(file_id, name, "conversion", refused.get(name, "member not found in the archive"))
 
 
-def _conversion_stream(config, out_dir: Path, archive: ArchiveVersion, object_store: ObjectStore):
-    ffmpeg = resolve_ffmpeg()
+def _conversion_stream(config: OpusConversionConfig, out_dir: Path, held: HeldArchive) -> ConversionStream:
+    ffmpeg, archive, object_store = resolve_ffmpeg(), held.archive, held.object_store
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def convert(job: _Job | FileFailure) -> _Encoded | FileFailure:
@@ -206,7 +187,7 @@ def _conversion_stream(config, out_dir: Path, archive: ArchiveVersion, object_st
                 max_seconds=config.max_audio_minutes * 60,
             )
         except ConversionError as exc:  # the file's, or unclear (a crash, a timeout): tried again, counted
-            cause = "unclear" if exc.transient else "input"
+            cause: Cause = "unclear" if exc.transient else "input"
             return FileFailure(job.audio_file_id, job.member, "conversion", str(exc), cause)
         except OSError as exc:  # ffmpeg cannot start or write (scratch): the host's, nothing counted
             return FileFailure(job.audio_file_id, job.member, "conversion", str(exc), "service")
@@ -242,16 +223,14 @@ def _conversion_stream(config, out_dir: Path, archive: ArchiveVersion, object_st
     )
 
 
-def _commit(
-    results_db: ResultsDatabase, archive: ArchiveVersion, chunk: list, context, max_attempts: int
-) -> list[ConvertedFile | FileFailure]:
+def _commit(held: HeldArchive, chunk: list, config: OpusConversionConfig) -> list[ConvertedFile | FileFailure]:
     converted = [o for o in chunk if isinstance(o, ConvertedFile)]
-    failed = results_db.audio_files.record_conversions(
-        archive, converted, [o for o in chunk if isinstance(o, FileFailure)], context.run.run_id, max_attempts
+    failed = record_conversions(
+        held, converted, [o for o in chunk if isinstance(o, FileFailure)], config.max_file_attempts
     )
-    context.log.info(f"committed {len(converted)} converted and {len(failed)} failed file(s)")
+    held.log.info(f"committed {len(converted)} converted and {len(failed)} failed file(s)")
     for failure in failed:
-        context.log.warning(str(failure))
+        held.log.warning(str(failure))
     return [*converted, *failed]
 
 

@@ -41,7 +41,8 @@ class MessageLease:
         if not delivery_tags:
             return 0
         now = time.time()
-        return self._client.zadd(self._index_key, {tag: now for tag in delivery_tags}, xx=True, ch=True)
+        changed = self._client.zadd(self._index_key, dict.fromkeys(delivery_tags, now), xx=True, ch=True)
+        return int(changed or 0)
 
     def run(self) -> None:
         while not self._stop.wait(self.renew_every_s):

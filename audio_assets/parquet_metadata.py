@@ -4,9 +4,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from archive_identity import ArchiveVersion
-from audio_assets.archive_step import archive_asset, archive_step
-from audio_assets.audio.metadata_rows import (
+from audio_assets.archive_job import archive_asset
+from audio_assets.settings import MetadataConfig
+from media.metadata_rows import (
     MetadataFileError,
     MetadataJoin,
     MetadataTable,
@@ -14,66 +14,50 @@ from audio_assets.audio.metadata_rows import (
     join_metadata,
     read_metadata_table,
 )
-from audio_assets.audio.tar_safety import iter_archive
-from audio_assets.settings import MetadataConfig
-from resources.archive_claim import ArchiveClaim
+from media.tar_safety import iter_archive
+from resources.archive_run import ArchiveRun
 from resources.manifest_io import ArchiveTable
-from resources.object_store import ObjectStore
-from resources.results_db import FileFailure, MetadataAssignment, ResultsDatabase
-from resources.scratch import ScratchSpace
+from resources.results_db.failures import FileFailure
+from resources.results_db.parquet_metadata import MetadataAssignment, store_metadata
 
 
 @archive_asset(kinds={"parquet", "postgres"}, manifest=False)
 def parquet_metadata(
-    context: dg.AssetExecutionContext,
-    config: MetadataConfig,
-    raw_archive: ArchiveTable,
-    object_store: ObjectStore,
-    results_db: ResultsDatabase,
-    scratch: ScratchSpace,
-    archive_claim: ArchiveClaim,
+    context: dg.AssetExecutionContext, config: MetadataConfig, raw_archive: ArchiveTable, archive_run: ArchiveRun
 ) -> dg.MaterializeResult:
     """Each MP3's parquet row (meta_id = file stem) on audio_files.parquet_metadata."""
     manifest = raw_archive.rows
-    with archive_step(
-        context, ["metadata"], archive_claim, results_db, archive=raw_archive.archive, scratch=scratch
-    ) as step:
-        archive = step.archive  # with the run's claim epoch, which fences every write
+    with archive_run.step(context, raw_archive) as held:
         accepted = manifest[manifest["accepted"]]
         mp3_names = accepted.loc[accepted["kind"] == "mp3", "member"].tolist()
         parquet_names = set(accepted.loc[accepted["kind"] == "parquet", "member"])
         tables, unreadable = [], []
         if parquet_names:
-            with scratch.step_dir(context.run.run_id, "parquet_metadata") as workdir:
-                local = step.local_archive(object_store)
-                for name, table in _read_parquet_members(local, parquet_names, workdir, config):
+            with held.workdir() as workdir:
+                for name, table in _read_parquet_members(held.local_copy(), parquet_names, workdir, config):
                     if isinstance(table, MetadataFileError):
                         unreadable.append(FileFailure(None, name, "metadata", str(table)))
                     else:
                         tables.append((name, table))
         join = join_metadata(mp3_names, tables)
-        results_db.audio_files.store_metadata(
-            archive, [MetadataAssignment(name, m.source_member, m.values) for name, m in join.matched.items()]
-        )
-        _record_problems(context, results_db, archive, unreadable, join)
-        return step.result(_metadata(parquet_names, tables, unreadable, join))
+        problems = _problems(unreadable, join)
+        for failure in problems:
+            held.log.warning(f"parquet member {failure.original_filename}: {failure.error}")
+        assignments = [MetadataAssignment(name, m.source_member, m.values) for name, m in join.matched.items()]
+        store_metadata(held, assignments, problems)
+        return held.result(_metadata(parquet_names, tables, unreadable, join))
 
 
-def _record_problems(
-    context, results_db: ResultsDatabase, archive: ArchiveVersion, unreadable: list[FileFailure], join: MetadataJoin
-) -> None:
+def _problems(unreadable: list[FileFailure], join: MetadataJoin) -> list[FileFailure]:
     """Unreadable or refused parquet members, and members with rows a duplicate meta_id
-    displaced, as the dead letter's open metadata rows; rows of earlier runs that no longer
-    apply are closed. A duplicate is a warning: the file's other rows are stored."""
+    displaced: the dead letter's open metadata rows. A duplicate is a warning: the file's
+    other rows are stored."""
     warnings = [
         FileFailure(None, member, "metadata", text)
         for member, text in duplicate_reports(join.duplicate_meta_ids).items()
     ]
     refused = {f.original_filename for f in unreadable}
-    problems = unreadable + [w for w in warnings if w.original_filename not in refused]
-    results_db.failures.replace_member_failures(archive, "metadata", problems, context.run.run_id)
-    for failure in problems:
-        context.log.warning(f"parquet member {failure.original_filename}: {failure.error}")
+    return unreadable + [w for w in warnings if w.original_filename not in refused]
 
 
 def _metadata(parquet_names: set[str], tables: list, unreadable: list[FileFailure], join) -> dict:
@@ -95,7 +79,7 @@ def _read_parquet_members(
     local: Path, wanted: set[str], workdir: Path, config: MetadataConfig
 ) -> list[tuple[str, MetadataTable | MetadataFileError]]:
     """Each wanted parquet member, copied out of the tar one at a time and read within the caps."""
-    tables = []
+    tables: list[tuple[str, MetadataTable | MetadataFileError]] = []
     for entry in iter_archive(local, config.limits):
         if entry.name not in wanted or entry.rejection is not None:
             continue

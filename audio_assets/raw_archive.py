@@ -3,43 +3,34 @@
 import dagster as dg
 import pandas as pd
 
-from archive_identity import ArchiveVersion
-from audio_assets.archive_step import archive_asset, archive_step
-from audio_assets.audio.tar_safety import ArchiveListing, scan_archive
+from audio_assets.archive_job import archive_asset
 from audio_assets.settings import ArchiveScanConfig
-from resources.archive_claim import ArchiveClaim
+from media.tar_safety import ArchiveListing, scan_archive
+from resources.archive_run import ArchiveRun, HeldArchive
 from resources.manifest_io import ArchiveTable
-from resources.object_store import ObjectStore
-from resources.results_db import FileFailure, ResultsDatabase
-from resources.results_db.audio_files import RegisteredMembers
-from resources.scratch import ScratchSpace
+from resources.results_db.failures import FileFailure
+from resources.results_db.raw_archive import RegisteredMembers, register_members
 
 MANIFEST_COLUMNS = ["member", "kind", "size", "sha256", "accepted", "reason", "audio_file_id"]
 
 
 @archive_asset(kinds={"s3", "postgres"})
 def raw_archive(
-    context: dg.AssetExecutionContext,
-    config: ArchiveScanConfig,
-    object_store: ObjectStore,
-    results_db: ResultsDatabase,
-    scratch: ScratchSpace,
-    archive_claim: ArchiveClaim,
+    context: dg.AssetExecutionContext, config: ArchiveScanConfig, archive_run: ArchiveRun
 ) -> dg.Output[ArchiveTable]:
     """The archive's members, checked for unsafe entries, with one audio_files row per MP3."""
-    with archive_step(context, ["archive"], archive_claim, results_db, scratch=scratch) as step:
-        archive = step.claim(object_store)
-        listing = scan_archive(step.local_archive(object_store), config.limits)
+    with archive_run.step(context) as held:
+        listing = scan_archive(held.local_copy(), config.limits)
         if not listing.mp3s and not listing.rejected_mp3s:
-            step.fail("archive has no MP3 members")
-        registered = register_members(results_db, archive, listing, context.run.run_id)
-        deleted = results_db.object_deletions.drain(archive, object_store)
-        return step.output(
+            held.fail("archive has no MP3 members")
+        registered = register(held, listing)
+        deleted = held.drain()
+        return held.output(
             build_manifest(listing, registered.ids),
             {
-                "archive_key": archive.key,
-                "archive_etag": archive.etag,
-                "archive_mb": round(archive.size / 1e6, 3),
+                "archive_key": held.archive.key,
+                "archive_etag": held.archive.etag,
+                "archive_mb": round(held.archive.size / 1e6, 3),
                 "mp3_members": len(listing.mp3s),
                 "parquet_members": len(listing.parquets),
                 "other_members": len(listing.others),
@@ -52,9 +43,7 @@ def raw_archive(
         )
 
 
-def register_members(
-    results_db: ResultsDatabase, archive: ArchiveVersion, listing: ArchiveListing, run_id: str
-) -> RegisteredMembers:
+def register(held: HeldArchive, listing: ArchiveListing) -> RegisteredMembers:
     """A row per MP3 member (accepted or rejected); rejected members that get no row of
     their own (parquets, other files, a duplicate of a name already taken) go to the dead
     letter only."""
@@ -65,9 +54,7 @@ def register_members(
             rejected_rows[rejected.name] = rejected.reason
         else:
             other_failures.append(FileFailure(None, rejected.name, "archive", rejected.reason))
-    return results_db.audio_files.register_version(
-        archive, accepted=accepted, rejected=rejected_rows, other_failures=other_failures, run_id=run_id
-    )
+    return register_members(held, accepted=accepted, rejected=rejected_rows, other_failures=other_failures)
 
 
 def build_manifest(listing: ArchiveListing, file_ids: dict[str, int]) -> pd.DataFrame:

@@ -1,0 +1,73 @@
+"""The archive job and how its steps are declared: one dynamic partition per archive object,
+the I/O retry policy, the manifest IO manager, and the routing of GPU steps.
+
+GPU steps reach GPU capacity whichever executor runs them: under dagster-celery they go to the
+`gpu` queue, which only GPU hosts consume (`dagster-celery worker start -A workers.celery_app
+-q gpu`), the rest to `cpu`; under dagster-k8s the step's pod requests one NVIDIA GPU; and on
+any executor pool "gpu" caps concurrent GPU steps instance-wide (`dagster instance concurrency
+set gpu N`, N = GPUs available). CPU steps carry none of these, so they never wait for a GPU.
+"""
+
+import os
+
+import dagster as dg
+
+from archive_identity import ARCHIVES_PARTITIONS, ArchiveVersion
+
+archives_partitions = dg.DynamicPartitionsDefinition(name=ARCHIVES_PARTITIONS)
+
+IO_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+GPU_POOL = "gpu"
+GPU_OP_TAGS = {
+    "dagster-celery/queue": "gpu",
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}
+    },
+}
+
+# How long one archive run may take, start to end, before run monitoring (the daemon) fails it:
+# a wedged step then frees its partition in the run queue. Runs of archive_job carry it as the
+# `dagster/max_runtime` tag, whoever launches them (sensor, catch-up, requeue, job backfills);
+# dagster.yaml's run_monitoring.max_runtime_seconds is the backstop for every other run.
+DEFAULT_ARCHIVE_RUN_MAX_RUNTIME_S = 12 * 3600
+
+
+def archive_run_max_runtime_s() -> int:
+    return int(os.environ.get("ARCHIVE_RUN_MAX_RUNTIME_S", DEFAULT_ARCHIVE_RUN_MAX_RUNTIME_S))
+
+
+def archive_asset(*, kinds: set[str], group_name: str = "archives", gpu: bool = False, manifest: bool = True):
+    """@dg.asset for a step over one archive partition. `manifest`: its output is an
+    ArchiveTable for the next step (stored by the manifest IO manager)."""
+    return dg.asset(
+        partitions_def=archives_partitions,
+        kinds=kinds,
+        group_name=group_name,
+        io_manager_key="manifest_io" if manifest else "io_manager",
+        retry_policy=IO_RETRY,
+        op_tags=GPU_OP_TAGS if gpu else None,
+        pool=GPU_POOL if gpu else None,
+    )
+
+
+def archive_run_request(version: ArchiveVersion, run_key: str | None = None, tags=None) -> dg.RunRequest:
+    """The one way a run of archive_job is asked for (the sensor, catch-up, requeue): its
+    partition and the tags that pin the version, which raw_archive checks with one HEAD. The run
+    key defaults to `key@etag`, so Dagster starts a version once however often it is asked."""
+    return dg.RunRequest(
+        run_key=run_key or str(version),
+        partition_key=version.partition_key,
+        tags=version.run_tags() | dict(tags or {}),
+    )
+
+
+archive_job = dg.define_asset_job(
+    "archive_job",
+    selection=dg.AssetSelection.groups("archives", "moderation"),
+    description=(
+        "One archive end to end: raw_archive -> opus_files + parquet_metadata -> transcripts "
+        "-> classifications (with checks)"
+    ),
+    tags={"dagster/max_runtime": str(archive_run_max_runtime_s())},
+)

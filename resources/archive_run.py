@@ -1,0 +1,421 @@
+"""ArchiveRun: a run's hold on its archive, the one resource every archive step stands on.
+
+A step opens `archive_run.step(context, upstream)` around its work and is handed a
+`HeldArchive`, which owns everything the steps share:
+
+- The version. raw_archive resolves it once: the registry's key for the partition (the one
+  partition -> key resolver, never a bucket listing), at the ETag the sensor's tags pin,
+  checked by one HEAD (a backfill, which has no tags, takes the object as it is now). Every
+  later step carries it in its upstream table.
+- The claim. One run of an archive at a time, on any executor, for the whole run: Dagster's
+  run queue allows one run per `dagster/partition`, and since `dagster asset materialize`
+  bypasses the queue, the run also holds a claim, a row in `archives` (holder run, epoch,
+  heartbeat on database time) rather than a lock on a connection, so it spans every step
+  wherever each executes. raw_archive takes it, waiting while another live run holds it, and
+  gets a new epoch; later steps resume it and never wait (a GPU step never sits on a GPU
+  waiting for an archive). A claim ends with its run: a run Dagster reports finished (or
+  deleted), or whose steps stopped renewing the heartbeat for `claim_ttl_s`, can be taken
+  over. A step renews it every `claim_ttl_s / 6` while it works.
+- The fence. Every write goes through `held.transaction(work)`, which first takes a share
+  lock on the archive's row and refuses unless the version is still the one results belong
+  to (StaleArchiveVersion) and the epoch still the run's (ClaimLost). A run that was taken
+  over writes nothing more, and its uploads go to keys of its own epoch, which no row of the
+  new holder points to.
+- The local copy: SCRATCH_ROOT/{run_id}/archive/, downloaded by the first step on a host that
+  reads it (one GET, its ETag checked against the claimed version), read by the later ones,
+  removed by the last of raw_archive, opus_files and parquet_metadata on that host (or at
+  once when raw_archive fails; the hourly scratch sweep takes what a killed worker left).
+- The outbox of object deletions (results_db/object_deletions.py): uploads are queued as
+  intents before they start, and only the holder drains, at moments when none of its own
+  uploads is in flight.
+- The archive-level dead letter: `held.fail(reason)` records a definite failure of the whole
+  archive and fails the step without retries (so does an unreadable or refused archive);
+  a step's success closes its stage's open archive-level failures.
+"""
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from archive_identity import ArchiveVersion, tagged_version
+from media.tar_safety import ArchiveRefused, ArchiveUnreadable
+from resources.manifest_io import ArchiveTable
+from resources.object_store import ObjectStore
+from resources.results_db import ResultsDatabase, object_deletions
+from resources.results_db.failures import STAGE_OF_STEP
+from resources.scratch import ScratchSpace
+from sql.named_queries import NamedQuery, queries
+
+Q = queries("archive_run")
+T = TypeVar("T")
+
+# The steps that read the archive's bytes (each on its host, from the run's one local copy).
+ARCHIVE_READERS = ("raw_archive", "opus_files", "parquet_metadata")
+LAST_STEP = "classifications"  # its success also closes what is left of the run's failures
+_COPY = "archive"
+_DOWNLOAD_HEADROOM_BYTES = 1024 * 1024
+
+
+class StaleArchiveVersion(dg.Failure):
+    """The run's archive version is no longer the one results belong to: a newer version has
+    been claimed. Nothing was written; retrying cannot help."""
+
+    def __init__(self, archive: ArchiveVersion, current_etag: str | None):
+        self.archive, self.current_etag = archive, current_etag
+        super().__init__(
+            description=(
+                f"{archive.key}: this run read version {archive.etag}, but the results now belong to "
+                f"version {current_etag or '(none registered)'}; nothing was written "
+                "(the newer version's own run writes its results)"
+            ),
+            allow_retries=False,
+        )
+
+
+class ClaimLost(dg.Failure):
+    """Another run took the archive over (this run's claim had ended or gone silent): this
+    run's writes are refused. Nothing was written; retrying cannot help."""
+
+    def __init__(self, archive: ArchiveVersion, current_epoch: int | None, holder: str | None = None):
+        self.archive, self.current_epoch = archive, current_epoch
+        by = f" by run {holder}" if holder else ""
+        super().__init__(
+            description=(
+                f"{archive.key}: this run's claim (epoch {archive.epoch}) was taken over{by} "
+                f"(epoch {current_epoch}); nothing was written"
+            ),
+            allow_retries=False,
+        )
+
+
+class ArchiveBusy(RuntimeError):
+    """Another run held the archive for longer than this run was willing to wait."""
+
+
+@dataclass(frozen=True)
+class ClaimHolder:
+    """The run that holds an archive's claim, and how long ago a step of it last said so."""
+
+    run_id: str
+    heartbeat_age_s: float | None  # None: never renewed (a claim from before heartbeats)
+
+
+def claim(
+    results_db: ResultsDatabase,
+    archive: ArchiveVersion,
+    run_id: str,
+    holder_ended: Callable[[ClaimHolder], bool],
+    *,
+    resume: bool,
+) -> ArchiveVersion | ClaimHolder:
+    """The run's claim on `archive`, in one transaction: `archive` with its claim's epoch, or the
+    other run that holds the archive and has not ended (the caller waits or gives up).
+
+    raw_archive takes a claim (`resume=False`): its version becomes the one results belong to,
+    unless a newer one (later LastModified) already is (StaleArchiveVersion; ties go to the
+    later claim, which read the object later). Every later step resumes it: the run's own claim
+    keeps its epoch; one left by a run that ended (a retry of a failed run takes over from its
+    parent) gets a new epoch; one another live run holds is lost (ClaimLost)."""
+
+    def decide(cur) -> ArchiveVersion | ClaimHolder:
+        cur.execute(Q.claim_state, {"archive_key": archive.key})
+        row = cur.fetchone()
+        if row is None:  # every run's archive comes from the registry, so this is a bug
+            raise LookupError(f"{archive.key} is not in the archives registry")
+        newer = (
+            row["current_etag"] is not None
+            and row["current_etag"] != archive.etag
+            and row["current_last_modified"] is not None
+            and row["current_last_modified"] > archive.last_modified
+        )
+        if newer or (resume and row["current_etag"] != archive.etag):
+            raise StaleArchiveVersion(archive, row["current_etag"])
+        holder = ClaimHolder(row["claimed_by_run"], row["heartbeat_age_s"]) if row["claimed_by_run"] else None
+        if resume and holder is not None and holder.run_id == run_id:
+            cur.execute(Q.renew_claim, {"archive_key": archive.key, "epoch": row["claim_epoch"], "run_id": run_id})
+            return replace(archive, epoch=row["claim_epoch"])
+        if holder is not None and holder.run_id != run_id and not holder_ended(holder):
+            if resume:
+                raise ClaimLost(archive, row["claim_epoch"], holder.run_id)
+            return holder
+        cur.execute(
+            Q.take_claim,
+            {
+                "archive_key": archive.key,
+                "etag": archive.etag,
+                "size": archive.size,
+                "last_modified": archive.last_modified,
+                "run_id": run_id,
+            },
+        )
+        return replace(archive, epoch=cur.fetchone()["claim_epoch"])
+
+    return results_db.transaction(decide, what=f"claim {archive}")
+
+
+def renew_claim(results_db: ResultsDatabase, archive: ArchiveVersion, run_id: str) -> bool:
+    """Renew the heartbeat of the run's claim; False once another run has taken it over."""
+    params = {"archive_key": archive.key, "epoch": archive.epoch, "run_id": run_id}
+    return bool(results_db.rows(Q.renew_claim, params, what="renew claim"))
+
+
+@dataclass
+class ClaimedArchive:
+    """A run's claimed archive version (with the claim's epoch) and the writes it may make:
+    transactions fenced by both (what the step data modules of resources/results_db take)."""
+
+    archive: ArchiveVersion
+    run_id: str
+    results_db: ResultsDatabase
+
+    def transaction(self, work: Callable[[Any], T], what: str) -> T:
+        """`work(cursor)` in one transaction fenced by the run's version and claim epoch."""
+
+        def fenced(cur) -> T:
+            cur.execute(Q.lock_current_version, {"archive_key": self.archive.key})
+            row = cur.fetchone()
+            current = row["current_etag"] if row else None
+            if current != self.archive.etag:
+                raise StaleArchiveVersion(self.archive, current)
+            if row["claim_epoch"] != self.archive.epoch:
+                raise ClaimLost(self.archive, row["claim_epoch"])
+            return work(cur)
+
+        return self.results_db.transaction(fenced, what=f"{what} of {self.archive}")
+
+    def rows(self, query: NamedQuery, params: dict | None = None) -> list[dict[str, Any]]:
+        """A read (not fenced: what it returns is checked again by the write that uses it)."""
+        return self.results_db.rows(query, params)
+
+
+@dataclass
+class HeldArchive(ClaimedArchive):
+    """One step's execution on the run's claimed archive version (see the module docstring)."""
+
+    object_store: ObjectStore
+    scratch: ScratchSpace
+    log: Any = None  # the step's Dagster log
+    step: str = ""
+    gpu: bool = False
+    _local: Path | None = field(default=None, repr=False)
+
+    def local_copy(self) -> Path:
+        """The run's copy of the archive on this host: downloaded by the first step that needs
+        it (one GET, its ETag checked against the claimed version), read by the later ones."""
+        if self._local is None:
+            with self.scratch.shared_dir(self.run_id, _COPY) as folder:
+                local = folder / f"{self.archive.etag.replace('/', '_')}.tar"
+                if not local.exists():
+                    needed = self.archive.size + _DOWNLOAD_HEADROOM_BYTES
+                    ScratchSpace.ensure_free(folder, needed, f"downloading {self.archive.key}")
+                    info = self.object_store.download_file(self.archive.key, local)
+                    if info.etag != self.archive.etag:
+                        local.unlink(missing_ok=True)
+                        raise dg.Failure(
+                            f"{self.archive.key} changed during the run (ETag {self.archive.etag} -> {info.etag}); "
+                            "the sensor requests a run for the new version",
+                            allow_retries=False,
+                        )
+                self._local = local
+        return self._local
+
+    def workdir(self) -> contextlib.AbstractContextManager[Path]:
+        """Scratch for this step's own files, removed when the step ends however it ends."""
+        return self.scratch.step_dir(self.run_id, self.step)
+
+    def intend_uploads(self, keys: Sequence[str]) -> None:
+        """Queue `keys` before uploading any of them: each is deleted unless a row commits it."""
+        object_deletions.intend_uploads(self.results_db, self.archive, keys)
+
+    def drain(self) -> int:
+        """Delete this archive's queued objects that no row points to (never a later epoch's)."""
+        return object_deletions.drain(self.results_db, self.archive, self.object_store)
+
+    def fail(self, reason: str) -> NoReturn:
+        """A definite failure of the archive as a whole: recorded, never retried."""
+        self.results_db.failures.record_archive_failure(
+            self.archive.key,
+            self.archive.partition_key,
+            stage=STAGE_OF_STEP[self.step],
+            error=reason,
+            run_id=self.run_id,
+        )
+        raise dg.Failure(reason, metadata={"archive": str(self.archive)}, allow_retries=False)
+
+    def output(self, rows: pd.DataFrame, metadata: dict) -> dg.Output[ArchiveTable]:
+        """The step's table for the next step; its stage's open archive-level failures close."""
+        return dg.Output(ArchiveTable(self.archive, rows), metadata=self._done(metadata))
+
+    def result(self, metadata: dict) -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata=self._done(metadata))
+
+    def _done(self, metadata: dict) -> dict:
+        stages = [STAGE_OF_STEP[self.step]] + (["run"] if self.step == LAST_STEP else [])
+        self.results_db.failures.resolve_stages(self.archive.key, stages)
+        return metadata | worker_metadata(gpu=self.gpu)
+
+
+class ArchiveRun(dg.ConfigurableResource):
+    """A run's hold on its archive: version, claim, fence, local copy, outbox, dead letter."""
+
+    object_store: dg.ResourceDependency[ObjectStore]
+    results_db: dg.ResourceDependency[ResultsDatabase]
+    scratch: dg.ResourceDependency[ScratchSpace]
+    claim_ttl_s: float = Field(
+        default=1800,
+        description="A run none of whose steps renewed its claim for this long (its host is gone, or it "
+        "waited this long between steps) may be taken over by another run of the archive",
+    )
+    claim_wait_s: float = Field(default=6 * 3600, description="raw_archive gives up (retryably) after this long")
+    poll_interval_s: float = Field(default=2.0, description="How often a waiting raw_archive tries again")
+
+    @contextlib.contextmanager
+    def step(
+        self, context: dg.AssetExecutionContext, upstream: ArchiveTable | None = None, *, gpu: bool = False
+    ) -> Iterator[HeldArchive]:
+        """The step's work on the run's archive: raw_archive (no `upstream`) resolves and claims
+        the version, waiting while another run holds it; every later step resumes the claim of
+        the version its upstream table is about."""
+        run, step = context.run, context.asset_key.path[-1]
+        ended = self._run_ended(context.instance)
+        if upstream is None:
+            archive = self._take(context, self._resolve(context.partition_key, run.tags), ended)
+        else:
+            archive = self._claimed(claim(self.results_db, upstream.archive, run.run_id, ended, resume=True))
+        held = HeldArchive(
+            archive, run.run_id, self.results_db, self.object_store, self.scratch, context.log, step, gpu
+        )
+        failed = True
+        try:
+            with self._renewed(held):
+                yield held
+            failed = False
+        except ArchiveUnreadable as exc:
+            held.fail(f"archive {'refused' if isinstance(exc, ArchiveRefused) else 'unreadable'}: {exc}")
+        finally:
+            if step in ARCHIVE_READERS:
+                self._release_local_copy(held, failed)
+
+    def _resolve(self, partition_key: str, tags) -> ArchiveVersion:
+        """The version the run is for: the registry's object for the partition, at the ETag the
+        sensor's tags pin, else as it is now (a backfill, the CLI); one HEAD either way."""
+        key = self.results_db.archives.key_of_partition(partition_key)
+        tagged_key, tagged_etag = tagged_version(tags)
+        if key is None or (tagged_key and tagged_key != key):
+            raise dg.Failure(
+                f"partition {partition_key!r} is registered for {key!r}, not for the run's archive {tagged_key!r}"
+                if key
+                else f"partition {partition_key!r} is not in the archives registry (the sensor registers "
+                "every archive it sees)",
+                allow_retries=False,
+            )
+        info = self.object_store.head(key)
+        if info is None:
+            raise dg.Failure(f"{key} (partition {partition_key}) is no longer in the bucket", allow_retries=False)
+        if tagged_etag and info.etag != tagged_etag:
+            raise dg.Failure(
+                f"{key} was overwritten after this run was requested (ETag {tagged_etag} -> {info.etag}); "
+                "the sensor requests a run for the new version",
+                allow_retries=False,
+            )
+        return ArchiveVersion.of(info, partition_key)
+
+    def _take(self, context: dg.AssetExecutionContext, archive: ArchiveVersion, ended) -> ArchiveVersion:
+        """raw_archive: claim `archive` for this run, waiting for another run to end with it."""
+        deadline, next_report = time.monotonic() + self.claim_wait_s, 0.0
+        while True:
+            claimed = claim(self.results_db, archive, context.run.run_id, ended, resume=False)
+            if isinstance(claimed, ArchiveVersion):
+                context.log.info(f"holding the claim on {archive} (epoch {claimed.epoch})")
+                return claimed
+            if time.monotonic() >= deadline:
+                raise ArchiveBusy(f"{archive.key} stayed claimed by run {claimed.run_id} for {self.claim_wait_s:g} s")
+            if time.monotonic() >= next_report:
+                context.log.info(f"waiting for run {claimed.run_id} to finish with {archive.key}")
+                next_report = time.monotonic() + 60
+            time.sleep(self.poll_interval_s)
+
+    @staticmethod
+    def _claimed(claimed: ArchiveVersion | ClaimHolder) -> ArchiveVersion:
+        if not isinstance(claimed, ArchiveVersion):  # resume never waits: it raises instead
+            raise RuntimeError(f"unexpected claim holder {claimed}")
+        return claimed
+
+    def _run_ended(self, instance: dg.DagsterInstance) -> Callable[[ClaimHolder], bool]:
+        def ended(holder: ClaimHolder) -> bool:
+            run = instance.get_run_by_id(holder.run_id)  # None: a deleted run
+            if run is None or run.is_finished:
+                return True
+            return holder.heartbeat_age_s is None or holder.heartbeat_age_s > self.claim_ttl_s
+
+        return ended
+
+    @contextlib.contextmanager
+    def _renewed(self, held: HeldArchive) -> Iterator[None]:
+        """Renew the claim's heartbeat while the step's work runs."""
+        stop = threading.Event()
+
+        def renew() -> bool:
+            return renew_claim(self.results_db, held.archive, held.run_id)
+
+        def keep_renewing() -> None:
+            while not stop.wait(self.claim_ttl_s / 6):
+                try:
+                    if not renew():
+                        held.log.warning(f"{held.archive.key}: another run took over this run's claim")
+                        return
+                except Exception as exc:  # a database outage longer than the retry window
+                    held.log.warning(f"could not renew the claim on {held.archive.key}: {exc}")
+
+        thread = threading.Thread(target=keep_renewing, name="archive-claim", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+            with contextlib.suppress(Exception):  # the gap before the next step starts now
+                renew()
+
+    def _release_local_copy(self, held: HeldArchive, failed: bool) -> None:
+        """This reader is done with the run's copy on this host. It goes once raw_archive failed
+        (no other reader runs) or opus_files and parquet_metadata are both done with it; a copy
+        a run leaves otherwise (only one of them selected, a retry on another host) is the
+        scratch sweep's once the run has ended."""
+        with self.scratch.shared_dir(held.run_id, _COPY) as folder:
+            (folder / f"{held.step}.done").touch()
+            readers_done = all((folder / f"{r}.done").exists() for r in ARCHIVE_READERS[1:])
+            if (failed and held.step == "raw_archive") or readers_done:
+                self.scratch.remove_shared_dir(held.run_id, _COPY)
+
+
+def worker_metadata(gpu: bool = False) -> dict[str, str | int]:
+    """Where the step ran (WORKER_NAME, set per worker in deploy/, else the host name), and on
+    a GPU step the model loads its process has done so far: 1 on a long-lived GPU worker
+    however many partitions it has run (the model cache is per process)."""
+    host = socket.gethostname()
+    where: dict[str, str | int] = {
+        "worker_name": os.environ.get("WORKER_NAME") or host,
+        "worker_host": host,
+        "worker_pid": os.getpid(),
+    }
+    if not gpu:
+        return where
+    # Imported here: CPU steps and the run worker's start need neither torch nor WhisperX.
+    from models import cope_scorer, transcriber
+
+    return where | {
+        "whisper_loads_in_process": transcriber.load_count(),
+        "whisper_files_in_process": transcriber.transcribed_files_count(),
+        "cope_loads_in_process": cope_scorer.load_count(),
+    }

@@ -1,0 +1,55 @@
+"""parquet_metadata's writes: each MP3's parquet row on `audio_files.parquet_metadata`, and the
+parquet members' open `metadata` rows of the dead letter, in one fenced transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2.extras
+
+from resources.results_db import failures
+from resources.results_db.database import FencedArchive
+from resources.results_db.failures import FileFailure
+from sql.named_queries import queries
+
+Q = queries("parquet_metadata")
+
+
+@dataclass(frozen=True)
+class MetadataAssignment:
+    original_filename: str
+    metadata_source: str
+    values: dict[str, Any]
+
+
+def store_metadata(
+    run: FencedArchive, assignments: Sequence[MetadataAssignment], problems: Sequence[FileFailure]
+) -> int:
+    """Attach parquet rows to their files (and NULL to files without one), and make `problems`
+    (unreadable or refused members, duplicate meta_id warnings) the open `metadata` rows of the
+    parquet members: the step re-reads every member each run, so rows of earlier runs that no
+    longer apply are closed. Returns the number of files that got a row."""
+
+    def store(cur) -> int:
+        cur.execute(Q.clear_metadata, {"archive_key": run.archive.key})
+        stored = 0
+        if assignments:
+            psycopg2.extras.execute_values(
+                cur,
+                Q.store_metadata,
+                [
+                    (run.archive.key, m.original_filename, m.metadata_source, psycopg2.extras.Json(m.values))
+                    for m in assignments
+                ],
+                template="(%s, %s, %s, %s::jsonb)",
+                page_size=len(assignments),  # one statement, so rowcount covers every row
+            )
+            stored = cur.rowcount
+        still_open = [f.original_filename for f in problems]
+        cur.execute(Q.resolve_other_members_of_stage, {"archive_key": run.archive.key, "still_open": still_open})
+        failures.record_in(cur, run.archive, problems, run.run_id)
+        return stored
+
+    return run.transaction(store, what="store metadata")
