@@ -248,21 +248,22 @@ class CopeScorer:
         # Right-padded: pads come after every token a real token attends to, so no mask per row.
         rows = [tails[k].ids + [self.pad_id] * (width - len(tails[k].ids)) for k in items]
         ids, index = self._device_tensor(rows), self._device_tensor(items)
-        last = self._device_tensor([len(tails[k].ids) - 1 for k in items])
-        hidden = self._forward(ids, prefix)
-        probs.index_copy_(0, index, self._answer(hidden[torch.arange(len(items), device=self.device), last]))
+        last = self._device_tensor([r * width + len(tails[k].ids) - 1 for r, k in enumerate(items)])
+        probs.index_copy_(0, index, self._answer(self._forward(ids, prefix)[last]))
         self.last_call.tokens_real += sum(len(tails[k].ids) for k in items)
         self.last_call.tokens_run += len(items) * width
 
     # --- the model ---------------------------------------------------------------------------
 
     def _forward(self, ids: torch.Tensor, prefix: list | None, keep: list | None = None) -> torch.Tensor:
-        """Last hidden states (before the final norm) of rows of tokens that follow the prefix
-        (or start the prompt: prefix None); `keep` collects each layer's keys and values."""
+        """Last hidden states (before the final norm), (rows x width, hidden), of rows of tokens
+        that follow the prefix (or start the prompt: prefix None); `keep` collects each layer's
+        keys and values. Tokens stay flat outside attention: a compiled norm or MLP never sees
+        a size-1 dimension (one row), which torch.compile would specialise into other kernels."""
         rows, width = ids.shape
         start = 0 if prefix is None else prefix[0][0].shape[1]
         embed = self.decoder.embed_tokens
-        hidden = embed(ids)
+        hidden = embed(ids.view(-1))
         if not hasattr(embed, "embed_scale"):  # transformers 4 scales in Gemma2Model.forward, 5 in the embedding
             hidden = hidden * torch.tensor(self.model.config.hidden_size**0.5, dtype=hidden.dtype)
         cos, sin = self.decoder.rotary_emb(hidden, torch.arange(start, start + width, device=self.device)[None])
@@ -277,7 +278,7 @@ class CopeScorer:
             if keep is not None:
                 keep.append((k[0].transpose(0, 1).contiguous(), v[0].transpose(0, 1).contiguous()))
             out = prefix_attention(q, k, v, layer_prefix, masks[window], self.scaling, self.softcap, self.softmax)
-            hidden = hidden + layer.post_attention_layernorm(attention.o_proj(out))
+            hidden = hidden + layer.post_attention_layernorm(attention.o_proj(out.view(rows * width, -1)))
             hidden = hidden + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
         return hidden
 
@@ -344,29 +345,33 @@ def prefix_attention(q, k, v, prefix, masks, scaling: float, softcap: float | No
     kv_heads = k.shape[2]
     groups = heads // kv_heads
     stacked = q.view(rows, width, kv_heads, groups, dim).permute(2, 0, 1, 3, 4).reshape(kv_heads, rows, -1, dim)
-    tail_scores = torch.matmul(stacked, k.permute(2, 0, 3, 1))  # (kv_heads, rows, width * groups, width)
+    # Scores as (kv_heads x rows, width x groups, keys): no size-1 dimension for one row, which
+    # the compiled softmax would otherwise get specialised (other kernels) code for.
+    tail_scores = torch.matmul(stacked, k.permute(2, 0, 3, 1)).view(kv_heads * rows, -1, width)
     prefix_scores = None
-    if prefix is not None:  # (kv_heads, rows * width * groups, prefix tokens)
+    if prefix is not None:
         prefix_scores = torch.matmul(stacked.view(kv_heads, -1, dim), prefix[0].transpose(1, 2))
+        prefix_scores = prefix_scores.view(kv_heads * rows, width * groups, -1)
     prefix_mask, tail_mask = masks
     prefix_probs, tail_probs = (softmax or joint_softmax)(
         prefix_scores, tail_scores, prefix_mask, tail_mask, scaling, softcap
     )
-    out = torch.matmul(tail_probs, v.permute(2, 0, 1, 3))  # (kv_heads, rows, width * groups, dim)
+    out = torch.matmul(tail_probs.view(kv_heads, rows, -1, width), v.permute(2, 0, 1, 3))
     if prefix is not None:
+        prefix_probs = prefix_probs.view(kv_heads, -1, prefix[0].shape[1])
         out = torch.baddbmm(out.view(kv_heads, -1, dim), prefix_probs, prefix[1])
     return out.view(kv_heads, rows, width, groups, dim).permute(1, 2, 0, 3, 4).reshape(rows, width, heads * dim)
 
 
 def joint_softmax(prefix_scores, tail_scores, prefix_mask, tail_mask, scaling: float, softcap: float | None):
     """Probabilities over prefix + tail keys of the soft-capped scores, in float32 and in eager
-    attention's order (scale, cap, mask), returned as the two blocks in the scores' dtype."""
-    kv_heads, rows, stacked, width = tail_scores.shape
-    shape = (kv_heads, rows, width, stacked // width, -1)  # (..., query, query head, key)
-    tail = _capped(tail_scores.view(shape), scaling, softcap) + tail_mask
+    attention's order (scale, cap, mask), returned as the two blocks in the scores' dtype and
+    shapes, (kv_heads x rows, width x groups, keys)."""
+    blocks, width = tail_scores.shape[0], tail_scores.shape[-1]
+    tail = _capped(tail_scores.view(blocks, width, -1, width), scaling, softcap) + tail_mask
     if prefix_scores is None:
         return None, torch.softmax(tail, dim=-1).to(tail_scores.dtype).view(tail_scores.shape)
-    prefix = _capped(prefix_scores.view(shape), scaling, softcap)
+    prefix = _capped(prefix_scores.view(blocks, width, -1, prefix_scores.shape[-1]), scaling, softcap)
     if prefix_mask is not None:
         prefix = prefix + prefix_mask
     top = torch.maximum(prefix.amax(-1, keepdim=True), tail.amax(-1, keepdim=True))

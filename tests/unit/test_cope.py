@@ -291,6 +291,16 @@ def test_bf16_scores_are_bit_identical_alone_and_in_company(settings):
     assert together[len(CONTENTS) :] == alone[::2]
 
 
+def test_compiled_scores_are_bit_identical_alone_and_in_company(settings, one_at_a_time):
+    """With torch.compile on (inductor's kernels for the norms, MLP and softmax, as on a GPU):
+    the same scores, and the same bits alone as in company."""
+    scorer = load_cope_scorer(replace(settings, compile_layers="on", batch_tokens=192))
+    together = [s.score for s in scorer.score(POLICY, CONTENTS)]
+    assert scorer.softmax.compiled is not None  # compiled, not fallen back to the plain ops
+    assert together == pytest.approx(one_at_a_time, abs=1e-5)
+    assert [scorer.score(POLICY, [c])[0].score for c in CONTENTS[:3]] == together[:3]
+
+
 def test_batches_hold_one_width_and_only_items():
     rows_for = lambda width: max(1, 100 // width)  # noqa: E731
     lengths = [5, 17, 33, 12, 40, 7, 16, 90, 3, 30, 31]
