@@ -1,28 +1,20 @@
 """CoPE-A (Gemma-2-9B + zentropi LoRA): p("1") that a content meets a policy.
 
-Loaded exactly as the model card does (AutoTokenizer, AutoModelForCausalLM,
-PeftModel.from_pretrained), then the LoRA adapter is merged into the base weights (unquantized
-models; scores agree with the unmerged model to float error). Cached per process, keyed by
-CopeSettings, so a long-lived GPU worker loads it once.
+Loaded as the model card does (AutoTokenizer, AutoModelForCausalLM, PeftModel.from_pretrained),
+the LoRA adapter merged into the base weights (unquantized models), once per process and
+CopeSettings. The forward pass is this module's own, over the model's modules, because of the
+shape of a call: the policy is the same for every content of a call and most of each prompt
+(~1,000 tokens against ~200 for a one-minute clip). Its tokens run once per call and each layer
+keeps their keys and values once; each row of content then attends to that one prefix K/V and
+to its own tail in one soft-capped softmax (`prefix_attention`: no row gets a copy of the prefix).
 
-The forward pass is this module's own, over the model's modules (embedding, norms,
-projections, MLP), because of the shape of a call: a prompt is policy + template + content, and
-the policy is the same for every content of a call and most of each prompt (~1,000 tokens
-against ~200 for a one-minute clip). Its tokens run once per call and every layer keeps their
-keys and values once. The contents' tails then run in batches of rows, and each row's queries
-attend to that one prefix K/V and to the row's own tail in one soft-capped softmax
-(`prefix_attention`, Gemma-2's logit soft-capping and sliding window as eager attention has
-them): the prefix half is one product of all rows' queries with the shared keys, so no row gets
-a copy of them.
-
-Stable scores, without filler rows: an item's score does not depend on what it is scored with.
-Every sum an item's numbers go through runs over its own tokens at lengths of its own: its tail
-is padded to a width bucket of its own length (so attention sums over the prefix plus that
-width), norms over the hidden size, the two answer logits in float64. What the company changes
-is a batch's row count, the M of each matrix product, and a product gives each row the same bits
-for any M when its kernel does not split the sum over K: so on CPU (tests/unit/test_cope.py
-checks alone, among others and at other batch sizes, bit for bit), and on CUDA under
-`fix_cuda_reductions` (bench/gpu/bench_cope.py measures it there).
+Stable scores without filler rows: an item's score does not depend on what it is scored with.
+Every sum its numbers go through runs at lengths of its own (its tail padded to a width bucket
+of its own length, norms over the hidden size, the answer logits in float64); the company
+changes only a batch's row count, the M of each matrix product, and a product gives a row the
+same bits for any M when its kernel does not split the sum over K: so on CPU (tests/unit/
+test_cope.py checks it bit for bit), and on CUDA under `fix_cuda_reductions` (bench/gpu/
+bench_cope.py measures it there).
 """
 
 from __future__ import annotations
@@ -426,22 +418,14 @@ def _compiles(settings: CopeSettings, device: torch.device) -> bool:
 
 
 def compile_layer_parts(model: Any, on: bool = True) -> None:
-    """Regional compilation: every part of each decoder layer except its attention (the norms,
-    the MLP) runs through torch.compile, so a norm is one kernel instead of eight passes over
-    the activations, and the MLP's activation and product are fused. The parts of all layers
-    share their code, so one compilation (dynamic shapes) serves every layer and batch shape.
-    A compiler failure at the first call falls back to the plain forward for good. `on=False`
-    undoes it."""
+    """Regional compilation: each decoder layer's parts but its attention (the norms, the MLP)
+    run through torch.compile, a norm one kernel instead of eight passes over the activations.
+    All layers share the parts' code, so one compilation (dynamic shapes) serves them all. A
+    compiler failure at the first call falls back to the plain forward for good."""
     for layer in model.get_decoder().layers:
-        attention = getattr(layer, "self_attn", None)
         for part in layer.children():
-            if part is attention:
-                continue
-            compiled = isinstance(part.__dict__.get("forward"), _CompiledForward)
-            if on and not compiled:
+            if on and part is not layer.self_attn and not isinstance(part.__dict__.get("forward"), _CompiledForward):
                 part.forward = _CompiledForward(part.forward)
-            elif not on and compiled:
-                del part.forward  # back to the class's forward
 
 
 class _CompiledForward:
