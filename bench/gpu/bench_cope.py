@@ -205,6 +205,9 @@ def fp32_reference(model, tokenizer, policy, contents, rows, n) -> None:
     from transformers import Gemma2ForCausalLM
 
     device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # what the timed calls left cached
+    reference = None
     try:
         config = copy.deepcopy(model.config)
         config._attn_implementation = "eager"
@@ -212,22 +215,22 @@ def fp32_reference(model, tokenizer, policy, contents, rows, n) -> None:
             reference = Gemma2ForCausalLM(config).float().eval()
         reference.load_state_dict(model.state_dict())
         zero, one = answer_token_ids(tokenizer)
-        for row in rows:
+        cap = config.final_logit_softcapping
+        for name, items in contents.items():
             truth = []
-            for content in contents[row.contents][:n]:
+            for content in items[:n]:
                 ids = tokenizer(build_prompt(policy, content), return_tensors="pt")["input_ids"].to(device)
                 with torch.inference_mode():
-                    hidden = reference.model(input_ids=ids).last_hidden_state[:, -1]
-                    logits = reference.lm_head(hidden)[0, [zero, one]]
-                    cap = reference.config.final_logit_softcapping
+                    logits = reference.lm_head(reference.model(input_ids=ids).last_hidden_state[:, -1])[0, [zero, one]]
                     logits = torch.tanh(logits / cap) * cap if cap else logits
                 truth.append(torch.softmax(logits, -1)[1].item())
-            row.vs_fp32 = max(abs(a - b) for a, b in zip(row.scores, truth))
+            for row in (r for r in rows if r.contents == name):
+                row.vs_fp32 = max(abs(a - b) for a, b in zip(row.scores, truth))
         say(f"float32 reference over {n} items: " + ", ".join(f"{r.contents} {r.path} {r.vs_fp32:.2g}" for r in rows))
     except torch.cuda.OutOfMemoryError:
         say("float32 reference skipped: no room for a float32 copy of the weights")
     finally:
-        reference = None
+        del reference
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
