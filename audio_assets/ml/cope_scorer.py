@@ -379,13 +379,16 @@ def _capped(scores: torch.Tensor, scaling: float, softcap: float | None) -> torc
 
 
 def fix_cuda_reductions() -> None:
-    """Matrix products on CUDA that sum each output over K in one order whatever M (the rows a
-    batch happens to have): no split-K (torch >= 2.10 can switch it off, in cuBLASLt only), no
-    reduced-precision partial sums, no TF32, one cuBLAS workspace size. The environment
-    variables count only before the process's first cuBLAS call (deploy/ sets them for the GPU
-    worker). Process-wide, like every torch.backends switch."""
+    """Sums on CUDA in one order whatever M (the rows a batch happens to have): matrix products
+    without split-K (torch >= 2.10 can switch it off, in cuBLASLt only), reduced-precision
+    partial sums or TF32, with one cuBLAS workspace size; deterministic algorithms, which also
+    make inductor pick its reduction kernels' configs by rule, not by timing them. The
+    environment variables count only before the process's first cuBLAS call (deploy/ sets
+    them for the GPU worker). Process-wide, like every torch.backends switch."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     os.environ.setdefault("CUBLASLT_WORKSPACE_SIZE", "32768")  # KiB
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # no NaN fills
     matmul = torch.backends.cuda.matmul
     matmul.allow_tf32 = False
     try:

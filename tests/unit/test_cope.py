@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import gc
 import math
+import os
 import subprocess
 import sys
 import weakref
@@ -299,6 +300,25 @@ def test_compiled_scores_are_bit_identical_alone_and_in_company(settings, one_at
     assert scorer.softmax.compiled is not None  # compiled, not fallen back to the plain ops
     assert together == pytest.approx(one_at_a_time, abs=1e-5)
     assert [scorer.score(POLICY, [c])[0].score for c in CONTENTS[:3]] == together[:3]
+
+
+def test_cuda_reduction_settings_take_on_this_torch():
+    """fix_cuda_reductions on the installed torch (2.8 here: no split-K switch, so its fallback),
+    in a process of its own: the settings are process-wide."""
+    code = (
+        "import os, torch\n"
+        "from audio_assets.ml.cope_scorer import fix_cuda_reductions\n"
+        "fix_cuda_reductions()\n"
+        "m = torch.backends.cuda.matmul\n"
+        "print(bool(m.allow_bf16_reduced_precision_reduction), bool(m.allow_fp16_reduced_precision_reduction),\n"
+        "      m.allow_tf32, torch.are_deterministic_algorithms_enabled(),\n"
+        "      torch.utils.deterministic.fill_uninitialized_memory,\n"
+        "      os.environ['CUBLAS_WORKSPACE_CONFIG'], os.environ['CUBLASLT_WORKSPACE_SIZE'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUBLAS")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False", "False", "True", "False", ":4096:8", "32768"]
 
 
 def test_batches_hold_one_width_and_only_items():
