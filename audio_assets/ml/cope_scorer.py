@@ -138,9 +138,10 @@ class CopeScorer:
             # Queued before the tokenizer runs: on a GPU the prefix runs while contents are tokenized.
             prefix = self._prefix(head.prefix)
             tails = self._tails(policy, head, [contents[i] for i in wanted])
-            probs = self._p1(prefix, tails)
-        for i, p, tail in zip(wanted, probs.tolist(), tails):  # the call's one wait for the device
-            results[i] = PolicyScore(score=p, truncated=tail.truncated)
+            batches = self._p1(prefix, tails)
+        probs = torch.cat([p1 for _, p1 in batches]).tolist()  # the call's one wait for the device
+        for k, p in zip([k for items, _ in batches for k in items], probs):
+            results[wanted[k]] = PolicyScore(score=p, truncated=tails[k].truncated)
         return results  # type: ignore[return-value]
 
     # --- tokens ----------------------------------------------------------------------------
@@ -203,22 +204,22 @@ class CopeScorer:
         self._forward(self._device_tensor([ids]), None, kept)
         return kept
 
-    def _p1(self, prefix: list | None, tails: list[Tail]) -> torch.Tensor:
-        """p("1") of every tail, in order, left on the device."""
-        probs = torch.empty(len(tails), dtype=torch.float32, device=self.device)
+    def _p1(self, prefix: list | None, tails: list[Tail]) -> list[tuple[list[int], torch.Tensor]]:
+        """(tails, their p("1") left on the device) for every batch run."""
+        done: list[tuple[list[int], torch.Tensor]] = []
         for prefixed in (True, False):
             group = [k for k, tail in enumerate(tails) if tail.prefixed == prefixed]
             lengths = [len(tails[k].ids) for k in group]
             for batch in plan_batches(lengths, self._rows_for_width, self.settings.bucket_tokens):
                 items = [group[i] for i in batch.items]
-                self._run_batch(items, batch.width, tails, prefix if prefixed else None, probs)
-        return probs
+                self._run_batch(items, batch.width, tails, prefix if prefixed else None, done)
+        return done
 
     def _rows_for_width(self, width: int) -> int:
         # From the settings and the device type only, never free memory: workers plan alike.
         return max(1, min(self.settings.max_batch_rows, self.batch_tokens // width))
 
-    def _run_batch(self, items: list[int], width: int, tails: list[Tail], prefix: list | None, probs) -> None:
+    def _run_batch(self, items: list[int], width: int, tails: list[Tail], prefix: list | None, done: list) -> None:
         """Runs `items` as one batch; out of GPU memory, runs them again in halves. The retry
         starts after the except clause has ended, so nothing of the failed batch is still
         referenced, and only this batch is split: the plan, and so the shapes of every later
@@ -226,7 +227,9 @@ class CopeScorer:
         pending = [items]
         while pending:
             part = pending.pop()
-            if _fits(self._run_rows, part, width, tails, prefix, probs):
+            p1 = _unless_out_of_memory(self._run_rows, part, width, tails, prefix)
+            if p1 is not None:
+                done.append((part, p1))
                 continue
             self.last_call.out_of_memory += 1
             if len(part) == 1:
@@ -236,14 +239,14 @@ class CopeScorer:
             log.warning("CoPE batch of %d x %d tokens ran out of GPU memory; running it in halves", len(part), width)
             pending += [part[len(part) // 2 :], part[: len(part) // 2]]
 
-    def _run_rows(self, items: list[int], width: int, tails: list[Tail], prefix: list | None, probs) -> None:
+    def _run_rows(self, items: list[int], width: int, tails: list[Tail], prefix: list | None) -> torch.Tensor:
         # Right-padded: pads come after every token a real token attends to, so no mask per row.
         rows = [tails[k].ids + [self.pad_id] * (width - len(tails[k].ids)) for k in items]
-        ids, index = self._device_tensor(rows), self._device_tensor(items)
         last = self._device_tensor([r * width + len(tails[k].ids) - 1 for r, k in enumerate(items)])
-        probs.index_copy_(0, index, self._answer(self._forward(ids, prefix)[last]))
+        p1 = self._answer(self._forward(self._device_tensor(rows), prefix)[last])
         self.last_call.tokens_real += sum(len(tails[k].ids) for k in items)
         self.last_call.tokens_run += len(items) * width
+        return p1
 
     # --- the model ---------------------------------------------------------------------------
 
@@ -286,14 +289,13 @@ class CopeScorer:
         return torch.softmax(logits, dim=-1)[:, 1]
 
 
-def _fits(run: Callable[..., None], *args: Any) -> bool:
-    """False when run(*args) ran out of GPU memory; the exception and its frames end with this call."""
+def _unless_out_of_memory(run: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor | None:
+    """run(*args), or None when it ran out of GPU memory; the exception and its frames end here."""
     try:
-        run(*args)
-        return True
+        return run(*args)
     except torch.cuda.OutOfMemoryError:
         pass
-    return False
+    return None
 
 
 def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
