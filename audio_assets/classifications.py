@@ -19,8 +19,7 @@ from resources.results_db.failures import FileFailure
 
 
 class ClassificationConfig(FileAttemptsConfig):
-    # Large: CoPE-A's stable batch shapes fill each width's last batch with filler rows, a waste
-    # that shrinks with the call (~18 % of tokens at 384 items, ~11 % at 1,024; bench/RESULTS.md).
+    # Large: each policy's prefix runs once per chunk, and a chunk is what a lost worker redoes.
     files_per_chunk: int = Field(default=1024, description="Files scored (on every policy) and committed together")
     rescore: bool = Field(default=False, description="Score again what is already scored under the same versions")
 

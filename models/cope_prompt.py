@@ -46,6 +46,10 @@ def prompt_head(policy: str) -> str:
     return COPE_TEMPLATE[: COPE_TEMPLATE.index("{content}")].format(policy=policy)
 
 
+# The prompt after the content: the same for every prompt (no placeholder in it).
+PROMPT_END = COPE_TEMPLATE[COPE_TEMPLATE.index("{content}") + len("{content}") :]
+
+
 def prompt_token_count(tokenizer: Any, prompt: str) -> int:
     """Tokens the model sees for `prompt`, special tokens (Gemma's <bos>) included."""
     return len(tokenizer(prompt, add_special_tokens=True)["input_ids"])

@@ -18,21 +18,14 @@ class CopeSettings:
     quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes on cuda)
     max_tokens: int = 8192
     # Tail tokens per forward pass (rows x width); 0 = 2048 on CUDA (enough to keep the matrix
-    # units busy; larger batches waste more on filler rows), 1024 on CPU. Rows are further
-    # capped by the memory one row takes.
+    # units busy), 1024 on CPU. Rows per batch follow from it and the width alone, never from
+    # free memory, so workers of one kind plan the same batches.
     batch_tokens: int = 0
     max_batch_rows: int = 64
-    stable_shapes: bool = True  # shapes depend on the item only: scores independent of neighbours
-    bucket_tokens: int = 32  # width buckets (stable_shapes): tails padded to a multiple of this
-    fixed_rows: bool = True  # stable_shapes: every batch of a width has the same row count
-    prefix_cache: bool = True  # run the policy prefix once per call, reuse its KV cache
-    padding_side: str = "left"  # left or right (prefix_cache=False only); same scores either way
+    bucket_tokens: int = 16  # each tail is padded to a multiple of this: attention's length is the item's own
     merge_adapter: bool = True  # fold the LoRA weights into the base (unquantized models only)
-    # auto = softcap_attention. Gemma-2 was trained with attention-logit soft-capping: eager,
-    # softcap_attention, flash_attention_2 and flex_attention apply it; sdpa skips it (refused).
-    attn_implementation: str = "auto"
-    # Compile the norms and MLP of each decoder layer (torch.compile, dynamic shapes: one
-    # compilation serves every layer and batch shape). auto = on CUDA only.
+    # Compile the norms and MLP of each decoder layer and the attention softmax (torch.compile,
+    # dynamic shapes: one compilation serves every layer and batch shape). auto = on CUDA only.
     compile_layers: str = "auto"  # auto | on | off
 
 

@@ -1,30 +1,35 @@
-"""Can CTranslate2 (faster-whisper, WhisperX) run float16 products on this host's GPUs?
+"""Can CTranslate2 (faster-whisper, WhisperX) run float16 products on this host's GPUs, in
+this process?
 
-PyPI's ctranslate2 4.x is built against CUDA 12: it opens libcublas.so.12 (and cuDNN 9 for
-Whisper's convolutions) at its first matrix product, not at import or model load. A GPU host
-whose driver stack offers only CUDA 13 libraries therefore fails when the first file is
-transcribed. This check runs that first product on every visible GPU, with a one-layer model
-built here from random numbers (no download, a few kilobytes), and names the missing library.
-
-Run it as `python -m models.ctranslate2_check` (the GPU worker unit does, before it
-starts taking steps); `doctor` shows the same lines.
+PyPI's ctranslate2 4.8.x is built against CUDA 12: it links the CUDA runtime statically, loads
+no cuDNN, and opens one library by name at its first matrix product (not at import or model
+load): libcublas.so.12 (which brings its libcublasLt.so.12 from the same folder). A process
+whose loader cannot find it, such as one on a host with CUDA 13 libraries only, fails when the
+first file is transcribed. The dynamic loader reads LD_LIBRARY_PATH when a process starts, so
+the folder must be on it before then (deploy/with-cublas12 puts the venv's nvidia-cublas-cu12
+one there for the GPU worker); a library torch has already loaded into the process also counts.
+The check therefore runs in the process that will run Whisper: `worker_process_check` in each
+GPU worker's pool process as it starts, `doctor` (whisper-gpu) in its own. It runs that first
+product on every visible GPU with a one-layer model built here from random numbers (no
+download, a few kilobytes) and names the missing library and its package.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
+import logging
+import os
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# Libraries ctranslate2's CUDA build opens, and the PyPI packages that provide them.
-CUDA12_LIBRARIES = {
-    "libcublas.so.12": "nvidia-cublas-cu12",
-    "libcublasLt.so.12": "nvidia-cublas-cu12",
-    "libcudnn.so.9": "nvidia-cudnn-cu12",
-}
+log = logging.getLogger(__name__)
+
+# The library ctranslate2's CUDA build opens, and the PyPI package that provides it.
+CUDA12_LIBRARIES = {"libcublas.so.12": "nvidia-cublas-cu12"}
 _TOKENS = ["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(13)]
 
 
@@ -72,11 +77,8 @@ def install_hint(missing: list[str]) -> str:
     packages = sorted({CUDA12_LIBRARIES[name] for name in missing})
     found = [str(path) for path in (_pip_library_dir(p) for p in packages) if path]
     hint = f"missing {', '.join(missing)}: pip install {' '.join(packages)}"
-    if found:
-        hint += f" and put their lib folders on LD_LIBRARY_PATH (installed here: {':'.join(found)})"
-    else:
-        hint += " (or a system CUDA 12 runtime + cuDNN 9) and put their lib folders on LD_LIBRARY_PATH"
-    return hint
+    where = f" (installed here: {':'.join(found)})" if found else " (or a system CUDA 12 cuBLAS)"
+    return hint + where + "; its lib folder must be on LD_LIBRARY_PATH before the process starts"
 
 
 def write_tiny_generator(target: Path, seed: int = 0) -> Path:
@@ -156,7 +158,26 @@ def _pip_library_dir(package: str) -> Path | None:
     return lib if lib.is_dir() else None
 
 
+def worker_process_check(**_signal_kwargs) -> None:
+    """Celery's worker_process_init handler (workers/celery_app.py): where the
+    worker's unit sets WHISPER_GPU_CHECK=1 (the GPU workers, deploy/), the check runs in the
+    pool process that will run Whisper, with what that process has loaded. A worker whose
+    Whisper cannot run stops (SIGTERM to its main process) before it takes a step, and the
+    journal names the missing library; CPU workers skip it (it imports torch)."""
+    if os.environ.get("WHISPER_GPU_CHECK") != "1":
+        return
+    failed = [result for result in check_ctranslate2_gpus() if not result.ok]
+    for result in failed:
+        log.critical("%s; stopping this worker", result.line())
+    if failed:
+        os.kill(os.getppid(), signal.SIGTERM)
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--cublas-dir"]:  # for deploy/with-cublas12: the folder, or exit 1
+        folder = _pip_library_dir("nvidia-cublas-cu12")
+        print(folder or "", end="")
+        return 0 if folder else 1
     results = check_ctranslate2_gpus()
     if not results:
         print("skip ctranslate2: no CUDA device visible")

@@ -195,8 +195,9 @@ def check_gpu(settings: DoctorSettings, resources: ResolvedResources) -> CheckRe
 
 
 def check_whisper_gpu(settings: DoctorSettings, resources: ResolvedResources) -> CheckResult:
-    """CTranslate2's first float16 product on every visible GPU: it needs CUDA 12's cuBLAS and
-    cuDNN 9, which a CUDA-13-only host lacks, and would otherwise fail at the first file."""
+    """CTranslate2's first float16 product on every visible GPU, in this process: it opens CUDA
+    12's libcublas.so.12 (nothing else: the CUDA runtime is linked in, no cuDNN), which a
+    CUDA-13-only host lacks. The GPU worker checks its own process as it starts."""
     if importlib.util.find_spec("ctranslate2") is None:
         return CheckResult("whisper-gpu", "skip", "ctranslate2 not installed")
     from models.ctranslate2_check import check_ctranslate2_gpus

@@ -36,15 +36,7 @@ class PolicyClassifier(dg.ConfigurableResource):
     device: str = "auto"
     quantization: str = Field(default="none", description="none | 8bit | 4bit (GPU + bitsandbytes)")
     max_tokens: int = Field(default=8192, description="Prompt budget; content is truncated, never the policy")
-    batch_tokens: int = Field(
-        default=0, description="Content tokens per forward pass; 0 = 2048 on CUDA, 1024 on CPU (capped by memory)"
-    )
-    stable_shapes: bool = Field(
-        default=True, description="Batch shapes from each item alone, so a score never depends on its batch neighbours"
-    )
-    attn_implementation: str = Field(
-        default="auto", description="auto (soft-capped, fused) | eager | flash_attention_2 | flex_attention"
-    )
+    batch_tokens: int = Field(default=0, description="Content tokens per forward pass; 0 = 2048 on CUDA, 1024 on CPU")
 
     def categories(self) -> dict[str, str]:
         """{category: policy text} this backend scores."""
@@ -82,8 +74,6 @@ class PolicyClassifier(dg.ConfigurableResource):
             quantization=self.quantization,
             max_tokens=self.max_tokens,
             batch_tokens=self.batch_tokens,
-            stable_shapes=self.stable_shapes,
-            attn_implementation=self.attn_implementation,
         )
 
 

@@ -1,5 +1,6 @@
 """bench/gpu/bench_cope.py runs end to end: here on CPU with a two-layer model of Gemma-2's
-layout, the same code that a GPU host runs with the 9B shape (bench/RESULTS.md, section 2)."""
+layout, the same code that a GPU host runs with the 9B shape (bench/RESULTS.md, section 2): the
+path before issue 24 and the current one, timed, compared, and the current one's bit identity."""
 
 from __future__ import annotations
 
@@ -16,28 +17,24 @@ def test_gpu_bench_runs_on_cpu_with_a_tiny_shape(tmp_path):
     command = [
         sys.executable,
         str(ROOT / "bench" / "gpu" / "bench_cope.py"),
-        "--shape",
-        "tiny",
-        "--device",
-        "cpu",
-        "--items",
-        "12",
-        "--policy-tokens",
-        "150",
-        "--stability-items",
-        "2",
-        "--time-budget-s",
-        "0",
-        "--out",
-        str(tmp_path),
+        *("--shape", "tiny", "--device", "cpu", "--items", "12", "--policy-tokens", "150"),
+        *("--stability-items", "2", "--fp32-items", "3", "--out", str(tmp_path)),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "| short | defaults" in done.stdout
-    rows = json.loads((tmp_path / "cope_gpu.json").read_text())["rows"]
-    tuned = [r for r in rows if r["config"].startswith("tuned (") and r["contents"] == "short"]
-    assert tuned and tuned[0]["items_per_s"] > 0
-    # Stable shapes: an item's score is the same alone, in other company and in the full call.
-    assert tuned[0]["vs_alone"] == 0 and tuned[0]["vs_shuffled"] == 0
-    assert tuned[0]["vs_reference"] < 1e-5  # the tiny model runs in float32 on CPU
+    assert "| short | before |" in done.stdout and "| long | now |" in done.stdout
+    result = json.loads((tmp_path / "cope_gpu.json").read_text())
+    rows = {(r["contents"], r["path"]): r for r in result["rows"]}
+    assert set(rows) == {(c, p) for c in ("short", "long") for p in ("before", "now")}
+    for row in rows.values():
+        assert row["items_per_s"] > 0 and row["peak_share"] > 0
+        # float32 on CPU: both paths compute the same numbers, up to the order of sums
+        assert row["vs_other_path"] < 1e-5 and row["vs_fp32"] < 1e-5
+    assert rows["short", "now"]["padding_waste"] <= rows["short", "before"]["padding_waste"]  # no filler rows
+    assert result["bit_identity"] == {
+        "items": 2,
+        "items_that_differ": 0,
+        "largest_difference": 0.0,
+        "bit_identical": True,
+    }
