@@ -44,6 +44,8 @@ from daemon_harness import DaemonHarness
 from fault_report import record_outcome
 from pipeline_support import rows
 
+from archive_identity import ArchiveVersion
+from audio_assets.archive_job import archive_run_request
 from embedded_services.redis import start_redis, stop_redis
 from media.ffmpeg_binary import resolve_ffmpeg
 from operations.run_submission import archive_job_submitter
@@ -444,11 +446,15 @@ def test_wedged_step_is_failed_by_run_monitoring_and_its_time_limit(cluster, tmp
 
 
 def test_files_that_always_fail_their_tool_are_their_own_outcome_and_the_rest_is_classified(cluster, tmp_path):
+    # Submitted by hand, as requeue does: the wedged-step drill stops the archive sensor.
     archive = tool_faults.archive_with_bad_files(tmp_path / "parts", "bad_files", gzip=True)
     key = cluster.object_store.upload_file(archive, "archives/bad_files.tar.gz").key
     partition = cluster.results_db.archives.partitions_for([key])[key]
-    run = finished_run(cluster, partition, timeout_s=900)
     instance = cluster.harness.instance
+    instance.add_dynamic_partitions("archives", [partition])
+    with archive_job_submitter(instance) as submit:
+        submit(archive_run_request(ArchiveVersion.of(cluster.object_store.head(key), partition)).tags)
+    run = finished_run(cluster, partition, timeout_s=900)
     assert run.status == dg.DagsterRunStatus.SUCCESS, (step_failures(instance, run.run_id), cluster.workers.logs())
     executions = {
         step: celery_executions(instance, run.run_id, step) for step in ("opus_files", "transcripts", "classifications")

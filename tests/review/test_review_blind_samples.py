@@ -125,7 +125,10 @@ def test_the_migration_redraws_untouched_items_and_keeps_started_ones(
     migrate.apply_migrations(postgres_dsn)
     db = ResultsDatabase(dsn=postgres_dsn)
     seeded = seed_flagged(
-        db, object_store, opus_bytes, [FlaggedItem(f"m{n:03d}.mp3", flagged=n % 4 == 0) for n in range(300)]
+        db,
+        object_store,
+        opus_bytes,
+        [FlaggedItem(f"m{n:03d}.mp3", score=0.9 if n % 4 == 0 else 0.2, flagged=n % 4 == 0) for n in range(300)],
     )
     accounts.add_user(db, "alice", "correct horse battery")
     ids = sorted(s.item_id for s in seeded.values())
