@@ -120,8 +120,11 @@ def test_the_migration_redraws_untouched_items_and_keeps_started_ones(
     fresh draws; one an RA decided or holds keeps the samples it was in, so an audit item
     decided stays an audit item and a double-coded pair in progress still gets its second coder."""
     before = [m for m in migrate.bundled_migrations() if m.version < "021"]
+    # The pipeline's own views (its writes read the thresholds in force), not the console's,
+    # which need 021's columns.
+    pipeline_views = [v for v in migrate.bundled_views() if v[0] == "classified_items.sql"]
     monkeypatch.setattr(migrate, "bundled_migrations", lambda: before)
-    monkeypatch.setattr(migrate, "bundled_views", lambda: [])
+    monkeypatch.setattr(migrate, "bundled_views", lambda: pipeline_views)
     migrate.apply_migrations(postgres_dsn)
     db = ResultsDatabase(dsn=postgres_dsn)
     seeded = seed_flagged(
