@@ -1,5 +1,6 @@
 """opus_files: every MP3 member converted to Opus, integrity-checked and uploaded."""
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -8,7 +9,6 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from archive_identity import ArchiveVersion
 from audio_assets.archive_job import archive_asset
 from audio_assets.file_batches import PreparedAhead, commit_in_batches, raise_for_retryable, split_done
 from audio_assets.settings import OpusConversionConfig
@@ -34,11 +34,12 @@ RESULT_COLUMNS = [
 ]
 
 
-def opus_key(archive: ArchiveVersion, audio_file_id: int) -> str:
-    """Written once, by the run holding the archive's claim at `archive.epoch`: a run that was
-    taken over can never overwrite the object a row of the new holder points to. A retry
-    writes new keys; what no row came to point to is deleted through the outbox."""
-    return f"processed/{archive.date}/{audio_file_id}-{archive.epoch}.opus"
+def opus_key(held: HeldArchive, audio_file_id: int) -> str:
+    """Written once, by one execution of the step (its number is in the key): neither a run
+    that was taken over nor a twin of this execution in the same run can overwrite the object
+    a row of another execution points to. What no row came to point to is deleted through the
+    outbox."""
+    return f"processed/{held.archive.date}/{audio_file_id}-{held.execution}.opus"
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class _Encoded:
 def opus_files(
     context: dg.AssetExecutionContext, config: OpusConversionConfig, raw_archive: ArchiveTable, archive_run: ArchiveRun
 ) -> dg.Output[ArchiveTable]:
-    """MP3 members as Opus objects in processed/{date}/{id}-{epoch}.opus; a bad file fails alone."""
+    """MP3 members as Opus objects in processed/{date}/{id}-{execution}.opus; a bad file fails alone."""
     with archive_run.step(context, raw_archive) as held:
         held.drain()  # before any upload of this run
         members = accepted_mp3s(raw_archive.rows)
@@ -85,10 +86,12 @@ def _convert(held: HeldArchive, todo: dict[str, int], config: OpusConversionConf
         intents = PreparedAhead(
             todo.values(),
             config.files_per_commit,
-            lambda ids: held.intend_uploads([opus_key(held.archive, i) for i in ids]),
+            lambda ids: held.intend_uploads([opus_key(held, i) for i in ids]),
         )
         jobs = _extract(held.local_copy(), todo, workdir / "mp3", config, intents)
-        return commit_in_batches(stream.run(jobs), config.files_per_commit, lambda chunk: _commit(held, chunk, config))
+        # Closed here, whatever a commit raises: its uploads have returned before the step ends.
+        with contextlib.closing(stream.run(jobs)) as outcomes:
+            return commit_in_batches(outcomes, config.files_per_commit, lambda chunk: _commit(held, chunk, config))
 
 
 def accepted_mp3s(manifest: pd.DataFrame) -> dict[str, int]:
@@ -169,7 +172,7 @@ def _extract(
 
 
 def _conversion_stream(config: OpusConversionConfig, out_dir: Path, held: HeldArchive) -> ConversionStream:
-    ffmpeg, archive, object_store = resolve_ffmpeg(), held.archive, held.object_store
+    ffmpeg, bucket = resolve_ffmpeg(), held.object_store.bucket
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def convert(job: _Job | FileFailure) -> _Encoded | FileFailure:
@@ -196,10 +199,10 @@ def _conversion_stream(config: OpusConversionConfig, out_dir: Path, held: HeldAr
         return _Encoded(job.audio_file_id, job.member, target, result.opus_duration_s)
 
     def upload(encoded: _Encoded) -> ConvertedFile | FileFailure:
-        key = opus_key(archive, encoded.audio_file_id)
-        try:  # its intent is queued (_upload_intents): deleted unless a row commits it
-            stored = object_store.upload_file(encoded.target, key, content_type="audio/ogg")
-        except Exception as exc:  # the store, after its own retries: the row stays as it was
+        key = opus_key(held, encoded.audio_file_id)
+        try:  # its intent is queued (PreparedAhead): deleted unless a row commits it
+            stored = held.upload(encoded.target, key, content_type="audio/ogg")
+        except Exception as exc:  # the store after its own retries, or the hold over: the row stays as it was
             return FileFailure(
                 encoded.audio_file_id, encoded.member, "upload", f"upload to {key} failed: {exc}", "service"
             )
@@ -208,7 +211,7 @@ def _conversion_stream(config: OpusConversionConfig, out_dir: Path, held: HeldAr
         return ConvertedFile(
             audio_file_id=encoded.audio_file_id,
             opus_key=key,
-            s3_uri=f"s3://{object_store.bucket}/{key}",
+            s3_uri=f"s3://{bucket}/{key}",
             opus_etag=stored.etag,
             duration_seconds=encoded.duration_s,
             file_size_bytes=stored.size,

@@ -1,8 +1,10 @@
-"""sweep_scratch: the safety net under per-step cleanup, for workers that were killed."""
+"""The hourly sweep: the safety net under per-step cleanup, for workers that were killed and
+steps that outlived their runs."""
 
 import dagster as dg
 from pydantic import Field
 
+from resources.archive_run import ArchiveRun
 from resources.scratch import ScratchSpace
 
 ACTIVE_RUN_STATUSES = [
@@ -33,6 +35,17 @@ def sweep_scratch(context: dg.OpExecutionContext, config: ScratchSweepConfig, sc
     return freed
 
 
-@dg.job(description="Remove scratch folders left by killed runs")
+@dg.op(tags={"kind": "maintenance"})
+def sweep_abandoned_uploads(context: dg.OpExecutionContext, archive_run: ArchiveRun) -> int:
+    """Delete the Opus objects no row points to whose uploader is over: what a step execution
+    that outlived its run (or was killed) left after the archive's last run drained."""
+    deleted = archive_run.sweep_abandoned_uploads()
+    context.log.info(f"deleted {deleted} object(s) no row points to")
+    context.add_output_metadata({"objects_deleted": deleted})
+    return deleted
+
+
+@dg.job(description="Remove scratch folders left by killed runs and objects left by steps that outlived their runs")
 def scratch_sweep_job():
     sweep_scratch()
+    sweep_abandoned_uploads()

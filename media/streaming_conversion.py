@@ -12,7 +12,7 @@ object store never leaves a core idle waiting for a PUT. No Dagster here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Generic, TypeVar
 
@@ -39,7 +39,7 @@ class ConversionStream(Generic[Job, Converted, Outcome]):
         self.upload_workers = max(1, upload_workers)
         self.max_in_flight = max_in_flight or 2 * self.workers + self.upload_workers
 
-    def run(self, jobs: Iterator[Job]) -> Iterator[Outcome]:
+    def run(self, jobs: Iterator[Job]) -> Generator[Outcome, None, None]:
         """Final outcomes, in completion order. `jobs` is advanced only when a slot is free
         and is always run to its end (so a tar reader's completeness check runs)."""
         in_flight: dict[Future, str] = {}  # future -> "convert" | "upload"

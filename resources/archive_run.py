@@ -13,21 +13,30 @@ A step opens `archive_run.step(context, upstream)` around its work and is handed
   heartbeat on database time) rather than a lock on a connection, so it spans every step
   wherever each executes. raw_archive takes it, waiting while another live run holds it, and
   gets a new epoch; later steps resume it and never wait (a GPU step never sits on a GPU
-  waiting for an archive). A claim ends with its run: a run Dagster reports finished (or
-  deleted), or whose steps stopped renewing the heartbeat for `claim_ttl_s`, can be taken
-  over. A step renews it every `claim_ttl_s / 6` while it works.
+  waiting for an archive). A claim ends with its run: a run this Dagster instance knows holds
+  it until Dagster reports it finished, however long it waits between steps (for a GPU slot);
+  a run it does not know (deleted, or another instance's: a CLI `materialize` under another
+  DAGSTER_HOME) holds it while its steps keep renewing the heartbeat (every `claim_ttl_s / 6`),
+  and may be taken over once they stopped for `claim_ttl_s`.
+- The step execution. Under Celery one run's step can execute twice at once (its message
+  delivered again while the first worker still works), so the run's epoch cannot tell the two
+  apart: each execution of a step starts a row in `step_executions` and takes the step over
+  (the newest wins, so a redelivered or retried step never waits for one that may be dead),
+  holds a lease on it renewed with the claim, uploads to keys of its own number, and works in
+  a scratch folder of its own.
 - The fence. Every write goes through `held.transaction(work)`, which first takes a share
   lock on the archive's row and refuses unless the version is still the one results belong
-  to (StaleArchiveVersion) and the epoch still the run's (ClaimLost). A run that was taken
-  over writes nothing more, and its uploads go to keys of its own epoch, which no row of the
-  new holder points to.
+  to (StaleArchiveVersion), the epoch still the run's (ClaimLost), and the execution still its
+  step's newest with its lease running (ExecutionOver, retryable: the step's retry takes the
+  step over and does what is left). An execution whose hold is over writes nothing more and
+  stops uploading (`held.upload`); a second raw_archive of the run keeps the run's epoch.
 - The local copy: SCRATCH_ROOT/{run_id}/archive/, downloaded by the first step on a host that
   reads it (one GET, its ETag checked against the claimed version), read by the later ones,
   removed by the last of raw_archive, opus_files and parquet_metadata on that host (or at
   once when raw_archive fails; the hourly scratch sweep takes what a killed worker left).
 - The outbox of object deletions (results_db/object_deletions.py): uploads are queued as
-  intents before they start, and only the holder drains, at moments when none of its own
-  uploads is in flight.
+  intents of their execution before they start; an execution drains when none of its own
+  uploads is in flight, and an intent is deleted only once its execution is over.
 - The archive-level dead letter: `held.fail(reason)` records a definite failure of the whole
   archive and fails the step without retries (so does an unreadable or refused archive);
   a step's success closes its stage's open archive-level failures.
@@ -50,7 +59,7 @@ from pydantic import Field
 from archive_identity import ArchiveVersion, tagged_version
 from media.tar_safety import ArchiveRefused, ArchiveUnreadable
 from resources.manifest_io import ArchiveTable
-from resources.object_store import ObjectStore
+from resources.object_store import ObjectInfo, ObjectStore
 from resources.results_db import ResultsDatabase, object_deletions
 from resources.results_db.failures import STAGE_OF_STEP
 from resources.scratch import ScratchSpace
@@ -98,6 +107,13 @@ class ClaimLost(dg.Failure):
         )
 
 
+class ExecutionOver(RuntimeError):
+    """This execution of a step may write and upload nothing more: another execution of the
+    same step took it over (the run's message delivered again, or a retry), or its lease
+    passed. Nothing was written; retryable: the step's retry takes the step over and does
+    what is left."""
+
+
 class ArchiveBusy(RuntimeError):
     """Another run held the archive for longer than this run was willing to wait."""
 
@@ -123,7 +139,8 @@ def claim(
 
     raw_archive takes a claim (`resume=False`): its version becomes the one results belong to,
     unless a newer one (later LastModified) already is (StaleArchiveVersion; ties go to the
-    later claim, which read the object later). Every later step resumes it: the run's own claim
+    later claim, which read the object later), under a new epoch unless the run already held
+    it (its raw_archive delivered twice). Every later step resumes it: the run's own claim
     keeps its epoch; one left by a run that ended (a retry of a failed run takes over from its
     parent) gets a new epoch; one another live run holds is lost (ClaimLost)."""
 
@@ -169,6 +186,62 @@ def renew_claim(results_db: ResultsDatabase, archive: ArchiveVersion, run_id: st
     return bool(results_db.rows(Q.renew_claim, params, what="renew claim"))
 
 
+def start_execution(results_db: ResultsDatabase, archive: ArchiveVersion, run_id: str, step: str, ttl_s: float) -> int:
+    """A new execution of `step` under the run's claim, which from now on holds the step (its
+    number); ClaimLost if the run no longer holds the claim."""
+
+    def start(cur) -> int:
+        cur.execute(Q.claim_state, {"archive_key": archive.key})  # waits for the writes in flight
+        row = cur.fetchone()
+        if (row["claimed_by_run"], row["claim_epoch"]) != (run_id, archive.epoch):
+            raise ClaimLost(archive, row["claim_epoch"], row["claimed_by_run"])
+        params = {"archive_key": archive.key, "step": step, "run_id": run_id, "epoch": archive.epoch, "ttl_s": ttl_s}
+        cur.execute(Q.start_execution, params)
+        return cur.fetchone()["execution"]
+
+    return results_db.transaction(start, what=f"start {step} of {archive}")
+
+
+def renew_execution(
+    results_db: ResultsDatabase, archive: ArchiveVersion, run_id: str, execution: int, ttl_s: float
+) -> bool:
+    """Renew the run's claim and the execution's lease, in one transaction; False once the
+    execution's hold is over (its step taken over, its run's claim lost, its lease passed)."""
+
+    def renew(cur) -> bool:
+        cur.execute(Q.renew_claim, {"archive_key": archive.key, "epoch": archive.epoch, "run_id": run_id})
+        cur.execute(Q.renew_execution, {"execution": execution, "ttl_s": ttl_s})
+        return cur.fetchone() is not None
+
+    return results_db.transaction(renew, what=f"renew execution {execution} of {archive}")
+
+
+class ExecutionLease:
+    """The execution's own view of its lease (monotonic time, so a paused process sees the
+    pause). It uploads only while its last successful renewal was sent less than half a lease
+    ago: every object it stores has landed while the lease still runs on database time, before
+    any drain may delete and forget the intent of it."""
+
+    def __init__(self, ttl_s: float):
+        self.ttl_s = ttl_s
+        self._renewed_at = time.monotonic()  # made before the execution's row: an underestimate
+        self._over: str | None = None
+
+    def renewed(self, sent_at: float) -> None:
+        self._renewed_at = max(self._renewed_at, sent_at)
+
+    def end(self, reason: str) -> None:
+        self._over = self._over or reason
+
+    def check(self) -> None:
+        """ExecutionOver unless the execution may still upload."""
+        if self._over:
+            raise ExecutionOver(self._over)
+        age = time.monotonic() - self._renewed_at
+        if age > self.ttl_s / 2:
+            raise ExecutionOver(f"its lease was last renewed {age:.0f} s ago (lease {self.ttl_s:g} s)")
+
+
 @dataclass
 class ClaimedArchive:
     """A run's claimed archive version (with the claim's epoch) and the writes it may make:
@@ -182,16 +255,19 @@ class ClaimedArchive:
         """`work(cursor)` in one transaction fenced by the run's version and claim epoch."""
 
         def fenced(cur) -> T:
-            cur.execute(Q.lock_current_version, {"archive_key": self.archive.key})
-            row = cur.fetchone()
-            current = row["current_etag"] if row else None
-            if current != self.archive.etag:
-                raise StaleArchiveVersion(self.archive, current)
-            if row["claim_epoch"] != self.archive.epoch:
-                raise ClaimLost(self.archive, row["claim_epoch"])
+            self._fence(cur)
             return work(cur)
 
         return self.results_db.transaction(fenced, what=f"{what} of {self.archive}")
+
+    def _fence(self, cur) -> None:
+        cur.execute(Q.lock_current_version, {"archive_key": self.archive.key})
+        row = cur.fetchone()
+        current = row["current_etag"] if row else None
+        if current != self.archive.etag:
+            raise StaleArchiveVersion(self.archive, current)
+        if row["claim_epoch"] != self.archive.epoch:
+            raise ClaimLost(self.archive, row["claim_epoch"])
 
     def rows(self, query: NamedQuery, params: dict | None = None) -> list[dict[str, Any]]:
         """A read (not fenced: what it returns is checked again by the write that uses it)."""
@@ -204,10 +280,35 @@ class HeldArchive(ClaimedArchive):
 
     object_store: ObjectStore
     scratch: ScratchSpace
-    log: Any = None  # the step's Dagster log
-    step: str = ""
+    log: Any  # the step's Dagster log
+    step: str
+    execution: int  # its row in step_executions
+    lease: ExecutionLease
     gpu: bool = False
     _local: Path | None = field(default=None, repr=False)
+
+    def _fence(self, cur) -> None:
+        """The run's fence, then this execution's: still its step's newest, its lease running.
+        Whichever refuses, the execution uploads nothing more either."""
+        try:
+            super()._fence(cur)
+        except dg.Failure as exc:  # StaleArchiveVersion, ClaimLost
+            self.lease.end(exc.description or "fenced out")
+            raise
+        cur.execute(Q.execution_state, {"execution": self.execution})
+        row = cur.fetchone()
+        if row is None or not row["leased"] or row["newest"] != self.execution:
+            took_over = row and row["newest"] != self.execution
+            reason = (
+                f"execution {row['newest']} (run {row['newest_run']}) took {self.step} over"
+                if took_over
+                else "its lease passed"
+            )
+            self.lease.end(reason)
+            raise ExecutionOver(
+                f"{self.archive.key}: execution {self.execution} of {self.step} may write nothing more: {reason}; "
+                "nothing was written (a retry takes the step over and does what is left)"
+            )
 
     def local_copy(self) -> Path:
         """The run's copy of the archive on this host: downloaded by the first step that needs
@@ -230,16 +331,31 @@ class HeldArchive(ClaimedArchive):
         return self._local
 
     def workdir(self) -> contextlib.AbstractContextManager[Path]:
-        """Scratch for this step's own files, removed when the step ends however it ends."""
-        return self.scratch.step_dir(self.run_id, self.step)
+        """Scratch for this execution's own files (a twin on the same host has its own),
+        removed when the step ends however it ends."""
+        return self.scratch.step_dir(self.run_id, f"{self.step}-{self.execution}")
 
     def intend_uploads(self, keys: Sequence[str]) -> None:
         """Queue `keys` before uploading any of them: each is deleted unless a row commits it."""
-        object_deletions.intend_uploads(self.results_db, self.archive, keys)
+        object_deletions.intend_uploads(self.results_db, self.archive, self.execution, keys)
+
+    def upload(self, path: Path, key: str, content_type: str) -> ObjectInfo:
+        """Store `path` under `key` (its intent queued), only while the execution's hold runs
+        (ExecutionOver otherwise). An upload that returns after the hold ended (the process was
+        paused mid-request) is deleted again: its intent may already be forgotten."""
+        self.lease.check()
+        stored = self.object_store.upload_file(path, key, content_type=content_type)
+        try:
+            self.lease.check()
+        except ExecutionOver:
+            self.object_store.delete_many([key])
+            raise
+        return stored
 
     def drain(self) -> int:
-        """Delete this archive's queued objects that no row points to (never a later epoch's)."""
-        return object_deletions.drain(self.results_db, self.archive, self.object_store)
+        """Delete this archive's queued objects that no row points to and no other execution
+        may still be uploading."""
+        return object_deletions.drain(self.results_db, self.object_store, self.archive.key, self.execution)
 
     def fail(self, reason: str) -> NoReturn:
         """A definite failure of the archive as a whole: recorded, never retried."""
@@ -273,8 +389,9 @@ class ArchiveRun(dg.ConfigurableResource):
     scratch: dg.ResourceDependency[ScratchSpace]
     claim_ttl_s: float = Field(
         default=1800,
-        description="A run none of whose steps renewed its claim for this long (its host is gone, or it "
-        "waited this long between steps) may be taken over by another run of the archive",
+        description="A run this Dagster instance does not know (deleted, or another instance's) none of "
+        "whose steps renewed its claim for this long may be taken over (a run it knows holds its claim "
+        "until it finishes); a step execution that renewed its lease for this long is over",
     )
     claim_wait_s: float = Field(default=6 * 3600, description="raw_archive gives up (retryably) after this long")
     poll_interval_s: float = Field(default=2.0, description="How often a waiting raw_archive tries again")
@@ -285,15 +402,27 @@ class ArchiveRun(dg.ConfigurableResource):
     ) -> Iterator[HeldArchive]:
         """The step's work on the run's archive: raw_archive (no `upstream`) resolves and claims
         the version, waiting while another run holds it; every later step resumes the claim of
-        the version its upstream table is about."""
+        the version its upstream table is about. Either way the execution then takes its step
+        over (see the module docstring)."""
         run, step = context.run, context.asset_key.path[-1]
         ended = self._run_ended(context.instance)
         if upstream is None:
             archive = self._take(context, self._resolve(context.partition_key, run.tags), ended)
         else:
             archive = self._claimed(claim(self.results_db, upstream.archive, run.run_id, ended, resume=True))
+        lease = ExecutionLease(self.claim_ttl_s)
+        execution = start_execution(self.results_db, archive, run.run_id, step, self.claim_ttl_s)
         held = HeldArchive(
-            archive, run.run_id, self.results_db, self.object_store, self.scratch, context.log, step, gpu
+            archive,
+            run.run_id,
+            self.results_db,
+            object_store=self.object_store,
+            scratch=self.scratch,
+            log=context.log,
+            step=step,
+            execution=execution,
+            lease=lease,
+            gpu=gpu,
         )
         failed = True
         try:
@@ -341,7 +470,7 @@ class ArchiveRun(dg.ConfigurableResource):
             if time.monotonic() >= deadline:
                 raise ArchiveBusy(f"{archive.key} stayed claimed by run {claimed.run_id} for {self.claim_wait_s:g} s")
             if time.monotonic() >= next_report:
-                context.log.info(f"waiting for run {claimed.run_id} to finish with {archive.key}")
+                self._report_wait(context, archive, claimed)
                 next_report = time.monotonic() + 60
             time.sleep(self.poll_interval_s)
 
@@ -351,31 +480,52 @@ class ArchiveRun(dg.ConfigurableResource):
             raise RuntimeError(f"unexpected claim holder {claimed}")
         return claimed
 
+    def _report_wait(self, context: dg.AssetExecutionContext, archive: ArchiveVersion, holder: ClaimHolder) -> None:
+        if context.instance.get_run_by_id(holder.run_id) is not None:
+            context.log.info(f"waiting for run {holder.run_id} to finish with {archive.key}")
+            return
+        age = "never" if holder.heartbeat_age_s is None else f"{holder.heartbeat_age_s:.0f} s ago"
+        context.log.warning(
+            f"{archive.key} is claimed by run {holder.run_id}, which this Dagster instance does not know (another "
+            f"instance's run, e.g. a `dagster asset materialize` under another DAGSTER_HOME); its steps last renewed "
+            f"the claim {age}: waiting until they have not for {self.claim_ttl_s:g} s"
+        )
+
     def _run_ended(self, instance: dg.DagsterInstance) -> Callable[[ClaimHolder], bool]:
         def ended(holder: ClaimHolder) -> bool:
-            run = instance.get_run_by_id(holder.run_id)  # None: a deleted run
-            if run is None or run.is_finished:
-                return True
+            run = instance.get_run_by_id(holder.run_id)
+            if run is not None:  # Dagster's word; a live run renews nothing between steps
+                return run.is_finished
+            # Deleted, or another instance's run: only its steps' heartbeat tells.
             return holder.heartbeat_age_s is None or holder.heartbeat_age_s > self.claim_ttl_s
 
         return ended
 
     @contextlib.contextmanager
     def _renewed(self, held: HeldArchive) -> Iterator[None]:
-        """Renew the claim's heartbeat while the step's work runs."""
+        """Renew the execution's lease and the run's claim while the step's work runs; end the
+        execution when the work has returned (its uploads with it)."""
         stop = threading.Event()
-
-        def renew() -> bool:
-            return renew_claim(self.results_db, held.archive, held.run_id)
 
         def keep_renewing() -> None:
             while not stop.wait(self.claim_ttl_s / 6):
+                sent = time.monotonic()
                 try:
-                    if not renew():
-                        held.log.warning(f"{held.archive.key}: another run took over this run's claim")
-                        return
+                    renewed = renew_execution(
+                        self.results_db, held.archive, held.run_id, held.execution, self.claim_ttl_s
+                    )
                 except Exception as exc:  # a database outage longer than the retry window
                     held.log.warning(f"could not renew the claim on {held.archive.key}: {exc}")
+                    continue
+                if not renewed:
+                    held.lease.end("its step was taken over, its run's claim lost or its lease passed")
+                    held.log.warning(
+                        f"{held.archive.key}: execution {held.execution} of {held.step} lost its hold "
+                        "(another execution took the step over, or another run the archive); it uploads and "
+                        "writes nothing more"
+                    )
+                    return
+                held.lease.renewed(sent)
 
         thread = threading.Thread(target=keep_renewing, name="archive-claim", daemon=True)
         thread.start()
@@ -384,8 +534,20 @@ class ArchiveRun(dg.ConfigurableResource):
         finally:
             stop.set()
             thread.join(timeout=5)
+            held.lease.end("the step ended")
+            params = {"execution": held.execution}
+            with contextlib.suppress(Exception):  # else its intents wait for its lease to pass
+                self.results_db.transaction(lambda cur: cur.execute(Q.end_execution, params), what="end execution")
             with contextlib.suppress(Exception):  # the gap before the next step starts now
-                renew()
+                renew_claim(self.results_db, held.archive, held.run_id)
+
+    def sweep_abandoned_uploads(self) -> int:
+        """Every archive's queued objects that no row points to and no execution may still
+        upload (one that outlived its run, a killed one whose lease passed), deleted; then
+        executions over for a day forgotten. Returns how many objects were deleted."""
+        deleted = object_deletions.drain(self.results_db, self.object_store)
+        self.results_db.transaction(lambda cur: cur.execute(Q.forget_executions_over), what="forget executions")
+        return deleted
 
     def _release_local_copy(self, held: HeldArchive, failed: bool) -> None:
         """This reader is done with the run's copy on this host. It goes once raw_archive failed

@@ -28,7 +28,7 @@ class ScratchFull(OSError):
 
 
 class ScratchSpace(dg.ConfigurableResource):
-    """Local disk for downloads and conversions: SCRATCH_ROOT/{run_id}/{step}."""
+    """Local disk for downloads and conversions: SCRATCH_ROOT/{run_id}/{step}-{execution}."""
 
     root: str = Field(
         default_factory=lambda: str(Path(tempfile.gettempdir()) / "audio-pipeline-scratch"),
@@ -65,11 +65,12 @@ class ScratchSpace(dg.ConfigurableResource):
         self.remove_run_dir_if_empty(run_id)
 
     @contextlib.contextmanager
-    def step_dir(self, run_id: str, step: str) -> Iterator[Path]:
-        path = self.run_dir(run_id) / _UNSAFE.sub("_", step)
-        if path.exists():  # left by an earlier attempt of the same step (a retry)
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
+    def step_dir(self, run_id: str, name: str) -> Iterator[Path]:
+        """SCRATCH_ROOT/{run_id}/{name}: `name` names one step execution, so a twin of the step
+        on the same host (its message delivered again) never touches this folder. One a killed
+        execution left is the sweep's once the run has ended."""
+        path = self.run_dir(run_id) / _UNSAFE.sub("_", name)
+        path.mkdir(parents=True, exist_ok=True)
         try:
             yield path
         finally:

@@ -13,6 +13,16 @@ Delivery (measured in tests/distributed/test_celery_workers.py):
   GPU host), the worker puts the message back at once instead of failing the step.
 - `worker_prefetch_multiplier` 1 with late acks: a busy worker holds no second step, so a
   waiting step goes to an idle worker instead of queueing behind a long transcription.
+- `worker_cancel_long_running_tasks_on_connection_loss`: when a worker loses the broker (a
+  Redis restart, a network reset), kombu puts the messages it held back on their queues as it
+  reconnects ("Restoring 1 unacknowledged message(s)"), and another worker takes the step at
+  once. Without this setting the first worker's pool went on with it too: two executions of one
+  step in one run, the older fenced out only at its next commit or upload
+  (resources/archive_run.py), having spent a chunk's work and a worker (a GPU) for nothing. With
+  it the worker stops those steps as it notices the loss (SIGTERM to the pool process, which
+  Dagster turns into a retry request under the step's retry policy), so they run again from
+  their last commit (measured in tests/faults/test_twin_executions.py: the stopped execution
+  ended 0.6 s after its connections were closed).
 A redelivered step runs again from its start; transcripts and classifications commit per
 chunk and skip files done for the same model/policy version, so a lost worker costs at
 most the chunk it was working on.
@@ -84,6 +94,7 @@ def celery_config_source() -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_transport_options": {
             "visibility_timeout": lease_s,
             # How often live workers look for expired messages to put back (kombu scans

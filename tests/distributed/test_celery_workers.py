@@ -458,7 +458,11 @@ def test_the_claim_spans_the_run_when_its_sessions_die_and_a_materialize_starts(
     assert stored == referenced  # 0 orphans, across the module's archives
     assert rows(results_db, "SELECT count(*) AS n FROM object_deletions WHERE archive_source = %s", (key,))[0]["n"] == 0
     assert_classified_once(results_db, key, members=len(CLAIM_ARCHIVE))
-    changed = [f for f in files if not f["opus_path"].endswith("-1.opus")]
+    first_run_keys = tuple(  # Opus keys end in the number of the step execution that wrote them
+        f"-{r['execution']}.opus"
+        for r in rows(results_db, "SELECT execution FROM step_executions WHERE run_id = %s", (run.run_id,))
+    )
+    changed = [f for f in files if not f["opus_path"].endswith(first_run_keys)]
     assert len(changed) == (1 if overwrite else 0)  # only the changed member was converted again
     record_outcome(
         f"{terminated} results-DB sessions terminated over 3 s as `opus_files` started "

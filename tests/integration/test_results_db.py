@@ -12,7 +12,18 @@ import pytest
 from pipeline_support import rows
 
 from archive_identity import ArchiveVersion
-from resources.archive_run import ClaimedArchive, ClaimLost, StaleArchiveVersion, claim, renew_claim
+from resources.archive_run import (
+    ClaimedArchive,
+    ClaimLost,
+    ExecutionLease,
+    ExecutionOver,
+    HeldArchive,
+    StaleArchiveVersion,
+    claim,
+    renew_claim,
+    renew_execution,
+    start_execution,
+)
 from resources.results_db import FileFailure, ResultsDatabase, object_deletions
 from resources.results_db import opus_files as opus_files_db
 from resources.results_db.classifications import ClassificationRow, record_scores
@@ -113,37 +124,103 @@ def test_a_run_taken_over_writes_nothing_more_and_later_steps_never_wait(results
     assert claim(results_db, second, "run-b-retry", ended, resume=True).epoch == 3
 
 
+class Deletions:
+    """An object store that only records what it was asked to delete."""
+
+    def __init__(self):
+        self.deleted: list[str] = []
+        self.bucket = "b"
+
+    def delete_many(self, keys):
+        self.deleted.extend(keys)
+
+
+def execution(db, claimed: ArchiveVersion, run_id: str, step: str, ttl_s: float = 60, store=None) -> HeldArchive:
+    """A new execution of `step` of the run, as ArchiveRun.step starts one (no Dagster here)."""
+    return HeldArchive(
+        claimed,
+        run_id,
+        db,
+        object_store=store or Deletions(),
+        scratch=None,
+        log=None,
+        step=step,
+        execution=start_execution(db, claimed, run_id, step, ttl_s),
+        lease=ExecutionLease(ttl_s),
+    )
+
+
+def end(db, held: HeldArchive) -> None:
+    rows(db, "UPDATE step_executions SET ended_at = now() WHERE execution = %s RETURNING 1", (held.execution,))
+
+
 @pytest.mark.integration
-def test_uploads_no_row_committed_are_deleted_but_never_a_later_claims(results_db):
+def test_twin_executions_of_one_step_in_one_run_are_fenced_apart(results_db):
+    archive = version("e1")
+    results_db.archives.partitions_for([archive.key])
+    live = lambda holder: False  # noqa: E731
+    first = claim(results_db, archive, "run-a", live, resume=False)
+    # raw_archive delivered twice: the second keeps the run's epoch, so its other steps go on.
+    assert claim(results_db, archive, "run-a", live, resume=False).epoch == first.epoch
+    ids = register_members(
+        ClaimedArchive(first, "run-a", results_db), accepted={"a.mp3": (10, "s1")}, rejected={}, other_failures=[]
+    ).ids
+    a = execution(results_db, first, "run-a", "opus_files")
+    metadata = execution(results_db, first, "run-a", "parquet_metadata")
+    b = execution(results_db, first, "run-a", "opus_files")  # opus_files' message delivered again
+    assert a.execution < b.execution
+
+    def converted(held: HeldArchive) -> list[ConvertedFile]:
+        key = f"processed/d/{ids['a.mp3']}-{held.execution}.opus"
+        return [ConvertedFile(ids["a.mp3"], key, "s3://b/k", f"etag-{held.execution}", 2.0, 100)]
+
+    with pytest.raises(ExecutionOver, match=f"execution {b.execution} \\(run run-a\\) took opus_files over"):
+        record_conversions(a, converted(a), [])
+    assert not renew_execution(results_db, first, "run-a", a.execution, 60)
+    record_conversions(b, converted(b), [])
+    metadata.transaction(lambda cur: None, what="a write of another step")  # not fenced out
+    assert renew_execution(results_db, first, "run-a", metadata.execution, 60)
+    (row,) = rows(results_db, "SELECT opus_path, opus_etag FROM audio_files")
+    assert row == {"opus_path": converted(b)[0].opus_key, "opus_etag": f"etag-{b.execution}"}
+
+
+@pytest.mark.integration
+def test_uploads_no_row_committed_are_deleted_only_once_their_execution_is_over(results_db):
     v1 = version("e1")
     results_db.archives.partitions_for([v1.key])
     first = claim(results_db, v1, "run-a", lambda holder: True, resume=False)
     ids = register_members(
         ClaimedArchive(first, "run-a", results_db), accepted={"a.mp3": (10, "s1")}, rejected={}, other_failures=[]
     ).ids
-    committed, lost = f"processed/d/{ids['a.mp3']}-1.opus", "processed/d/99-1.opus"
-    object_deletions.intend_uploads(results_db, first, [committed, lost, lost])  # a repeat is one intent
-    record_conversions(
-        ClaimedArchive(first, "run-a", results_db),
-        [ConvertedFile(ids["a.mp3"], committed, "s3://b/k", "etag", 2.0, 100)],
-        [],
-    )
+    a = execution(results_db, first, "run-a", "opus_files")
+    committed, lost = f"processed/d/{ids['a.mp3']}-{a.execution}.opus", f"processed/d/99-{a.execution}.opus"
+    a.intend_uploads([committed, lost, lost])  # a repeat is one intent
+    record_conversions(a, [ConvertedFile(ids["a.mp3"], committed, "s3://b/k", "etag", 2.0, 100)], [])
+
+    # run-b takes over (run-a ended) while run-a's execution still works: it may still upload.
     second = claim(results_db, v1, "run-b", lambda holder: True, resume=False)
-    in_flight = "processed/d/98-2.opus"
-    object_deletions.intend_uploads(results_db, second, [in_flight])
-
-    deleted = []
-
-    class Store:
-        def delete_many(self, keys):
-            deleted.extend(keys)
-
-    # run-a, taken over, drains: its own lost upload goes, run-b's upload in flight stays.
-    assert object_deletions.drain(results_db, first, Store()) == 1
-    assert deleted == [lost]
+    store = Deletions()
+    b = execution(results_db, second, "run-b", "opus_files", store=store)
+    in_flight = f"processed/d/98-{b.execution}.opus"
+    b.intend_uploads([in_flight])
+    assert b.drain() == 1 and store.deleted == [in_flight]  # its own; run-a's lost upload stays
     queued = [r["object_key"] for r in rows(results_db, "SELECT object_key FROM object_deletions")]
-    assert queued == [in_flight]  # the committed key was forgotten, not deleted
-    assert object_deletions.drain(results_db, second, Store()) == 1 and deleted == [lost, in_flight]
+    assert queued == [lost]  # the committed key was forgotten, not deleted
+    end(results_db, a)  # its uploads have returned
+    assert b.drain() == 1 and store.deleted == [in_flight, lost]
+
+    # An execution killed where no `finally` runs: its intents go once its lease has passed.
+    c = execution(results_db, second, "run-b", "opus_files", ttl_s=0.5)
+    c.intend_uploads([f"processed/d/97-{c.execution}.opus"])
+    assert object_deletions.drain(results_db, store, v1.key) == 0
+    time.sleep(1)
+    with pytest.raises(ExecutionOver, match="lease was last renewed"):
+        c.lease.check()  # it stopped uploading at half its lease
+    with pytest.raises(ExecutionOver, match="its lease passed"):
+        record_conversions(c, [], [FileFailure(ids["a.mp3"], "a.mp3", "conversion", "x")])
+    assert not renew_execution(results_db, second, "run-b", c.execution, 60)  # never revived
+    assert object_deletions.drain(results_db, store) == 1  # the hourly sweep's drain: every archive
+    assert rows(results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"] == 0
 
 
 @pytest.mark.integration
@@ -189,14 +266,9 @@ def test_members_missing_from_a_new_version_are_removed_and_their_objects_queued
     queued = rows(results_db, "SELECT object_key FROM object_deletions")
     assert queued == [{"object_key": f"processed/{v1.date}/{ids['gone.mp3']}.opus"}]
 
-    deleted = []
-
-    class Store:
-        def delete_many(self, keys):
-            deleted.extend(keys)
-
-    assert object_deletions.drain(results_db, HELD[v2].archive, Store()) == 1
-    assert deleted == [queued[0]["object_key"]]
+    store = Deletions()
+    assert object_deletions.drain(results_db, store, v2.key) == 1
+    assert store.deleted == [queued[0]["object_key"]]
     assert rows(results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"] == 0
 
 

@@ -98,7 +98,7 @@ def test_good_archive_becomes_converted_rows_with_metadata(archive_runner, resul
     for row in rows.values():
         assert row["status"] == "converted"
         upload_day = dt.datetime.now(dt.UTC).date().isoformat()  # archive LastModified
-        # written once per claim: processed/{date}/{id}-{claim epoch}.opus
+        # written once, by one step execution: processed/{date}/{id}-{execution}.opus
         assert re.fullmatch(rf"processed/{upload_day}/{row['id']}-\d+\.opus", row["opus_path"]), row["opus_path"]
         assert row["s3_opus_path"] == f"s3://{object_store.bucket}/{row['opus_path']}"
         assert object_store.head(row["opus_path"]).size == row["file_size_bytes"]

@@ -17,6 +17,7 @@ from pipeline_support import hold
 from archive_identity import ArchiveVersion
 from audio_assets.daily import daily_summary
 from audio_assets.scratch_sweep import scratch_sweep_job
+from resources.archive_run import ArchiveRun
 from resources.results_db import FileFailure
 from resources.results_db.classifications import ClassificationRow, record_processed, record_scores
 from resources.results_db.opus_files import ConvertedFile, record_conversions
@@ -135,7 +136,7 @@ def test_catch_up_requests_every_archive_whose_current_version_was_not_processed
     assert isinstance(skipped, dg.SkipReason)
 
 
-def test_scratch_sweep_removes_only_old_folders_of_runs_that_are_gone(instance, tmp_path):
+def test_scratch_sweep_removes_only_old_folders_of_runs_that_are_gone(instance, tmp_path, object_store, results_db):
     root = tmp_path / "scratch"
     running_id, killed_id, fresh_id = (str(uuid.uuid4()) for _ in range(3))
     instance.add_run(dg.DagsterRun(job_name="archive_job", run_id=running_id, status=dg.DagsterRunStatus.STARTED))
@@ -149,8 +150,10 @@ def test_scratch_sweep_removes_only_old_folders_of_runs_that_are_gone(instance, 
             for path in (step / "archive.tar", step, step.parent):
                 os.utime(path, (old, old))
 
+    scratch = ScratchSpace(root=str(root))
+    archive_run = ArchiveRun(object_store=object_store, results_db=results_db, scratch=scratch)
     result = scratch_sweep_job.execute_in_process(
-        instance=instance, resources={"scratch": ScratchSpace(root=str(root))}
+        instance=instance, resources={"scratch": scratch, "archive_run": archive_run}
     )
 
     assert result.success

@@ -20,6 +20,7 @@ def test_workers_ack_late_and_take_one_step_at_a_time(monkeypatch):
     conf = _worker_app(monkeypatch).conf
     assert (conf.broker_url, conf.result_backend) == (BROKER, BACKEND)
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss  # no twin left running after a broker loss
     assert conf.broker_transport_options["visibility_timeout"] == 40
     assert conf.broker_transport_options["unacked_restore_interval"] == 10
 
