@@ -2,10 +2,11 @@
 
 Its cursor is a LastModified watermark, a few dozen bytes however big the bucket gets or however
 many archives arrive at once. S3 lists keys in name order, not by time, so every tick lists the
-prefix. Objects modified within a look-back window before the watermark are candidates; whether
-a candidate's version was already requested is answered by the archive registry
-(`archives.requested_etag`), not by the cursor, so a bootstrap over 100,000 archives does not
-grow it. The window covers LastModified's 1-second resolution and multipart uploads, whose
+prefix, with a "/" delimiter: keys nested in folders below it are not archives and are not
+listed, however many there are (the tick names the folders). Objects modified within a
+look-back window before the watermark are candidates; whether a candidate's version was
+already requested is answered by the archive registry (`archives.requested_etag`), not by the
+cursor, so a bootstrap over 100,000 archives does not grow it. The window covers LastModified's 1-second resolution and multipart uploads, whose
 LastModified is when the upload *started* and which become visible later.
 
 Each tick requests at most ARCHIVE_SENSOR_MAX_RUNS_PER_TICK runs, oldest archives first, and
@@ -86,7 +87,8 @@ def archive_sensor(
     context: dg.SensorEvaluationContext, object_store: ObjectStore, results_db: ResultsDatabase
 ) -> dg.SensorResult | dg.SkipReason:
     cursor = ArchiveCursor.parse(context.cursor)
-    archives, skipped = _split_listing(object_store.iter_objects(ARCHIVE_PREFIX), cursor)
+    listing = object_store.list_folder(ARCHIVE_PREFIX)
+    archives, skipped = _split_listing(listing.objects, cursor)
     candidates = [obj for obj in archives if cursor.is_candidate(obj.last_modified, LOOKBACK)]
     unrequested = results_db.archives.not_yet_requested([(obj.key, obj.etag) for obj in candidates])
     unrequested |= requests_without_runs(context, results_db, {(obj.key, obj.etag) for obj in archives})
@@ -95,7 +97,7 @@ def archive_sensor(
     )
     now, later = new[:MAX_RUNS_PER_TICK], new[MAX_RUNS_PER_TICK:]
     next_cursor = cursor.advance([obj.last_modified for obj in candidates], [obj.last_modified for obj in later])
-    skip_note = _log_skipped(context, skipped)
+    skip_note = _log_skipped(context, skipped) + _folders_note(listing.folders)
     if not now:
         context.update_cursor(next_cursor.serialize())
         return dg.SkipReason(
@@ -146,9 +148,9 @@ def requests_without_runs(
 
 
 def _split_listing(objects: Iterable, cursor: ArchiveCursor) -> tuple[list, list[str]]:
-    """(archives, keys skipped) of a listing of archives/; skipped keys are those that are not
-    archives (nested under a folder, another suffix), counted among the recent ones only so a
-    key is reported while it is new, not on every tick for ever."""
+    """(archives, keys skipped) of the objects directly under archives/; skipped keys are those
+    that are not archives (another suffix), counted among the recent ones only so a key is
+    reported while it is new, not on every tick for ever."""
     archives, skipped = [], []
     for obj in objects:
         if is_archive_key(obj.key):
@@ -156,6 +158,16 @@ def _split_listing(objects: Iterable, cursor: ArchiveCursor) -> tuple[list, list
         elif cursor.is_candidate(obj.last_modified, LOOKBACK) and not obj.key.endswith("/"):
             skipped.append(obj.key)
     return archives, skipped
+
+
+def _folders_note(folders: list[str]) -> str:
+    """Folders under archives/ are never looked into (the listing stops at them, so their keys
+    cost a tick nothing): named in the skip reason, since an archive uploaded into one is never
+    processed."""
+    if not folders:
+        return ""
+    named = ", ".join(folders[:NAMED_SKIPS]) + (", ..." if len(folders) > NAMED_SKIPS else "")
+    return f"; {len(folders)} folder(s) not looked into (only archives directly under {ARCHIVE_PREFIX} run): {named}"
 
 
 def _log_skipped(context: dg.SensorEvaluationContext, skipped: list[str]) -> str:

@@ -21,7 +21,7 @@ def versions_to_catch_up(
     while the sensor could not see it. Archives with a run in progress are left to it. Oldest
     first, at most ARCHIVE_CATCHUP_MAX_RUNS. One listing, one registry query and one run query
     however many archives the bucket holds."""
-    listed = {(o.key, o.etag): o for o in object_store.iter_objects(ARCHIVE_PREFIX) if is_archive_key(o.key)}
+    listed = {(o.key, o.etag): o for o in object_store.list_folder(ARCHIVE_PREFIX).objects if is_archive_key(o.key)}
     behind = results_db.archives.not_yet_processed(list(listed))
     in_flight = {
         record.dagster_run.tags.get(PARTITION_TAG)

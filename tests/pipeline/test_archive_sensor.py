@@ -10,6 +10,7 @@ from pipeline_support import rows
 
 from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
 from audio_assets.archive_job import archives_partitions
+from resources.object_store import _S3_XML, ObjectStore
 from sensors import archive_sensor as archive_sensor_module
 from sensors.archive_sensor import ArchiveCursor, archive_sensor
 
@@ -148,11 +149,37 @@ def test_keys_that_are_not_archives_are_counted_and_named(instance, object_store
     object_store.put_bytes("archives/batch_c.zip", b"another suffix")
     result, _ = tick(instance, object_store, results_db)
     assert isinstance(result, dg.SkipReason)
-    assert "2 key(s) skipped" in result.skip_message
-    assert "archives/2026/12/x.tar" in result.skip_message and "archives/batch_c.zip" in result.skip_message
+    assert "1 key(s) skipped" in result.skip_message and "archives/batch_c.zip" in result.skip_message
+    # The nested key is not listed at all; its folder is named.
+    assert "1 folder(s) not looked into" in result.skip_message and "archives/2026/" in result.skip_message
+    assert "x.tar" not in result.skip_message
     object_store.put_bytes("archives/batch_c.tar", b"an archive")
     with_runs, _ = tick(instance, object_store, results_db)
     assert [r.tags[ARCHIVE_KEY_TAG] for r in with_runs.run_requests] == ["archives/batch_c.tar"]
+
+
+def test_a_tick_does_not_list_keys_nested_under_archives(instance, object_store, results_db, monkeypatch):
+    """Issue 23 item 16: 1,200 keys an uploader nested under archives/ (more than one 1,000-key
+    page) cost a tick nothing: it reads one page holding the archive and the folder."""
+    nested = [f"archives/raw/2026/12/{i:04d}.mp3" for i in range(1200)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda key: object_store.put_bytes(key, b"x"), nested))
+    object_store.put_bytes("archives/batch_d.tar", b"an archive")
+    pages: list[int] = []
+    list_page = ObjectStore._list_page
+
+    def counted(self, params):
+        page = list_page(self, params)
+        pages.append(sum(1 for _ in page.iter(f"{_S3_XML}Contents")))
+        return page
+
+    monkeypatch.setattr(ObjectStore, "_list_page", counted)
+    result, cursor = tick(instance, object_store, results_db)
+    assert [r.tags[ARCHIVE_KEY_TAG] for r in result.run_requests] == ["archives/batch_d.tar"]
+    assert pages == [1], f"the tick read {len(pages)} listing page(s) with {sum(pages)} keys"  # before: [1000, 201]
+    quiet, _ = tick(instance, object_store, results_db, cursor)
+    assert isinstance(quiet, dg.SkipReason) and "archives/raw/" in quiet.skip_message
+    assert pages == [1, 1]
 
 
 def test_a_request_without_a_run_is_offered_again_and_one_for_a_gone_version_forgotten(
