@@ -37,7 +37,7 @@ from archive_identity import (
     is_archive_key,
     tagged_version,
 )
-from audio_assets.archive_job import archive_job, archive_run_request, archives_partitions
+from audio_assets.archive_job import archive_job, archive_run_request, archives_partitions, request_number
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 
@@ -105,11 +105,14 @@ def archive_sensor(
         )
 
     # Each object keeps the partition it got when first seen; b.tar and b.tar.gz get two.
-    partition_of = results_db.archives.record_requests([(obj.key, obj.etag) for obj in now])
+    requests = results_db.archives.record_requests([(obj.key, obj.etag) for obj in now])
     known = set(context.instance.get_dynamic_partitions(ARCHIVES_PARTITIONS))
-    missing = sorted({partition_of[obj.key] for obj in now} - known)
-    # The ETag makes an overwritten archive a new run; Dagster drops a repeated run key.
-    run_requests = [archive_run_request(ArchiveVersion.of(o, partition_of[o.key])) for o in now]
+    missing = sorted({requests[obj.key].partition_key for obj in now} - known)
+    # The request's number makes a new version, or an old one put back, a new run (Dagster
+    # drops a repeated run key); a request offered again keeps its number and its key.
+    run_requests = [
+        archive_run_request(ArchiveVersion.of(o, requests[o.key].partition_key), requests[o.key].number) for o in now
+    ]
     context.log.info(
         f"{len(run_requests)} archive(s) to process, {len(missing)} new partition(s), "
         f"{len(later)} left for the next ticks"
@@ -125,7 +128,8 @@ def requests_without_runs(
     context: dg.SensorEvaluationContext, results_db: ResultsDatabase, listed: set[tuple[str, str]]
 ) -> set[tuple[str, str]]:
     """(archive key, ETag) requests older than the grace period that have no Dagster run and
-    are still the object's version: to be requested again. Requests with a run are confirmed;
+    are still the object's version: to be requested again. A request is confirmed by a run of
+    that request (its number tagged), never by an older run of the same ETag (A -> B -> A);
     those whose version is gone (overwritten, deleted) are forgotten."""
     pending = results_db.archives.unconfirmed_requests(REQUEST_GRACE_S, MAX_RECONCILED_PER_TICK)
     if not pending:
@@ -133,11 +137,12 @@ def requests_without_runs(
     records = context.instance.get_run_records(
         filters=dg.RunsFilter(job_name=archive_job.name, tags={ARCHIVE_ETAG_TAG: sorted({r["etag"] for r in pending})})
     )
-    have_runs = {tagged_version(r.dagster_run.tags) for r in records}
-    versions: list[tuple[tuple[str, str], dict]] = [((r["archive_key"], r["etag"]), r) for r in pending]
-    results_db.archives.confirm_requests([v for v, _ in versions if v in have_runs])
-    results_db.archives.forget_requests([r for v, r in versions if v not in have_runs and v not in listed])
-    again = {v for v, _ in versions if v not in have_runs and v in listed}
+    have_runs = {(*tagged_version(r.dagster_run.tags), request_number(r.dagster_run.tags)) for r in records}
+    ran = [r for r in pending if (r["archive_key"], r["etag"], r["request_seq"]) in have_runs]
+    not_ran = [r for r in pending if (r["archive_key"], r["etag"], r["request_seq"]) not in have_runs]
+    results_db.archives.confirm_requests([(r["archive_key"], r["etag"], r["request_seq"]) for r in ran])
+    results_db.archives.forget_requests([r for r in not_ran if (r["archive_key"], r["etag"]) not in listed])
+    again = {(r["archive_key"], r["etag"]) for r in not_ran if (r["archive_key"], r["etag"]) in listed}
     if again:
         context.log.warning(
             f"{len(again)} requested archive version(s) have no run after {REQUEST_GRACE_S:.0f} s "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -39,7 +40,7 @@ def test_new_archive_adds_partition_and_requests_a_run(instance, object_store, r
     assert isinstance(result, dg.SensorResult)
     [request] = result.run_requests
     assert request.partition_key == "batch_a"
-    assert request.run_key == f"archives/batch_a.tar.gz@{info.etag}"
+    assert request.run_key == f"archives/batch_a.tar.gz@{info.etag}#1"
     assert request.tags[ARCHIVE_KEY_TAG] == "archives/batch_a.tar.gz"
     assert request.tags[ARCHIVE_ETAG_TAG] == info.etag
     assert instance.get_dynamic_partitions(archives_partitions.name) == ["batch_a"]
@@ -65,7 +66,7 @@ def test_overwritten_archive_requests_a_new_run(instance, object_store, results_
 
     assert isinstance(result, dg.SensorResult)
     [request] = result.run_requests
-    assert request.run_key == f"archives/batch_a.tar@{second.etag}"
+    assert request.run_key == f"archives/batch_a.tar@{second.etag}#2"
     assert result.dynamic_partitions_requests == []  # the partition exists already
 
 
@@ -191,6 +192,46 @@ def test_a_request_without_a_run_is_offered_again_and_one_for_a_gone_version_for
     object_store.delete("archives/gone.tar")
     monkeypatch.setattr(archive_sensor_module, "REQUEST_GRACE_S", 0.0)
     result, _ = tick(instance, object_store, results_db)
-    assert [r.run_key for r in result.run_requests] == [f"archives/kept.tar@{first.etag}"]
+    assert [r.run_key for r in result.run_requests] == [f"archives/kept.tar@{first.etag}#1"]  # the same request
     [gone] = rows(results_db, "SELECT requested_etag FROM archives WHERE archive_source = 'archives/gone.tar'")
     assert gone["requested_etag"] is None  # nothing can run that version any more
+
+
+def _stored_run(instance, request: dg.RunRequest) -> None:
+    """The run the daemon stores for a request: its tags, as a finished run."""
+    run = dg.DagsterRun(
+        job_name="archive_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.SUCCESS, tags=dict(request.tags)
+    )
+    instance.add_run(run)
+
+
+def test_a_reverted_archive_is_a_new_request_confirmed_only_by_its_own_run(
+    instance, object_store, results_db, monkeypatch
+):
+    """Issue 23 item 3: A -> B -> A (the old file put back, same ETag). Before, the third request
+    repeated A's run key (`key@etag`), which Dagster drops, and reconciliation confirmed it
+    against A's first run, so A's bytes never ran again from the sensor."""
+    key = "archives/batch_revert.tar"
+    monkeypatch.setattr(archive_sensor_module, "REQUEST_GRACE_S", 0.0)
+    a = object_store.put_bytes(key, b"version A")
+    first, cursor = tick(instance, object_store, results_db)
+    _stored_run(instance, first.run_requests[0])
+    object_store.put_bytes(key, b"version B")
+    second, cursor = tick(instance, object_store, results_db, cursor)
+    _stored_run(instance, second.run_requests[0])
+    reverted = object_store.put_bytes(key, b"version A")
+    assert reverted.etag == a.etag
+
+    lost, _ = tick(instance, object_store, results_db, cursor, stored=False)  # the daemon died before storing it
+    [request] = lost.run_requests
+    assert request.tags[ARCHIVE_ETAG_TAG] == a.etag
+    assert request.run_key == f"{key}@{a.etag}#3" != first.run_requests[0].run_key  # Dagster does not drop it
+    again, cursor = tick(instance, object_store, results_db, cursor)  # not confirmed by A's first run
+    assert [r.run_key for r in again.run_requests] == [request.run_key]
+    _stored_run(instance, again.run_requests[0])
+    confirmed, _ = tick(instance, object_store, results_db, cursor)
+    assert isinstance(confirmed, dg.SkipReason)
+    [registry] = rows(
+        results_db, "SELECT request_seq, requested_run_seen_at FROM archives WHERE archive_source = %s", (key,)
+    )
+    assert registry["request_seq"] == 3 and registry["requested_run_seen_at"] is not None
