@@ -51,15 +51,31 @@ def archive_asset(*, kinds: set[str], group_name: str = "archives", gpu: bool = 
     )
 
 
-def archive_run_request(version: ArchiveVersion, run_key: str | None = None, tags=None) -> dg.RunRequest:
+# The registry's number of the request a run answers (archives.request_seq, migration 022).
+REQUEST_TAG = "audio/archive_request"
+
+
+def archive_run_request(
+    version: ArchiveVersion, request: int | None = None, run_key: str | None = None, tags=None
+) -> dg.RunRequest:
     """The one way a run of archive_job is asked for (the sensor, catch-up, requeue): its
-    partition and the tags that pin the version, which raw_archive checks with one HEAD. The run
-    key defaults to `key@etag`, so Dagster starts a version once however often it is asked."""
+    partition and the tags that pin the version, which raw_archive checks with one HEAD.
+    `request` is the registry's number of the request (sensor and catch-up), tagged on the run;
+    the run key defaults to `key@etag#request`, so Dagster starts a request once however often
+    it is offered, and a version requested anew (A -> B -> A: an operator puts the old file
+    back) is a new run rather than a repeated `key@etag` that Dagster would drop."""
+    pinned = version.run_tags() | ({REQUEST_TAG: str(request)} if request is not None else {})
     return dg.RunRequest(
-        run_key=run_key or str(version),
+        run_key=run_key or (f"{version}#{request}" if request is not None else str(version)),
         partition_key=version.partition_key,
-        tags=version.run_tags() | dict(tags or {}),
+        tags=pinned | dict(tags or {}),
     )
+
+
+def request_number(tags) -> int:
+    """The request a run answers; 0 for runs without the tag (requested before migration 022,
+    whose requests are numbered 0 too, or launched by requeue or by hand)."""
+    return int(tags.get(REQUEST_TAG, 0))
 
 
 archive_job = dg.define_asset_job(

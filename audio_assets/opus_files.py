@@ -19,7 +19,7 @@ from media.tar_safety import iter_archive
 from resources.archive_run import ArchiveRun, HeldArchive
 from resources.manifest_io import ArchiveTable
 from resources.results_db.failures import Cause, FileFailure
-from resources.results_db.opus_files import FINISHED_CONVERSION, ConvertedFile, conversion_state, record_conversions
+from resources.results_db.opus_files import ConvertedFile, conversion_state, has_opus, record_conversions
 from resources.scratch import ScratchSpace
 
 RESULT_COLUMNS = [
@@ -102,14 +102,14 @@ def accepted_mp3s(manifest: pd.DataFrame) -> dict[str, int]:
 
 def _split_converted(held: HeldArchive, members: dict[str, int], reconvert: bool) -> tuple[list[dict], dict[str, int]]:
     """(rows of files already converted, {member: file id} still to do). Done means: the row
-    is converted or further along and has its Opus object. raw_archive started over every row
+    has its Opus object (has_opus). raw_archive started over every row
     whose member's bytes (SHA-256) changed, so an unchanged member of an archive uploaded
     again on another day is never converted again."""
     state = {} if reconvert else conversion_state(held)
 
     def is_converted(item: tuple[str, int]) -> bool:
         row = state.get(item[0])
-        return bool(row and row["status"] in FINISHED_CONVERSION and row["opus_path"])
+        return bool(row and has_opus(row))
 
     done, todo = split_done(members.items(), is_converted)
     return [state[member] for member, _ in done], dict(todo)

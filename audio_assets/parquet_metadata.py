@@ -1,12 +1,13 @@
 """parquet_metadata: parquet rows joined to their MP3s by meta_id and stored as JSONB."""
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import dagster as dg
 
 from audio_assets.archive_job import archive_asset
-from audio_assets.settings import MetadataConfig
+from audio_assets.settings import MIB, MetadataConfig
 from media.metadata_rows import (
+    ArchiveMetadataBudget,
     MetadataFileError,
     MetadataJoin,
     MetadataTable,
@@ -33,8 +34,9 @@ def parquet_metadata(
         parquet_names = set(accepted.loc[accepted["kind"] == "parquet", "member"])
         tables, unreadable = [], []
         if parquet_names:
+            stems = {PurePosixPath(name).stem for name in mp3_names}
             with held.workdir() as workdir:
-                for name, table in _read_parquet_members(held.local_copy(), parquet_names, workdir, config):
+                for name, table in read_parquet_members(held.local_copy(), parquet_names, stems, workdir, config):
                     if isinstance(table, MetadataFileError):
                         unreadable.append(FileFailure(None, name, "metadata", str(table)))
                     else:
@@ -64,10 +66,10 @@ def _metadata(parquet_names: set[str], tables: list, unreadable: list[FileFailur
     return {
         "parquet_files": len(parquet_names),
         "unreadable_parquet_files": len(unreadable),
-        "rows": sum(len(t.rows) for _, t in tables),
+        "rows": sum(t.rows_read for _, t in tables),
         "rows_without_meta_id": sum(t.rows_without_meta_id for _, t in tables),
         "matched": len(join.matched),
-        "rows_without_mp3": len(join.rows_without_mp3),
+        "rows_without_mp3": join.rows_without_mp3_count,
         "mp3s_without_row": len(join.mp3s_without_row),
         "duplicate_meta_ids": len(join.duplicate_meta_ids),
         "ambiguous_stems": len(join.ambiguous_stems),
@@ -75,10 +77,13 @@ def _metadata(parquet_names: set[str], tables: list, unreadable: list[FileFailur
     }
 
 
-def _read_parquet_members(
-    local: Path, wanted: set[str], workdir: Path, config: MetadataConfig
+def read_parquet_members(
+    local: Path, wanted: set[str], stems: set[str], workdir: Path, config: MetadataConfig
 ) -> list[tuple[str, MetadataTable | MetadataFileError]]:
-    """Each wanted parquet member, copied out of the tar one at a time and read within the caps."""
+    """Each wanted parquet member, copied out of the tar one at a time and streamed within the
+    caps: the caps of each file and one budget for them all (max_metadata_archive_mb). Only
+    rows whose meta_id is one of `stems` (the MP3s') are kept; the rest are counted."""
+    budget = ArchiveMetadataBudget(config.max_metadata_archive_mb * MIB)
     tables: list[tuple[str, MetadataTable | MetadataFileError]] = []
     for entry in iter_archive(local, config.limits):
         if entry.name not in wanted or entry.rejection is not None:
@@ -86,7 +91,7 @@ def _read_parquet_members(
         path = workdir / "member.parquet"
         entry.copy_to(path)
         try:
-            tables.append((entry.name, read_metadata_table(path, config.metadata_limits)))
+            tables.append((entry.name, read_metadata_table(path, config.metadata_limits, wanted=stems, budget=budget)))
         except MetadataFileError as exc:
             tables.append((entry.name, exc))
         finally:

@@ -9,7 +9,7 @@ from media.tar_safety import ArchiveListing, scan_archive
 from resources.archive_run import ArchiveRun, HeldArchive
 from resources.manifest_io import ArchiveTable
 from resources.results_db.failures import FileFailure
-from resources.results_db.raw_archive import RegisteredMembers, register_members
+from resources.results_db.raw_archive import RegisteredMembers, Rejection, register_members
 
 MANIFEST_COLUMNS = ["member", "kind", "size", "sha256", "accepted", "reason", "audio_file_id"]
 
@@ -48,10 +48,11 @@ def register(held: HeldArchive, listing: ArchiveListing) -> RegisteredMembers:
     their own (parquets, other files, a duplicate of a name already taken) go to the dead
     letter only."""
     accepted = {m.name: (m.size, m.sha256) for m in listing.mp3s}
-    rejected_rows, other_failures = {}, []
+    rejected_rows: dict[str, Rejection] = {}
+    other_failures = []
     for rejected in listing.rejected:
         if rejected.kind == "mp3" and rejected.name not in accepted and rejected.name not in rejected_rows:
-            rejected_rows[rejected.name] = rejected.reason
+            rejected_rows[rejected.name] = Rejection(rejected.reason, rejected.sha256)
         else:
             other_failures.append(FileFailure(None, rejected.name, "archive", rejected.reason))
     return register_members(held, accepted=accepted, rejected=rejected_rows, other_failures=other_failures)

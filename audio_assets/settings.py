@@ -78,10 +78,24 @@ class MetadataConfig(ArchiveScanConfig):
         default_factory=lambda: int(env_default("METADATA_MAX_INFLATED_MB", 256)),
         description="Uncompressed column data per parquet file (default $METADATA_MAX_INFLATED_MB or 256)",
     )
+    max_metadata_archive_mb: int = Field(
+        default_factory=lambda: int(env_default("METADATA_MAX_ARCHIVE_MB", 512)),
+        description="The same, for all of an archive's parquet files together (default $METADATA_MAX_ARCHIVE_MB "
+        "or 512); the file that crosses it and every file after it are refused",
+    )
+    max_metadata_row_kb: int = Field(
+        default_factory=lambda: int(env_default("METADATA_MAX_ROW_KB", 64)),
+        description="One row as stored, an MP3's metadata document in JSON, and so any one value in it "
+        "(default $METADATA_MAX_ROW_KB or 64); a file with a longer one is refused",
+    )
 
     @property
     def metadata_limits(self) -> MetadataLimits:
-        return MetadataLimits(max_rows=self.max_metadata_rows, max_inflated_bytes=self.max_metadata_inflated_mb * MIB)
+        return MetadataLimits(
+            max_rows=self.max_metadata_rows,
+            max_inflated_bytes=self.max_metadata_inflated_mb * MIB,
+            max_row_bytes=self.max_metadata_row_kb * 1024,
+        )
 
 
 class OpusConversionConfig(ArchiveScanConfig, FileAttemptsConfig):

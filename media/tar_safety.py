@@ -27,12 +27,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
+import sys
 import tarfile
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, ClassVar, Literal
 
@@ -99,6 +100,8 @@ class RejectedMember:
     name: str  # printable, valid UTF-8, no control characters, at most ~300 characters
     kind: MemberKind
     reason: str
+    # hex, when a member cap alone rejected a regular file (see ArchiveEntry.capped) and it was hashed
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,11 +143,22 @@ class ArchiveEntry:
     The archive is a stream: an entry's bytes can be read once, while it is the current entry.
     Bytes nobody reads are skipped when the next entry is requested."""
 
-    def __init__(self, tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, kind: MemberKind, rejection: str | None):
+    def __init__(
+        self,
+        tar: tarfile.TarFile,
+        info: tarfile.TarInfo,
+        name: str,
+        kind: MemberKind,
+        rejection: str | None,
+        capped: bool = False,
+    ):
         self.name = name
         self.kind: MemberKind = kind
         self.size = info.size
         self.rejection = rejection  # None when accepted
+        # Rejected by a member cap alone (size, name length: run config) on a regular file: its
+        # bytes may be hashed, so a caller can tell the member from the one a row was made of.
+        self.capped = capped
         self._tar = tar
         self._info = info
         self._state = "current"  # -> "read" once its bytes were read, "expired" once passed
@@ -165,8 +179,8 @@ class ArchiveEntry:
                 raise
 
     def hash(self) -> ArchiveMember:
-        """Read the member's bytes, keeping nothing but their SHA-256."""
-        self._claim()
+        """Read the member's bytes, keeping nothing but their SHA-256 (also of a capped member)."""
+        self._claim(hash_only=True)
         return self._read(None)
 
     def _read(self, sink: Callable[[bytes], object] | None) -> ArchiveMember:
@@ -187,8 +201,8 @@ class ArchiveEntry:
             )
         return ArchiveMember(self.name, self.kind, self.size, digest.hexdigest())
 
-    def _claim(self) -> None:
-        if self.rejection is not None:
+    def _claim(self, hash_only: bool = False) -> None:
+        if self.rejection is not None and not (hash_only and self.capped):
             raise ValueError(f"{self.name!r} was rejected ({self.rejection}): its bytes are not read")
         if self._state == "expired":
             raise RuntimeError(f"{self.name!r} is no longer the current entry: the stream has moved past it")
@@ -230,12 +244,14 @@ def scan_archive(
     *,
     hash_kinds: frozenset[str] = frozenset({"mp3"}),
 ) -> ArchiveListing:
-    """The listing, hashing accepted members of hash_kinds; writes nothing."""
+    """The listing, hashing the members of hash_kinds that are accepted or rejected by a member
+    cap alone (the stream passes over their bytes anyway); writes nothing."""
     accepted: list[ArchiveMember] = []
     rejected: list[RejectedMember] = []
     for entry in iter_archive(archive_path, limits):
         if entry.rejection is not None:
-            rejected.append(RejectedMember(entry.name, entry.kind, entry.rejection))
+            sha256 = entry.hash().sha256 if entry.capped and entry.kind in hash_kinds else None
+            rejected.append(RejectedMember(entry.name, entry.kind, entry.rejection, sha256))
         elif entry.kind in hash_kinds:
             accepted.append(entry.hash())
         else:
@@ -250,13 +266,19 @@ def _entry(tar: tarfile.TarFile, info: tarfile.TarInfo, limits: ArchiveLimits, s
     normalized = str(PurePosixPath(info.name))  # "./a//b.mp3" -> "a/b.mp3"; may hold surrogates
     raw = normalized.encode("utf-8", "surrogateescape")
     reason = _rejection(info, normalized, raw, limits)
+    capped = reason is not None and _rejection(info, normalized, raw, _member_caps_lifted(limits)) is None
     # Names are remembered by digest: a rejected name may be as long as a header body.
     key = hashlib.sha256(raw).digest()
     if reason is None and key in seen:
         reason = DUPLICATE
     seen.add(key)  # a rejected first copy still makes a second one a duplicate
     name = normalized if reason is None else _shown(normalized)
-    return ArchiveEntry(tar, info, name, member_kind(normalized), reason)
+    return ArchiveEntry(tar, info, name, member_kind(normalized), reason, capped)
+
+
+def _member_caps_lifted(limits: ArchiveLimits) -> ArchiveLimits:
+    """`limits` without the member caps a run may lower (size, name length)."""
+    return replace(limits, max_member_bytes=sys.maxsize, max_name_bytes=sys.maxsize)
 
 
 def _rejection(info: tarfile.TarInfo, name: str, raw: bytes, limits: ArchiveLimits) -> str | None:

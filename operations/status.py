@@ -7,6 +7,7 @@ to failed, so "converted" counts every file that got at least that far.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 COLUMNS = ("files", "converted", "transcribed", "classified", "failed")
@@ -28,15 +29,18 @@ class ArchiveProgress:
         return self.classified + self.failed
 
 
-def archive_progress(results_db, archive: str | None, limit: int) -> tuple[list[ArchiveProgress], list[dict[str, Any]]]:
-    """Per-archive counts (most recently changed first) and open archive-level failures."""
+def archive_progress(
+    results_db, archive: str | None, limit: int
+) -> tuple[list[ArchiveProgress], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per-archive counts (most recently changed first), open archive-level failures, and the
+    versions the catch-up schedule gave up on (sensors/schedules.py)."""
     found = results_db.archives.find(archive) if archive else None
     if archive and found is None:
-        return [], []
+        return [], [], []
     key = found and found["archive_key"]
     rows = results_db.reports.archive_progress(key, limit)
     progress = [ArchiveProgress(**{k: v for k, v in row.items() if k != "last_change"}) for row in rows]
-    return progress, results_db.reports.open_archive_failures(key, limit)
+    return progress, results_db.reports.open_archive_failures(key, limit), results_db.archives.given_up(key, limit)
 
 
 def render_table(progress: list[ArchiveProgress]) -> list[str]:
@@ -83,11 +87,21 @@ def render_archive_failures(failures: list[dict[str, Any]]) -> list[str]:
     return [f"archive failed: {f['archive_key']} ({f['stage']}): {f['error']}" for f in failures]
 
 
+def render_given_up(given_up: list[dict[str, Any]]) -> list[str]:
+    """Versions nothing will run again by itself: fix the input and upload it again (the
+    sensor requests the new version), or `audio-pipeline requeue` it."""
+    return [
+        f"catch-up gave up: {g['archive_key']}@{g['etag']} after {g['catchup_attempts']} catch-up run(s), "
+        f"on {g['given_up_at'].astimezone(UTC):%Y-%m-%d %H:%M} UTC; upload a fixed version or run `audio-pipeline requeue`"
+        for g in given_up
+    ]
+
+
 def run_status(results_db, archive: str | None, limit: int, terminal: bool) -> int:
-    progress, failures = archive_progress(results_db, archive, limit)
-    if not progress and not failures:
+    progress, failures, given_up = archive_progress(results_db, archive, limit)
+    if not progress and not failures and not given_up:
         print(f"no files recorded{f' for {archive!r}' if archive else ''} yet")
         return 1 if archive else 0  # a named archive that is unknown is most likely a typo
     lines = render_bars(progress) if terminal else render_table(progress)
-    print("\n".join(lines + render_archive_failures(failures)))
+    print("\n".join(lines + render_archive_failures(failures) + render_given_up(given_up)))
     return 0

@@ -2,10 +2,11 @@
 
 Its cursor is a LastModified watermark, a few dozen bytes however big the bucket gets or however
 many archives arrive at once. S3 lists keys in name order, not by time, so every tick lists the
-prefix. Objects modified within a look-back window before the watermark are candidates; whether
-a candidate's version was already requested is answered by the archive registry
-(`archives.requested_etag`), not by the cursor, so a bootstrap over 100,000 archives does not
-grow it. The window covers LastModified's 1-second resolution and multipart uploads, whose
+prefix, with a "/" delimiter: keys nested in folders below it are not archives and are not
+listed, however many there are (the tick names the folders). Objects modified within a
+look-back window before the watermark are candidates; whether a candidate's version was
+already requested is answered by the archive registry (`archives.requested_etag`), not by the
+cursor, so a bootstrap over 100,000 archives does not grow it. The window covers LastModified's 1-second resolution and multipart uploads, whose
 LastModified is when the upload *started* and which become visible later.
 
 Each tick requests at most ARCHIVE_SENSOR_MAX_RUNS_PER_TICK runs, oldest archives first, and
@@ -36,7 +37,7 @@ from archive_identity import (
     is_archive_key,
     tagged_version,
 )
-from audio_assets.archive_job import archive_job, archive_run_request, archives_partitions
+from audio_assets.archive_job import archive_job, archive_run_request, archives_partitions, request_number
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 
@@ -86,7 +87,8 @@ def archive_sensor(
     context: dg.SensorEvaluationContext, object_store: ObjectStore, results_db: ResultsDatabase
 ) -> dg.SensorResult | dg.SkipReason:
     cursor = ArchiveCursor.parse(context.cursor)
-    archives, skipped = _split_listing(object_store.iter_objects(ARCHIVE_PREFIX), cursor)
+    listing = object_store.list_folder(ARCHIVE_PREFIX)
+    archives, skipped = _split_listing(listing.objects, cursor)
     candidates = [obj for obj in archives if cursor.is_candidate(obj.last_modified, LOOKBACK)]
     unrequested = results_db.archives.not_yet_requested([(obj.key, obj.etag) for obj in candidates])
     unrequested |= requests_without_runs(context, results_db, {(obj.key, obj.etag) for obj in archives})
@@ -95,7 +97,7 @@ def archive_sensor(
     )
     now, later = new[:MAX_RUNS_PER_TICK], new[MAX_RUNS_PER_TICK:]
     next_cursor = cursor.advance([obj.last_modified for obj in candidates], [obj.last_modified for obj in later])
-    skip_note = _log_skipped(context, skipped)
+    skip_note = _log_skipped(context, skipped) + _folders_note(listing.folders)
     if not now:
         context.update_cursor(next_cursor.serialize())
         return dg.SkipReason(
@@ -103,11 +105,14 @@ def archive_sensor(
         )
 
     # Each object keeps the partition it got when first seen; b.tar and b.tar.gz get two.
-    partition_of = results_db.archives.record_requests([(obj.key, obj.etag) for obj in now])
+    requests = results_db.archives.record_requests([(obj.key, obj.etag) for obj in now])
     known = set(context.instance.get_dynamic_partitions(ARCHIVES_PARTITIONS))
-    missing = sorted({partition_of[obj.key] for obj in now} - known)
-    # The ETag makes an overwritten archive a new run; Dagster drops a repeated run key.
-    run_requests = [archive_run_request(ArchiveVersion.of(o, partition_of[o.key])) for o in now]
+    missing = sorted({requests[obj.key].partition_key for obj in now} - known)
+    # The request's number makes a new version, or an old one put back, a new run (Dagster
+    # drops a repeated run key); a request offered again keeps its number and its key.
+    run_requests = [
+        archive_run_request(ArchiveVersion.of(o, requests[o.key].partition_key), requests[o.key].number) for o in now
+    ]
     context.log.info(
         f"{len(run_requests)} archive(s) to process, {len(missing)} new partition(s), "
         f"{len(later)} left for the next ticks"
@@ -123,7 +128,8 @@ def requests_without_runs(
     context: dg.SensorEvaluationContext, results_db: ResultsDatabase, listed: set[tuple[str, str]]
 ) -> set[tuple[str, str]]:
     """(archive key, ETag) requests older than the grace period that have no Dagster run and
-    are still the object's version: to be requested again. Requests with a run are confirmed;
+    are still the object's version: to be requested again. A request is confirmed by a run of
+    that request (its number tagged), never by an older run of the same ETag (A -> B -> A);
     those whose version is gone (overwritten, deleted) are forgotten."""
     pending = results_db.archives.unconfirmed_requests(REQUEST_GRACE_S, MAX_RECONCILED_PER_TICK)
     if not pending:
@@ -131,11 +137,12 @@ def requests_without_runs(
     records = context.instance.get_run_records(
         filters=dg.RunsFilter(job_name=archive_job.name, tags={ARCHIVE_ETAG_TAG: sorted({r["etag"] for r in pending})})
     )
-    have_runs = {tagged_version(r.dagster_run.tags) for r in records}
-    versions: list[tuple[tuple[str, str], dict]] = [((r["archive_key"], r["etag"]), r) for r in pending]
-    results_db.archives.confirm_requests([v for v, _ in versions if v in have_runs])
-    results_db.archives.forget_requests([r for v, r in versions if v not in have_runs and v not in listed])
-    again = {v for v, _ in versions if v not in have_runs and v in listed}
+    have_runs = {(*tagged_version(r.dagster_run.tags), request_number(r.dagster_run.tags)) for r in records}
+    ran = [r for r in pending if (r["archive_key"], r["etag"], r["request_seq"]) in have_runs]
+    not_ran = [r for r in pending if (r["archive_key"], r["etag"], r["request_seq"]) not in have_runs]
+    results_db.archives.confirm_requests([(r["archive_key"], r["etag"], r["request_seq"]) for r in ran])
+    results_db.archives.forget_requests([r for r in not_ran if (r["archive_key"], r["etag"]) not in listed])
+    again = {(r["archive_key"], r["etag"]) for r in not_ran if (r["archive_key"], r["etag"]) in listed}
     if again:
         context.log.warning(
             f"{len(again)} requested archive version(s) have no run after {REQUEST_GRACE_S:.0f} s "
@@ -146,9 +153,9 @@ def requests_without_runs(
 
 
 def _split_listing(objects: Iterable, cursor: ArchiveCursor) -> tuple[list, list[str]]:
-    """(archives, keys skipped) of a listing of archives/; skipped keys are those that are not
-    archives (nested under a folder, another suffix), counted among the recent ones only so a
-    key is reported while it is new, not on every tick for ever."""
+    """(archives, keys skipped) of the objects directly under archives/; skipped keys are those
+    that are not archives (another suffix), counted among the recent ones only so a key is
+    reported while it is new, not on every tick for ever."""
     archives, skipped = [], []
     for obj in objects:
         if is_archive_key(obj.key):
@@ -156,6 +163,16 @@ def _split_listing(objects: Iterable, cursor: ArchiveCursor) -> tuple[list, list
         elif cursor.is_candidate(obj.last_modified, LOOKBACK) and not obj.key.endswith("/"):
             skipped.append(obj.key)
     return archives, skipped
+
+
+def _folders_note(folders: list[str]) -> str:
+    """Folders under archives/ are never looked into (the listing stops at them, so their keys
+    cost a tick nothing): named in the skip reason, since an archive uploaded into one is never
+    processed."""
+    if not folders:
+        return ""
+    named = ", ".join(folders[:NAMED_SKIPS]) + (", ..." if len(folders) > NAMED_SKIPS else "")
+    return f"; {len(folders)} folder(s) not looked into (only archives directly under {ARCHIVE_PREFIX} run): {named}"
 
 
 def _log_skipped(context: dg.SensorEvaluationContext, skipped: list[str]) -> str:

@@ -20,6 +20,7 @@ import dagster as dg
 
 from archive_identity import PARTITION_TAG, tagged_version
 from audio_assets.archive_job import archive_job
+from resources.archive_run import LAST_STEP
 from resources.results_db import STAGE_OF_STEP, ResultsDatabase
 
 RUNS_PER_TICK = 100
@@ -101,15 +102,16 @@ def record_failed_run(instance: dg.DagsterInstance, results_db: ResultsDatabase,
         )
         if event.dagster_event and event.dagster_event.step_failure_data.error
     ]
-    # A step without a stage of its own (an asset check) that a later run of the partition ran
-    # to success already closed its row (audio_assets/checks.py): recording it now would reopen it.
-    failures = [
-        (stage, error)
-        for stage, error in found
-        if not (stage.startswith("step:") and _step_succeeded_later(instance, run, stage.removeprefix("step:")))
-    ]
+    # A step a later run of the partition already passed closed its stage's row when it
+    # succeeded (a check's own row: audio_assets/checks.py): recording this failure now, after
+    # that success, would reopen it for good. Quick overwrites do this: the superseded run
+    # fails in seconds, and the next version's step succeeds before this sensor's next tick.
+    passed_later = _steps_passed_later(instance, run)
+    failures = [(stage, error) for stage, error in found if _step_of(stage) not in passed_later]
     retryable = False
-    if not found:  # the run failed outside any step: a lost worker, a failed launch, max runtime
+    if not found and LAST_STEP not in passed_later:
+        # The run failed outside any step (a lost worker, a failed launch, max runtime); its
+        # row closes when the last step succeeds.
         failures = [("run", _run_failure_message(instance, run))]
         retryable = True
     for stage, error in failures:
@@ -147,25 +149,32 @@ def _run_failure_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> st
     return messages[-1] if messages else "run failed"
 
 
-def _step_succeeded_later(instance: dg.DagsterInstance, run: dg.DagsterRun, step_key: str) -> bool:
-    """A run of the same partition started after `run` has a success of `step_key`."""
+def _step_of(stage: str) -> str:
+    """The step whose success closes a dead-letter row of `stage` (STAGE_OF_STEP's inverse)."""
+    if stage.startswith("step:"):
+        return stage.removeprefix("step:")
+    return LAST_STEP if stage == "run" else next(step for step, s in STAGE_OF_STEP.items() if s == stage)
+
+
+def _steps_passed_later(instance: dg.DagsterInstance, run: dg.DagsterRun) -> set[str]:
+    """The steps that runs of the same partition created after `run` have succeeded (so far)."""
     partition_key = run.tags.get(PARTITION_TAG)
     created = instance.get_run_record_by_id(run.run_id)
     if partition_key is None or created is None:
-        return False
+        return set()
     later = instance.get_run_records(
         filters=dg.RunsFilter(
             job_name=archive_job.name, tags={PARTITION_TAG: partition_key}, created_after=created.create_timestamp
         ),
         limit=20,
     )
-    return any(
-        record.event_log_entry.step_key == step_key
+    return {
+        record.event_log_entry.step_key or ""
         for other in later
         for record in instance.get_records_for_run(
             other.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS
         ).records
-    )
+    }
 
 
 def _superseded(instance: dg.DagsterInstance, record) -> bool:

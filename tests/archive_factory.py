@@ -304,3 +304,27 @@ def _renamed(header: bytearray, name: bytes) -> bytes:
     header[148:156] = b" " * 8  # the checksum counts its own field as spaces
     header[148:156] = b"%06o\0 " % sum(header)
     return bytes(header)
+
+
+def patch_total_byte_size(path: Path, value: int = 1) -> Path:
+    """The row group's total_byte_size in the footer (Thrift compact: field 2 of RowGroup, an
+    i64 after the columns list) set to `value`; the footer length at the end fixed up."""
+    data = path.read_bytes()
+    footer_length = int.from_bytes(data[-8:-4], "little")
+    footer = data[-8 - footer_length : -8]
+    stated = pq.ParquetFile(path).metadata.row_group(0).total_byte_size
+
+    def varint(n: int) -> bytes:
+        n, out = (n << 1) ^ (n >> 63), bytearray()  # zigzag
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    old, new = b"\x16" + varint(stated), b"\x16" + varint(value)
+    assert footer.count(old) == 1
+    patched = footer.replace(old, new)
+    path.write_bytes(data[: -8 - footer_length] + patched + len(patched).to_bytes(4, "little") + b"PAR1")
+    assert pq.ParquetFile(path).metadata.row_group(0).total_byte_size == value
+    return path

@@ -5,6 +5,7 @@ and the run that holds each archive are resources/archive_run.py's (archive_run.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import psycopg2.extras
 
@@ -13,6 +14,14 @@ from resources.results_db.database import Database
 from sql.named_queries import queries
 
 Q = queries("archives")
+
+
+class Request(NamedTuple):
+    """A version marked requested: its archive's partition, and the request's number (which the
+    run key and the run's tags carry; see migration 022)."""
+
+    partition_key: str
+    number: int
 
 
 class ArchiveRegistry:
@@ -35,25 +44,29 @@ class ArchiveRegistry:
         rows = self.db.rows(Q.not_yet_requested, {"archive_keys": list(keys), "etags": list(etags)})
         return {(row["archive_key"], row["etag"]) for row in rows}
 
-    def record_requests(self, versions: list[tuple[str, str]]) -> dict[str, str]:
+    def record_requests(self, versions: list[tuple[str, str]], *, catch_up: bool = False) -> dict[str, Request]:
         """Register each (archive key, ETag)'s partition and mark that version requested, in one
-        transaction; returns {archive key: partition key}."""
+        transaction (catch-up's requests are counted per version); returns {archive key:
+        Request (partition key, the request's number)}."""
         if not versions:
             return {}
 
-        def record(cur) -> dict[str, str]:
+        def record(cur) -> dict[str, Request]:
             partitions = _register(cur, sorted({key for key, _ in versions}))
-            psycopg2.extras.execute_values(cur, Q.mark_requested, versions)
-            return partitions
+            numbers = psycopg2.extras.execute_values(
+                cur, Q.mark_requested, [(key, etag, int(catch_up)) for key, etag in versions], fetch=True
+            )
+            return {row["archive_key"]: Request(partitions[row["archive_key"]], row["request_seq"]) for row in numbers}
 
         return self.db.transaction(record, what=f"record {len(versions)} requested archive version(s)")
 
     def unconfirmed_requests(self, grace_s: float, limit: int) -> list[dict]:
-        """Requests older than `grace_s` with no run seen yet: archive_key, etag, requested_at."""
+        """Requests older than `grace_s` with no run seen yet: archive_key, etag, request_seq,
+        requested_at."""
         return self.db.rows(Q.unconfirmed_requests, {"grace_s": grace_s, "limit": limit})
 
-    def confirm_requests(self, versions: list[tuple[str, str]]) -> None:
-        """A run exists for each (archive key, ETag) request."""
+    def confirm_requests(self, versions: list[tuple[str, str, int]]) -> None:
+        """A run exists for each (archive key, ETag, request number) request."""
         if versions:
             self.db.transaction(
                 lambda cur: psycopg2.extras.execute_values(cur, Q.confirm_requests, versions),
@@ -69,12 +82,27 @@ class ArchiveRegistry:
                 what=f"forget {len(values)} requested archive version(s)",
             )
 
-    def not_yet_processed(self, versions: list[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
-        """{(archive key, ETag): partition key or None} of the listed versions no successful
-        run processed."""
+    def not_yet_processed(self, versions: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """{(archive key, ETag): {partition_key (None when unregistered), catchup_attempts}} of
+        the listed versions no successful run processed."""
         keys, etags = zip(*versions) if versions else ((), ())
         rows = self.db.rows(Q.not_yet_processed, {"archive_keys": list(keys), "etags": list(etags)})
-        return {(row["archive_key"], row["etag"]): row["partition_key"] for row in rows}
+        return {(row["archive_key"], row["etag"]): row for row in rows}
+
+    def give_up_catch_up(self, versions: list[tuple[str, str]]) -> list[dict]:
+        """Record that catch-up stopped asking for these (archive key, ETag) versions; returns
+        those given up now (archive_key, etag, catchup_attempts), not the ones recorded before."""
+        if not versions:
+            return []
+        return self.db.transaction(
+            lambda cur: psycopg2.extras.execute_values(cur, Q.give_up_catch_up, versions, fetch=True),
+            what=f"record {len(versions)} archive version(s) catch-up gave up on",
+        )
+
+    def given_up(self, archive_key: str | None, limit: int) -> list[dict]:
+        """Versions catch-up gave up on that are still unprocessed (all, or one archive's):
+        archive_key, partition_key, etag, catchup_attempts, given_up_at."""
+        return self.db.rows(Q.given_up_versions, {"archive_key": archive_key, "limit": limit})
 
     def find(self, text: str) -> dict | None:
         """The archive (archive_key, partition_key) an operator names by its partition key, its

@@ -21,6 +21,17 @@ Q = queries("opus_files")
 FINISHED_CONVERSION = ("converted", "transcribed", "classified")
 
 
+def has_opus(row: dict[str, Any]) -> bool:
+    """The row's conversion is done: it has its Opus object and is converted or further along,
+    or failed at a stage after upload (transcription, classification), which keeps the object
+    for that stage's next try. Converting such a file again would re-encode, upload and delete
+    an object on every run of the archive, and fail it again."""
+    passed = row["status"] in FINISHED_CONVERSION or (
+        row["status"] == "failed" and row["failed_stage"] not in STAGES_BEFORE_UPLOAD
+    )
+    return bool(passed and row["opus_path"])
+
+
 @dataclass(frozen=True)
 class ConvertedFile:
     audio_file_id: int

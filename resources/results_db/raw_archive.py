@@ -3,8 +3,11 @@
 One row per MP3 member, accepted or rejected. Statuses only move forward (pending ->
 converted -> transcribed -> classified) unless the member's input changed: its bytes (SHA-256)
 differ from the version the row was made from, it came back after being removed, or it is now
-rejected; then the row starts over and its transcripts and scores go (they describe audio the
-version no longer has). A row whose member the version lacks is marked removed, kept with its
+rejected for what it is; then the row starts over and its transcripts and scores go (they
+describe audio the version no longer has). A member cap (size, name length: run config) refuses
+new work, never finished work: a row that got past conversion from the very bytes a lower cap
+now rejects keeps its status, objects and results, and the refusal stays open in the dead
+letter. A row whose member the version lacks is marked removed, kept with its
 results as a record of what was reviewed. Objects rows stop pointing to are queued for
 deletion in the same transaction (the step drains the outbox after it commits).
 """
@@ -45,12 +48,22 @@ class RowChange:
     drop_model_outputs: bool = False  # transcripts and scores describe audio that is gone
 
 
+# Statuses whose row has finished work a cap must not take away (an Opus object, transcripts, scores).
+_PAST_CONVERSION = ("converted", "transcribed", "classified")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    sha256: str | None = None  # of the member's bytes, when a member cap alone rejected it
+
+
 def plan_member_changes(
-    existing: Mapping[str, ExistingRow], accepted: Mapping[str, str | None], rejected: Mapping[str, str]
+    existing: Mapping[str, ExistingRow], accepted: Mapping[str, str | None], rejected: Mapping[str, Rejection]
 ) -> list[RowChange]:
     """What registering a version does to the rows of its archive.
 
-    `accepted`: {member name: sha256 of its bytes}; `rejected`: {member name: reason} for MP3
+    `accepted`: {member name: sha256 of its bytes}; `rejected`: {member name: Rejection} for MP3
     members the scan refused. A rejected name that is also accepted (a duplicate member) is not
     a row of its own. Rows whose status does not change are not listed.
     """
@@ -63,14 +76,19 @@ def plan_member_changes(
         was_rejected = row.status == "failed" and row.failed_stage == "archive"
         if input_changed or row.status == "removed" or was_rejected:
             changes.append(RowChange(name, "pending", clear_opus=True, drop_model_outputs=True))
-    for name, reason in rejected.items():
-        if name in accepted:
-            continue
+    for name, rejection in rejected.items():
         row = existing.get(name)
+        if name in accepted or (row is not None and _kept_under_a_cap(row, rejection)):
+            continue
         if row is None or row.status != "failed" or row.failed_stage != "archive":
             changes.append(
                 RowChange(
-                    name, "failed", error=reason, failed_stage="archive", clear_opus=True, drop_model_outputs=True
+                    name,
+                    "failed",
+                    error=rejection.reason,
+                    failed_stage="archive",
+                    clear_opus=True,
+                    drop_model_outputs=True,
                 )
             )
     for name, row in existing.items():
@@ -79,6 +97,11 @@ def plan_member_changes(
             # views leave removed files out.
             changes.append(RowChange(name, "removed", clear_opus=True))
     return changes
+
+
+def _kept_under_a_cap(row: ExistingRow, rejection: Rejection) -> bool:
+    """The member a cap rejects is the one the row's finished work was made from."""
+    return rejection.sha256 is not None and rejection.sha256 == row.source_sha256 and row.status in _PAST_CONVERSION
 
 
 @dataclass(frozen=True)
@@ -92,13 +115,14 @@ def register_members(
     run: FencedArchive,
     *,
     accepted: Mapping[str, tuple[int, str | None]],
-    rejected: Mapping[str, str],
+    rejected: Mapping[str, Rejection],
     other_failures: Sequence[FileFailure],
 ) -> RegisteredMembers:
     """Rows for the version's MP3 members, in one fenced transaction.
 
-    `accepted`: {name: (size, sha256)}; `rejected`: {MP3 name: reason}; `other_failures`:
+    `accepted`: {name: (size, sha256)}; `rejected`: {MP3 name: Rejection}; `other_failures`:
     rejected members that get no row (parquets, duplicates), recorded in the dead letter.
+    Accepted members' open `archive` failures are over (a cap raised again, a member fixed).
     """
     archive = run.archive
 
@@ -137,9 +161,10 @@ def register_members(
             f"member removed, changed or rejected in version {archive.etag}",
         )
         member_failures = [
-            FileFailure(ids[name], name, "archive", reason) for name, reason in rejected.items() if name not in accepted
+            FileFailure(ids[name], name, "archive", r.reason) for name, r in rejected.items() if name not in accepted
         ]
         failures.record_in(cur, archive, [*member_failures, *other_failures], run.run_id)
+        failures.resolve_files_in(cur, [ids[name] for name in accepted], ["archive"])
         removed = [c.name for c in changes if c.status == "removed"]
         failures.resolve_members_in(cur, archive.key, removed)
         return RegisteredMembers(

@@ -2,7 +2,7 @@
 -- object committed on its row (the asset checks read them back).
 
 -- name: conversion_state
-SELECT id, original_filename, status, opus_path, opus_etag, s3_opus_path, duration_seconds,
+SELECT id, original_filename, status, failed_stage, opus_path, opus_etag, s3_opus_path, duration_seconds,
        file_size_bytes
 FROM audio_files
 WHERE archive_source = %(archive_key)s AND archive_etag = %(etag)s

@@ -1,7 +1,8 @@
 -- One definition of an item: a classification (file x policy x model) of a file that is
 -- classified as its archive stands (so it has its Opus file). `reviewable_items` adds what a
 -- reviewer needs: the transcript the score was computed from (the latest one for scores that
--- do not record it) with its timed segments, and the policy text the score was computed with
+-- do not record it; an item whose transcript's text is no longer the scored text is left out
+-- until it is scored again) with its timed segments, and the policy text the score was computed with
 -- (policy_texts; NULL for scores stored before texts were kept);
 -- `flagged_items` is their flagged subset. ra_queue (RAs' SQL) and the console's
 -- ra_review_items both read these, so they cannot drift apart again; the statistics count
@@ -28,7 +29,8 @@ SELECT
     c.threshold,
     c.content_truncated,
     c.created_at        AS classified_at,   -- first scored as it stands (see upsert_classifications)
-    c.transcript_id     AS scored_transcript_id  -- the transcript the score was computed from
+    c.transcript_id     AS scored_transcript_id,  -- the transcript the score was computed from
+    c.transcript_md5    AS scored_transcript_md5  -- md5 of the text it was computed from
 FROM classifications AS c
 JOIN audio_files AS a ON a.id = c.audio_file_id
 WHERE a.status = 'classified'
@@ -52,7 +54,12 @@ LEFT JOIN LATERAL (
     ORDER BY tr.id IS NOT DISTINCT FROM i.scored_transcript_id DESC, tr.created_at DESC
     LIMIT 1
 ) AS t ON true
-LEFT JOIN policy_texts AS p ON p.policy = i.policy AND p.policy_version = i.policy_version;
+LEFT JOIN policy_texts AS p ON p.policy = i.policy AND p.policy_version = i.policy_version
+-- A transcript re-made in place (same model, same row, other text) no longer is the text the
+-- score was computed from: the item waits for classifications to score the new text rather
+-- than show a score beside text it was not computed from. Scores from before md5s were
+-- recorded are shown as they were.
+WHERE i.scored_transcript_md5 IS NULL OR md5(t.transcript_text) = i.scored_transcript_md5;
 
 CREATE OR REPLACE VIEW flagged_items AS
 SELECT * FROM reviewable_items WHERE flagged;

@@ -25,7 +25,7 @@ from resources.results_db.transcripts import TranscriptRow, record_transcripts
 from resources.transcriber import WhisperTranscriber
 from sensors import archive_sensor as archive_sensor_module
 from sensors.archive_sensor import archive_sensor
-from sensors.dead_letter_sensor import _step_succeeded_later, dead_letter_sensor
+from sensors.dead_letter_sensor import _steps_passed_later, dead_letter_sensor
 from sensors.schedules import archive_catchup_schedule
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -151,7 +151,7 @@ def test_an_overwrite_whose_tick_was_lost_is_requested_again_and_runs(
     monkeypatch.setattr(archive_sensor_module, "REQUEST_GRACE_S", 0.0)
     again, cursor = tick(instance, object_store, results_db, cursor)
     [request] = again.run_requests
-    assert request.run_key == f"{key}@{v2.etag}"
+    assert request.run_key == lost.run_requests[0].run_key == f"{key}@{v2.etag}#2"  # the same request
     assert launch(defs, instance, request).success
     assert etags_of_rows(results_db, key) == {v2.etag}
 
@@ -347,8 +347,8 @@ def test_a_failed_asset_check_step_is_closed_when_the_check_later_passes(
     # Had the dead letter read the failed run only now, while the later run was still going,
     # it would see that run's success of the step and not record it.
     failed_run = instance.get_run_by_id(failed.run_id)
-    assert _step_succeeded_later(instance, failed_run, "opus_files_every_mp3_has_one_row")
-    assert not _step_succeeded_later(instance, failed_run, "transcripts")  # not in the later run
+    assert "opus_files_every_mp3_has_one_row" in _steps_passed_later(instance, failed_run)
+    assert "transcripts" not in _steps_passed_later(instance, failed_run)  # not in the later run
     # The dead letter reading the failed run again (a fresh cursor) does not reopen it.
     dead_letter_sensor(dg.build_sensor_context(instance=instance, resources={"results_db": results_db}))
     assert rows(results_db, open_stages, (key,)) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -10,6 +11,7 @@ from pipeline_support import rows
 
 from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
 from audio_assets.archive_job import archives_partitions
+from resources.object_store import _S3_XML, ObjectStore
 from sensors import archive_sensor as archive_sensor_module
 from sensors.archive_sensor import ArchiveCursor, archive_sensor
 
@@ -38,7 +40,7 @@ def test_new_archive_adds_partition_and_requests_a_run(instance, object_store, r
     assert isinstance(result, dg.SensorResult)
     [request] = result.run_requests
     assert request.partition_key == "batch_a"
-    assert request.run_key == f"archives/batch_a.tar.gz@{info.etag}"
+    assert request.run_key == f"archives/batch_a.tar.gz@{info.etag}#1"
     assert request.tags[ARCHIVE_KEY_TAG] == "archives/batch_a.tar.gz"
     assert request.tags[ARCHIVE_ETAG_TAG] == info.etag
     assert instance.get_dynamic_partitions(archives_partitions.name) == ["batch_a"]
@@ -64,7 +66,7 @@ def test_overwritten_archive_requests_a_new_run(instance, object_store, results_
 
     assert isinstance(result, dg.SensorResult)
     [request] = result.run_requests
-    assert request.run_key == f"archives/batch_a.tar@{second.etag}"
+    assert request.run_key == f"archives/batch_a.tar@{second.etag}#2"
     assert result.dynamic_partitions_requests == []  # the partition exists already
 
 
@@ -148,11 +150,37 @@ def test_keys_that_are_not_archives_are_counted_and_named(instance, object_store
     object_store.put_bytes("archives/batch_c.zip", b"another suffix")
     result, _ = tick(instance, object_store, results_db)
     assert isinstance(result, dg.SkipReason)
-    assert "2 key(s) skipped" in result.skip_message
-    assert "archives/2026/12/x.tar" in result.skip_message and "archives/batch_c.zip" in result.skip_message
+    assert "1 key(s) skipped" in result.skip_message and "archives/batch_c.zip" in result.skip_message
+    # The nested key is not listed at all; its folder is named.
+    assert "1 folder(s) not looked into" in result.skip_message and "archives/2026/" in result.skip_message
+    assert "x.tar" not in result.skip_message
     object_store.put_bytes("archives/batch_c.tar", b"an archive")
     with_runs, _ = tick(instance, object_store, results_db)
     assert [r.tags[ARCHIVE_KEY_TAG] for r in with_runs.run_requests] == ["archives/batch_c.tar"]
+
+
+def test_a_tick_does_not_list_keys_nested_under_archives(instance, object_store, results_db, monkeypatch):
+    """Issue 23 item 16: 1,200 keys an uploader nested under archives/ (more than one 1,000-key
+    page) cost a tick nothing: it reads one page holding the archive and the folder."""
+    nested = [f"archives/raw/2026/12/{i:04d}.mp3" for i in range(1200)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda key: object_store.put_bytes(key, b"x"), nested))
+    object_store.put_bytes("archives/batch_d.tar", b"an archive")
+    pages: list[int] = []
+    list_page = ObjectStore._list_page
+
+    def counted(self, params):
+        page = list_page(self, params)
+        pages.append(sum(1 for _ in page.iter(f"{_S3_XML}Contents")))
+        return page
+
+    monkeypatch.setattr(ObjectStore, "_list_page", counted)
+    result, cursor = tick(instance, object_store, results_db)
+    assert [r.tags[ARCHIVE_KEY_TAG] for r in result.run_requests] == ["archives/batch_d.tar"]
+    assert pages == [1], f"the tick read {len(pages)} listing page(s) with {sum(pages)} keys"  # before: [1000, 201]
+    quiet, _ = tick(instance, object_store, results_db, cursor)
+    assert isinstance(quiet, dg.SkipReason) and "archives/raw/" in quiet.skip_message
+    assert pages == [1, 1]
 
 
 def test_a_request_without_a_run_is_offered_again_and_one_for_a_gone_version_forgotten(
@@ -164,6 +192,46 @@ def test_a_request_without_a_run_is_offered_again_and_one_for_a_gone_version_for
     object_store.delete("archives/gone.tar")
     monkeypatch.setattr(archive_sensor_module, "REQUEST_GRACE_S", 0.0)
     result, _ = tick(instance, object_store, results_db)
-    assert [r.run_key for r in result.run_requests] == [f"archives/kept.tar@{first.etag}"]
+    assert [r.run_key for r in result.run_requests] == [f"archives/kept.tar@{first.etag}#1"]  # the same request
     [gone] = rows(results_db, "SELECT requested_etag FROM archives WHERE archive_source = 'archives/gone.tar'")
     assert gone["requested_etag"] is None  # nothing can run that version any more
+
+
+def _stored_run(instance, request: dg.RunRequest) -> None:
+    """The run the daemon stores for a request: its tags, as a finished run."""
+    run = dg.DagsterRun(
+        job_name="archive_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.SUCCESS, tags=dict(request.tags)
+    )
+    instance.add_run(run)
+
+
+def test_a_reverted_archive_is_a_new_request_confirmed_only_by_its_own_run(
+    instance, object_store, results_db, monkeypatch
+):
+    """Issue 23 item 3: A -> B -> A (the old file put back, same ETag). Before, the third request
+    repeated A's run key (`key@etag`), which Dagster drops, and reconciliation confirmed it
+    against A's first run, so A's bytes never ran again from the sensor."""
+    key = "archives/batch_revert.tar"
+    monkeypatch.setattr(archive_sensor_module, "REQUEST_GRACE_S", 0.0)
+    a = object_store.put_bytes(key, b"version A")
+    first, cursor = tick(instance, object_store, results_db)
+    _stored_run(instance, first.run_requests[0])
+    object_store.put_bytes(key, b"version B")
+    second, cursor = tick(instance, object_store, results_db, cursor)
+    _stored_run(instance, second.run_requests[0])
+    reverted = object_store.put_bytes(key, b"version A")
+    assert reverted.etag == a.etag
+
+    lost, _ = tick(instance, object_store, results_db, cursor, stored=False)  # the daemon died before storing it
+    [request] = lost.run_requests
+    assert request.tags[ARCHIVE_ETAG_TAG] == a.etag
+    assert request.run_key == f"{key}@{a.etag}#3" != first.run_requests[0].run_key  # Dagster does not drop it
+    again, cursor = tick(instance, object_store, results_db, cursor)  # not confirmed by A's first run
+    assert [r.run_key for r in again.run_requests] == [request.run_key]
+    _stored_run(instance, again.run_requests[0])
+    confirmed, _ = tick(instance, object_store, results_db, cursor)
+    assert isinstance(confirmed, dg.SkipReason)
+    [registry] = rows(
+        results_db, "SELECT request_seq, requested_run_seen_at FROM archives WHERE archive_source = %s", (key,)
+    )
+    assert registry["request_seq"] == 3 and registry["requested_run_seen_at"] is not None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from archive_identity import ArchiveVersion, is_archive_key, partition_key_candidates, tagged_version
-from resources.results_db.raw_archive import ExistingRow, RowChange, plan_member_changes
+from resources.results_db.raw_archive import ExistingRow, Rejection, RowChange, plan_member_changes
 from sql.named_queries import parse_named_queries, queries
 
 SQL_CONCERNS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "sql" / "queries").glob("*.sql"))
@@ -77,14 +77,32 @@ def test_members_gone_from_the_new_version_are_removed_not_left_pending():
 
 def test_rejected_members_fail_once_and_duplicates_of_accepted_names_are_not_rows():
     existing = {"bad.mp3": _row("bad.mp3")}
-    changes = plan_member_changes(existing, {"a.mp3": "s1"}, {"bad.mp3": "symbolic link", "a.mp3": "duplicate"})
+    changes = plan_member_changes(
+        existing, {"a.mp3": "s1"}, {"bad.mp3": Rejection("symbolic link"), "a.mp3": Rejection("duplicate")}
+    )
     assert changes == [
         RowChange(
             "bad.mp3", "failed", error="symbolic link", failed_stage="archive", clear_opus=True, drop_model_outputs=True
         )
     ]
     already = {"bad.mp3": _row("bad.mp3", status="failed", stage="archive", opus=None)}
-    assert plan_member_changes(already, {}, {"bad.mp3": "symbolic link"}) == []
+    assert plan_member_changes(already, {}, {"bad.mp3": Rejection("symbolic link")}) == []
+
+
+def test_a_lower_cap_refuses_new_work_but_never_takes_finished_work():
+    """Issue 23 item 6: a member over a cap lowered in run config, with the bytes the row was
+    made from, keeps its status and results; new bytes over the cap, or a row with nothing
+    finished, fail as before."""
+    over = Rejection("larger than the 1048576 byte limit (3000000 bytes)", sha256="s1")
+    existing = {
+        "done.mp3": _row("done.mp3"),
+        "converted.mp3": _row("converted.mp3", status="converted"),
+        "changed.mp3": _row("changed.mp3", sha="s0"),
+        "pending.mp3": _row("pending.mp3", status="pending", opus=None),
+    }
+    changes = plan_member_changes(existing, {}, dict.fromkeys(existing, over))
+    assert [c.name for c in changes] == ["changed.mp3", "pending.mp3"]
+    assert {c.status for c in changes} == {"failed"}
 
 
 def test_a_member_that_comes_back_starts_over():

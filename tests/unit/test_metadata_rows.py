@@ -15,9 +15,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from archive_factory import make_parquet, make_tone_mp3
+from archive_factory import make_parquet, make_tone_mp3, patch_total_byte_size
 
 from media.metadata_rows import (
+    ArchiveMetadataBudget,
     DuplicateMetaId,
     MatchedMetadata,
     MetadataFileError,
@@ -312,3 +313,51 @@ def test_a_huge_footer_is_refused_before_it_is_parsed(tmp_path):
     pq.write_table(table, tmp_path / "m.parquet")
     with pytest.raises(MetadataFileError, match=r"^refused: a [0-9.]+ MB footer, over the 16 MB cap$"):
         read_metadata_table(tmp_path / "m.parquet", LIMITS)
+
+
+# --- bounded per archive (issue 23 item 10) --------------------------------------------------
+
+
+def test_only_wanted_rows_are_kept_and_the_others_counted(tmp_path):
+    path = make_parquet(tmp_path / "m.parquet", [{"meta_id": str(i), "n": i} for i in range(5000)])
+    table = read_metadata_table(path, LIMITS, wanted={"7", "4999"})
+    assert [(r.meta_id, r.row_index) for r in table.rows] == [("7", 7), ("4999", 4999)]
+    assert (table.rows_read, table.rows_not_wanted, len(table.not_wanted_examples)) == (5000, 4998, 20)
+    join = join_metadata(["clips/7.mp3", "clips/4999.mp3"], [("m.parquet", table)])
+    assert set(join.matched) == {"clips/7.mp3", "clips/4999.mp3"}
+    assert join.rows_without_mp3_count == 4998 and len(join.rows_without_mp3) == 20
+
+
+def test_the_archive_budget_refuses_the_file_that_crosses_it_and_every_one_after(tmp_path):
+    rows = [{"meta_id": f"{j}", "note": f"{j}" + "y" * 1000} for j in range(1000)]  # 1.0 MB decoded
+    files = [make_parquet(tmp_path / f"{i}.parquet", rows) for i in range(4)]
+    budget = ArchiveMetadataBudget(2 * 2**20)
+    assert [read_metadata_table(f, LIMITS, wanted=set(), budget=budget).rows_read for f in files[:2]] == [1000, 1000]
+    for later in files[2:]:
+        with pytest.raises(
+            MetadataFileError,
+            match=r"^refused: its footer states 1.0 MB of column data, which would take the archive's parquet data "
+            r"to [0-9.]+ MB, over the 2 MB archive cap \(max_metadata_archive_mb\)$",
+        ):
+            read_metadata_table(later, LIMITS, wanted=set(), budget=budget)
+
+
+def test_a_footer_whose_total_byte_size_is_forged_is_still_read_by_its_column_sizes(tmp_path):
+    path = make_parquet(tmp_path / "m.parquet", [{"meta_id": str(i), "note": f"{i}" + "y" * 1000} for i in range(3000)])
+    patch_total_byte_size(path, 1)
+    with pytest.raises(MetadataFileError, match=r"^refused: its footer states 2.9 MB of column data, over the 1 MB"):
+        read_metadata_table(path, MetadataLimits(max_rows=100_000, max_inflated_bytes=2**20))
+
+
+def test_one_long_value_among_short_rows_is_refused_before_rows_become_python(tmp_path):
+    notes = ["short"] * 20_000
+    notes[12_345] = "v" * (24 * 2**20)
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"meta_id": [str(i) for i in range(20_000)], "note": notes}), path, compression="zstd")
+    limits = MetadataLimits(max_rows=100_000, max_inflated_bytes=256 * 2**20, max_row_bytes=64 * 1024)
+    with pytest.raises(MetadataFileError, match=r"^refused: a value of column 'note' is 24.0 MB, over the 64 KB cap"):
+        read_metadata_table(path, limits, wanted={"1"})
+    # A row over the cap as a whole (many short values) is refused by its JSON size.
+    nested = make_parquet(tmp_path / "n.parquet", [{"meta_id": "1", "tags": ["t" * 100] * 1000}])
+    with pytest.raises(MetadataFileError, match=r"^refused: row 0 \(meta_id '1'\) is 102 KB as JSON, over the 64 KB"):
+        read_metadata_table(nested, limits, wanted={"1"})
