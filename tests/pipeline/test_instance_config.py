@@ -43,8 +43,9 @@ def test_production_instance_config(postgres_server, tmp_path, monkeypatch):
 
 def test_embedded_default_runs_each_run_on_the_local_run_host(postgres_server, tmp_path, monkeypatch):
     """`audio-pipeline demo`'s instance: the repository's dagster.yaml with runs launched as tasks
-    of the local run host (operations/demo.py), never more at once than it has processes, and
-    every queue limit, monitoring and retry setting kept."""
+    of the local run host (operations/demo.py), never more at once than it has processes, the
+    same storage with pooled connections, and every queue limit, monitoring and retry setting
+    kept."""
     from operations.demo import RUN_HOST_QUEUE, local_instance_config
 
     create_database(postgres_server, "dagster_local_config_test")
@@ -62,6 +63,12 @@ def test_embedded_default_runs_each_run_on_the_local_run_host(postgres_server, t
     production = yaml.safe_load((REPO / "dagster.yaml").read_text())
 
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        # The same PostgreSQL storage, its connections kept instead of one per query.
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
+            assert type(storage._engine.pool).__name__ == "QueuePool"
+        instance.add_run(dg.DagsterRun(job_name="archive_job", run_id="r-local-config-test"))
+        assert instance.get_run_by_id("r-local-config-test").job_name == "archive_job"
         launcher = instance.run_launcher
         assert type(launcher).__name__ == "CeleryRunLauncher"
         assert launcher.broker == "redis://127.0.0.1:1/0" and launcher.default_queue == RUN_HOST_QUEUE
@@ -73,8 +80,9 @@ def test_embedded_default_runs_each_run_on_the_local_run_host(postgres_server, t
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
     local = local_instance_config(REPO / "dagster.yaml", slots=3)
-    assert {k: v for k, v in local.items() if k not in ("run_launcher", "concurrency")} == {
-        k: v for k, v in production.items() if k not in ("run_launcher", "concurrency")
+    assert local["storage"]["custom"]["config"] == production["storage"]["postgres"]
+    assert {k: v for k, v in local.items() if k not in ("run_launcher", "concurrency", "storage")} == {
+        k: v for k, v in production.items() if k not in ("run_launcher", "concurrency", "storage")
     }
     assert (
         local["concurrency"]["runs"]["tag_concurrency_limits"]
