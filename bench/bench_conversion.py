@@ -21,7 +21,7 @@ its event log) and the CPU seconds each process spent (ffmpeg, this Python proce
 and PostgreSQL servers). No assertion on time: the table is the result.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (bench_services must come first: it sets sys.path)
 
 import argparse
 import hashlib
@@ -32,7 +32,6 @@ import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,33 +41,32 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench_services import ROOT as ROOT  # bench_transcription reads conversion.ROOT
+from bench_services import bench_services, postmaster_pid, process_cpu_s
 import av
 import dagster as dg
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # archive_factory: the fixtures' own MP3/tar builders
 
-from archive_factory import build_tar, make_speech_mp3  # noqa: E402
+from archive_factory import build_tar, make_speech_mp3
 
-import audio_assets.opus_files as opus_files_module  # noqa: E402
-import media.opus_convert as opus_convert_module  # noqa: E402
-import resources.archive_run as archive_run_module  # noqa: E402
-import resources.manifest_io as manifest_io_module  # noqa: E402
-from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG  # noqa: E402
-from audio_assets.archive_job import archives_partitions  # noqa: E402
-from audio_assets.opus_files import opus_files  # noqa: E402
-from audio_assets.raw_archive import raw_archive  # noqa: E402
-from embedded_services.postgres import create_database, start_postgres, stop_postgres  # noqa: E402
-from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs  # noqa: E402
-from media.ffmpeg_binary import resolve_ffmpeg  # noqa: E402
-from media.opus_convert import convert_to_opus  # noqa: E402
-from media.tar_safety import ArchiveEntry, ArchiveLimits, iter_archive  # noqa: E402
-from resources.archive_run import ArchiveRun  # noqa: E402
-from resources.manifest_io import ArchiveTableIOManager  # noqa: E402
-from resources.object_store import ObjectStore  # noqa: E402
-from resources.results_db import ResultsDatabase  # noqa: E402
-from resources.results_db.failures import DeadLetter  # noqa: E402
-from resources.scratch import ScratchSpace  # noqa: E402
+import audio_assets.opus_files as opus_files_module
+import media.opus_convert as opus_convert_module
+import resources.archive_run as archive_run_module
+import resources.manifest_io as manifest_io_module
+from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
+from audio_assets.archive_job import archives_partitions
+from audio_assets.opus_files import opus_files
+from audio_assets.raw_archive import raw_archive
+from embedded_services.postgres import create_database
+from media.ffmpeg_binary import resolve_ffmpeg
+from media.opus_convert import convert_to_opus
+from media.tar_safety import ArchiveEntry, ArchiveLimits, iter_archive
+from resources.archive_run import ArchiveRun
+from resources.manifest_io import ArchiveTableIOManager
+from resources.object_store import ObjectStore
+from resources.results_db import ResultsDatabase
+from resources.results_db.failures import DeadLetter
+from resources.scratch import ScratchSpace
 
 BITRATE_KBPS = 32
 ARCHIVE_KEY = "archives/bench_conversion.tar.gz"
@@ -296,27 +294,6 @@ def extract_mp3s(archive: Path, out_dir: Path) -> list[Path]:
 
 # --- CPU accounting -------------------------------------------------------------------------
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int | None) -> float:
-    """utime + stime of `pid` and its reaped children (PostgreSQL backends exit per connection)."""
-    if pid is None:
-        return 0.0
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return sum(int(v) for v in fields[11:15]) / _TICKS
-
-
-def postmaster_pid(data_dir: Path) -> int | None:
-    try:
-        return int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
 
 @dataclass
 class CpuMeter:
@@ -522,25 +499,17 @@ class Services:
 
 @contextmanager
 def running_services(workdir: Path) -> Iterator[Services]:
-    # As root PostgreSQL runs as `postgres`, which needs a data dir directly under /tmp.
-    pg_dir = Path(tempfile.mkdtemp(prefix="bench-conversion-postgres-"))
-    s3 = postgres = None
-    try:
-        s3 = start_seaweedfs(workdir / "seaweedfs")
-        postgres = start_postgres(pg_dir)  # durable, as in production
+    with bench_services("conversion", durable=True) as services:  # durable, as in production
         store = ObjectStore(
-            endpoint_url=s3.endpoint_url, bucket="audio-pipeline", access_key=s3.access_key, secret_key=s3.secret_key
+            endpoint_url=services.s3.endpoint_url,
+            bucket="audio-pipeline",
+            access_key=services.s3.access_key,
+            secret_key=services.s3.secret_key,
         )
         store.ensure_bucket()
-        results_db = ResultsDatabase(dsn=create_database(postgres, "bench_conversion"))
+        results_db = ResultsDatabase(dsn=create_database(services.pg, "bench_conversion"))
         results_db.migrate()
-        yield Services(store, results_db, CpuMeter(s3.pid, postmaster_pid(pg_dir)))
-    finally:
-        if postgres is not None:
-            stop_postgres(postgres)
-        if s3 is not None:
-            stop_seaweedfs(s3)
-        shutil.rmtree(pg_dir, ignore_errors=True)
+        yield Services(store, results_db, CpuMeter(services.s3.pid, postmaster_pid(services.pg_dir)))
 
 
 # --- profile: one extra, instrumented run (not in the table) ------------------------------

@@ -2,7 +2,7 @@
 sensor, the run queue and every asset, against the sum of the bare tools doing the same work.
 
     PYTHONPATH=. HF_HUB_OFFLINE=1 PYANNOTE_METRICS_ENABLED=false \
-        .venv/bin/python bench/bench_end_to_end.py [--clips 93] [--workers 2]
+        .venv/bin/python bench/bench_end_to_end.py [--clips 93] [--workers 2] [--run-workers]
 
 Inputs (not timed): `--clips` espeak-ng clips of 3-10 s plus the 7 bundled samples (100 files
 by default) and a parquet of their metadata in one .tar.gz; `--filler-mb N` adds N MiB of
@@ -12,41 +12,38 @@ random-byte members (a plain .tar then), so the archive steps' share of a big ar
   settings, libopus 32 kbps mono) over `--workers` threads, bare WhisperX (load_model + per file
   decode + transcribe, batch 8, language en) on the Opus files, the profanity classifier on
   the texts. Model load times are included: a run loads its models too.
-* pipeline: `dagster-daemon` with the repository's dagster.yaml on PostgreSQL (tests/
-  daemon_harness.py), embedded defaults (base Whisper, profanity classifier), the sensor
-  polling every 2 s. Timed from the upload to the run's success; per-step times come from the
-  run's event log.
+* pipeline: `dagster-daemon` as the embedded default runs it (`audio-pipeline demo`,
+  operations/demo.py): the repository's dagster.yaml on PostgreSQL (tests/daemon_harness.py),
+  the run on the local run host, whose processes have not run anything yet (so the run loads
+  its models, as the bare tools do); `--run-workers`: the repository's dagster.yaml as it is, a
+  run-worker process per run (the embedded default before issue 25). Embedded defaults (base
+  Whisper, profanity classifier), the sensor polling every 2 s. Timed from the upload to the
+  run's success; per-step times come from the run's event log.
 
 Prints both, the overhead (pipeline / bare - 1) and where the difference goes. No assertion.
 """
 
-from __future__ import annotations  # noqa: I001 (bench_conversion must come first: it sets sys.path)
+from __future__ import annotations  # noqa: I001 (bench_services must come first: it sets sys.path)
 
 import argparse
 import os
-import shutil
 import tarfile
-import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench_services import DAEMON_START_S, BenchServices, bench_services
 import dagster as dg
 
 from archive_factory import build_tar, make_parquet
 from bench_transcription import load_bare_whisperx, make_espeak_clip, sample_clips
-from daemon_harness import DaemonHarness, PipelineEnvironment
 
 from media.ffmpeg_binary import resolve_ffmpeg
 from media.opus_convert import convert_to_opus
 from models.profanity_scorer import ProfanityScorer
 from models.transcriber import decode_audio_file
 from models.whisper_models import bundled_whisper_base, default_models_root
-from embedded_services.postgres import create_database, start_postgres, stop_postgres
-from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs
-from resources.object_store import ObjectStore
-from resources.results_db import ResultsDatabase
+from operations.demo import run_host_slots
 
 
 def main() -> None:
@@ -61,13 +58,13 @@ def main() -> None:
         help="add a member of this many MiB of random bytes (not audio): a big archive "
         "whose download and reading the archive steps pay, with the same audio work",
     )
+    parser.add_argument(
+        "--run-workers", action="store_true", help="a run-worker process per run instead of the local run host"
+    )
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    pg_dir = Path(tempfile.mkdtemp(prefix="bench-e2e-pg-"))
-    s3 = start_seaweedfs(workdir / "seaweedfs")
-    pg = start_postgres(pg_dir, durable=False)
-    try:
+    with bench_services("e2e") as services:
+        workdir = services.workdir
         clips = [
             make_espeak_clip(workdir / "clips" / f"clip_{i:03d}.mp3", args.seed * 1000 + i) for i in range(args.clips)
         ] + sample_clips(workdir)
@@ -88,7 +85,7 @@ def main() -> None:
         print(f"{len(clips)} files, {audio_s:.0f} s of speech, archive {archive.stat().st_size / 2**20:.1f} MiB\n")
 
         bare = bare_tools(archive, workdir / "bare", args.workers)
-        pipeline = through_pipeline(archive, workdir, s3, pg)
+        pipeline = through_pipeline(archive, services, 0 if args.run_workers else run_host_slots())
 
         bare_total = sum(bare.values())
         print("| bare tool | seconds |")
@@ -114,11 +111,6 @@ def main() -> None:
             f"{archive_steps / total:.1%} of upload → run success, "
             f"{archive_steps / pipeline['run start → run end']:.1%} of run start → run end"
         )
-    finally:
-        stop_seaweedfs(s3)
-        stop_postgres(pg)
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 def bare_tools(archive: Path, workdir: Path, workers: int) -> dict[str, float]:
@@ -151,16 +143,10 @@ def bare_tools(archive: Path, workdir: Path, workers: int) -> dict[str, float]:
     return times
 
 
-def through_pipeline(archive: Path, workdir: Path, s3, pg) -> dict[str, float]:
-    bucket = f"bench-e2e-{uuid.uuid4().hex[:8]}"
-    store = ObjectStore(endpoint_url=s3.endpoint_url, bucket=bucket, access_key=s3.access_key, secret_key=s3.secret_key)
-    store.ensure_bucket()
-    results_dsn = create_database(pg, "results")
-    ResultsDatabase(dsn=results_dsn).migrate()
-    environment = PipelineEnvironment.serving(store, results_dsn, workdir / "scratch", default_models_root())
-    with DaemonHarness(workdir / "daemon", pg, environment) as harness:
+def through_pipeline(archive: Path, services: BenchServices, run_host_slots: int) -> dict[str, float]:
+    with services.daemon("daemon", run_host_slots) as (harness, store):
         harness.start_daemon()
-        time.sleep(20)  # the daemon and its code server up before the clock starts
+        time.sleep(DAEMON_START_S)  # the daemon and its code server up before the clock starts
         # The clock starts once the object is in the bucket: a big archive's upload is the
         # sender's time, not the pipeline's.
         store.upload_file(archive, f"archives/{archive.name}")

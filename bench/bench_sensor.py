@@ -25,26 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
+from bench_services import ROOT, bench_services
 
 from embedded_services.ports import free_tcp_ports
-from embedded_services.postgres import create_database, start_postgres, stop_postgres
-from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs
+from embedded_services.postgres import create_database
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 from sensors import archive_sensor as archive_sensor_module
 from sensors.archive_sensor import archive_sensor
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -55,17 +51,10 @@ def main() -> None:
     parser.add_argument("--graphql", action="store_true")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-sensor-"))
-    pg_dir = Path(tempfile.mkdtemp(prefix="bench-sensor-pg-"))  # under /tmp: the postgres user must enter it
-    s3 = start_seaweedfs(workdir / "seaweedfs")
-    pg = start_postgres(pg_dir, durable=False)
-    try:
-        store = ObjectStore(
-            endpoint_url=s3.endpoint_url, bucket="bench-sensor", access_key=s3.access_key, secret_key=s3.secret_key
-        )
-        store.ensure_bucket()
-        results_db = ResultsDatabase(dsn=create_database(pg, "results"))
-        results_db.migrate()
+    with bench_services("sensor") as services:
+        workdir, pg = services.workdir, services.pg
+        store, results_dsn, _ = services.pipeline()
+        results_db = ResultsDatabase(dsn=results_dsn)
         dagster_url = pg.url(dbname_of(create_database(pg, "dagster"))).replace(
             "postgresql://", "postgresql+psycopg2://", 1
         )
@@ -75,11 +64,6 @@ def main() -> None:
         os.environ["DAGSTER_HOME"] = str(home)
         with dg.DagsterInstance.get() as instance:
             run(args, store, results_db, instance, home)
-    finally:
-        stop_seaweedfs(s3)
-        stop_postgres(pg)
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 def dbname_of(dsn: str) -> str:

@@ -1,10 +1,11 @@
 """Upload → first step, as production starts a run: `dagster-daemon` with the repository's
 dagster.yaml (tests/daemon_harness.py), the archive sensor polling every 2 s, the run queue,
-a run worker per run. Uploads tiny one-file archives one after another (each run is left to
-finish before the next upload, so runs never share the cores) and reads each run's event log.
+a run worker per run (`--run-host`: as the embedded default starts it, a task of the local run
+host). Uploads tiny one-file archives one after another (each run is left to finish before the
+next upload, so runs never share the cores) and reads each run's event log.
 
     PYTHONPATH=. HF_HUB_OFFLINE=1 PYANNOTE_METRICS_ENABLED=false \
-        .venv/bin/python bench/run_start_probe.py [--uploads 8]
+        .venv/bin/python bench/run_start_probe.py [--uploads 8] [--run-host]
 
 Prints, per upload and as medians, where the time goes: upload → run created (the sensor
 daemon's loop and the tick), → RUN_STARTING (the queue daemon dequeues and launches), → the
@@ -13,28 +14,19 @@ instance), → RUN_START (it imports the code location and plans), → the first
 (resources). No assertion: the table is the result.
 """
 
-from __future__ import annotations  # noqa: I001 (bench_conversion must come first: it sets sys.path)
+from __future__ import annotations  # noqa: I001 (bench_services must come first: it sets sys.path)
 
 import argparse
 import os
-import shutil
 import statistics
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
-import bench_conversion  # noqa: F401 - puts tests/ on sys.path
+from bench_services import DAEMON_START_S, BenchServices, bench_services
 import dagster as dg
 
 from archive_factory import build_tar, make_tone_mp3
-from daemon_harness import DaemonHarness, PipelineEnvironment
 
-from models.whisper_models import default_models_root
-from embedded_services.postgres import create_database, start_postgres, stop_postgres
-from embedded_services.seaweedfs import start_seaweedfs, stop_seaweedfs
-from resources.object_store import ObjectStore
-from resources.results_db import ResultsDatabase
+from operations.demo import run_host_slots
 
 E = dg.DagsterEventType
 STARTED_PROCESS = "Started process for run"  # the run worker's first engine event
@@ -51,40 +43,22 @@ PHASES = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--uploads", type=int, default=8)
+    parser.add_argument("--run-host", action="store_true", help="runs on the local run host (embedded default)")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-run-start-"))
-    pg_dir = Path(tempfile.mkdtemp(prefix="bench-run-start-pg-"))
-    s3 = start_seaweedfs(workdir / "seaweedfs")
-    pg = start_postgres(pg_dir, durable=False)
-    try:
-        probe(args.uploads, workdir, s3, pg)
-    finally:
-        stop_seaweedfs(s3)
-        stop_postgres(pg)
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(pg_dir, ignore_errors=True)
+    with bench_services("run-start") as services:
+        probe(args.uploads, services, run_host_slots() if args.run_host else 0)
 
 
-def probe(uploads: int, workdir: Path, s3, pg) -> None:
-    store = ObjectStore(
-        endpoint_url=s3.endpoint_url,
-        bucket=f"probe-{uuid.uuid4().hex[:8]}",
-        access_key=s3.access_key,
-        secret_key=s3.secret_key,
-    )
-    store.ensure_bucket()
-    results_dsn = create_database(pg, "results")
-    ResultsDatabase(dsn=results_dsn).migrate()
-    tone = make_tone_mp3(workdir / "tone.mp3", seconds=1.0)
-    environment = PipelineEnvironment.serving(store, results_dsn, workdir / "scratch", default_models_root())
+def probe(uploads: int, services: BenchServices, slots: int) -> None:
+    tone = make_tone_mp3(services.workdir / "tone.mp3", seconds=1.0)
     rows: list[list[float]] = []
     print(f"load average at the start (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    with DaemonHarness(workdir / "daemon", pg, environment) as harness:
+    with services.daemon("probe", run_host_slots=slots) as (harness, store):
         harness.start_daemon()
-        time.sleep(20)  # the daemon and its code server up before the first upload
+        time.sleep(DAEMON_START_S)  # the daemon and its code server up before the first upload
         for index in range(uploads):
             partition = f"probe_{index:02d}"
-            archive = build_tar(workdir / f"{partition}.tar.gz", [("tone.mp3", tone)], gzip=True)
+            archive = build_tar(services.workdir / f"{partition}.tar.gz", [("tone.mp3", tone)], gzip=True)
             store.upload_file(archive, f"archives/{archive.name}")
             uploaded_at = time.time()
             [run] = harness.wait_for_partition_success(partition, timeout_s=600)[-1:]

@@ -204,6 +204,18 @@ def create_database(server: LocalPostgres, name: str, *, drop_existing: bool = F
     return server.dsn(name)
 
 
+def sessions_started(server: LocalPostgres) -> int:
+    """Connections the server has accepted so far (this one included), over every database:
+    what the benchmarks count, since each one costs a new backend process."""
+    connection = psycopg2.connect(server.dsn("postgres"), connect_timeout=10)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT coalesce(sum(sessions), 0) FROM pg_stat_database")
+            return int(cursor.fetchone()[0])
+    finally:
+        connection.close()
+
+
 def stop_postgres(server_or_data_dir: LocalPostgres | Path, *, timeout_s: float = 60.0) -> None:
     """`pg_ctl stop -m fast` (rolls back open transactions). No-op if not running."""
     if isinstance(server_or_data_dir, LocalPostgres):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import dagster as dg
 import psutil
+import yaml
 
 from embedded_services.postgres import LocalPostgres, create_database
 
@@ -105,6 +106,7 @@ class DaemonHarness:
             "DAGSTER_PG_DB": database,
         }
         self.daemon: subprocess.Popen | None = None
+        self.run_host: subprocess.Popen | None = None
         self._logs = 0
         self._saved_environ: dict[str, str | None] = {}
 
@@ -141,6 +143,18 @@ class DaemonHarness:
             start_new_session=True,  # its own process group: the test can stop all of it
         )
 
+    def start_run_host(self, slots: int = 2) -> None:
+        """Run this harness's runs as the embedded default does (operations/demo.py): each run a
+        task of a local dagster-celery worker whose `slots` processes stay up. Call before
+        start_daemon, with the broker in the pipeline environment (DAGSTER_CELERY_BROKER_URL,
+        DAGSTER_CELERY_BACKEND_URL)."""
+        from operations.demo import local_instance_config, start_run_host
+
+        (self.home / "dagster.yaml").write_text(yaml.safe_dump(local_instance_config(REPO / "dagster.yaml", slots)))
+        self.instance.dispose()
+        self.instance = dg.DagsterInstance.from_config(str(self.home))
+        self.run_host = start_run_host(self.env, self.home, slots)
+
     def stop_daemon(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> None:
         """Signal the daemon process alone (what systemd's KillMode=process does on a stop);
         its code server and the runs it started are left alone."""
@@ -157,6 +171,10 @@ class DaemonHarness:
         """End of the test: the daemon, then whatever it left running (code servers, runs)."""
         leftovers = _descendants(self.daemon.pid) if self.daemon and self.daemon.poll() is None else []
         self.stop_daemon()
+        if self.run_host is not None:
+            from operations.demo import stop_process_group
+
+            stop_process_group(self.run_host, timeout_s=10)
         leftovers += [p for p in psutil.process_iter(["environ", "cmdline"]) if _in_harness(p, self.home)]
         for process in leftovers:
             with contextlib.suppress(psutil.Error):

@@ -8,6 +8,7 @@ the table of faults and outcomes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from fault_report import record_outcome
 from pipeline_support import rows
 
 from embedded_services.postgres import create_database, restart_postgres, start_postgres, stop_postgres
+from embedded_services.redis import start_redis, stop_redis
 from resources.results_db import ResultsDatabase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -160,17 +162,29 @@ def test_results_database_down_for_20_seconds_mid_run(
 # --- the run worker SIGKILLed mid-step ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("run_host", [False, True], ids=["run-worker", "run-host"])
 def test_run_worker_killed_during_transcripts_is_retried_and_resumes(
-    tmp_path, archive_parts, object_store, results_db, postgres_server, models_dir
+    tmp_path, archive_parts, object_store, results_db, postgres_server, models_dir, run_host
 ):
+    """The process running the run is SIGKILLed mid-step: a run worker of its own (production
+    without a broker), or a process of the local run host (the embedded default, which then
+    learns of the loss from the Celery result backend)."""
     from operations.run_submission import archive_job_submitter
 
     key = object_store.upload_file(
         build_archive(archive_parts, tmp_path / "batch_sigkill.tar.gz"), "archives/batch_sigkill.tar.gz"
     ).key
     partition = results_db.archives.partitions_for([key])[key]
-    pipeline = PipelineEnvironment.serving(object_store, results_db.dsn, tmp_path / "scratch", models_dir)
-    with DaemonHarness(tmp_path, postgres_server, pipeline) as harness:
+    with contextlib.ExitStack() as stack:
+        broker = {}
+        if run_host:
+            redis = start_redis(tmp_path / "redis")
+            stack.callback(stop_redis, redis)
+            broker = {"DAGSTER_CELERY_BROKER_URL": redis.url(0), "DAGSTER_CELERY_BACKEND_URL": redis.url(1)}
+        pipeline = PipelineEnvironment.serving(object_store, results_db.dsn, tmp_path / "scratch", models_dir, **broker)
+        harness = stack.enter_context(DaemonHarness(tmp_path, postgres_server, pipeline))
+        if run_host:
+            harness.start_run_host(slots=2)
         harness.instance.add_dynamic_partitions("archives", [partition])
         with running_daemon(harness):
             # Submitted like `audio-pipeline requeue` does, with one file per transcription chunk,
@@ -208,7 +222,8 @@ def test_run_worker_killed_during_transcripts_is_retried_and_resumes(
     assert len(before) >= 2 and redone == []
     outcome = assert_nothing_lost(results_db, object_store, key, members=len(SPEECH) + 1)
     record_outcome(
-        "run worker SIGKILLed during `transcripts` (after 2 of 5 files were committed)",
+        ("run-host process" if run_host else "run worker")
+        + " SIGKILLed during `transcripts` (after 2 of 5 files were committed)",
         f"marked failed in {detected_s:.0f} s, retried from failure by run_retries; {len(before)} transcripts kept, "
         f"0 redone; {outcome['files']} files classified, 0 lost, 0 duplicates, 0 orphans",
     )
