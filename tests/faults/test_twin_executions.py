@@ -242,12 +242,13 @@ def cut_broker_connections(cluster: Cluster, worker: CeleryWorker) -> int:
 
     port = int(cluster.redis_url.rsplit(":", 1)[1].split("/")[0])
     launcher = psutil.Process(worker.process.pid)
-    addresses = {
-        f"{c.laddr.ip}:{c.laddr.port}"
-        for process in [launcher, *launcher.children(recursive=True)]
-        for c in process.net_connections(kind="tcp")
-        if c.raddr and c.raddr.port == port
-    }
+    addresses = set()
+    for process in [launcher, *launcher.children(recursive=True)]:
+        try:
+            connections = process.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:  # an ffmpeg that ended meanwhile
+            continue
+        addresses |= {f"{c.laddr.ip}:{c.laddr.port}" for c in connections if c.raddr and c.raddr.port == port}
     client = redis.Redis.from_url(cluster.redis_url)
     try:
         return sum(bool(client.client_kill(address)) for address in addresses)
