@@ -6,9 +6,19 @@ GPU steps reach GPU capacity whichever executor runs them: under dagster-celery 
 -q gpu`), the rest to `cpu`; under dagster-k8s the step's pod requests one NVIDIA GPU; and on
 any executor pool "gpu" caps concurrent GPU steps instance-wide (`dagster instance concurrency
 set gpu N`, N = GPUs available). CPU steps carry none of these, so they never wait for a GPU.
+
+Every step of the code location starts at `gated_step`, the one place where a step that must
+not run fails before its body: Dagster records that failure as the step's STEP_FAILURE, with the
+reason, and neither a RetryPolicy nor a run retry repeats it.
 """
 
+import contextlib
+import functools
 import os
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import ParamSpec, TypeVar
 
 import dagster as dg
 
@@ -38,9 +48,9 @@ def archive_run_max_runtime_s() -> int:
 
 
 def archive_asset(*, kinds: set[str], group_name: str = "archives", gpu: bool = False, manifest: bool = True):
-    """@dg.asset for a step over one archive partition. `manifest`: its output is an
-    ArchiveTable for the next step (stored by the manifest IO manager)."""
-    return dg.asset(
+    """@dg.asset for a step over one archive partition (gated: see `gated_step`). `manifest`:
+    its output is an ArchiveTable for the next step (stored by the manifest IO manager)."""
+    asset = dg.asset(
         partitions_def=archives_partitions,
         kinds=kinds,
         group_name=group_name,
@@ -49,6 +59,7 @@ def archive_asset(*, kinds: set[str], group_name: str = "archives", gpu: bool = 
         op_tags=GPU_OP_TAGS if gpu else None,
         pool=GPU_POOL if gpu else None,
     )
+    return lambda compute: asset(gated_step(compute))
 
 
 # The registry's number of the request a run answers (archives.request_seq, migration 022).
@@ -87,3 +98,56 @@ archive_job = dg.define_asset_job(
     ),
     tags={"dagster/max_runtime": str(archive_run_max_runtime_s())},
 )
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# The reason the step executing in this process must fail at its start; set by the worker
+# (workers/deliveries.py) around dagster-celery's own task body for a delivery it refuses.
+_refusal: ContextVar[str | None] = ContextVar("step_refusal", default=None)
+
+
+@contextlib.contextmanager
+def refusing(reason: str) -> Iterator[None]:
+    """Steps executed inside fail at their start with `reason`."""
+    token = _refusal.set(reason)
+    try:
+        yield
+    finally:
+        _refusal.reset(token)
+
+
+def gated_step(compute: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a step's body (asset, asset check or op) so that it fails at its start, never retried,
+    when it must not run: a delivery the worker refuses (`refusing`: its worker was lost too
+    often, or it ran past its hard time limit), or an automatic run retry that would run past
+    the max runtime of the run it retries (`dagster/max_runtime` bounds a run together with its
+    run retries: a run that run monitoring failed for running too long is not run again)."""
+
+    @functools.wraps(compute)
+    def step(*args: P.args, **kwargs: P.kwargs) -> R:
+        reason = _refusal.get() or _past_max_runtime(dg.OpExecutionContext.get())
+        if reason:
+            raise dg.Failure(reason, allow_retries=False)
+        return compute(*args, **kwargs)
+
+    return step
+
+
+def _past_max_runtime(context: dg.OpExecutionContext) -> str | None:
+    """Why an automatic retry (Dagster's `dagster/retry_number` tag) must not start this step:
+    its first run began longer ago than the run's `dagster/max_runtime`. None otherwise."""
+    run = context.run
+    max_runtime = run.tags.get("dagster/max_runtime")
+    if "dagster/retry_number" not in run.tags or not max_runtime:
+        return None
+    first_run_id = run.root_run_id or run.run_id
+    first = context.instance.get_run_record_by_id(first_run_id)
+    elapsed_s = time.time() - first.start_time if first and first.start_time else 0.0
+    if elapsed_s <= float(max_runtime):
+        return None
+    return (
+        f"run {first_run_id} of this partition started {elapsed_s:.0f} s ago, past its max runtime of "
+        f"{float(max_runtime):g} s (dagster/max_runtime), which also bounds its automatic retries: not run"
+    )

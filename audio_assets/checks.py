@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
-from audio_assets.archive_job import archives_partitions
+from audio_assets.archive_job import archives_partitions, gated_step
 from audio_assets.opus_files import opus_files
 from resources.manifest_io import ArchiveTable
 from resources.object_store import ObjectStore
@@ -27,6 +27,7 @@ def _checked(
 
 
 @dg.asset_check(asset=opus_files, partitions_def=archives_partitions, additional_ins=_MANIFEST, blocking=True)
+@gated_step
 def every_mp3_has_one_row(
     context: dg.AssetCheckExecutionContext, raw_archive: ArchiveTable, results_db: ResultsDatabase
 ) -> dg.AssetCheckResult:
@@ -55,6 +56,7 @@ def every_mp3_has_one_row(
 
 
 @dg.asset_check(asset=opus_files, partitions_def=archives_partitions, additional_ins=_MANIFEST)
+@gated_step
 def opus_objects_match_rows(
     context: dg.AssetCheckExecutionContext,
     raw_archive: ArchiveTable,
@@ -86,6 +88,7 @@ def opus_objects_match_rows(
 
 
 @dg.asset_check(asset=opus_files, partitions_def=archives_partitions, additional_ins=_MANIFEST)
+@gated_step
 def durations_are_positive(
     context: dg.AssetCheckExecutionContext, raw_archive: ArchiveTable, results_db: ResultsDatabase
 ) -> dg.AssetCheckResult:

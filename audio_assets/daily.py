@@ -6,6 +6,7 @@ import json
 import dagster as dg
 import pandas as pd
 
+from audio_assets.archive_job import gated_step
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 
@@ -13,6 +14,7 @@ daily_partitions = dg.DailyPartitionsDefinition(start_date="2026-11-01", timezon
 
 
 @dg.asset(partitions_def=daily_partitions, kinds={"postgres", "parquet", "s3"}, group_name="reports")
+@gated_step
 def daily_summary(
     context: dg.AssetExecutionContext, object_store: ObjectStore, results_db: ResultsDatabase
 ) -> dg.MaterializeResult:

@@ -29,6 +29,7 @@ import paramiko
 from pydantic import Field
 
 from archive_identity import ARCHIVE_PREFIX
+from audio_assets.archive_job import gated_step
 from audio_assets.verified_upload import S3_MIN_PART, TransferVerificationError, VerifyingReader, part_size_for
 from resources.object_store import MIB, ObjectInfo, ObjectStore
 from resources.remote_host import (
@@ -67,6 +68,7 @@ class RemoteFileChanged(RuntimeError):
     description="Streams one remote archive into archives/ (multipart, SHA-256 verified), then marks it transferred",
     pool="remote_transfer",
 )
+@gated_step
 def transfer_remote_archive(
     context: dg.OpExecutionContext,
     config: RemoteArchiveConfig,

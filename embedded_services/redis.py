@@ -1,6 +1,8 @@
 """Start and stop a real Redis server (Debian's `redis-server`) on a free loopback port: the
-Celery broker and result backend for the multi-worker tests. No persistence: a test's
-broker lives and dies with it. No Dagster import."""
+Celery broker and result backend for the multi-worker tests, configured as deploy/README.md asks
+of production's: an append-only file in its data folder (a restart keeps the queues, the held
+messages and the step delivery counts) and no eviction (a full Redis refuses writes, which the
+workers see, rather than drop keys, which they would not). No Dagster import."""
 
 from __future__ import annotations
 
@@ -46,7 +48,11 @@ def start_redis(data_dir: Path, timeout_s: float = 20) -> LocalRedis:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
             "--protected-mode",
             "yes",
             "--logfile",

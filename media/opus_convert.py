@@ -50,6 +50,11 @@ _NO_MESSAGE = "ffmpeg failed without a message"
 _HOST_PROBLEMS = ("No space left on device", "Error opening output")
 
 
+# The source's container, named to ffmpeg and PyAV instead of probed: the members converted are
+# MP3s, and a member named .mp3 must not get any other demuxer (a playlist that opens other
+# files or URLs, a container with a codec nobody meant to expose) by what its bytes look like.
+SOURCE_FORMAT = "mp3"
+
 # ffmpeg may write this much past the duration cap (`-t`), so a file whose header understates
 # its length is still seen to be over the cap, while a lying header cannot make it decode hours.
 CAP_MARGIN_S = 5.0
@@ -128,7 +133,9 @@ def _convert_and_check(source: Path, target: Path, job: _Job) -> OpusConversion:
         # The header understated it; ffmpeg was stopped CAP_MARGIN_S past the cap, or nearly.
         raise over_the_cap(opus_s, cap, at_least=opus_s >= cap + CAP_MARGIN_S - 1)
     if declared_s is None or _ESTIMATED_DURATION in ffmpeg_warnings:
-        source_s = decoded_duration_seconds(source, stop_after_s=None if cap is None else cap + CAP_MARGIN_S)
+        source_s = decoded_duration_seconds(
+            source, stop_after_s=None if cap is None else cap + CAP_MARGIN_S, format=SOURCE_FORMAT
+        )
     else:
         source_s = declared_s
     tolerance_s = job.tolerance_s
@@ -147,7 +154,7 @@ def _declared_duration(source: Path) -> float | None:
     """Duration stated by the file's header (None when it states none); opening the file is
     also the cheapest test that it is audio at all."""
     try:
-        with av.open(str(source)) as container:
+        with av.open(str(source), format=SOURCE_FORMAT) as container:
             if not container.streams.audio:
                 raise ConversionError("no audio stream")
             stream = container.streams.audio[0]
@@ -181,7 +188,7 @@ def _run_ffmpeg(source: Path, target: Path, job: _Job) -> str:
     because "Estimating duration from bitrate" is a warning and decides how to check."""
     limit = {} if job.max_seconds is None else {"t": f"{job.max_seconds + CAP_MARGIN_S:g}"}
     command = (
-        ffmpeg_cli.input(str(source))
+        ffmpeg_cli.input(str(source), format=SOURCE_FORMAT)
         .output(
             str(target),
             format="opus",
@@ -222,19 +229,19 @@ def last_meaningful_line(stderr: str) -> str:
     return reasons[-1] if reasons else _NO_MESSAGE
 
 
-def demuxed_seconds(path: Path, stop_after_s: float) -> float:
+def demuxed_seconds(path: Path, stop_after_s: float, format: str = SOURCE_FORMAT) -> float:
     """Seconds of audio the file's frames add up to, read from the frame headers without
     decoding (a 4-hour MP3 in milliseconds); counting stops once past `stop_after_s`. Frames
     without a duration make it fall back to decoding, bounded the same way."""
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), format=format) as container:
             stream = container.streams.audio[0]
             seconds = 0.0
             for packet in container.demux(stream):
                 if packet.dts is None:  # the flush packet at the end
                     continue
                 if not packet.duration or packet.time_base is None:
-                    return decoded_duration_seconds(path, stop_after_s=stop_after_s)
+                    return decoded_duration_seconds(path, stop_after_s=stop_after_s, format=format)
                 seconds += float(packet.duration * packet.time_base)
                 if seconds > stop_after_s:
                     break
@@ -243,13 +250,13 @@ def demuxed_seconds(path: Path, stop_after_s: float) -> float:
         raise ConversionError(f"not decodable audio: {_av_reason(exc)}") from None
 
 
-def decoded_duration_seconds(path: Path, stop_after_s: float | None = None) -> float:
+def decoded_duration_seconds(path: Path, stop_after_s: float | None = None, format: str | None = None) -> float:
     """Seconds of audio `path` really holds: every packet decoded with PyAV, samples counted,
-    until past `stop_after_s` when given. A packet that fails to decode is skipped, as ffmpeg
+    until past `stop_after_s` when given; `format`: its container (probed when None). A packet that fails to decode is skipped, as ffmpeg
     itself does (a concatenated MP3 has one at each seam); a file with no audio stream or
     nothing decodable raises ConversionError."""
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), format=format) as container:
             if not container.streams.audio:
                 raise ConversionError("no audio stream")
             stream = container.streams.audio[0]

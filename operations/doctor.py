@@ -236,6 +236,32 @@ def check_redis(settings: DoctorSettings, resources: ResolvedResources) -> Check
         return CheckResult("redis", "fail", f"{short_error(exc)} ({broker_target(url)})")
 
 
+def check_host_settings(settings: DoctorSettings, resources: ResolvedResources) -> CheckResult:
+    """Only where a Celery executor is configured: every live worker's values of the settings
+    all hosts must agree on (lease, caps, claim, attempts, time limits, code version) are
+    this host's. Workers answer a broadcast (workers/celery_app.py); one that differs fails."""
+    from celery import Celery
+
+    from resources.archive_run import host_settings, settings_mismatches
+
+    url = next((os.environ[var] for var in CELERY_BROKER_VARS if os.environ.get(var)), None)
+    if url is None:
+        return CheckResult("host-settings", "skip", "no Celery broker configured")
+    with Celery(broker=url, set_as_current=False) as app:
+        replies = app.control.broadcast("agreed_settings", reply=True, timeout=settings.timeout_s)
+    workers = {name: values for reply in replies for name, values in reply.items()}
+    if not workers:
+        return CheckResult("host-settings", "warn", f"no worker answered within {settings.timeout_s:g} s")
+    ours = host_settings()
+    differ = {name: settings_mismatches(values, ours) for name, values in sorted(workers.items())}
+    differ = {name: found for name, found in differ.items() if found}
+    if differ:
+        return CheckResult(
+            "host-settings", "fail", "; ".join(f"{name}: {', '.join(found)}" for name, found in differ.items())
+        )
+    return CheckResult("host-settings", "ok", f"{len(workers)} worker(s) agree with this host")
+
+
 # (check, uses the network): network checks get the --timeout budget, local ones a fixed one.
 CHECKS: list[tuple[str, Callable[[DoctorSettings, ResolvedResources], CheckResult], bool]] = [
     ("s3", check_s3, True),
@@ -247,6 +273,7 @@ CHECKS: list[tuple[str, Callable[[DoctorSettings, ResolvedResources], CheckResul
     ("whisper-gpu", check_whisper_gpu, False),
     ("scratch", check_scratch, False),
     ("redis", check_redis, True),
+    ("host-settings", check_host_settings, True),
 ]
 
 

@@ -43,6 +43,8 @@ A step opens `archive_run.step(context, upstream)` around its work and is handed
 """
 
 import contextlib
+import importlib.metadata
+import math
 import os
 import socket
 import threading
@@ -72,6 +74,7 @@ T = TypeVar("T")
 ARCHIVE_READERS = ("raw_archive", "opus_files", "parquet_metadata")
 LAST_STEP = "classifications"  # its success also closes what is left of the run's failures
 _COPY = "archive"
+CLAIM_RETRY_DELAY_S = 60  # between two executions of raw_archive waiting for a claim
 _DOWNLOAD_HEADROOM_BYTES = 1024 * 1024
 
 
@@ -393,7 +396,12 @@ class ArchiveRun(dg.ConfigurableResource):
         "whose steps renewed its claim for this long may be taken over (a run it knows holds its claim "
         "until it finishes); a step execution that renewed its lease for this long is over",
     )
-    claim_wait_s: float = Field(default=6 * 3600, description="raw_archive gives up (retryably) after this long")
+    claim_wait_s: float = Field(default=6 * 3600, description="raw_archive gives up after waiting this long in all")
+    claim_step_wait_s: float = Field(
+        default=300,
+        description="How long one execution of raw_archive waits in its worker slot (far below the slot's soft "
+        "time limit) before Dagster runs it again later, outside any slot",
+    )
     poll_interval_s: float = Field(default=2.0, description="How often a waiting raw_archive tries again")
 
     @contextlib.contextmanager
@@ -460,15 +468,21 @@ class ArchiveRun(dg.ConfigurableResource):
         return ArchiveVersion.of(info, partition_key)
 
     def _take(self, context: dg.AssetExecutionContext, archive: ArchiveVersion, ended) -> ArchiveVersion:
-        """raw_archive: claim `archive` for this run, waiting for another run to end with it."""
-        deadline, next_report = time.monotonic() + self.claim_wait_s, 0.0
+        """raw_archive: claim `archive` for this run, waiting for another run to end with it: at
+        most `claim_step_wait_s` in the step's worker slot, whose soft time limit (2 h on the CPU
+        queue) is far below `claim_wait_s`; then Dagster runs the step again a minute later,
+        outside any slot, until `claim_wait_s` has passed in all."""
+        step_wait_s = min(self.claim_wait_s, self.claim_step_wait_s)
+        deadline, next_report = time.monotonic() + step_wait_s, 0.0
         while True:
             claimed = claim(self.results_db, archive, context.run.run_id, ended, resume=False)
             if isinstance(claimed, ArchiveVersion):
                 context.log.info(f"holding the claim on {archive} (epoch {claimed.epoch})")
                 return claimed
             if time.monotonic() >= deadline:
-                raise ArchiveBusy(f"{archive.key} stayed claimed by run {claimed.run_id} for {self.claim_wait_s:g} s")
+                busy = ArchiveBusy(f"{archive.key} is claimed by run {claimed.run_id}")
+                retries = math.ceil(self.claim_wait_s / (step_wait_s + CLAIM_RETRY_DELAY_S)) - 1
+                raise dg.RetryRequested(max_retries=retries, seconds_to_wait=CLAIM_RETRY_DELAY_S) from busy
             if time.monotonic() >= next_report:
                 self._report_wait(context, archive, claimed)
                 next_report = time.monotonic() + 60
@@ -561,15 +575,17 @@ class ArchiveRun(dg.ConfigurableResource):
                 self.scratch.remove_shared_dir(held.run_id, _COPY)
 
 
-def worker_metadata(gpu: bool = False) -> dict[str, str | int]:
-    """Where the step ran (WORKER_NAME, set per worker in deploy/, else the host name), and on
-    a GPU step the model loads its process has done so far: 1 on a long-lived GPU worker
-    however many partitions it has run (the model cache is per process)."""
+def worker_metadata(gpu: bool = False) -> dict[str, Any]:
+    """Where the step ran (WORKER_NAME, set per worker in deploy/, else the host name) and with
+    which of the settings every host must agree on, and on a GPU step the model loads its
+    process has done so far: 1 on a long-lived GPU worker however many partitions it has run
+    (the model cache is per process)."""
     host = socket.gethostname()
-    where: dict[str, str | int] = {
+    where: dict[str, Any] = {
         "worker_name": os.environ.get("WORKER_NAME") or host,
         "worker_host": host,
         "worker_pid": os.getpid(),
+        "host_settings": dg.MetadataValue.json(host_settings()),
     }
     if not gpu:
         return where
@@ -581,3 +597,41 @@ def worker_metadata(gpu: bool = False) -> dict[str, str | int]:
         "whisper_files_in_process": transcriber.transcribed_files_count(),
         "cope_loads_in_process": cope_scorer.load_count(),
     }
+
+
+# Settings each host reads from its own environment that every host must agree on: two values
+# of the lease, a cap, the claim's time-to-live or the per-file attempts would make hosts treat
+# the same step or file differently. Each step reports its host's (worker_metadata above) and
+# `audio-pipeline doctor` compares every live worker's with its own (deploy/README.md).
+AGREED_SETTINGS = (
+    "CELERY_TASK_LEASE_S",
+    "CELERY_MAX_DELIVERIES",
+    "ARCHIVE_CLAIM_TTL_S",
+    "ARCHIVE_CLAIM_STEP_WAIT_S",
+    "ARCHIVE_RUN_MAX_RUNTIME_S",
+    "FILE_MAX_ATTEMPTS",
+    "AUDIO_MAX_MINUTES",
+    "FFMPEG_TIMEOUT_S",
+)
+AGREED_PREFIXES = ("METADATA_MAX_", "CELERY_CPU_", "CELERY_GPU_")  # the caps and time limits of a family
+UNSET = "(default)"
+
+
+def host_settings() -> dict[str, str]:
+    """This process's values of the agreed settings (UNSET where the code's default applies),
+    with the pipeline's installed version, which sets those defaults."""
+    names = set(AGREED_SETTINGS) | {name for name in os.environ if name.startswith(AGREED_PREFIXES)}
+    try:
+        code = importlib.metadata.version("audio-moderation-pipeline")
+    except importlib.metadata.PackageNotFoundError:
+        code = "not installed"
+    return {"code_version": code} | {name: os.environ.get(name) or UNSET for name in sorted(names)}
+
+
+def settings_mismatches(theirs: dict[str, str], ours: dict[str, str]) -> list[str]:
+    """`NAME=theirs (ours)` for every agreed setting on which two hosts differ."""
+    return [
+        f"{name}={theirs.get(name, UNSET)} (here {ours.get(name, UNSET)})"
+        for name in sorted(set(theirs) | set(ours))
+        if theirs.get(name, UNSET) != ours.get(name, UNSET)
+    ]

@@ -155,6 +155,7 @@ def _wire(
             results_db=results_db,
             scratch=scratch,
             claim_ttl_s=float(os.environ.get("ARCHIVE_CLAIM_TTL_S", "1800")),
+            claim_step_wait_s=float(os.environ.get("ARCHIVE_CLAIM_STEP_WAIT_S", "300")),
         ),
         **models,
     }

@@ -7,7 +7,8 @@
   wraps them (the one fake): the real Whisper's batched call raises a CUDA error whenever its
   batch holds a file whose bytes carry WHISPER_THROWS (an ID3 title, which ffmpeg copies into
   the Opus file: `with_title`), and the real scorer raises whenever its batch holds a transcript
-  with SCORER_THROWS_ON. Separate processes (Celery workers) get the same wrappers from
+  with SCORER_THROWS_ON. A batch holding a file titled WHISPER_SLOW takes WHISPER_SLOW_S longer
+  (a long step), each start noted in the file TOOL_FAULTS_SLOW_LOG names (the process's pid). Separate processes (Celery workers) get the same wrappers from
   tests/tool_fault_hook/sitecustomize.py with TOOL_FAULTS=1 and that folder on PYTHONPATH.
 """
 
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from archive_factory import build_tar, ffmpeg_exe, make_speech_mp3
 
 FFMPEG_CRASH = "FFMPEG-CRASHES-ON-THIS"
 WHISPER_THROWS = "WHISPER-THROWS-ON-THIS"
+WHISPER_SLOW = "WHISPER-IS-SLOW-ON-THIS"
+WHISPER_SLOW_S = 30
 SCORER_THROWS_ON = "giraffe"  # spoken in the clip, so it is in its transcript
 HOOK = Path(__file__).parent / "tool_fault_hook"
 GOOD_CLIPS = [
@@ -93,6 +97,10 @@ def install(patch=setattr) -> None:
     def transcribe_files(self, paths):
         if any(WHISPER_THROWS.encode() in Path(p).read_bytes() for p in paths):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        if any(WHISPER_SLOW.encode() in Path(p).read_bytes() for p in paths):
+            with open(os.environ.get("TOOL_FAULTS_SLOW_LOG", os.devnull), "a") as log:
+                log.write(f"{os.getpid()}\n")
+            time.sleep(WHISPER_SLOW_S)
         return transcribe(self, paths)
 
     def score_contents(self, policy, contents):

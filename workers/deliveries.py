@@ -6,56 +6,87 @@ that kills the process working on it (an OOM kill on a parquet bomb, an ffmpeg t
 parent down) would be handed to worker after worker forever while its run stays STARTED and
 the run queue's one-run-per-partition limit holds back every newer version of the archive.
 
-So each delivery of a step task is counted in Redis (the broker), keyed by the task id, which
-a redelivered message keeps: INCR with an expiry when a pool process starts the task, DEL when
-the task returns or fails. A step whose worker died CELERY_MAX_DELIVERIES times (3) is not run
-again: the next delivery answers with the step's failure, "worker lost 3 times while running
-opus_files". Time limits come per queue (workers/settings.py): the soft limit raises
-SoftTimeLimitExceeded inside the step; the hard limit kills the pool process, and the step's
-answer is again its failure, "opus_files ran past its hard time limit of 7500 s".
+So each delivery of a step task is counted in Redis (the broker), in a hash keyed by the task
+id, which a redelivered message keeps: HINCRBY with an expiry when a pool process starts the
+task, DEL when the task returns. A step whose worker died CELERY_MAX_DELIVERIES times (3) is not
+run again: the next delivery fails it with "worker lost 3 times while running opus_files".
+Time limits come per queue (workers/settings.py): the soft limit raises SoftTimeLimitExceeded
+inside the step; the hard limit kills the pool process, and the message goes back on its queue
+with the reason beside its count, so its next delivery fails the step with "opus_files ran past
+its hard time limit of 7500 s".
 
-Either answer is a STEP_FAILURE event in the task's result, the form in which dagster-celery's
-run side receives every step's events (a list of serialized DagsterEvents): the run marks the
-step failed, skips what depends on it and fails as a step failure, which run retries leave
-alone (`retry_on_asset_or_op_failure: false`), and the dead letter records the step's error.
-(A task that raised instead would reach the run as an executor error, after which
-dagster-celery submits no further step and can wait forever on one that became ready.) The
-event is written in Dagster's serialized event format, the one its event log stores and reads
-back across versions; tests/faults/test_celery_bounds.py reads it back through Dagster.
+Only deaths the input may have caused count. A worker that is stopped on purpose (SIGTERM from a
+deploy or a rolling restart: Celery's warm shutdown) gives back, as its shutdown begins, the
+count of every step it is running; if its grace period (the unit's TimeoutStopSec) ends before
+the step does, the kill that follows is not held against the step. And counting never switches
+itself off: when Redis refuses the count (it must keep what it is told: no eviction, an
+append-only file; deploy/README.md), the worker tries again for a while and then puts the
+message back on its queue (Reject with requeue), logging an error, rather than run the step
+uncounted.
+
+A refused delivery is executed like every other, by dagster-celery's own task body, with the
+step made to fail at its start (audio_assets/archive_job.py, `refusing`): Dagster records the
+STEP_FAILURE with the reason in the run's event log and returns it as the task's result, the
+run marks the step failed and skips what depends on it, run retries leave a step failure alone
+(`retry_on_asset_or_op_failure: false`), and the dead letter records the reason. (A task that
+raised instead would reach the run as an executor error, after which dagster-celery submits no
+further step and can wait forever on one that became ready.)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import time
 
 import dagster as dg
 import redis
-from celery import Task
+from celery import Celery, Task, signals
+from celery.exceptions import Reject, TimeLimitExceeded
 from celery.worker import state
 from celery.worker.request import Request
 
+from audio_assets.archive_job import refusing
 from workers import settings
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "audio-pipeline:step-deliveries:"
+# How long a delivery waits for Redis to take its count before going back on its queue.
+COUNT_RETRY_DELAYS_S = (1, 2, 4, 8)
+# Give back a delivery's count only while the hash exists: a step that finished meanwhile
+# deleted it, and a hash created here would hold a count of -1 for a step that is gone.
+_GIVE_BACK = "if redis.call('exists', KEYS[1]) == 1 then return redis.call('hincrby', KEYS[1], 'deliveries', -1) end"
 
 
 class DeliveryCounter:
     def __init__(self, redis_url: str, expire_s: int):
         self._client = redis.Redis.from_url(redis_url, socket_timeout=10)
         self._expire_s = expire_s
+        self._give_back = self._client.register_script(_GIVE_BACK)
 
-    def count(self, task_id: str) -> int:
-        """This delivery's number: 1 on the first, 2 on the first redelivery, ..."""
+    def count(self, task_id: str) -> tuple[int, str | None]:
+        """This delivery's number (1 on the first, 2 on the first redelivery, ...) and the
+        reason recorded for failing it instead of running it, if any."""
         key = KEY_PREFIX + task_id
         with self._client.pipeline() as pipe:  # MULTI/EXEC: the expiry always comes with the count
-            pipe.incr(key)
+            pipe.hincrby(key, "deliveries", 1)
+            pipe.hget(key, "refusal")
             pipe.expire(key, self._expire_s)
-            deliveries, _ = pipe.execute()
-        return int(deliveries)
+            deliveries, refusal, _ = pipe.execute()
+        return int(deliveries), refusal.decode() if refusal else None
+
+    def refuse_next(self, task_id: str, reason: str) -> None:
+        """The task's next delivery fails its step with `reason` instead of running it."""
+        key = KEY_PREFIX + task_id
+        with self._client.pipeline() as pipe:
+            pipe.hset(key, "refusal", reason)
+            pipe.expire(key, self._expire_s)
+            pipe.execute()
+
+    def give_back(self, task_id: str) -> None:
+        """Uncount the delivery running now (its worker is being stopped on purpose)."""
+        self._give_back(keys=[KEY_PREFIX + task_id])
 
     def clear(self, task_id: str) -> None:
         self._client.delete(KEY_PREFIX + task_id)
@@ -63,7 +94,7 @@ class DeliveryCounter:
 
 class BoundedStepRequest(Request):
     """A step message without its own time limits gets those of the queue it came from; a
-    step killed at its hard time limit answers with its failure."""
+    step killed at its hard time limit goes back on its queue to be answered with its failure."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -73,122 +104,121 @@ class BoundedStepRequest(Request):
             # it with the routing key "gpu.execute_plan", which other brokers may hand back.
             self.time_limits = settings.time_limits(routing_key.split(".")[0])
 
+    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
+        # Called first when the hard limit kills the pool process (then on_timeout): record why
+        # before the message goes back on the queue (BoundedStep.acks_on_timeout is False).
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)  # unwrap ExceptionWithTraceback
+        if isinstance(exc, TimeLimitExceeded) and not state.should_terminate:
+            limit = exc.args[0] if exc.args else self.time_limits[0]
+            reason = f"{_steps(self.kwargs)} ran past its hard time limit of {float(limit):g} s"
+            log.error("%s (task %s): its pool process was killed; its next delivery fails it", reason, self.id)
+            _refuse_next(self.task, self.id, reason)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
     def on_timeout(self, soft, timeout):
         if soft or state.should_terminate:
             return super().on_timeout(soft, timeout)
-        state.task_ready(self)
-        step_args = _step_args(self.kwargs)
-        message = f"{_steps(step_args)} ran past its hard time limit of {timeout:g} s"
-        log.error("%s (task %s): its pool process was killed", message, self.id)
-        self.task.backend.mark_as_done(self.id, step_failure(step_args, message), request=self._context)
-        _forget(self.task, self.id)
-        self.acknowledge()
+        # Not Celery's own handling, which stores the task's result as a failure: the run would
+        # see an executor error. on_failure has put the message back with its reason.
 
 
 class BoundedStep(Task):
     """Base of dagster-celery's `execute_plan` task on the workers (workers/celery_app.py)."""
 
     Request = BoundedStepRequest
+    acks_on_timeout = False  # a step killed at its hard limit is requeued, then answered
     _counter: DeliveryCounter | None = None
 
     def __call__(self, *args, **kwargs):
-        deliveries = _count(self, self.request.id)
-        if deliveries > settings.max_deliveries():
-            step_args = _step_args(kwargs)
-            message = f"worker lost {deliveries - 1} times while running {_steps(step_args)}"
-            log.error("%s (task %s): not running it again", message, self.request.id)
+        deliveries, refusal = _count(self, self.request.id)
+        if refusal is None and deliveries > settings.max_deliveries():
+            refusal = f"worker lost {deliveries - 1} times while running {_steps(kwargs)}"
+        try:
+            if refusal is None:
+                return super().__call__(*args, **kwargs)
+            log.error("%s (task %s): failing the step at its start", refusal, self.request.id)
+            with refusing(refusal):  # dagster-celery's own body: Dagster fails and records the step
+                return super().__call__(*args, **kwargs)
+        finally:
             _forget(self, self.request.id)
-            return step_failure(step_args, message)
-        result = super().__call__(*args, **kwargs)
-        _forget(self, self.request.id)
-        return result
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         _forget(self, task_id)  # the task failed on its own: nothing redelivers it
 
     def delivery_counter(self) -> DeliveryCounter | None:
         """The counter in the Redis broker; None with another broker (nothing counted)."""
-        broker_url = str(self.app.conf.broker_url or "")
-        if BoundedStep._counter is None and broker_url.startswith(("redis://", "rediss://")):
-            BoundedStep._counter = DeliveryCounter(broker_url, settings.DELIVERY_COUNT_EXPIRE_S)
+        if BoundedStep._counter is None and _is_redis(self.app):
+            BoundedStep._counter = DeliveryCounter(self.app.conf.broker_url, settings.DELIVERY_COUNT_EXPIRE_S)
         return BoundedStep._counter
 
 
-def step_failure(step_args, message: str) -> list[str]:
-    """The task's result for a step that is not run (again): its STEP_FAILURE event, stored in
-    the run's event log (as a worker stores the events of a step it runs; the run side only
-    acts on them) and returned serialized, as dagster-celery's task returns them."""
-    step_key = step_args.step_keys_to_execute[0]
-    job_name = step_args.job_origin.job_name
-    handle: dict | None = None
-    for name in step_key.split("[")[0].split("."):  # a step in a graph: its node's path
-        handle = {"__class__": "SolidHandle", "name": name, "parent": handle}
-    error: dict = {
-        "__class__": "SerializableErrorInfo",
-        "message": f"{StepNotRun.__name__}: {message}\n",
-        "stack": [],
-        "cls_name": StepNotRun.__name__,
-        "cause": None,
-        "context": None,
-    }
-    event = {
-        "__class__": "DagsterEvent",
-        "event_type_value": "STEP_FAILURE",
-        "pipeline_name": job_name,
-        "step_key": step_key,
-        "solid_handle": handle,
-        "step_handle": {"__class__": "StepHandle", "key": step_key, "solid_handle": handle},
-        "step_kind_value": "COMPUTE",
-        "logging_tags": {
-            "job_name": job_name,
-            "op_name": step_key.split("[")[0].split(".")[-1],
-            "run_id": step_args.run_id,
-            "step_key": step_key,
-        },
-        "event_specific_data": {
-            "__class__": "StepFailureData",
-            "error": error,
-            "error_source": {"__enum__": "ErrorSource.FRAMEWORK_ERROR"},
-            "user_failure_data": None,
-        },
-        "message": f'Execution of step "{step_key}" failed: {message}.',
-        "pid": os.getpid(),
-    }
-    serialized = json.dumps(event)
-    try:
-        with dg.DagsterInstance.from_ref(step_args.instance_ref) as instance:
-            instance.report_dagster_event(
-                dg.deserialize_value(serialized, dg.DagsterEvent), step_args.run_id, log_level=logging.ERROR
-            )
-    except Exception:  # the run still fails the step; only the event log lacks the reason
-        log.warning("could not store the failure of %s in run %s", step_key, step_args.run_id, exc_info=True)
-    return [serialized]
+def install(app: Celery) -> None:
+    """A worker of `app` that is told to stop (SIGTERM, SIGINT, SIGQUIT: a deploy, a rolling
+    restart, an operator) gives back the deliveries of the steps it is running."""
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def give_back_running_steps(sig=None, how=None, **_):
+        if not _is_redis(app):
+            return
+        # Runs in the signal handler: a client of its own, never one the interrupted code holds.
+        counter = DeliveryCounter(app.conf.broker_url, settings.DELIVERY_COUNT_EXPIRE_S)
+        for request in _running_steps():
+            if request.id in _given_back:
+                continue
+            try:
+                counter.give_back(request.id)
+                _given_back.add(request.id)
+                log.warning("%s shutdown (%s): the delivery of task %s does not count", how, sig, request.id)
+            except redis.RedisError:  # then it counts: the bound errs on the side of stopping
+                log.warning("could not give back the delivery of task %s", request.id, exc_info=True)
 
 
-class StepNotRun(Exception):
-    """The name the dead letter and the UI show for a step a worker bound stopped."""
+_given_back: set[str] = set()  # a second signal must not give back the same delivery twice
 
 
-def _step_args(kwargs: dict):
-    """dagster-celery's ExecuteStepArgs (run id, step keys, job origin) from the task's kwargs."""
-    return dg.deserialize_value(json.dumps(kwargs["execute_step_args_packed"]))
+def _running_steps() -> list[Request]:
+    for _ in range(3):
+        try:
+            return [r for r in state.active_requests if isinstance(r.task, BoundedStep)]
+        except RuntimeError:  # the set changed while we read it
+            continue
+    return []
 
 
-def _steps(step_args) -> str:
-    return ", ".join(step_args.step_keys_to_execute or []) or "a step"
+def _steps(kwargs: dict) -> str:
+    """The step keys of a step task, from dagster-celery's packed ExecuteStepArgs."""
+    step_args = dg.deserialize_value(json.dumps(kwargs["execute_step_args_packed"]))
+    return ", ".join(getattr(step_args, "step_keys_to_execute", None) or []) or "a step"
 
 
-def _count(task: BoundedStep, task_id: str) -> int:
+def _is_redis(app: Celery) -> bool:
+    return str(app.conf.broker_url or "").startswith(("redis://", "rediss://"))
+
+
+def _count(task: BoundedStep, task_id: str) -> tuple[int, str | None]:
     counter = task.delivery_counter()
     if counter is None:
-        return 1  # no Redis broker, no count (with RabbitMQ, use a quorum queue's delivery-limit)
+        return 1, None  # no Redis broker, no count (with RabbitMQ, use a quorum queue's delivery-limit)
+    for delay_s in (*COUNT_RETRY_DELAYS_S, None):
+        try:
+            return counter.count(task_id)
+        except redis.RedisError as exc:
+            if delay_s is None:
+                log.error("could not count the delivery of task %s: back on its queue, not run uncounted", task_id)
+                raise Reject(f"delivery count unavailable: {exc}", requeue=True) from exc
+            log.warning("could not count the delivery of task %s (%s); trying again", task_id, exc)
+            time.sleep(delay_s)
+    raise AssertionError("unreachable")
+
+
+def _refuse_next(task: BoundedStep, task_id: str, reason: str) -> None:
+    counter = task.delivery_counter()
+    if counter is None:
+        return
     try:
-        return counter.count(task_id)
-    except redis.RedisError:
-        # The broker just handed us this message, so this is a blip: run the step rather than
-        # fail it; the next delivery is counted again.
-        log.warning("could not count the delivery of task %s", task_id, exc_info=True)
-        return 1
+        counter.refuse_next(task_id, reason)
+    except redis.RedisError:  # the step then runs again, and its deaths are counted
+        log.warning("could not record why task %s must not run again", task_id, exc_info=True)
 
 
 def _forget(task: BoundedStep, task_id: str) -> None:

@@ -28,7 +28,8 @@ chunk and skip files done for the same model/policy version, so a lost worker co
 most the chunk it was working on.
 
 Bounds (workers/deliveries.py): a step whose worker died CELERY_MAX_DELIVERIES times fails
-instead of running again, and each step task has a soft and a hard time limit per queue.
+instead of running again (a worker stopped on purpose does not count), and each step task has a
+soft and a hard time limit per queue.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ def time_limits(queue: str) -> tuple[float, float]:
     hard = float(os.environ.get(f"{prefix}_TIME_LIMIT_S", default_hard))
     soft = float(os.environ.get(f"{prefix}_SOFT_TIME_LIMIT_S", min(default_soft, hard)))
     return hard, min(soft, hard)
+
+
+def scratch_sweep_interval_s() -> float:
+    """SCRATCH_SWEEP_INTERVAL_S: how often each worker sweeps its host's scratch (default hourly;
+    also once when it starts)."""
+    return float(os.environ.get("SCRATCH_SWEEP_INTERVAL_S", 3600))
 
 
 def max_memory_per_child_kib() -> int | None:

@@ -1,18 +1,21 @@
 """Bounded retries in Celery mode: a poison input, a parquet bomb on a memory-limited worker and
 a wedged step each end their run with a recorded reason, and the archive's next version runs;
 files whose tools fail every time (ffmpeg crashing, Whisper or the scorer throwing) end as their
-own outcome while the rest of their archive is classified in the same run.
+own outcome while the rest of their archive is classified in the same run. What is not the
+input's fault is not bounded as if it were: a long step whose worker is restarted on purpose,
+again and again, still completes; a raw_archive waiting for another run's claim never sits in
+its slot until the soft time limit.
 
 One cluster for the module, as production runs it (tests/distributed/ has the same shape):
 Redis (broker and result backend), PostgreSQL, SeaweedFS, `dagster-daemon` with the
 repository's dagster.yaml (run monitoring polled every 2 s here instead of 60 s), one CPU worker
-on the `cpu` queue and one "GPU" worker (a CPU process running the real Whisper base model) on
+on the `cpu` queue and two "GPU" workers (CPU processes running the real Whisper base model) on
 the `gpu` queue. The CPU worker's ffmpeg is a wrapper (FFMPEG_BINARY) that runs the real one,
 except on an input carrying a marker in its bytes: then it SIGKILLs the process that started
 it (the pool process running `opus_files`, as a poison input that gets it OOM-killed would), or
 sleeps forever (a wedged conversion); it runs tests/tool_faults.py's crashing ffmpeg, which dies
 of SIGSEGV on its own marker. The GPU worker runs the real Whisper and scorer wrapped to throw on
-marked inputs (tests/tool_fault_hook).
+marked inputs, or take WHISPER_SLOW_S longer on them (tests/tool_fault_hook).
 
 The CPU worker's memory is limited by a watchdog in the test: a pool process whose resident
 size passes MEMORY_LIMIT_MIB is SIGKILLed, as the kernel's OOM killer does in a unit with
@@ -22,7 +25,9 @@ cgroup v2 memory.max of its own.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 import time
 import uuid
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+import fault_report
 import numpy as np
 import psutil
 import pyarrow as pa
@@ -41,7 +47,7 @@ import yaml
 from archive_factory import build_tar, make_parquet, make_speech_mp3
 from celery_cluster import CeleryCluster, CeleryWorker, production_environment
 from daemon_harness import DaemonHarness
-from fault_report import record_outcome
+from fault_report import assert_objects_agree, files, record_outcome
 from pipeline_support import rows
 
 from archive_identity import ArchiveVersion
@@ -66,6 +72,10 @@ BOMB_ROWS = 4_000_000  # ~0.5 KB of Python objects per row once read: far over t
 CPU_SOFT_LIMIT_S, CPU_HARD_LIMIT_S = 40, 45
 WEDGE_MAX_RUNTIME_S = 20
 LEASE_S = 10
+GPU_WORKERS = ("gpu-a", "gpu-b")
+CLAIM_STEP_WAIT_S = 10
+# How long a worker told to stop waits for its step before it is killed (the units' TimeoutStopSec).
+STOP_GRACE_S = 3
 
 FFMPEG_WRAPPER = """#!/bin/bash
 # ffmpeg standing in for a poison input: the real ffmpeg, except on an input with a marker.
@@ -130,7 +140,9 @@ class Cluster:
     kills: Path
     wedges: Path
     crashes: Path
+    slow_starts: Path  # a line (the pool process's pid) each time a slow transcription starts
     watchdog: MemoryWatchdog
+    gpu_env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +151,8 @@ def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
     redis_server = start_redis(root / "redis")
     object_store, results_db, pipeline = production_environment(root, s3_server, postgres_server, redis_server, LEASE_S)
     kills, wedges, wrapper = root / "kills.txt", root / "wedges.txt", root / "ffmpeg-wrapper"
+    slow_starts = root / "slow-transcriptions.txt"
+    gpu_env = tool_faults.hook_environment() | {"TOOL_FAULTS_SLOW_LOG": str(slow_starts)}
     crashing, crashes = tool_faults.crashing_ffmpeg(root, resolve_ffmpeg())
     wrapper.write_text(
         FFMPEG_WRAPPER.format(
@@ -165,9 +179,13 @@ def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
                     "METADATA_MAX_ROWS": "1000000000",
                     "CELERY_CPU_SOFT_TIME_LIMIT_S": str(CPU_SOFT_LIMIT_S),
                     "CELERY_CPU_TIME_LIMIT_S": str(CPU_HARD_LIMIT_S),
+                    # raw_archive waits this long for a claim in its slot (production: 300 s, far
+                    # below the 2-h soft limit), here below the 40-s one.
+                    "ARCHIVE_CLAIM_STEP_WAIT_S": str(CLAIM_STEP_WAIT_S),
                 },
             )
-            workers.start_worker("gpu-a", GPU_QUEUE, env=tool_faults.hook_environment())
+            for name in GPU_WORKERS:
+                workers.start_worker(name, GPU_QUEUE, env=gpu_env)
             workers.wait_until_ready()
             watchdog = MemoryWatchdog(cpu, MEMORY_LIMIT_MIB).start()
             harness.start_daemon()
@@ -182,7 +200,9 @@ def cluster(tmp_path_factory, s3_server, postgres_server) -> Iterator[Cluster]:
                     kills,
                     wedges,
                     crashes,
+                    slow_starts,
                     watchdog,
+                    gpu_env,
                 )
             except BaseException:
                 print(harness.daemon_log(), workers.logs())
@@ -237,7 +257,8 @@ def finished_run(cluster: Cluster, partition: str, timeout_s: float) -> dg.Dagst
 
 
 def celery_executions(instance: dg.DagsterInstance, run_id: str, step: str) -> int:
-    """How many times a worker started executing `step` for the run (dagster-celery's event)."""
+    """How many times a worker started executing `step` for the run (dagster-celery's event),
+    a refused delivery included (Dagster executes it, and the step fails at its start)."""
     return sum(
         1
         for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
@@ -330,7 +351,7 @@ def test_poison_input_that_kills_its_pool_process_fails_the_run_after_n_deliveri
     failures = step_failures(instance, run.run_id)
     assert run.status == dg.DagsterRunStatus.FAILURE, cluster.workers.logs()
     assert len(killed) == MAX_DELIVERIES and len(set(killed)) == MAX_DELIVERIES  # 3 pool processes
-    assert executions == MAX_DELIVERIES  # the 4th delivery did not run the step
+    assert executions == MAX_DELIVERIES + 1  # the 4th failed the step at its start: no 4th kill
     deliveries = deliveries_of_refused_task(cluster.cpu, "opus_files")
     assert deliveries == MAX_DELIVERIES + 1, cluster.cpu.log_text()[-3000:]
     assert f"worker lost {MAX_DELIVERIES} times while running opus_files" in failures.get("opus_files", ""), (
@@ -349,8 +370,8 @@ def test_poison_input_that_kills_its_pool_process_fails_the_run_after_n_deliveri
     next_s = assert_new_version_classified(cluster, tmp_path, name, partition, run)
     record_outcome(
         "Celery: poison input whose ffmpeg SIGKILLs the pool process running `opus_files`",
-        f"{deliveries} deliveries: {executions} executions, each killing its pool process ({len(killed)} killed), "
-        f"and 1 refused; run FAILED "
+        f"{deliveries} deliveries: {executions - 1} executions, each killing its pool process ({len(killed)} "
+        f"killed), and 1 refused (the step failed at its start, recorded by Dagster); run FAILED "
         f"{fail_s:.0f} s after it started with 'worker lost {MAX_DELIVERIES} times while running opus_files' "
         f"(a step failure, no run retry); dead letter stage {row['stage']}; the overwritten version ran to "
         f"success {next_s:.0f} s after its upload: 2 files classified; files lost 0, duplicate rows 0, orphan "
@@ -371,7 +392,7 @@ def test_parquet_bomb_on_a_memory_limited_worker_fails_the_run_after_n_deliverie
     executions = celery_executions(instance, run.run_id, "parquet_metadata")
     failures = step_failures(instance, run.run_id)
     assert run.status == dg.DagsterRunStatus.FAILURE, cluster.workers.logs()
-    assert len(oom_kills) == MAX_DELIVERIES and executions == MAX_DELIVERIES, (oom_kills, executions)
+    assert len(oom_kills) == MAX_DELIVERIES and executions == MAX_DELIVERIES + 1, (oom_kills, executions)
     deliveries = deliveries_of_refused_task(cluster.cpu, "parquet_metadata")
     assert deliveries == MAX_DELIVERIES + 1
     assert f"worker lost {MAX_DELIVERIES} times while running parquet_metadata" in failures["parquet_metadata"]
@@ -386,7 +407,7 @@ def test_parquet_bomb_on_a_memory_limited_worker_fails_the_run_after_n_deliverie
     record_outcome(
         f"Celery: parquet bomb ({bomb.stat().st_size / 1024:.0f} KB, {BOMB_ROWS:,} rows) on a CPU worker limited "
         f"to {MEMORY_LIMIT_MIB} MiB per pool process (test watchdog standing in for the OOM killer)",
-        f"{deliveries} deliveries: {executions} executions, each pool process killed (at up to "
+        f"{deliveries} deliveries: {executions - 1} executions, each pool process killed (at up to "
         f"{max(m for _, m in oom_kills):.0f} MiB), and 1 refused; run FAILED {fail_s:.0f} s after it started with 'worker lost {MAX_DELIVERIES} "
         f"times while running parquet_metadata'; dead letter stage {row['stage']}; the next version ran to "
         f"success {next_s:.0f} s after its upload (2 files classified; files lost 0, duplicate rows 0, orphan "
@@ -415,33 +436,46 @@ def test_wedged_step_is_failed_by_run_monitoring_and_its_time_limit(cluster, tmp
     (row,) = dead_letter(cluster, run.run_id)
     assert "maximum runtime" in row["error"] or "hard time limit" in row["error"], row
 
-    # The wedged step itself ends at the CPU queue's hard time limit, which frees the worker.
+    # The wedged step itself ends at the CPU queue's hard time limit, which frees the worker: its
+    # message goes back with the reason, and its next delivery would fail the step with it (here
+    # the run has ended, so the worker drops the revoked message instead).
     harness = cluster.harness
-    harness.wait_until(
-        lambda: "opus_files" in step_failures(instance, run.run_id),
-        CPU_HARD_LIMIT_S + 60,
-        "the wedged step's hard time limit",
-    )
-    failure = step_failures(instance, run.run_id)["opus_files"]
-    assert f"opus_files ran past its hard time limit of {CPU_HARD_LIMIT_S} s" in failure, failure
-    wedged = cluster.wedges.read_text().split()
+    hard_limit = f"opus_files ran past its hard time limit of {CPU_HARD_LIMIT_S} s"
+    harness.wait_until(lambda: hard_limit in cluster.cpu.log_text(), CPU_HARD_LIMIT_S + 60, "the hard time limit")
 
-    # Run retries (dagster.yaml: 2) may start the run again; each one ends the same way.
+    # run_retries (dagster.yaml: 2) may start one retry: whether Dagster marks the run to be
+    # retried depends on which of run monitoring and the terminated run process reports the
+    # failure first. A retry's steps fail at their start: the max runtime bounds the run with
+    # its retries, so a run failed for running too long runs no more either way.
     def settled():
         runs = harness.runs(tags={"dagster/partition": partition})
         retried = {r.parent_run_id for r in runs}
         pending = [r for r in runs if r.tags.get("dagster/will_retry") == "true" and r.run_id not in retried]
         return all(r.is_finished for r in runs) and not pending and runs
 
-    runs = harness.wait_until(settled, 3 * (CPU_HARD_LIMIT_S + 60), "every run of the wedged partition to end")
-    assert len(runs) <= 3 and all(r.status == dg.DagsterRunStatus.FAILURE for r in runs), runs
+    runs = list(reversed(harness.wait_until(settled, 3 * (CPU_HARD_LIMIT_S + 60), "every run of the partition to end")))
+    assert len(runs) in (1, 2) and all(r.status == dg.DagsterRunStatus.FAILURE for r in runs), runs
+    retried = ""
+    if len(runs) == 2:
+        retry = runs[1]
+        assert retry.parent_run_id == run.run_id and retry.tags.get("dagster/will_retry") != "true", retry.tags
+        refused = step_failures(instance, retry.run_id)
+        assert refused and all("past its max runtime" in error for error in refused.values()), refused
+        assert celery_executions(instance, retry.run_id, "opus_files") == 1
+        retried = (
+            f"run retries started 1 retry, whose steps ({', '.join(sorted(refused))}) failed at their start (past "
+            f"the max runtime that bounds a run with its retries, a step failure: no further retry), "
+            f"{run_seconds(instance, retry.run_id):.0f} s"
+        )
+    wedged = cluster.wedges.read_text().split()
+    assert len(wedged) == 1  # no retry converted anything
     record_outcome(
         f"Celery: wedged `opus_files` (ffmpeg that never ends), run max_runtime {WEDGE_MAX_RUNTIME_S} s, CPU "
-        f"queue time limits {CPU_SOFT_LIMIT_S}/{CPU_HARD_LIMIT_S} s",
+        f"queue time limits {CPU_SOFT_LIMIT_S}/{CPU_HARD_LIMIT_S} s (measured 2026-12-07)",
         f"run FAILED by run monitoring {failed_after_s:.0f} s after it started ('Exceeded maximum runtime'); dead "
-        f"letter: '{row['error']}'; the step's pool process killed at the hard limit and the step answered "
-        f"'ran past its hard time limit of {CPU_HARD_LIMIT_S} s'; wedged conversions {len(wedged)}, runs of the "
-        f"partition {len(runs)} (run retries included, at most 3), all FAILED",
+        f"letter: '{row['error']}'; the step's pool process killed at the hard limit ('{hard_limit}', its message "
+        f"put back with that reason); {retried or 'run retries started none'}; wedged conversions {len(wedged)}, runs of the "
+        f"partition {len(runs)}, all FAILED (before: 3 runs, 3 wedged conversions)",
     )
 
 
@@ -494,19 +528,270 @@ def test_files_that_always_fail_their_tool_are_their_own_outcome_and_the_rest_is
     )
 
 
-def test_a_refused_steps_answer_reads_back_as_dagsters_own_step_failure_event():
-    """The answer is written in Dagster's stored event format: read back by this Dagster
-    version, it is the step's STEP_FAILURE with the reason (guards a Dagster upgrade)."""
-    from types import SimpleNamespace
+def test_doctor_names_the_workers_whose_agreed_settings_differ_from_this_hosts(cluster, monkeypatch):
+    from operations.doctor import DoctorSettings, check_host_settings
 
-    from workers.deliveries import step_failure
+    for name, value in cluster.harness.env.items():  # this host: the daemon's, which the GPU workers share
+        monkeypatch.setenv(name, value)
+    result = check_host_settings(DoctorSettings(timeout_s=5), None)
 
-    step_args = SimpleNamespace(
-        step_keys_to_execute=["opus_files"], run_id="no-such-run", job_origin=SimpleNamespace(job_name="archive_job")
+    # cpu-1 runs the drills' own caps and time limits; the GPU workers run this host's settings.
+    assert result.state == "fail", result
+    differing = dict(part.split(": ", 1) for part in result.detail.split("; "))
+    assert [name.split("@")[0] for name in differing] == ["cpu-1"], result.detail
+    (cpu,) = differing.values()
+    for expected in (
+        f"CELERY_CPU_SOFT_TIME_LIMIT_S={CPU_SOFT_LIMIT_S} (here (default))",
+        "METADATA_MAX_ROWS=1000000000 (here (default))",
+        f"ARCHIVE_CLAIM_STEP_WAIT_S={CLAIM_STEP_WAIT_S} (here (default))",
+    ):
+        assert expected in cpu, cpu
+    assert "CELERY_TASK_LEASE_S" not in cpu  # set alike everywhere
+    record_outcome(
+        "Celery: per-host settings that disagree (measured 2026-12-07)",
+        f"`audio-pipeline doctor` on the daemon's host asked the 3 live workers for their agreed settings: "
+        f"[{result.state}] {result.detail}; the 2 GPU workers agree; every step's materialization also "
+        "carries its host's values (`host_settings`)",
     )
-    step_args.instance_ref = None  # nothing to store it in: only the answer is checked
-    (serialized,) = step_failure(step_args, "worker lost 3 times while running opus_files")
-    event = dg.deserialize_value(serialized, dg.DagsterEvent)
-    assert event.is_step_failure and event.step_key == "opus_files" and event.job_name == "archive_job"
-    assert str(event.node_handle) == "opus_files" and event.step_handle.key == "opus_files"
-    assert event.step_failure_data.error.message == "StepNotRun: worker lost 3 times while running opus_files\n"
+
+
+def plant_scratch(scratch: Path, run_id: str, age_s: float) -> Path:
+    """A run's scratch folder with a file, untouched for `age_s`."""
+    folder = scratch / run_id / "transcripts"
+    folder.mkdir(parents=True)
+    (folder / "left-behind.opus").write_bytes(b"x" * 100_000)
+    then = time.time() - age_s
+    for path in (folder / "left-behind.opus", folder, folder.parent):
+        os.utime(path, (then, then))
+    return folder.parent
+
+
+def restart(cluster: Cluster, worker: CeleryWorker, grace_s: float | None = None) -> CeleryWorker:
+    """Stop `worker` on purpose as its systemd unit does (SIGTERM to the Celery process: a warm
+    shutdown; after `grace_s`, TimeoutStopSec, SIGKILL to all that is left) and start it again."""
+    ready_before = worker.log_text().count(" ready.")
+    (celery_main,) = psutil.Process(worker.process.pid).children()
+    celery_main.send_signal(signal.SIGTERM)
+    if grace_s is None:
+        worker.process.wait(timeout=60)
+    else:
+        cluster.harness.wait_until(lambda: "shutdown (MainProcess)" in worker.log_text(), 30, "a warm shutdown", 0.2)
+        time.sleep(grace_s)
+        os.killpg(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(timeout=30)
+    env = cluster.gpu_env if worker.queue == GPU_QUEUE else {}
+    started = cluster.workers.start_worker(worker.name, worker.queue, env=env)
+    cluster.harness.wait_until(
+        lambda: started.log_text().count(" ready.") > ready_before, 180, f"{worker.name} ready again"
+    )
+    return started
+
+
+def test_every_worker_sweeps_its_own_hosts_scratch_when_it_starts(cluster):
+    worker = cluster.workers.workers["gpu-b"]  # a GPU host: no sweep job step ever reaches it
+    scratch = worker.workdir / "scratch"
+    running = cluster.harness.instance.add_run(
+        dg.DagsterRun(job_name="archive_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED)
+    )
+    stale = plant_scratch(scratch, str(uuid.uuid4()), age_s=7 * 3600)  # a killed step's, its run long over
+    in_use = plant_scratch(scratch, running.run_id, age_s=7 * 3600)  # old, but its run goes on
+    recent = plant_scratch(scratch, str(uuid.uuid4()), age_s=60)
+    restarted = restart(cluster, worker)
+    cluster.harness.wait_until(lambda: not stale.exists(), 60, "the stale scratch folder to go")
+    assert in_use.exists() and recent.exists()
+    assert "scratch sweep of" in restarted.log_text()
+    cluster.harness.instance.delete_run(running.run_id)
+    record_outcome(
+        "Celery: scratch left on a GPU host by killed steps (measured 2026-12-07)",
+        "a GPU-queue worker restarted with 3 run folders in its SCRATCH_ROOT: the one untouched for 7 h of a run "
+        "that had ended was removed by the worker's own sweep as it started (it sweeps hourly after); the "
+        "7-h-old one of a running run and a 1-minute-old one were kept",
+    )
+
+
+def test_raw_archive_waits_for_another_runs_claim_outside_its_worker_slot(cluster, tmp_path):
+    from resources.archive_run import claim
+
+    instance, harness = cluster.harness.instance, cluster.harness
+    soft_limits_before = cluster.cpu.log_text().count("SoftTimeLimitExceeded")  # the wedged drill's
+    key = upload(cluster, tmp_path, "claimed_elsewhere")
+    partition = cluster.results_db.archives.partitions_for([key])[key]
+    instance.add_dynamic_partitions("archives", [partition])
+    # Another live run holds the archive (as a `dagster asset materialize` outside the queue would).
+    holder = instance.add_run(
+        dg.DagsterRun(job_name="claim_holder", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED)
+    )
+    version = ArchiveVersion.of(cluster.object_store.head(key), partition)
+    assert isinstance(claim(cluster.results_db, version, holder.run_id, lambda _: False, resume=False), ArchiveVersion)
+    with archive_job_submitter(instance) as submit:
+        run = submit(archive_run_request(version).tags)
+
+    def raw_archive_retries():
+        return [
+            entry.dagster_event.event_specific_data.error
+            for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
+            if entry.step_key == "raw_archive"
+        ]
+
+    harness.wait_for_step(run.run_id, "raw_archive", timeout_s=600)
+    harness.wait_until(raw_archive_retries, 300, "raw_archive to give its slot back")
+    waited_s = run_seconds_so_far(instance, run.run_id)
+    instance.delete_run(holder.run_id)  # the holder ends
+    run = finished_run(cluster, partition, timeout_s=600)
+    retries = raw_archive_retries()
+    causes = [error.to_string() for error in retries]
+    assert run.status == dg.DagsterRunStatus.SUCCESS, (step_failures(instance, run.run_id), cluster.workers.logs())
+    assert retries and all("ArchiveBusy" in cause and "SoftTimeLimitExceeded" not in cause for cause in causes), causes
+    assert cluster.cpu.log_text().count("SoftTimeLimitExceeded") == soft_limits_before
+    executions = celery_executions(instance, run.run_id, "raw_archive")
+    assert executions == len(retries) + 1
+    record_outcome(
+        f"Celery: raw_archive of an archive another live run holds, CPU soft time limit {CPU_SOFT_LIMIT_S} s "
+        "(measured 2026-12-07)",
+        f"each execution of raw_archive waited {CLAIM_STEP_WAIT_S} s in its slot (ARCHIVE_CLAIM_STEP_WAIT_S; "
+        f"production 300 s against a 2-h soft limit) and asked Dagster for a retry a minute later, outside any slot "
+        f"(SoftTimeLimitExceeded 0 times); the holder ended {waited_s:.0f} s into the run and execution "
+        f"{executions} took the claim: run SUCCESS, 2 files classified",
+    )
+
+
+def run_seconds_so_far(instance: dg.DagsterInstance, run_id: str) -> float:
+    record = instance.get_run_record_by_id(run_id)
+    return time.time() - (record.start_time or time.time())
+
+
+def slow_archive(cluster: Cluster, workdir: Path, name: str) -> str:
+    """archives/{name}.tar.gz with one speech clip whose transcription takes WHISPER_SLOW_S longer."""
+    parts = workdir / name
+    clip = make_speech_mp3(parts / "slow.mp3", "the weather is lovely today in the park")
+    clip = tool_faults.with_title(clip, tool_faults.WHISPER_SLOW)
+    meta = make_parquet(parts / "meta.parquet", [{"meta_id": "slow", "creator": f"@{name}"}])
+    tar = build_tar(parts / f"{name}.tar.gz", [("clips/slow.mp3", clip), ("meta.parquet", meta)], gzip=True)
+    return cluster.object_store.upload_file(tar, f"archives/{name}.tar.gz").key
+
+
+def test_a_long_step_whose_worker_is_stopped_on_purpose_three_times_still_completes(cluster, tmp_path):
+    instance, harness = cluster.harness.instance, cluster.harness
+    key = slow_archive(cluster, tmp_path, "restarted_gpu")
+    partition = cluster.results_db.archives.partitions_for([key])[key]
+    instance.add_dynamic_partitions("archives", [partition])
+    with archive_job_submitter(instance) as submit:
+        submit(archive_run_request(ArchiveVersion.of(cluster.object_store.head(key), partition)).tags)
+
+    def slow_starts() -> list[int]:
+        return [int(pid) for pid in cluster.slow_starts.read_text().split()] if cluster.slow_starts.exists() else []
+
+    seen = len(slow_starts())
+    stopped = []
+    for _ in range(MAX_DELIVERIES):  # a rolling restart of the GPU workers, three times over
+        pid = harness.wait_until(lambda n=seen: slow_starts()[n:], 300, "the long transcription to start", 0.5)[0]
+        seen += 1
+        (worker,) = [w for w in cluster.workers.workers.values() if pid in {p.pid for p in w.pool_processes()}]
+        restart(cluster, worker, grace_s=STOP_GRACE_S)
+        stopped.append(worker.name)
+    run = finished_run(cluster, partition, timeout_s=600)
+
+    assert run.status == dg.DagsterRunStatus.SUCCESS, (step_failures(instance, run.run_id), cluster.workers.logs())
+    assert celery_executions(instance, run.run_id, "transcripts") == MAX_DELIVERIES + 1
+    assert len(slow_starts()) == seen + 1  # each delivery ran the step; the 4th to its end
+    given_back = sum(w.log_text().count("does not count") for w in cluster.workers.workers.values())
+    assert given_back >= MAX_DELIVERIES
+    file = files(cluster.results_db, key)["clips/slow.mp3"]
+    assert file["status"] == "classified", file
+    assert fault_report.failures(cluster.results_db, key) == {}
+    objects = assert_objects_agree(cluster.results_db, cluster.object_store, key)
+    (materialization,) = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("transcripts"), asset_partitions=[partition]), limit=1
+    ).records
+    reported = materialization.event_log_entry.asset_materialization.metadata["host_settings"].value
+    assert reported["CELERY_TASK_LEASE_S"] == str(LEASE_S) and reported["code_version"], reported
+    record_outcome(
+        f"Celery: a long `transcripts` step ({tool_faults.WHISPER_SLOW_S} s longer) whose GPU worker is stopped on "
+        f"purpose 3 times (measured 2026-12-07)",
+        f"two GPU-queue workers; each time the step ran, the worker running it got SIGTERM (warm shutdown, its "
+        f"running delivery given back), then SIGKILL {STOP_GRACE_S} s later (TimeoutStopSec) and was started "
+        f"again ({', '.join(stopped)}); the 4th delivery ran the step to its end: run SUCCESS, not 'worker lost "
+        f"3 times'; 1 file classified, files lost 0, duplicate rows 0, orphan objects 0 ({objects} object), rows "
+        "whose object disagrees 0",
+    )
+
+
+def test_a_delivery_that_redis_will_not_count_goes_back_on_its_queue_unrun(tmp_path, monkeypatch):
+    """Redis that refuses writes (full, with the noeviction policy deploy/README.md asks for):
+    the step is not run uncounted; its message goes back on its queue."""
+    import redis
+    from celery import Celery
+
+    from workers import deliveries
+    from workers.deliveries import BoundedStep
+
+    monkeypatch.setattr(deliveries, "COUNT_RETRY_DELAYS_S", (0.1, 0.2), raising=False)
+    monkeypatch.setattr(BoundedStep, "_counter", None)
+    server = start_redis(tmp_path / "redis")
+    try:
+        app = Celery(broker=server.url(0), backend=server.url(1), set_as_current=False)
+        ran = []
+
+        @app.task(bind=True, base=BoundedStep, name="bounded_step")
+        def bounded_step(self, execute_step_args_packed):
+            ran.append(self.request.id)
+            return []
+
+        client = redis.Redis.from_url(server.url(0))
+        client.config_set("maxmemory", 1)  # every write refused: "OOM command not allowed"
+        refused = bounded_step.apply(kwargs={"execute_step_args_packed": {}})
+        client.config_set("maxmemory", 0)
+        counted = bounded_step.apply(kwargs={"execute_step_args_packed": {}})
+    finally:
+        monkeypatch.setattr(BoundedStep, "_counter", None)
+        stop_redis(server)
+    assert refused.state == "REJECTED" and ran == [counted.id], (refused.state, ran)
+    assert counted.state == "SUCCESS"
+    record_outcome(
+        "Celery: Redis refuses the delivery count (full, noeviction) (measured 2026-12-07)",
+        "the step task did not run; after its retries the delivery was rejected back onto its queue (Celery's "
+        "Reject with requeue), logged as an error; once Redis took writes again the next delivery was counted "
+        "and ran",
+    )
+
+
+def test_a_refused_steps_answer_is_dagsters_own_step_failure_event(tmp_path):
+    """What a refused delivery answers is what Dagster itself records when the step's body (an
+    asset of the archive job, with its I/O retry policy, or an asset check) fails at its start:
+    the STEP_FAILURE with the reason, read back from the instance's event log; no retry, and
+    nothing of the body ran."""
+    from audio_assets.archive_job import archive_asset, gated_step, refusing
+
+    ran = []
+
+    @archive_asset(kinds={"python"}, manifest=False)
+    def toy_step(context):  # (annotations are strings in this module: Dagster needs none)
+        ran.append("asset")
+        return dg.MaterializeResult()
+
+    @dg.asset
+    def plain():
+        return 1
+
+    @dg.asset_check(asset=plain)
+    @gated_step
+    def toy_check():
+        ran.append("check")
+        return dg.AssetCheckResult(passed=True)
+
+    reason = f"worker lost {MAX_DELIVERIES} times while running the step"
+    with dg.DagsterInstance.local_temp(str(tmp_path)) as instance:
+        instance.add_dynamic_partitions("archives", ["p"])
+        for assets, options in (
+            ([toy_step], {"partition_key": "p"}),
+            ([plain, toy_check], {"selection": dg.AssetSelection.checks(toy_check)}),
+        ):
+            with refusing(reason):
+                result = dg.materialize(assets, instance=instance, raise_on_error=False, **options)
+            stored = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+            (failure,) = [entry.dagster_event for entry in stored]
+            assert failure.step_failure_data.user_failure_data.description == reason
+            assert reason in failure.step_failure_data.error.message
+            retries = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
+            assert not result.success and retries == []
+    assert ran == []

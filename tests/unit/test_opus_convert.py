@@ -141,7 +141,7 @@ def write_blip_mp3(path: Path) -> Path:
         (write_empty_mp3, "empty file (0 bytes)"),
         (write_random_mp3, "not decodable audio: Invalid data found when processing input"),
         (write_text_mp3, "not decodable audio: Invalid data found when processing input"),
-        (write_png_named_mp3, "no audio stream"),
+        (write_png_named_mp3, "not decodable audio"),  # read as MP3 (the demuxer is pinned), not as an image
         (write_truncated_mp3, "output duration "),  # "1.99 s differs from source 4.00 s by more than 0.25 s"
         (write_blip_mp3, "no audio: decodes to 0.0"),
     ],
@@ -156,6 +156,25 @@ def test_bad_source_raises_with_reason_and_leaves_no_target(tmp_path, ffmpeg, wr
     assert str(raised.value).startswith(reason)
     assert not raised.value.transient  # a property of the bytes: the row may turn failed
     assert not target.exists()
+
+
+def wav_named_mp3(path: Path, container: str) -> Path:
+    """Two seconds of speech-band tone in another container (`wav`, `ogg`), named .mp3."""
+    command = [ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=2"]
+    subprocess.run([*command, "-f", container, str(path)], check=True)
+    return path
+
+
+@pytest.mark.parametrize("container", ["wav", "ogg"])
+def test_a_member_named_mp3_is_read_as_mp3_whatever_its_bytes_look_like(tmp_path, ffmpeg, container):
+    # Probed, ffmpeg and PyAV would pick the demuxer the bytes look like (here WAV or Ogg; a
+    # playlist could open other files or URLs) and convert it. Pinned to MP3, it is no MP3.
+    source = wav_named_mp3(tmp_path / "clip.mp3", container)
+    assert av.open(str(source)).format.name != "mp3"  # what probing would have chosen
+    with pytest.raises(ConversionError) as raised:  # "not decodable audio", or ffmpeg finds no MP3 frame
+        convert_to_opus(source, tmp_path / "clip.opus", ffmpeg=ffmpeg)
+    assert not raised.value.transient, raised.value  # a property of the bytes: the file fails
+    assert not (tmp_path / "clip.opus").exists()
 
 
 def test_truncation_message_names_both_durations(tmp_path, ffmpeg):

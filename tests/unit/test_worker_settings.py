@@ -54,3 +54,19 @@ def test_step_tasks_are_bounded_and_time_limited_per_queue(monkeypatch):
     monkeypatch.setenv("CELERY_GPU_TIME_LIMIT_S", "60")
     monkeypatch.setenv("CELERY_MAX_DELIVERIES", "5")
     assert time_limits("gpu") == (60, 60) and max_deliveries() == 5  # soft never above hard
+
+
+def test_every_step_of_the_code_location_starts_at_the_gate():
+    """A delivery the worker refuses is executed by Dagster with the step made to fail at its
+    start (workers/deliveries.py): that holds only for steps whose body starts at gated_step."""
+    from audio_assets.archive_job import gated_step
+    from definitions import defs
+
+    gate = gated_step(lambda: None).__code__
+    ungated = [
+        f"{job.name}: {node.name}"
+        for job in defs.resolve_all_job_defs()
+        for node in job.all_node_defs
+        if getattr(getattr(node.compute_fn, "decorated_fn", None), "__code__", None) is not gate
+    ]
+    assert ungated == []
