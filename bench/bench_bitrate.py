@@ -16,7 +16,7 @@ WER on short and on long speech, and Opus bytes per audio-minute (what S3 stores
 assertion: the table is the result, recorded in bench/RESULTS.md.
 """
 
-from __future__ import annotations  # noqa: I001 (bench_conversion must come first: it sets sys.path)
+from __future__ import annotations
 
 import argparse
 import random
@@ -24,15 +24,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import bench_conversion as conversion  # sets up sys.path for archive_factory
-from archive_factory import make_speech_mp3
+import bench_conversion as conversion
 from bench_transcription import Clip, make_espeak_clip, sample_clips
 
 from media.ffmpeg_binary import resolve_ffmpeg
 from media.opus_convert import convert_to_opus
 from models.transcriber import TranscriberSettings, load_transcriber
-from wer import corpus_word_error_rate
 from models.whisper_models import default_models_root
+from testing.archive_factory import make_speech_mp3
+from testing.wer import corpus_word_error_rate
 
 
 def main() -> None:

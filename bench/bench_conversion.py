@@ -21,7 +21,7 @@ its event log) and the CPU seconds each process spent (ffmpeg, this Python proce
 and PostgreSQL servers). No assertion on time: the table is the result.
 """
 
-from __future__ import annotations  # noqa: I001 (bench_services must come first: it sets sys.path)
+from __future__ import annotations
 
 import argparse
 import hashlib
@@ -41,13 +41,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_services import ROOT as ROOT  # bench_transcription reads conversion.ROOT
-from bench_services import bench_services, postmaster_pid, process_cpu_s
 import av
 import dagster as dg
-
-
-from archive_factory import build_tar, make_speech_mp3
+from bench_services import ROOT as ROOT  # bench_transcription reads conversion.ROOT
+from bench_services import bench_services, postmaster_pid, process_cpu_s
 
 import audio_assets.opus_files as opus_files_module
 import media.opus_convert as opus_convert_module
@@ -67,6 +64,7 @@ from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 from resources.results_db.failures import DeadLetter
 from resources.scratch import ScratchSpace
+from testing.archive_factory import build_tar, make_speech_mp3
 
 BITRATE_KBPS = 32
 ARCHIVE_KEY = "archives/bench_conversion.tar.gz"

@@ -13,7 +13,7 @@ random-byte members (a plain .tar then), so the archive steps' share of a big ar
   decode + transcribe, batch 8, language en) on the Opus files, the profanity classifier on
   the texts. Model load times are included: a run loads its models too.
 * pipeline: `dagster-daemon` as the embedded default runs it (`audio-pipeline demo`,
-  operations/demo.py): the repository's dagster.yaml on PostgreSQL (tests/daemon_harness.py),
+  operations/demo.py): the repository's dagster.yaml on PostgreSQL (testing/daemon_harness.py),
   the run on the local run host, whose processes have not run anything yet (so the run loads
   its models, as the bare tools do); `--run-workers`: the repository's dagster.yaml as it is, a
   run-worker process per run (the embedded default before issue 25). Embedded defaults (base
@@ -23,7 +23,7 @@ random-byte members (a plain .tar then), so the archive steps' share of a big ar
 Prints both, the overhead (pipeline / bare - 1) and where the difference goes. No assertion.
 """
 
-from __future__ import annotations  # noqa: I001 (bench_services must come first: it sets sys.path)
+from __future__ import annotations
 
 import argparse
 import os
@@ -32,10 +32,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_services import DAEMON_START_S, BenchServices, bench_services
 import dagster as dg
-
-from archive_factory import build_tar, make_parquet
+from bench_services import DAEMON_START_S, BenchServices, bench_services
 from bench_transcription import load_bare_whisperx, make_espeak_clip, sample_clips
 
 from media.ffmpeg_binary import resolve_ffmpeg
@@ -44,6 +42,7 @@ from models.profanity_scorer import ProfanityScorer
 from models.transcriber import decode_audio_file
 from models.whisper_models import bundled_whisper_base, default_models_root
 from operations.demo import run_host_slots
+from testing.archive_factory import build_tar, make_parquet
 
 
 def main() -> None:

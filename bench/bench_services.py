@@ -3,15 +3,14 @@ and migrated results database with the environment the daemon's runs read, `dags
 started as the embedded default or the repository's dagster.yaml runs it, and CPU seconds by
 process (tree).
 
-Importing it puts tests/ on sys.path: the benches build their inputs with the fixtures' own
-builders (archive_factory) and run the daemon through tests/daemon_harness.py.
+The benches build their inputs with the tests' own builders (testing/archive_factory.py) and run
+the daemon through testing/daemon_harness.py.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -21,24 +20,21 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from daemon_harness import DaemonHarness, PipelineEnvironment  # noqa: E402
-
-from embedded_services.postgres import (  # noqa: E402
+from embedded_services.postgres import (
     LocalPostgres,
     create_database,
     sessions_started,
     start_postgres,
     stop_postgres,
 )
-from embedded_services.redis import start_redis, stop_redis  # noqa: E402
-from embedded_services.seaweedfs import SeaweedS3, start_seaweedfs, stop_seaweedfs  # noqa: E402
-from models.whisper_models import default_models_root  # noqa: E402
-from resources.object_store import ObjectStore  # noqa: E402
-from resources.results_db import ResultsDatabase  # noqa: E402
+from embedded_services.redis import start_redis, stop_redis
+from embedded_services.seaweedfs import SeaweedS3, start_seaweedfs, stop_seaweedfs
+from models.whisper_models import default_models_root
+from resources.object_store import ObjectStore
+from resources.results_db import ResultsDatabase
+from testing.daemon_harness import DaemonHarness, PipelineEnvironment
 
+ROOT = Path(__file__).resolve().parents[1]
 _TICKS = os.sysconf("SC_CLK_TCK")
 DAEMON_START_S = 20  # from `dagster-daemon run` to its code server up and the sensor ticking
 

@@ -35,7 +35,7 @@ sensitive than wall time to other jobs on the machine) and the CPU seconds per a
 the tools. No assertion: the tables are the result.
 """
 
-from __future__ import annotations  # noqa: I001 (bench_services must come first: it sets sys.path)
+from __future__ import annotations
 
 import argparse
 import os
@@ -49,12 +49,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_services import DAEMON_START_S, BenchServices, bench_services, tree_cpu_s
 import dagster as dg
-
-from archive_factory import build_tar, make_parquet
+from bench_services import DAEMON_START_S, BenchServices, bench_services, tree_cpu_s
 from bench_transcription import Clip, make_espeak_clip
-from daemon_harness import FINISHED, DaemonHarness
 
 from media.ffmpeg_binary import resolve_ffmpeg
 from media.opus_convert import convert_to_opus
@@ -63,6 +60,8 @@ from models.transcriber import TranscriberSettings, load_transcriber
 from models.whisper_models import default_models_root
 from operations.demo import run_host_slots
 from resources.object_store import ObjectStore
+from testing.archive_factory import build_tar, make_parquet
+from testing.daemon_harness import FINISHED, DaemonHarness
 
 E = dg.DagsterEventType
 STARTED_PROCESS = "Started process for run"  # the run's first engine event, where it executes

@@ -26,7 +26,7 @@ run of each, and the peak RSS of each method run alone in a fresh subprocess. No
 time: the tables are the result.
 """
 
-from __future__ import annotations  # noqa: I001 (bench_conversion must come first: it sets sys.path)
+from __future__ import annotations
 
 import argparse
 import dataclasses
@@ -47,20 +47,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bench_conversion as conversion  # clip texts, services
 import dagster as dg
 
-import bench_conversion as conversion  # sets up sys.path for archive_factory; clip texts, services
-from archive_factory import build_tar, make_speech_mp3
-
-import models.transcriber as transcriber_module
 import audio_assets.transcripts as transcripts_module
+import models.transcriber as transcriber_module
 import resources.archive_run as archive_run_module
 import resources.manifest_io as manifest_io_module
 from definitions import build_definitions
 from models.transcriber import TranscriberSettings, decode_audio_file, load_transcriber
-from wer import corpus_word_error_rate, normalize_words
 from models.whisper_models import bundled_whisper_base, default_models_root, resolve_whisper_model
-from pipeline_support import ArchiveRunner, pipeline_resources
 from resources.classifier import PolicyClassifier
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
@@ -68,6 +64,9 @@ from resources.results_db.failures import DeadLetter
 from resources.results_db.opus_files import opus_objects
 from resources.results_db.transcripts import transcripts_of_archive
 from resources.transcriber import WhisperTranscriber
+from testing.archive_factory import build_tar, make_speech_mp3
+from testing.pipeline_support import ArchiveRunner, pipeline_resources
+from testing.wer import corpus_word_error_rate, normalize_words
 
 SAMPLES = conversion.ROOT / "operations" / "samples"
 ARCHIVE_NAME = "bench_transcription.tar.gz"
@@ -382,7 +381,7 @@ def print_cpu(results: dict[str, list[Sample]]) -> None:
 
 def print_accuracy(texts_by_method: dict[str, dict[str, str]], clips: list[Clip]) -> None:
     """Corpus WER per method and set; keys are "method | input", with bare WhisperX on each input."""
-    print("\nword error rate (tests/wer.py, corpus WER: all errors / all reference words; last timed run)")
+    print("\nword error rate (testing/wer.py, corpus WER: all errors / all reference words; last timed run)")
     print(
         "| method | input | espeak clips | samples (6 espeak + 1 human) | all | identical to bare WhisperX, same input | identical to bare WhisperX on MP3 |"
     )

@@ -1,5 +1,5 @@
 """Upload → first step, as production starts a run: `dagster-daemon` with the repository's
-dagster.yaml (tests/daemon_harness.py), the archive sensor polling every 2 s, the run queue,
+dagster.yaml (testing/daemon_harness.py), the archive sensor polling every 2 s, the run queue,
 a run worker per run (`--run-host`: as the embedded default starts it, a task of the local run
 host). Uploads tiny one-file archives one after another (each run is left to finish before the
 next upload, so runs never share the cores) and reads each run's event log.
@@ -14,19 +14,18 @@ instance), → RUN_START (it imports the code location and plans), → the first
 (resources). No assertion: the table is the result.
 """
 
-from __future__ import annotations  # noqa: I001 (bench_services must come first: it sets sys.path)
+from __future__ import annotations
 
 import argparse
 import os
 import statistics
 import time
 
-from bench_services import DAEMON_START_S, BenchServices, bench_services
 import dagster as dg
-
-from archive_factory import build_tar, make_tone_mp3
+from bench_services import DAEMON_START_S, BenchServices, bench_services
 
 from operations.demo import run_host_slots
+from testing.archive_factory import build_tar, make_tone_mp3
 
 E = dg.DagsterEventType
 STARTED_PROCESS = "Started process for run"  # the run worker's first engine event

@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import bench_conversion as bench  # sets up sys.path for archive_factory
+import bench_conversion as bench
 import dagster as dg
 
 from resources.object_store import ObjectStore

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from daemon_harness import BIN, REPO, DaemonHarness, PipelineEnvironment
 
 from embedded_services.postgres import LocalPostgres, create_database
 from embedded_services.redis import LocalRedis
 from embedded_services.seaweedfs import SeaweedS3
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
+from testing.daemon_harness import BIN, REPO, DaemonHarness, PipelineEnvironment
 
 
 def production_environment(

@@ -19,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from archive_factory import build_tar, ffmpeg_exe, make_speech_mp3
+from testing.archive_factory import build_tar, ffmpeg_exe, make_speech_mp3
 
 FFMPEG_CRASH = "FFMPEG-CRASHES-ON-THIS"
 WHISPER_THROWS = "WHISPER-THROWS-ON-THIS"

@@ -43,9 +43,9 @@ from models.cope_scorer import PREFIX_SLACK_TOKENS, CopeScorer, answer_token_ids
 from models.cope_settings import CopeSettings  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from cope_before import CopeScorerBefore  # noqa: E402 (bench/gpu/ and tests/ are not packages)
-from tiny_cope import train_tokenizer  # noqa: E402
+from cope_before import CopeScorerBefore  # noqa: E402 (bench/gpu/ is not a package)
+
+from testing.tiny_cope import train_tokenizer  # noqa: E402
 
 GEMMA2_9B = dict(
     vocab_size=256000,
@@ -291,7 +291,7 @@ def build_model(shape: dict, device: torch.device, rank: int):
 
 
 def bench_tokenizer(vocab_size: int):
-    """tests/tiny_cope's byte-level BPE (digits single, so "0" and "1" are one token each, as in
+    """testing/tiny_cope's byte-level BPE (digits single, so "0" and "1" are one token each, as in
     Gemma's vocabulary), trained on the policies and pseudo-words in a second or two."""
     corpus = [p.read_text() for p in sorted(POLICIES_DIR.glob("*.md"))]
     corpus += [" ".join(_words(2000, seed=s)) for s in range(20)]

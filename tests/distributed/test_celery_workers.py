@@ -23,15 +23,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, ffmpeg_exe, make_parquet, make_speech_mp3
 from celery_cluster import CeleryCluster, production_environment
-from daemon_harness import BIN, DaemonHarness
-from pipeline_support import rows
 
 from embedded_services.redis import start_redis, stop_redis
 from operations.run_submission import archive_job_submitter
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
+from testing.archive_factory import build_tar, ffmpeg_exe, make_parquet, make_speech_mp3
+from testing.daemon_harness import BIN, DaemonHarness
+from testing.pipeline_support import rows
 from workers.settings import CPU_QUEUE, GPU_QUEUE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]

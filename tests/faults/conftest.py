@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from pipeline_support import ArchiveRunner, pipeline_resources
 from s3_fault_proxy import S3FaultProxy
 
 from definitions import build_definitions
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber
+from testing.pipeline_support import ArchiveRunner, pipeline_resources
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline_support import rows
+from testing.pipeline_support import rows
 
 REPORT = Path(os.environ.get("FAULT_REPORT") or Path(tempfile.gettempdir()) / "audio-pipeline-fault-report.jsonl")
 

@@ -44,11 +44,8 @@ import pyarrow.parquet as pq
 import pytest
 import tool_faults
 import yaml
-from archive_factory import build_tar, make_parquet, make_speech_mp3
 from celery_cluster import CeleryCluster, CeleryWorker, production_environment
-from daemon_harness import DaemonHarness
 from fault_report import assert_objects_agree, files, record_outcome
-from pipeline_support import rows
 
 from archive_identity import ArchiveVersion
 from audio_assets.archive_job import archive_run_request
@@ -58,6 +55,9 @@ from operations.run_submission import archive_job_submitter
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 from sensors.schedules import versions_to_catch_up
+from testing.archive_factory import build_tar, make_parquet, make_speech_mp3
+from testing.daemon_harness import DaemonHarness
+from testing.pipeline_support import rows
 from workers.deliveries import KEY_PREFIX
 from workers.settings import CPU_QUEUE, GPU_QUEUE
 

@@ -3,7 +3,7 @@ queue, while the sensor's run of the archive is alive but renews nothing (it wai
 slot longer than the claim's TTL), and from another Dagster instance (another DAGSTER_HOME),
 to which the sensor's run is unknown.
 
-Under `dagster-daemon` with the repository's dagster.yaml (tests/daemon_harness.py), the claim's
+Under `dagster-daemon` with the repository's dagster.yaml (testing/daemon_harness.py), the claim's
 TTL shortened to a few seconds (ARCHIVE_CLAIM_TTL_S) so that "longer than the TTL" takes
 seconds. A run Dagster knows holds its claim until Dagster reports it finished; a run it does
 not know holds it while its steps renew it. Either way the materialize waits, and both runs
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, make_speech_mp3, make_tone_mp3
-from daemon_harness import BIN, DaemonHarness, PipelineEnvironment, running_daemon
 from fault_report import assert_objects_agree, files, record_outcome
-from pipeline_support import rows
 
 from media.ffmpeg_binary import resolve_ffmpeg
+from testing.archive_factory import build_tar, make_speech_mp3, make_tone_mp3
+from testing.daemon_harness import BIN, DaemonHarness, PipelineEnvironment, running_daemon
+from testing.pipeline_support import rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

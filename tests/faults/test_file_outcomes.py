@@ -15,10 +15,10 @@ import time
 import pytest
 import tool_faults
 from fault_report import assert_objects_agree, files, record_outcome
-from pipeline_support import FULL_JOB, rows
 
 from media.ffmpeg_binary import resolve_ffmpeg
 from sensors.schedules import versions_to_catch_up
+from testing.pipeline_support import FULL_JOB, rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, ffmpeg_exe, make_speech_mp3, make_tone_mp3
 from fault_report import assert_objects_agree, failures, files, record_outcome
-from pipeline_support import FULL_JOB, ArchiveRunner, pipeline_resources, rows
 
 from audio_assets import transcripts as transcripts_asset
 from definitions import build_definitions
 from models.transcriber import Transcript
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber
+from testing.archive_factory import build_tar, ffmpeg_exe, make_speech_mp3, make_tone_mp3
+from testing.pipeline_support import FULL_JOB, ArchiveRunner, pipeline_resources, rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

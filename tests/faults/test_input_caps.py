@@ -18,14 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from archive_factory import build_tar, ffmpeg_exe, make_parquet, make_speech_mp3
 from fault_report import assert_objects_agree, failures, files, record_outcome
-from pipeline_support import FULL_JOB, ArchiveRunner, pipeline_resources, rows
 
 from definitions import build_definitions
 from models.transcriber import transcribed_files_count
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber
+from testing.archive_factory import build_tar, ffmpeg_exe, make_parquet, make_speech_mp3
+from testing.pipeline_support import FULL_JOB, ArchiveRunner, pipeline_resources, rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

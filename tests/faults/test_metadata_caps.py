@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from archive_factory import build_tar, make_tone_mp3, patch_total_byte_size
 from fault_report import assert_objects_agree, failures, files, record_outcome
+
+from testing.archive_factory import build_tar, make_tone_mp3, patch_total_byte_size
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, make_parquet, make_speech_mp3, make_tone_mp3
-from daemon_harness import REPO, DaemonHarness, PipelineEnvironment, running_daemon
 from fault_report import record_outcome
-from pipeline_support import rows
 
 from embedded_services.postgres import create_database, restart_postgres, start_postgres, stop_postgres
 from embedded_services.redis import start_redis, stop_redis
 from resources.results_db import ResultsDatabase
+from testing.archive_factory import build_tar, make_parquet, make_speech_mp3, make_tone_mp3
+from testing.daemon_harness import REPO, DaemonHarness, PipelineEnvironment, running_daemon
+from testing.pipeline_support import rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

@@ -13,10 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, truncate_file, version_clips
-from daemon_harness import DaemonHarness, PipelineEnvironment, running_daemon
 from fault_report import record_outcome
-from pipeline_support import pipeline_resources, rows
 from test_versions import NOTHING_WRONG, audit, etags_of_rows, launch, registry, summary, tick
 
 from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
@@ -28,6 +25,9 @@ from resources.transcriber import WhisperTranscriber
 from sensors import schedules
 from sensors.dead_letter_sensor import dead_letter_sensor
 from sensors.schedules import archive_catchup_schedule
+from testing.archive_factory import build_tar, truncate_file, version_clips
+from testing.daemon_harness import DaemonHarness, PipelineEnvironment, running_daemon
+from testing.pipeline_support import pipeline_resources, rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

@@ -33,11 +33,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, make_tone_mp3
 from celery_cluster import CeleryCluster, CeleryWorker, production_environment
-from daemon_harness import DaemonHarness
 from fault_report import files, record_outcome
-from pipeline_support import rows
 
 from archive_identity import ArchiveVersion
 from audio_assets.archive_job import archive_run_request
@@ -49,6 +46,9 @@ from resources.archive_run import ArchiveRun
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
 from resources.scratch import ScratchSpace
+from testing.archive_factory import build_tar, make_tone_mp3
+from testing.daemon_harness import DaemonHarness
+from testing.pipeline_support import rows
 from workers.settings import CPU_QUEUE, GPU_QUEUE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults, pytest.mark.distributed]

@@ -13,9 +13,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, version_clips
 from fault_report import record_outcome
-from pipeline_support import INGEST_ASSETS, hold, pipeline_resources, rows
 
 from archive_identity import ARCHIVE_ETAG_TAG, ArchiveVersion
 from audio_assets.archive_job import archives_partitions
@@ -27,6 +25,8 @@ from sensors import archive_sensor as archive_sensor_module
 from sensors.archive_sensor import archive_sensor
 from sensors.dead_letter_sensor import _steps_passed_later, dead_letter_sensor
 from sensors.schedules import archive_catchup_schedule
+from testing.archive_factory import build_tar, version_clips
+from testing.pipeline_support import INGEST_ASSETS, hold, pipeline_resources, rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

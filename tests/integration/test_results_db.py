@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import pytest
-from pipeline_support import rows
 
 from archive_identity import ArchiveVersion
 from resources.archive_run import (
@@ -30,6 +29,7 @@ from resources.results_db.classifications import ClassificationRow, record_score
 from resources.results_db.opus_files import ConvertedFile, record_conversions
 from resources.results_db.raw_archive import register_members
 from resources.results_db.transcripts import TranscriptRow, record_transcripts
+from testing.pipeline_support import rows
 
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from pipeline_support import ArchiveRunner, pipeline_resources
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from definitions import build_definitions
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber
+from testing.pipeline_support import ArchiveRunner, pipeline_resources
 
 
 @pytest.fixture

@@ -11,7 +11,11 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 import pytest
-from archive_factory import (
+from s3_fault_proxy import S3FaultProxy
+
+from definitions import build_definitions
+from resources.object_store import ObjectStore
+from testing.archive_factory import (
     RegularEntry,
     SymlinkEntry,
     build_tar,
@@ -21,11 +25,7 @@ from archive_factory import (
     make_tone_mp3,
     truncate_file,
 )
-from pipeline_support import ArchiveRunner, pipeline_resources, rows
-from s3_fault_proxy import S3FaultProxy
-
-from definitions import build_definitions
-from resources.object_store import ObjectStore
+from testing.pipeline_support import ArchiveRunner, pipeline_resources, rows
 
 
 def rows_by_name(results_db, archive_key):

@@ -7,13 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from pipeline_support import rows
 
 from archive_identity import ARCHIVE_ETAG_TAG, ARCHIVE_KEY_TAG
 from audio_assets.archive_job import archives_partitions
 from resources.object_store import _S3_XML, ObjectStore
 from sensors import archive_sensor as archive_sensor_module
 from sensors.archive_sensor import ArchiveCursor, archive_sensor
+from testing.pipeline_support import rows
 
 
 def tick(instance, object_store, results_db, cursor=None, *, stored=True):

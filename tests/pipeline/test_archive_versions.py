@@ -5,13 +5,13 @@ a run of an older version that can no longer write."""
 from __future__ import annotations
 
 import pytest
-from archive_factory import build_tar, version_clips
-from pipeline_support import FULL_JOB, ArchiveRunner, pipeline_resources, rows
 from s3_fault_proxy import S3FaultProxy
 
 from definitions import build_definitions
 from resources.object_store import ObjectStore
 from sensors.schedules import versions_to_catch_up
+from testing.archive_factory import build_tar, version_clips
+from testing.pipeline_support import FULL_JOB, ArchiveRunner, pipeline_resources, rows
 
 pytestmark = pytest.mark.integration
 

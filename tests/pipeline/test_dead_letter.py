@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, make_tone_mp3, truncate_file
-from pipeline_support import rows
 
 from embedded_services.postgres import start_postgres, stop_postgres
 from resources.results_db import ResultsDatabase
 from sensors.dead_letter_sensor import dead_letter_sensor, underlying_error
+from testing.archive_factory import build_tar, make_tone_mp3, truncate_file
+from testing.pipeline_support import rows
 
 
 def evaluate(instance, results_db, cursor=None):

@@ -15,10 +15,10 @@ from pathlib import Path
 import dagster as dg
 import psycopg2
 import pytest
-from pipeline_support import rows
 
 from operations.demo import upload_samples
 from sensors.archive_sensor import archive_sensor
+from testing.pipeline_support import rows
 
 REPO = Path(__file__).resolve().parents[2]
 

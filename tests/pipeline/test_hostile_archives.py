@@ -4,7 +4,8 @@ every bad member is a rejected member with a reason, and the good MP3 beside it 
 from __future__ import annotations
 
 import pytest
-from archive_factory import (
+
+from testing.archive_factory import (
     build_tar,
     entry_blocks,
     gnu_long_name_bomb,
@@ -14,7 +15,7 @@ from archive_factory import (
     pax_header_blocks,
     write_raw_tar,
 )
-from pipeline_support import rows
+from testing.pipeline_support import rows
 
 pytestmark = pytest.mark.integration
 

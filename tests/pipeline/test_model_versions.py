@@ -8,9 +8,6 @@ import pytest
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
-from pipeline_support import FULL_JOB, ArchiveRunner
-from pipeline_support import rows as db_rows
-from tiny_cope import build_tiny_cope
 
 from audio_assets.model_versions import classifications_code_version, transcripts_code_version
 from models.cope_scorer import CopeScorer
@@ -18,6 +15,9 @@ from models.transcriber import Transcriber
 from policies import load_policies
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber
+from testing.pipeline_support import FULL_JOB, ArchiveRunner
+from testing.pipeline_support import rows as db_rows
+from testing.tiny_cope import build_tiny_cope
 
 POLICIES = ["hate_speech", "self_harm"]
 
@@ -148,7 +148,7 @@ def _scores(results_db, key) -> dict:
 
 @pytest.fixture
 def speech_archive(tmp_path):
-    from archive_factory import build_tar, make_speech_mp3
+    from testing.archive_factory import build_tar, make_speech_mp3
 
     parts = tmp_path / "parts"
     return build_tar(

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from archive_factory import build_tar, make_speech_mp3, make_tone_mp3
-from pipeline_support import FULL_JOB, ArchiveRunner
-from pipeline_support import rows as db_rows
-from tiny_cope import build_tiny_cope
 
 from models import transcriber as transcriber_module
 from resources.classifier import PolicyClassifier
 from resources.transcriber import WhisperTranscriber
+from testing.archive_factory import build_tar, make_speech_mp3, make_tone_mp3
+from testing.pipeline_support import FULL_JOB, ArchiveRunner
+from testing.pipeline_support import rows as db_rows
+from testing.tiny_cope import build_tiny_cope
 
 
 @pytest.fixture

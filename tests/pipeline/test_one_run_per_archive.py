@@ -9,9 +9,10 @@ from datetime import datetime
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, make_speech_mp3, make_tone_mp3
-from daemon_harness import BIN, DaemonHarness, PipelineEnvironment, running_daemon
-from pipeline_support import rows
+
+from testing.archive_factory import build_tar, make_speech_mp3, make_tone_mp3
+from testing.daemon_harness import BIN, DaemonHarness, PipelineEnvironment, running_daemon
+from testing.pipeline_support import rows
 
 LOCK_MESSAGE = "holding the claim on "
 

@@ -12,7 +12,6 @@ import dagster as dg
 import pandas as pd
 import psycopg2
 import pytest
-from pipeline_support import hold
 
 from archive_identity import ArchiveVersion
 from audio_assets.daily import daily_summary
@@ -25,6 +24,7 @@ from resources.results_db.raw_archive import register_members
 from resources.results_db.transcripts import TranscriptRow, record_transcripts
 from resources.scratch import ScratchSpace
 from sensors.schedules import archive_catchup_schedule, versions_to_catch_up
+from testing.pipeline_support import hold
 
 NOW = datetime.now(UTC)
 YESTERDAY = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from archive_factory import build_tar, make_tone_mp3, truncate_file
-from pipeline_support import ArchiveRunner, rows
 
 from archive_identity import ARCHIVE_ETAG_TAG
 from embedded_services.postgres import create_database
 from operations.cli import main
 from operations.requeue import REQUEUED_TAG, failed_archives
 from operations.status import ArchiveProgress, render_bars
+from testing.archive_factory import build_tar, make_tone_mp3, truncate_file
+from testing.pipeline_support import ArchiveRunner, rows
 
 BIN = Path(sys.executable).parent
 QUEUED_INSTANCE = {"run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}}

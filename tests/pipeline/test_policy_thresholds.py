@@ -6,9 +6,6 @@ also keeps the policy text each score is computed with (issue 15, item 5)."""
 from __future__ import annotations
 
 import pytest
-from archive_factory import build_tar, make_speech_mp3
-from pipeline_support import FULL_JOB, hold
-from pipeline_support import rows as db_rows
 
 from archive_identity import ArchiveVersion
 from models import profanity_scorer
@@ -16,6 +13,9 @@ from resources.results_db.classifications import ClassificationRow, apply_thresh
 from resources.results_db.opus_files import ConvertedFile, record_conversions
 from resources.results_db.raw_archive import register_members
 from resources.results_db.transcripts import TranscriptRow, record_transcripts
+from testing.archive_factory import build_tar, make_speech_mp3
+from testing.pipeline_support import FULL_JOB, hold
+from testing.pipeline_support import rows as db_rows
 
 RESCORE = {"ops": {"classifications": {"config": {"rescore": True}}}}
 

@@ -10,7 +10,6 @@ import dagster as dg
 import psycopg2
 import pytest
 from db_privileges import assert_each_refused
-from pipeline_support import hold, rows
 
 from archive_identity import ArchiveVersion
 from definitions import build_definitions
@@ -19,6 +18,7 @@ from resources.results_db.classifications import ClassificationRow, record_score
 from resources.results_db.opus_files import ConvertedFile, record_conversions
 from resources.results_db.raw_archive import register_members
 from resources.results_db.transcripts import TranscriptRow, record_transcripts
+from testing.pipeline_support import hold, rows
 
 RA_VIEWS = ["ra_queue", "daily_stats", "daily_report", "open_failures"]
 

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 
 import psycopg2
 from db_privileges import assert_each_refused
-from pipeline_support import hold, rows
 
 from archive_identity import ArchiveVersion
 from resources.results_db import ResultsDatabase
@@ -15,6 +14,7 @@ from resources.results_db.opus_files import ConvertedFile, record_conversions
 from resources.results_db.raw_archive import register_members
 from resources.results_db.transcripts import TranscriptRow, record_transcripts
 from sql.migrate import bundled_migrations
+from testing.pipeline_support import hold, rows
 
 ARCHIVE = ArchiveVersion("archives/a.tar", "e1", 100, datetime.now(UTC), "a")
 

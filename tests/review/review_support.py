@@ -20,9 +20,6 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 
 import uvicorn
-from archive_factory import ffmpeg_exe
-from pipeline_support import hold
-from pipeline_support import rows as db_rows
 
 from archive_identity import ArchiveVersion
 from embedded_services.ports import free_tcp_ports
@@ -32,6 +29,9 @@ from resources.results_db.opus_files import ConvertedFile, record_conversions
 from resources.results_db.raw_archive import register_members
 from resources.results_db.transcripts import TranscriptRow, record_transcripts
 from review.server import server_config
+from testing.archive_factory import ffmpeg_exe
+from testing.pipeline_support import hold
+from testing.pipeline_support import rows as db_rows
 
 # Every RA account the tests make signs in with this.
 RA_PASSWORD = "correct horse battery"

@@ -1,4 +1,4 @@
-"""CoPE-A prompt and scorer on a tiny random Gemma-2 + LoRA built on disk (tests/tiny_cope.py).
+"""CoPE-A prompt and scorer on a tiny random Gemma-2 + LoRA built on disk (testing/tiny_cope.py).
 
 The scores are meaningless; what is tested is everything around them: the exact prompt, which
 logits are read, the scorer's own forward pass (prefix attention with soft-capping and a
@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_cope import SLIDING_WINDOW, build_tiny_cope
 from transformers import AutoTokenizer
 
 from models import cope_scorer
@@ -42,6 +41,7 @@ from models.cope_scorer import (
 )
 from models.cope_settings import CopeSettings
 from models.scoring import PolicyScore
+from testing.tiny_cope import SLIDING_WINDOW, build_tiny_cope
 
 POLICY = (
     "# Insults\n\n## Definition of Labels\n\n### (IN) Insult\n\n#### Includes\n\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = [
     "media", "models", "audio_assets", "resources", "sensors", "sql", "policies", "review", "operations",
-    "embedded_services", "workers",
+    "embedded_services", "workers", "testing",
 ]  # fmt: skip
 MODULES = ["archive_identity", "s3_client", "definitions"]
 SCRIPT_DIRS = ["tests", "bench"]  # their modules import each other by file name (sys.path)
@@ -30,6 +30,7 @@ LAYERS = [
     ("workers", ["workers"]),  # the Celery runtime the workers start (beside deploy/)
     ("definitions", ["definitions"]),
     ("commands", ["operations"]),  # the audio-pipeline command: nothing imports it
+    ("testing", ["testing"]),  # what tests/ and bench/ share: archive builders, the daemon harness
 ]
 # The review console stands beside the pipeline and shares only its pure layer.
 CONSOLE = "review"
@@ -157,14 +158,15 @@ def test_code_uses_public_dagster_apis_only():
 
 
 def test_nothing_imports_tests_bench_or_commands():
-    """Entry points and test code sit on top: the pipeline never depends on them."""
+    """Entry points and test code sit on top: the pipeline never depends on them, and only
+    tests/ and bench/ use the test support."""
     scripts = {name for name, path in project_files().items() if path.relative_to(REPO).parts[0] in SCRIPT_DIRS}
     offenders = [
         (module, target)
         for module, targets in import_graph().items()
-        if module not in scripts and not module.startswith("operations")
+        if module not in scripts and not module.startswith(("operations", "testing"))
         for target in targets
-        if target in scripts or target.startswith("operations")
+        if target in scripts or target.startswith(("operations", "testing"))
     ]
     assert offenders == []
 
@@ -175,7 +177,7 @@ def test_the_graph_sees_the_known_edges():
     assert "archive_identity" in graph["resources.results_db.archives"]
     assert "resources.results_db.database" in graph["resources.results_db.opus_files"]
     assert "audio_assets.archive_job" in graph["sensors.archive_sensor"]
-    assert "pipeline_support" in graph["bench_transcription"]
+    assert "testing.pipeline_support" in graph["bench_transcription"]
     assert "review.store" in graph["review.app"]
     assert _strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}, {"d"}] or {
         frozenset(c) for c in _strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})

@@ -15,7 +15,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from archive_factory import make_parquet, make_tone_mp3, patch_total_byte_size
 
 from media.metadata_rows import (
     ArchiveMetadataBudget,
@@ -30,6 +29,7 @@ from media.metadata_rows import (
     read_metadata_table,
     to_json_safe,
 )
+from testing.archive_factory import make_parquet, make_tone_mp3, patch_total_byte_size
 
 PARIS = dt.timezone(dt.timedelta(hours=1))
 

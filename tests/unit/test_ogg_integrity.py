@@ -7,10 +7,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from archive_factory import ffmpeg_exe, make_speech_mp3
 
 from media.ogg_integrity import DamagedOggFile, ogg_crc, verified_opus_duration
 from media.opus_convert import convert_to_opus, decoded_duration_seconds
+from testing.archive_factory import ffmpeg_exe, make_speech_mp3
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import av
 import pytest
-from archive_factory import ffmpeg_exe, make_speech_mp3, make_tone_mp3, truncate_file
 
 from media import opus_convert
 from media.opus_convert import (
@@ -17,6 +16,7 @@ from media.opus_convert import (
     convert_to_opus,
     decoded_duration_seconds,
 )
+from testing.archive_factory import ffmpeg_exe, make_speech_mp3, make_tone_mp3, truncate_file
 
 HUMAN_VOICE = Path(__file__).resolve().parents[2] / "operations" / "samples" / "parts" / "goforward.wav"
 

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from archive_factory import ffmpeg_exe
 
 from media.metadata_rows import join_metadata, read_metadata_table
 from media.opus_convert import convert_to_opus
 from media.tar_safety import ArchiveLimits, iter_archive, scan_archive
+from testing.archive_factory import ffmpeg_exe
 
 SAMPLES = Path(__file__).resolve().parents[2] / "operations" / "samples"
 REFERENCES = json.loads((SAMPLES / "references.json").read_text())

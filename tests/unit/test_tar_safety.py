@@ -13,7 +13,21 @@ import time
 from pathlib import Path
 
 import pytest
-from archive_factory import (
+
+import media.tar_safety as tar_safety
+from media.tar_safety import (
+    DUPLICATE,
+    SPARSE,
+    ArchiveEntry,
+    ArchiveLimits,
+    ArchiveMember,
+    ArchiveRefused,
+    ArchiveUnreadable,
+    iter_archive,
+    member_kind,
+    scan_archive,
+)
+from testing.archive_factory import (
     DeviceEntry,
     DirectoryEntry,
     HardlinkEntry,
@@ -30,20 +44,6 @@ from archive_factory import (
     raw_header,
     truncate_file,
     write_raw_tar,
-)
-
-import media.tar_safety as tar_safety
-from media.tar_safety import (
-    DUPLICATE,
-    SPARSE,
-    ArchiveEntry,
-    ArchiveLimits,
-    ArchiveMember,
-    ArchiveRefused,
-    ArchiveUnreadable,
-    iter_archive,
-    member_kind,
-    scan_archive,
 )
 
 LIMITS = ArchiveLimits(max_member_bytes=10_000)

@@ -16,8 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest  # noqa: E402
-from archive_factory import ffmpeg_exe, make_speech_mp3, make_tone_mp3  # noqa: E402
-from wer import corpus_word_error_rate, normalize_words, word_error_rate  # noqa: E402
 
 from models.transcriber import (  # noqa: E402
     ModelLoadError,
@@ -29,6 +27,8 @@ from models.transcriber import (  # noqa: E402
     load_word_aligner,
 )
 from models.whisper_models import bundled_whisper_base, resolve_whisper_model  # noqa: E402
+from testing.archive_factory import ffmpeg_exe, make_speech_mp3, make_tone_mp3  # noqa: E402
+from testing.wer import corpus_word_error_rate, normalize_words, word_error_rate  # noqa: E402
 
 # pyannote warns at length that torchcodec has no FFmpeg libraries; audio arrives as arrays here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pyannote.audio.core.io")

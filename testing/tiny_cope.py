@@ -38,7 +38,7 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
     try:
         from transformers import PreTrainedTokenizerFast as Fast
     except ImportError:  # transformers 5 renamed the class
-        from transformers import TokenizersBackend as Fast
+        from transformers import TokenizersBackend as Fast  # type: ignore[attr-defined, no-redef]
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     # Digits split one by one (as in Gemma's vocabulary), so "0" and "1" stay single tokens.
@@ -96,5 +96,5 @@ def build_tiny_cope(root: Path) -> tuple[Path, Path]:
         init_lora_weights=False,
         task_type="CAUSAL_LM",
     )
-    get_peft_model(model, lora).save_pretrained(adapter_dir)
+    get_peft_model(model, lora).save_pretrained(str(adapter_dir))
     return base_dir, adapter_dir

@@ -115,8 +115,9 @@ def build_tar(path: Path, entries: Iterable[Entry | tuple[Name, bytes | Path]], 
     is shorthand for a RegularEntry."""
     buffer = io.BytesIO()
     # GNU format stores names as raw bytes; surrogateescape turns bytes names back into them.
-    gnu = dict(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape")
-    with tarfile.open(fileobj=buffer, mode="w", **gnu) as tar:
+    with tarfile.open(
+        fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape"
+    ) as tar:
         for entry in entries:
             info, data = _tar_entry(_as_entry(entry))
             tar.addfile(info, io.BytesIO(data) if data is not None else None)

@@ -48,7 +48,9 @@ def hold(results_db: ResultsDatabase, archive: ArchiveVersion, run_id: str = "se
     """A run's hold on `archive` outside Dagster, as ArchiveRun.step hands a step: the archive
     registered and claimed by `run_id`, for seeding rows through the steps' own writes."""
     results_db.archives.partitions_for([archive.key])
-    return ClaimedArchive(claim(results_db, archive, run_id, lambda holder: True, resume=False), run_id, results_db)
+    claimed = claim(results_db, archive, run_id, lambda holder: True, resume=False)
+    assert isinstance(claimed, ArchiveVersion), claimed  # every other holder counts as ended
+    return ClaimedArchive(claimed, run_id, results_db)
 
 
 def rows(results_db: ResultsDatabase, sql: str, params=None) -> list[dict]:
@@ -77,15 +79,19 @@ class ArchiveRunner:
     def partition_of(self, key: str) -> str:
         """The partition the sensor would give this object (registering it, as the sensor does)."""
         partition_key = self.results_db.archives.partitions_for([key])[key]
-        if not self.instance.has_dynamic_partition(archives_partitions.name, partition_key):
-            self.instance.add_dynamic_partitions(archives_partitions.name, [partition_key])
+        name = archives_partitions.name
+        assert name is not None
+        if not self.instance.has_dynamic_partition(name, partition_key):
+            self.instance.add_dynamic_partitions(name, [partition_key])
         return partition_key
 
     def run(self, key: str, *, tags: bool = True, assets=INGEST_ASSETS, run_config=None) -> dg.ExecuteInProcessResult:
         partition_key = self.partition_of(key)
         run_tags = {}
         if tags:
-            run_tags = {ARCHIVE_KEY_TAG: key, ARCHIVE_ETAG_TAG: self.object_store.head(key).etag}
+            info = self.object_store.head(key)
+            assert info is not None, f"{key} is not in the bucket"
+            run_tags = {ARCHIVE_KEY_TAG: key, ARCHIVE_ETAG_TAG: info.etag}
         return self.defs.resolve_job_def("archive_job").execute_in_process(
             partition_key=partition_key,
             instance=self.instance,
