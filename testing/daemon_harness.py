@@ -11,6 +11,7 @@ caller, so a test can put a fault proxy in front of S3 or restart the results da
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -29,7 +30,18 @@ import yaml
 
 from embedded_services.postgres import LocalPostgres, create_database
 
-REPO = Path(__file__).resolve().parents[1]
+
+@functools.cache
+def repository() -> Path:
+    """The checkout the tests or benches run from (pytest and the benches start at its root),
+    whose dagster.yaml is the instance under test: this package is installed, so its own
+    location says nothing about the checkout."""
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "dagster.yaml").is_file() and (folder / "workspace.yaml").is_file():
+            return folder
+    raise RuntimeError(f"run from the repository's checkout: no dagster.yaml + workspace.yaml at or above {Path.cwd()}")
+
+
 BIN = Path(sys.executable).parent
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 # The sensor daemon starts its loop at most every 5 s (Dagster's MIN_INTERVAL_LOOP_TIME).
@@ -92,7 +104,7 @@ class DaemonHarness:
         self.workdir = workdir
         self.home = workdir / "dagster_home"
         self.home.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO / "dagster.yaml", self.home / "dagster.yaml")
+        shutil.copyfile(repository() / "dagster.yaml", self.home / "dagster.yaml")
         database = f"dagster_{uuid.uuid4().hex[:12]}"
         create_database(dagster_pg, database)
         self.env = {
@@ -150,7 +162,9 @@ class DaemonHarness:
         DAGSTER_CELERY_BACKEND_URL)."""
         from operations.demo import local_instance_config, start_run_host
 
-        (self.home / "dagster.yaml").write_text(yaml.safe_dump(local_instance_config(REPO / "dagster.yaml", slots)))
+        (self.home / "dagster.yaml").write_text(
+            yaml.safe_dump(local_instance_config(repository() / "dagster.yaml", slots))
+        )
         self.instance.dispose()
         self.instance = dg.DagsterInstance.from_config(str(self.home))
         self.run_host = start_run_host(self.env, self.home, slots)

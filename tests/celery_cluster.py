@@ -27,7 +27,7 @@ from embedded_services.redis import LocalRedis
 from embedded_services.seaweedfs import SeaweedS3
 from resources.object_store import ObjectStore
 from resources.results_db import ResultsDatabase
-from testing.daemon_harness import BIN, REPO, DaemonHarness, PipelineEnvironment
+from testing.daemon_harness import BIN, DaemonHarness, PipelineEnvironment, repository
 
 
 def production_environment(
@@ -102,7 +102,7 @@ class CeleryCluster:
         workdir = self.workdir / name
         home = workdir / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+        shutil.copyfile(repository() / "dagster.yaml", home / "dagster.yaml")
         env = {
             **self.harness.env,
             "DAGSTER_HOME": str(home),

@@ -25,7 +25,7 @@ from embedded_services.postgres import create_database, restart_postgres, start_
 from embedded_services.redis import start_redis, stop_redis
 from resources.results_db import ResultsDatabase
 from testing.archive_factory import build_tar, make_parquet, make_speech_mp3, make_tone_mp3
-from testing.daemon_harness import REPO, DaemonHarness, PipelineEnvironment, running_daemon
+from testing.daemon_harness import DaemonHarness, PipelineEnvironment, repository, running_daemon
 from testing.pipeline_support import rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -329,7 +329,7 @@ class _ScratchPeak:
 def test_daemon_restart_during_a_run_lets_the_run_finish(
     tmp_path, archive_parts, object_store, results_db, postgres_server, models_dir
 ):
-    unit = (REPO / "deploy" / "audio-pipeline-daemon.service").read_text()
+    unit = (repository() / "deploy" / "audio-pipeline-daemon.service").read_text()
     assert "\nKillMode=process\n" in unit  # the stop this drill performs is the one systemd does
     key = object_store.upload_file(
         build_archive(archive_parts, tmp_path / "batch_daemon_restart.tar.gz"), "archives/batch_daemon_restart.tar.gz"
