@@ -60,14 +60,17 @@ def failures(results_db, key: str, *, open_only: bool = True) -> dict[tuple[str,
 
 
 def assert_objects_agree(results_db, object_store, key: str) -> int:
-    """Every row of the archive has its object, with the row's ETag, and processed/ holds
-    nothing that no row (of any archive: drills may share a bucket) points to. Returns how
-    many objects the archive's rows point to."""
+    """Every row of the archive has its object, with the row's ETag; nothing of the archive is
+    left in the outbox; and processed/ holds nothing that no row points to and no outbox entry
+    records (drills may share a bucket: another archive's entries are its own drill's to
+    check). Returns how many objects the archive's rows point to."""
     pointed = {r["opus_path"]: r["opus_etag"] for r in files(results_db, key).values() if r["opus_path"]}
     anyone = {r["opus_path"] for r in rows(results_db, "SELECT opus_path FROM audio_files WHERE opus_path IS NOT NULL")}
+    queued = {r["object_key"]: r["archive_source"] for r in rows(results_db, "SELECT * FROM object_deletions")}
     stored = {o.key for o in object_store.iter_objects("processed/")}
-    assert stored <= anyone and set(pointed) <= stored, f"orphans: {stored - anyone}, missing: {set(pointed) - stored}"
+    orphans, missing = stored - anyone - set(queued), set(pointed) - stored
+    assert not orphans and not missing, f"orphans: {orphans}, missing: {missing}"
     for path, etag in pointed.items():
         assert object_store.head(path).etag == etag
-    assert rows(results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"] == 0
+    assert [k for k, source in queued.items() if source == key] == [], queued
     return len(pointed)

@@ -171,10 +171,6 @@ def test_run_worker_killed_during_transcripts_is_retried_and_resumes(
     learns of the loss from the Celery result backend)."""
     from operations.run_submission import archive_job_submitter
 
-    key = object_store.upload_file(
-        build_archive(archive_parts, tmp_path / "batch_sigkill.tar.gz"), "archives/batch_sigkill.tar.gz"
-    ).key
-    partition = results_db.archives.partitions_for([key])[key]
     with contextlib.ExitStack() as stack:
         broker = {}
         if run_host:
@@ -185,8 +181,15 @@ def test_run_worker_killed_during_transcripts_is_retried_and_resumes(
         harness = stack.enter_context(DaemonHarness(tmp_path, postgres_server, pipeline))
         if run_host:
             harness.start_run_host(slots=2)
-        harness.instance.add_dynamic_partitions("archives", [partition])
         with running_daemon(harness):
+            # The run is submitted by hand, so the sensor is stopped before the archive lands: a
+            # sensor run of it would do the work first, and the submitted run would find it done.
+            harness.stop_sensor("archive_sensor")
+            key = object_store.upload_file(
+                build_archive(archive_parts, tmp_path / "batch_sigkill.tar.gz"), "archives/batch_sigkill.tar.gz"
+            ).key
+            partition = results_db.archives.partitions_for([key])[key]
+            harness.instance.add_dynamic_partitions("archives", [partition])
             # Submitted like `audio-pipeline requeue` does, with one file per transcription chunk,
             # so that the kill lands after some transcripts are committed and before others.
             with archive_job_submitter(harness.instance) as submit:

@@ -551,7 +551,7 @@ def test_archive_sensor_sees_the_transferred_archive(instance, remote_host, remo
     [archive_request] = result.run_requests
     etag = head(store, "archives/batch_2026_11_04.tar")["ETag"].strip('"')
     assert archive_request.partition_key == "batch_2026_11_04"
-    assert archive_request.run_key == f"archives/batch_2026_11_04.tar@{etag}"
+    assert archive_request.run_key == f"archives/batch_2026_11_04.tar@{etag}#1"  # the first request of this version
 
 
 # --- pure parts --------------------------------------------------------------------------------
