@@ -34,7 +34,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from celery_cluster import CeleryCluster, CeleryWorker, production_environment
-from fault_report import files, record_outcome
+from fault_report import files, orphan_objects, record_outcome
 
 from archive_identity import ArchiveVersion
 from audio_assets.archive_job import archive_run_request
@@ -221,16 +221,14 @@ def audit(cluster: Cluster, key: str) -> Audit:
         head = cluster.object_store.head(path)
         if head is None or head.etag != etag:
             disagreeing.append(f"{path}: {'missing' if head is None else head.etag} (row: {etag})")
-    queued = {r["object_key"] for r in rows(cluster.results_db, "SELECT object_key FROM object_deletions")}
-    every_row = {r["opus_path"] for r in rows(cluster.results_db, "SELECT opus_path FROM audio_files")}
-    stored = {o.key for o in cluster.object_store.iter_objects("processed/")}
+    queued = rows(cluster.results_db, "SELECT count(*) AS n FROM object_deletions")[0]["n"]
     return Audit(
         files=len(found),
         lost=sorted(name for name, r in found.items() if r["status"] != "classified"),
         duplicates=sorted(c["original_filename"] for c in counts if (c["transcripts"], c["scores"]) != (1, 1)),
         disagreeing=sorted(disagreeing),
-        orphans=sorted(stored - every_row - queued),  # the module's archives share the bucket
-        queued=len(queued),
+        orphans=orphan_objects(cluster.results_db, cluster.object_store),  # the module's archives share the bucket
+        queued=queued,
     )
 
 
